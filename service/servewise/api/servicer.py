@@ -1,23 +1,65 @@
-"""ServewiseService servicer: thin async methods over validation, conversion and the core."""
+"""ServewiseService servicer: thin async methods over validation, conversion and the core.
+
+Each method validates and converts the request (:mod:`servewise.api.converters`), runs the
+numpy-heavy core in a worker thread so the event loop keeps serving, and converts the result
+back. Exceptions become statuses in :mod:`servewise.api.errors`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import grpc
 
+from servewise.api.converters import (
+    optimize_args,
+    optimize_response_to_pb,
+    simulate_args,
+    simulate_response_to_pb,
+)
+from servewise.api.errors import maps_errors
+from servewise.core.optimizer import optimize
+from servewise.core.simulator import capacity_per_s, simulate
 from servewise.v1 import servewise_pb2, servewise_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
     """Implements Simulate and OptimizeBatch; every other RPC stays UNIMPLEMENTED (inherited)."""
 
+    @maps_errors
     async def Simulate(
-        self, request: servewise_pb2.SimulateRequest, context: grpc.aio.ServicerContext
+        self, request: servewise_pb2.SimulateRequest, context: Context
     ) -> servewise_pb2.SimulateResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Simulate is being written")
-        raise AssertionError("unreachable")
+        args = simulate_args(request)
+        profile, plan = args.candidate.profile, args.plan
+        result = await asyncio.to_thread(
+            simulate,
+            profile,
+            plan,
+            args.workload,
+            num_requests=args.num_requests,
+            seed=args.seed,
+            distribution=args.distribution,
+            slo=args.slo,
+        )
+        capacity = capacity_per_s(profile, plan.max_batch_size, plan.replicas)
+        return simulate_response_to_pb(args, result, capacity)
 
+    @maps_errors
     async def OptimizeBatch(
-        self, request: servewise_pb2.OptimizeBatchRequest, context: grpc.aio.ServicerContext
+        self, request: servewise_pb2.OptimizeBatchRequest, context: Context
     ) -> servewise_pb2.OptimizeBatchResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "OptimizeBatch is being written")
-        raise AssertionError("unreachable")
+        args = optimize_args(request)
+        result = await asyncio.to_thread(
+            optimize,
+            args.candidates,
+            args.workload,
+            args.slo,
+            args.limits,
+            current_plan=args.current_plan,
+            seed=args.seed,
+        )
+        return optimize_response_to_pb(args, result)

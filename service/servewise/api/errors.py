@@ -1,0 +1,108 @@
+"""The one place that maps domain exceptions to gRPC statuses.
+
+- :class:`InvalidInputError` -> ``INVALID_ARGUMENT`` with ``google.rpc.BadRequest`` details, one
+  field violation per problem, so clients can point at every bad field at once.
+- any other ``ValueError`` from the core -> ``INVALID_ARGUMENT`` with its message.
+- anything else -> ``INTERNAL`` with a generic message; the exception is logged, not leaked.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, NoReturn, Protocol, TypeVar, cast
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import (  # type: ignore[import-untyped]  # no stubs for googleapis protos
+    code_pb2,
+    error_details_pb2,
+    status_pb2,
+)
+from grpc_status import rpc_status
+
+from servewise.core.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+# How many field paths the one-line status message names before "and N more".
+SUMMARY_FIELDS = 3
+
+INTERNAL_MESSAGE = "internal error; the server logged the details"
+
+
+class _AbortsWithStatus(Protocol):
+    async def abort_with_status(self, status: grpc.Status) -> NoReturn: ...
+
+
+def summary(error: InvalidInputError) -> str:
+    """One line naming the first few invalid fields, e.g.
+    ``invalid request: 2 field violations: workload.rate_per_s, slo.latency_ms``."""
+    fields = [v.field for v in error.violations]
+    named = ", ".join(fields[:SUMMARY_FIELDS])
+    more = len(fields) - SUMMARY_FIELDS
+    suffix = f" and {more} more" if more > 0 else ""
+    noun = "violation" if len(fields) == 1 else "violations"
+    return f"invalid request: {len(fields)} field {noun}: {named}{suffix}"
+
+
+def bad_request_status(error: InvalidInputError) -> grpc.Status:
+    """INVALID_ARGUMENT with one BadRequest.FieldViolation per violation."""
+    bad_request = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in error.violations
+        ]
+    )
+    detail = any_pb2.Any()
+    detail.Pack(bad_request)
+    status = status_pb2.Status(
+        code=code_pb2.INVALID_ARGUMENT, message=summary(error), details=[detail]
+    )
+    return rpc_status.to_status(status)
+
+
+def status_for(exc: Exception) -> grpc.Status:
+    """The status an exception raised while serving a request becomes."""
+    if isinstance(exc, InvalidInputError):
+        return bad_request_status(exc)
+    if isinstance(exc, ValueError):
+        message = str(exc).splitlines()[0] if str(exc) else "invalid request"
+        return rpc_status.to_status(
+            status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message)
+        )
+    return rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE))
+
+
+async def abort_for(exc: Exception, context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
+    """End the RPC with the status for ``exc``; unexpected errors are logged with a traceback."""
+    if not isinstance(exc, ValueError):
+        logger.error("unexpected error while serving a request", exc_info=exc)
+    await cast(_AbortsWithStatus, context).abort_with_status(status_for(exc))
+
+
+SelfT = TypeVar("SelfT")
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def maps_errors(
+    method: Callable[[SelfT, RequestT, Context], Awaitable[ResponseT]],
+) -> Callable[[SelfT, RequestT, Context], Coroutine[Any, Any, ResponseT]]:
+    """Decorate an async servicer method so domain exceptions become gRPC statuses.
+
+    ``CancelledError`` and grpc's own abort exceptions are BaseExceptions or re-raised untouched.
+    """
+
+    @functools.wraps(method)
+    async def wrapper(self: SelfT, request: RequestT, context: Context) -> ResponseT:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # mapping every exception is this module's job
+            await abort_for(exc, context)
+
+    return wrapper
