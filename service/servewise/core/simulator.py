@@ -24,6 +24,11 @@ import numpy.typing as npt
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.profiles import LatencyProfile
 
+try:
+    from servewise.core import _batchsim  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - only without a compiler at install time
+    _batchsim = None
+
 DEFAULT_NUM_REQUESTS = 200_000
 DEFAULT_SEED = 20261128
 
@@ -112,11 +117,45 @@ def run_batches(
     replicas: int,
     service_scale: npt.NDArray[np.float64] | None = None,
 ) -> BatchTrace:
-    """Run the dispatch policy over sorted arrivals.
+    """Run the dispatch policy over sorted arrivals (C kernel when built, else Python).
 
     ``service_table_ms[b]`` is s(b); ``service_scale`` (one factor per batch, optional) makes
     service random (for example unit exponentials for M/M/c checks).
     """
+    if _batchsim is None:
+        return run_batches_python(
+            arrivals_ms, service_table_ms, max_batch_size, max_queue_delay_ms, replicas,
+            service_scale,
+        )
+    arrivals = np.ascontiguousarray(arrivals_ms, dtype=np.float64)
+    n = len(arrivals)
+    dispatch = np.empty(n, dtype=np.float64)
+    completion = np.empty(n, dtype=np.float64)
+    sizes = np.empty(n, dtype=np.int64)
+    scale = None if service_scale is None else np.ascontiguousarray(service_scale, np.float64)
+    count, busy = _batchsim.run_batches(
+        arrivals,
+        np.ascontiguousarray(service_table_ms, dtype=np.float64),
+        max_batch_size,
+        float(max_queue_delay_ms),
+        replicas,
+        scale,
+        dispatch,
+        completion,
+        sizes,
+    )
+    return BatchTrace(arrivals, dispatch[:count], completion[:count], sizes[:count], busy)
+
+
+def run_batches_python(
+    arrivals_ms: npt.NDArray[np.float64],
+    service_table_ms: npt.NDArray[np.float64],
+    max_batch_size: int,
+    max_queue_delay_ms: float,
+    replicas: int,
+    service_scale: npt.NDArray[np.float64] | None = None,
+) -> BatchTrace:
+    """Reference implementation of the kernel in plain Python (same semantics)."""
     a: list[float] = arrivals_ms.tolist()
     n = len(a)
     table: list[float] = service_table_ms.tolist()
