@@ -1,0 +1,274 @@
+"""The grpc.aio server: ServewiseService, health, reflection, logging/metrics interceptor.
+
+:func:`start_server` starts everything and returns a :class:`RunningServer` (tests use it
+in-process with port 0); :func:`serve` is what ``servewise serve`` runs: start, wait for SIGTERM
+or SIGINT, drain, stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, cast
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # not in stubs
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from servewise.obs import ObservabilityInterceptor
+from servewise.v1 import servewise_pb2, servewise_pb2_grpc
+
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "DEFAULT_GRACE_S",
+    "DEFAULT_METRICS_ADDRESS",
+    "SERVICE_NAME",
+    "RunningServer",
+    "check_bindable",
+    "parse_host_port",
+    "serve",
+    "start_server",
+]
+
+DEFAULT_ADDRESS: Final = "localhost:50051"
+DEFAULT_METRICS_ADDRESS: Final = "localhost:9464"
+DEFAULT_GRACE_S: Final = 10.0
+# Replayed traces travel as repeated doubles; gRPC's 4 MiB default is ~500k timestamps.
+DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+
+SERVICE_NAME: Final[str] = servewise_pb2.DESCRIPTOR.services_by_name["ServewiseService"].full_name
+# Every service in the generated descriptors, so reflection lists new ones without edits here.
+API_SERVICE_NAMES: Final[tuple[str, ...]] = tuple(
+    service.full_name for service in servewise_pb2.DESCRIPTOR.services_by_name.values()
+)
+HEALTH_SERVICE_NAME: Final[str] = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+_log = structlog.get_logger("servewise.server")
+
+
+def parse_host_port(address: str, *, what: str = "address") -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6) into host and port.
+
+    Raises
+    ------
+    ValueError
+        Naming ``what`` when the address has no host, no port, or a port outside 0-65535.
+
+    Examples
+    --------
+    >>> parse_host_port("localhost:9464")
+    ('localhost', 9464)
+    >>> parse_host_port("[::]:50051")
+    ('::', 50051)
+    """
+    host, sep, port_text = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"{what} must be HOST:PORT with a port in 0-65535, got {address!r}")
+    return host, int(port_text)
+
+
+@dataclass
+class RunningServer:
+    """A started server; ``port`` is the bound gRPC port (the real one when asked for port 0)."""
+
+    server: grpc.aio.Server
+    port: int
+    health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped in grpc-stubs)
+    metrics_port: int | None = None
+    _metrics_httpd: WSGIServer | None = None
+    _metrics_thread: threading.Thread | None = None
+    _stopped: bool = field(default=False)
+
+    async def stop(self, grace_s: float | None = DEFAULT_GRACE_S) -> None:
+        """Drain and stop: health NOT_SERVING, refuse new RPCs, let running ones finish.
+
+        In-flight RPCs get ``grace_s`` seconds (``None``: cancelled at once). Idempotent.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        _log.info("server_draining", port=self.port, grace_s=grace_s)
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+        if self._metrics_httpd is not None:
+            await asyncio.to_thread(self._metrics_httpd.shutdown)
+            self._metrics_httpd.server_close()
+        if self._metrics_thread is not None:
+            await asyncio.to_thread(self._metrics_thread.join, 5.0)
+        _log.info("server_stopped", port=self.port)
+
+    async def wait_for_termination(self) -> None:
+        """Return when the gRPC server has stopped."""
+        await self.server.wait_for_termination()
+
+
+def check_bindable(host: str, port: int) -> None:
+    """Raise ``OSError`` when no address ``host`` resolves to can be bound on ``port``.
+
+    gRPC reports a failed bind with a C-core log line and a generic message; trying first gives
+    the caller the operating system's own reason ("Address already in use") in one line.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot resolve {host!r}: {exc.strerror}") from exc
+    first_error: OSError | None = None
+    for family, kind, proto, _, sockaddr in infos:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(sockaddr)
+        except OSError as exc:
+            first_error = first_error or exc
+        else:
+            return
+    if first_error is not None:
+        raise first_error
+
+
+def _default_servicer() -> servewise_pb2_grpc.ServewiseServiceServicer:
+    # Imported here so that importing servewise.server (for parse_host_port, constants, the CLI's
+    # --help) does not pull in the servicer's whole dependency tree.
+    from servewise.api.servicer import ServewiseServicer  # noqa: PLC0415
+
+    # mypy-protobuf marks every generated servicer method abstract, so a servicer that inherits
+    # the UNIMPLEMENTED defaults looks abstract to mypy although it is instantiable at run time.
+    factory = cast("Callable[[], servewise_pb2_grpc.ServewiseServiceServicer]", ServewiseServicer)
+    return factory()
+
+
+def _start_metrics(metrics_address: str) -> tuple[WSGIServer, threading.Thread, int]:
+    host, port = parse_host_port(metrics_address, what="metrics address")
+    httpd, thread = start_http_server(port, addr=host)
+    return httpd, thread, int(httpd.server_address[1])
+
+
+async def start_server(
+    address: str = DEFAULT_ADDRESS,
+    metrics_address: str | None = DEFAULT_METRICS_ADDRESS,
+    *,
+    servicer: servewise_pb2_grpc.ServewiseServiceServicer | None = None,
+    enable_reflection: bool = True,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> RunningServer:
+    """Start ServewiseService with health, reflection, logging and metrics.
+
+    Parameters
+    ----------
+    address:
+        ``HOST:PORT`` to listen on; port 0 picks a free port (see ``RunningServer.port``).
+    metrics_address:
+        ``HOST:PORT`` for Prometheus text over HTTP (``/metrics``); ``None``, ``""`` or ``"off"``
+        disables it. Port 0 picks a free port (see ``RunningServer.metrics_port``).
+    servicer:
+        The ServewiseService implementation; ``servewise.api.servicer.ServewiseServicer()`` when
+        omitted.
+    enable_reflection:
+        Serve ``grpc.reflection.v1alpha`` so ``grpcurl list`` / ``describe`` work.
+    max_message_bytes:
+        Largest request or response message.
+
+    Returns
+    -------
+    RunningServer
+        Health reports SERVING for ``""`` and ``servewise.v1.ServewiseService``.
+
+    Raises
+    ------
+    ValueError
+        A malformed address.
+    OSError, RuntimeError
+        An address that cannot be bound.
+    """
+    host, requested_port = parse_host_port(address)
+    if requested_port != 0:
+        try:
+            check_bindable(host, requested_port)
+        except OSError as exc:
+            raise OSError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
+    server = grpc.aio.server(
+        interceptors=[ObservabilityInterceptor()],
+        options=[
+            # Without this, Linux lets a second server share the port and fails nothing.
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ],
+    )
+    servewise_pb2_grpc.add_ServewiseServiceServicer_to_server(
+        servicer if servicer is not None else _default_servicer(), server
+    )
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, _NOT_SERVING)
+    if enable_reflection:
+        reflection.enable_server_reflection(
+            (*API_SERVICE_NAMES, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {address}: {exc}") from exc
+    if port == 0:  # older grpcio versions report a failed bind this way
+        raise OSError(f"cannot listen on {address}")
+
+    running = RunningServer(server=server, port=port, health=health_servicer)
+    if metrics_address and metrics_address.lower() != "off":
+        try:
+            httpd, thread, metrics_port = _start_metrics(metrics_address)
+        except OSError as exc:
+            raise OSError(f"cannot serve metrics on {metrics_address}: {exc}") from exc
+        running.metrics_port = metrics_port
+        running._metrics_httpd = httpd
+        running._metrics_thread = thread
+
+    try:
+        await server.start()
+    except BaseException:
+        await running.stop(None)
+        raise
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, _SERVING)
+    _log.info(
+        "server_started",
+        address=address,
+        port=port,
+        metrics_port=running.metrics_port,
+        reflection=enable_reflection,
+    )
+    return running
+
+
+async def serve(
+    address: str = DEFAULT_ADDRESS,
+    metrics_address: str | None = DEFAULT_METRICS_ADDRESS,
+    grace_s: float = DEFAULT_GRACE_S,
+) -> None:
+    """Run the server until SIGTERM or SIGINT, then drain for up to ``grace_s`` seconds."""
+    running = await start_server(address, metrics_address)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        _log.info("signal_received")
+        await running.stop(grace_s)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
