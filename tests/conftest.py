@@ -1,0 +1,53 @@
+"""Shared fixtures: the real server (servewise.server.start_server) in-process on 127.0.0.1:0.
+
+The ``grpc_testing`` module does not support aio, so tests talk to a real server over a real
+channel. Metrics are off here (a metrics HTTP server costs ~0.5 s to shut down); tests that need
+them start their own server with ``metrics_address="127.0.0.1:0"``.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from servewise.server import RunningServer, start_server
+from servewise.v1 import servewise_pb2_grpc
+
+
+@pytest_asyncio.fixture
+async def running_server() -> AsyncIterator[RunningServer]:
+    """The real server with the real servicer, health and reflection on an ephemeral port."""
+    running = await start_server("127.0.0.1:0", metrics_address=None)
+    try:
+        yield running
+    finally:
+        await running.stop(None)
+
+
+@pytest_asyncio.fixture
+async def grpc_channel(running_server: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
+    """An insecure aio channel to ``running_server``."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running_server.port}") as channel:
+        yield channel
+
+
+@pytest.fixture
+def stub(grpc_channel: grpc.aio.Channel) -> servewise_pb2_grpc.ServewiseServiceAsyncStub:
+    """A ServewiseService stub on ``grpc_channel``."""
+    return servewise_pb2_grpc.ServewiseServiceStub(grpc_channel)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """Returns a function giving a TCP port on 127.0.0.1 that was free a moment ago."""
+    return _free_port
