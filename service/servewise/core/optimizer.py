@@ -1,13 +1,42 @@
-"""Search over (instance type, B, T, N) for the cheapest plan meeting the SLO. STUB: being written."""
+"""Search over (instance type, B, T, N) for the cheapest plan meeting the SLO.
+
+Two stages, as ARCHITECTURE.md section 2 suggests:
+
+1. Screen. The analytic predictor (queueing.py) scores every (type, B, T) on a grid and finds,
+   by vectorised bisection, the fewest replicas it predicts meet the SLO.
+2. Refine. The most promising (type, B, T), cheapest first, are simulated on one shared arrival
+   sample (common random numbers) and their replica count is corrected until the simulated
+   SLO percentile, taken at an upper confidence bound, meets the bound. The winner is then
+   confirmed on a fresh sample; if that fails it gains replicas until it passes.
+
+Every figure in the result follows from the inputs: prices times replicas for cost, the
+predictor for predicted latency, the simulator for the confirmation.
+"""
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 
-from servewise.core.model import Plan, Slo, Workload
+import numpy as np
+import numpy.typing as npt
+
+from servewise.core import queueing
+from servewise.core.model import Plan, Slo, Workload, cost_per_million_requests
 from servewise.core.profiles import Candidate
-from servewise.core.simulator import LatencySummary, SimulationResult
+from servewise.core.simulator import (
+    DEFAULT_SEED,
+    WARMUP_FRACTION,
+    LatencySummary,
+    SimulationResult,
+    capacity_per_s,
+    generate_arrivals_ms,
+    relaxation_time_ms,
+    run_batches,
+    simulate,
+)
 
 
 class Binding(Enum):
@@ -20,6 +49,20 @@ class Binding(Enum):
 
 
 DEFAULT_MAX_REPLICAS = 256
+
+# Delays tried, as fractions of the SLO's slack over a single request's service time.
+DELAY_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+# (type, B, T) combinations refined by simulation, cheapest predicted first.
+REFINE_CANDIDATES = 8
+# Requests in the shared search sample, and bounds on the confirmation run.
+SEARCH_REQUESTS = 12_000
+CONFIRM_MIN_REQUESTS = 20_000
+CONFIRM_MAX_REQUESTS = 60_000
+# The search judges a plan by an upper confidence bound on its SLO percentile, so that a plan
+# passing on the short sample by luck does not reach the confirmation.
+SEARCH_CONFIDENCE_Z = 2.0
+MAX_CONFIRM_ATTEMPTS = 6
+FRONTIER_MAX_POINTS = 24
 
 
 @dataclass(frozen=True)
@@ -68,6 +111,393 @@ class OptimizeResult:
     plans_considered: int = 0
 
 
+@dataclass(frozen=True)
+class _Option:
+    """A (type, B, T) with the analytic screen's replica count."""
+
+    candidate: Candidate
+    max_batch_size: int
+    max_queue_delay_ms: float
+    predicted_replicas: int
+    floor_replicas: int  # fewest replicas with capacity above the rate
+
+    @property
+    def price(self) -> float:
+        return self.candidate.instance.price_per_hour
+
+
+@dataclass
+class _Run:
+    """One simulation on the shared sample; derived figures are computed on first use."""
+
+    latencies: npt.NDArray[np.float64] | None  # None: the plan cannot keep up with the rate
+    passes: bool | None = None
+    quantile: float | None = None
+
+
+def _order_statistic(values: npt.NDArray[np.float64], index: int) -> float:
+    """values sorted ascending, at ``index``; for an upper-tail index this filters the tail
+    first (a threshold from a strided subsample) instead of partitioning everything."""
+    above = len(values) - index
+    if above * 8 < len(values):
+        sample = values[::8]
+        sample_index = max(len(sample) - 4 * math.ceil(above / 8) - 8, 0)
+        threshold = float(np.partition(sample, sample_index)[sample_index])
+        tail = values[values >= threshold]
+        if len(tail) >= above:
+            position = len(tail) - above
+            return float(np.partition(tail, position)[position])
+    return float(np.partition(values, index)[index])
+
+
+class _Search:
+    """Shared state of one optimisation: the sample, the SLO, and a cache of simulations."""
+
+    def __init__(self, workload: Workload, slo: Slo, limits: SearchLimits, seed: int) -> None:
+        self.workload = workload
+        self.slo = slo
+        self.limits = limits
+        self.seed = seed
+        self.quantile = slo.percentile / 100.0
+        if workload.arrival_times_s is not None:
+            times = np.asarray(workload.arrival_times_s, dtype=np.float64)
+            self.arrivals_ms = (times - times[0]) * 1000.0
+            gaps = np.diff(self.arrivals_ms)
+            self.rate_per_s = (len(times) - 1) / (self.arrivals_ms[-1] / 1000.0)
+            self.arrival_cv = float(gaps.std() / gaps.mean())
+        else:
+            self.rate_per_s = workload.rate_per_s
+            self.arrival_cv = workload.arrival_cv
+            self.arrivals_ms = generate_arrivals_ms(
+                workload, SEARCH_REQUESTS, np.random.default_rng(seed)
+            )
+        self.cache: dict[tuple[str, int, float, int], _Run] = {}
+        self.simulations = 0
+        self.warmup = int(len(self.arrivals_ms) * WARMUP_FRACTION)
+        count = len(self.arrivals_ms) - self.warmup
+        q = self.quantile
+        index = math.ceil(count * q + SEARCH_CONFIDENCE_Z * math.sqrt(count * q * (1 - q)))
+        self.quantile_index = min(max(index, 0), count - 1)
+        self.allowed_over = count - 1 - self.quantile_index
+
+    def _latencies(self, candidate: Candidate, big_b: int, delay: float, n: int) -> _Run:
+        key = (candidate.instance.name, big_b, delay, n)
+        run = self.cache.get(key)
+        if run is None:
+            latencies = None
+            if capacity_per_s(candidate.profile, big_b, n) > self.rate_per_s:
+                trace = run_batches(
+                    self.arrivals_ms, candidate.profile.table_ms(big_b), big_b, delay, n
+                )
+                latencies = trace.latencies_ms()[self.warmup :]
+            run = _Run(latencies)
+            self.cache[key] = run
+            self.simulations += 1
+        return run
+
+    def passes(self, candidate: Candidate, big_b: int, delay: float, n: int) -> bool:
+        """Whether the SLO percentile's upper confidence bound on the shared sample meets the
+        bound: at most ``allowed_over`` requests may be slower than the bound."""
+        run = self._latencies(candidate, big_b, delay, n)
+        if run.latencies is None:
+            return False
+        if run.passes is None:
+            slower = int(np.count_nonzero(run.latencies > self.slo.latency_ms))
+            run.passes = slower <= self.allowed_over
+        return run.passes
+
+    def simulated_quantile(self, candidate: Candidate, big_b: int, delay: float, n: int) -> float:
+        """Upper confidence bound of the SLO percentile on the shared sample (inf if unstable)."""
+        run = self._latencies(candidate, big_b, delay, n)
+        if run.latencies is None:
+            return math.inf
+        if run.quantile is None:
+            run.quantile = _order_statistic(run.latencies, self.quantile_index)
+        return run.quantile
+
+    def fewest_replicas(self, option: _Option, ceiling: int) -> int | None:
+        """Fewest replicas (<= ceiling) the simulation says meet the SLO; None if none do."""
+        cand, big_b, delay = option.candidate, option.max_batch_size, option.max_queue_delay_ms
+        low = option.floor_replicas
+        if low > ceiling:
+            return None
+        start = min(max(option.predicted_replicas, low), ceiling)
+        if self.passes(cand, big_b, delay, start):
+            # Gallop down to a failing count, then bisect.
+            high, step = start, 1
+            probe = start - step
+            while probe >= low and self.passes(cand, big_b, delay, probe):
+                high = probe
+                step *= 2
+                probe = high - step
+            fail = max(probe, low - 1)
+        else:
+            fail, step = start, 1
+            probe = min(start + step, ceiling)
+            while not self.passes(cand, big_b, delay, probe):
+                if probe >= ceiling:
+                    return None
+                fail = probe
+                step *= 2
+                probe = min(fail + step, ceiling)
+            high = probe
+        while high - fail > 1:
+            mid = (high + fail) // 2
+            if self.passes(cand, big_b, delay, mid):
+                high = mid
+            else:
+                fail = mid
+        return high
+
+
+def _batch_sizes(candidate: Candidate, limits: SearchLimits) -> list[int]:
+    top = candidate.max_batch_size
+    if limits.allowed_batch_sizes:
+        return sorted({b for b in limits.allowed_batch_sizes if b <= top})
+    sizes = {1 << k for k in range(top.bit_length()) if (1 << k) <= top}
+    sizes.update(b for b in candidate.profile.batch_sizes if b <= top)
+    sizes.add(top)
+    return sorted(sizes)
+
+
+def _delays(slo: Slo, fastest_ms: float, limits: SearchLimits) -> list[float]:
+    slack = max(slo.latency_ms - fastest_ms, 0.0)
+    delays = {0.0} | {round(f * slack, 6) for f in DELAY_FRACTIONS}
+    if limits.max_queue_delay_ms is not None:
+        delays = {d for d in delays if d <= limits.max_queue_delay_ms}
+        delays.add(limits.max_queue_delay_ms)
+    return sorted(delays)
+
+
+def _screen(
+    candidate: Candidate,
+    search: _Search,
+    limits: SearchLimits,
+) -> tuple[list[_Option], int]:
+    """Analytic fewest replicas for every (B, T) of one candidate."""
+    sizes = _batch_sizes(candidate, limits)
+    delays = _delays(search.slo, candidate.profile.service_time_ms(1), limits)
+    pairs = [(b, d) for b in sizes for d in (delays if b > 1 else [0.0])]
+    big_b = np.array([p[0] for p in pairs], dtype=np.int64)
+    delay = np.array([p[1] for p in pairs], dtype=np.float64)
+    table = candidate.profile.table_ms(int(big_b.max()))
+    service_full = table[big_b]
+    floor = np.floor(search.rate_per_s * service_full / (big_b * 1000.0)).astype(np.int64) + 1
+    ceiling = limits.max_replicas
+
+    def ok(n: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        pred = queueing.predict_many(
+            table, search.rate_per_s, search.arrival_cv, big_b, delay, n, search.slo.percentile
+        )
+        result: npt.NDArray[np.bool_] = pred.latency_ms <= search.slo.latency_ms
+        return result
+
+    low = np.minimum(floor, ceiling) - 1  # known (or assumed) to fail
+    high = np.full_like(low, ceiling)
+    feasible = ok(high) & (floor <= ceiling)
+    high = np.where(feasible, high, ceiling)
+    evaluated = len(pairs) * 2
+    while np.any(high - low > 1):
+        mid = (high + low) // 2
+        mid_ok = ok(np.maximum(mid, 1))
+        evaluated += len(pairs)
+        high = np.where(mid_ok & (high - low > 1), mid, high)
+        low = np.where(~mid_ok & (high - low > 1), mid, low)
+    options = [
+        _Option(
+            candidate,
+            int(big_b[i]),
+            float(delay[i]),
+            int(high[i]) if feasible[i] else ceiling,
+            int(floor[i]),
+        )
+        for i in range(len(pairs))
+        if floor[i] <= ceiling
+    ]
+    return options, evaluated
+
+
+def _choose_refinements(options: list[_Option]) -> list[_Option]:
+    """The cheapest predicted (B, T) per (type, B), cheapest first, at most REFINE_CANDIDATES,
+    with each instance type's best included so that no type is dismissed on the screen alone."""
+    best: dict[tuple[str, int], _Option] = {}
+    for opt in options:
+        key = (opt.candidate.instance.name, opt.max_batch_size)
+        current = best.get(key)
+        if current is None or (opt.predicted_replicas, opt.max_queue_delay_ms) < (
+            current.predicted_replicas,
+            current.max_queue_delay_ms,
+        ):
+            best[key] = opt
+    ranked = sorted(best.values(), key=lambda o: (o.predicted_replicas * o.price, o.max_batch_size))
+    chosen: list[_Option] = []
+    seen_types: set[str] = set()
+    for opt in ranked:
+        name = opt.candidate.instance.name
+        if name not in seen_types:
+            chosen.append(opt)
+            seen_types.add(name)
+    for opt in ranked:
+        if len(chosen) >= max(REFINE_CANDIDATES, len(seen_types)):
+            break
+        if opt not in chosen:
+            chosen.append(opt)
+    return sorted(chosen, key=lambda o: o.predicted_replicas * o.price)
+
+
+def _confirm_requests(search: _Search, candidate: Candidate, plan: Plan) -> int:
+    """Enough requests for the confirmation to span many relaxation times (bounded)."""
+    rate_per_ms = search.rate_per_s / 1000.0
+    capacity_per_ms = capacity_per_s(candidate.profile, plan.max_batch_size, plan.replicas) / 1000.0
+    relax_ms = relaxation_time_ms(
+        rate_per_ms, search.arrival_cv, capacity_per_ms, plan.max_batch_size, 0.0
+    )
+    wanted = 25.0 * relax_ms * rate_per_ms if math.isfinite(relax_ms) else CONFIRM_MAX_REQUESTS
+    return int(min(max(wanted, CONFIRM_MIN_REQUESTS), CONFIRM_MAX_REQUESTS))
+
+
+def assess(
+    candidate: Candidate,
+    plan: Plan,
+    workload: Workload,
+    slo: Slo,
+    seed: int,
+    num_requests: int,
+) -> PlanAssessment:
+    """Predict and simulate one plan."""
+    rate = _rate_of(workload)
+    predicted = queueing.predict(candidate.profile, plan, _analytic_workload(workload), slo)
+    simulated = simulate(candidate.profile, plan, workload, num_requests, seed, slo=slo)
+    capacity = capacity_per_s(candidate.profile, plan.max_batch_size, plan.replicas)
+    cost = plan.replicas * candidate.instance.price_per_hour
+    observed = simulated.latency.slo_percentile_ms
+    meets = simulated.stable and observed is not None and observed <= slo.latency_ms
+    return PlanAssessment(
+        plan=plan,
+        predicted=predicted,
+        simulated=simulated,
+        meets_slo=meets,
+        capacity_per_s=capacity,
+        utilisation=rate / capacity,
+        cost_per_hour=cost,
+        cost_per_million_requests=cost_per_million_requests(cost, rate),
+        mean_batch_size=simulated.mean_batch_size,
+    )
+
+
+def _rate_of(workload: Workload) -> float:
+    if workload.arrival_times_s is None:
+        return workload.rate_per_s
+    times = workload.arrival_times_s
+    return float((len(times) - 1) / (times[-1] - times[0]))
+
+
+def _analytic_workload(workload: Workload) -> Workload:
+    """The (rate, CV) summary of a trace, which is what the analytic predictor reads."""
+    if workload.arrival_times_s is None:
+        return workload
+    gaps = np.diff(np.asarray(workload.arrival_times_s, dtype=np.float64))
+    return Workload(_rate_of(workload), float(gaps.std() / gaps.mean()))
+
+
+def _frontier(search: _Search, by_name: dict[str, Candidate]) -> list[FrontierPoint]:
+    points = []
+    for (name, big_b, delay, n), run in search.cache.items():
+        if run.latencies is not None:
+            latency = search.simulated_quantile(by_name[name], big_b, delay, n)
+            plan = Plan(name, big_b, delay, n)
+            cost = n * by_name[name].instance.price_per_hour
+            points.append(FrontierPoint(plan, cost, latency, latency <= search.slo.latency_ms))
+    points.sort(key=lambda p: (p.cost_per_hour, p.latency_ms))
+    frontier: list[FrontierPoint] = []
+    for point in points:
+        if not frontier or point.latency_ms < frontier[-1].latency_ms:
+            frontier.append(point)
+    if len(frontier) > FRONTIER_MAX_POINTS:
+        keep = np.linspace(0, len(frontier) - 1, FRONTIER_MAX_POINTS).round().astype(int)
+        frontier = [frontier[i] for i in sorted(set(keep.tolist()))]
+    return frontier
+
+
+def _best_plan(
+    search: _Search, options: list[_Option], ceiling: int
+) -> tuple[Plan, Candidate] | None:
+    """Cheapest (by simulation on the shared sample) among the refined options."""
+    best: tuple[float, float, Plan, Candidate] | None = None
+    for opt in options:
+        limit = ceiling
+        if best is not None:
+            # Only a plan no dearer than the best so far matters: one simulation at the most
+            # replicas that would still be no dearer tells whether this option can compete.
+            limit = min(ceiling, math.floor(best[0] / opt.price + 1e-9))
+            if limit < opt.floor_replicas or not search.passes(
+                opt.candidate, opt.max_batch_size, opt.max_queue_delay_ms, limit
+            ):
+                continue
+        n = search.fewest_replicas(opt, limit)
+        if n is None:
+            continue
+        cost = n * opt.price
+        latency = search.simulated_quantile(
+            opt.candidate, opt.max_batch_size, opt.max_queue_delay_ms, n
+        )
+        plan = Plan(opt.candidate.instance.name, opt.max_batch_size, opt.max_queue_delay_ms, n)
+        if best is None or (cost, latency) < (best[0], best[1]):
+            best = (cost, latency, plan, opt.candidate)
+    return None if best is None else (best[2], best[3])
+
+
+def _confirm(search: _Search, candidate: Candidate, plan: Plan, ceiling: int) -> PlanAssessment:
+    """Simulate on a fresh sample; add replicas until the plan passes (or the ceiling)."""
+    assessment = assess(
+        candidate,
+        plan,
+        search.workload,
+        search.slo,
+        search.seed + 1,
+        _confirm_requests(search, candidate, plan),
+    )
+    attempts = 1
+    while not assessment.meets_slo and plan.replicas < ceiling and attempts < MAX_CONFIRM_ATTEMPTS:
+        plan = Plan(
+            plan.instance_type, plan.max_batch_size, plan.max_queue_delay_ms, plan.replicas + 1
+        )
+        assessment = assess(
+            candidate,
+            plan,
+            search.workload,
+            search.slo,
+            search.seed + 1,
+            _confirm_requests(search, candidate, plan),
+        )
+        attempts += 1
+    return assessment
+
+
+def _better(a: PlanAssessment, b: PlanAssessment | None, slo: Slo) -> bool:
+    """Cheaper, or as cheap with a lower simulated latency at the SLO percentile."""
+    if b is None:
+        return True
+    if a.cost_per_hour != b.cost_per_hour:
+        return a.cost_per_hour < b.cost_per_hour
+    return _observed(a) < _observed(b)
+
+
+def _observed(assessment: PlanAssessment) -> float:
+    sim = assessment.simulated
+    value = sim.latency.slo_percentile_ms if sim is not None else None
+    return math.inf if value is None else value
+
+
+def _saving(
+    reference: PlanAssessment | None, chosen: PlanAssessment | None
+) -> tuple[float | None, float | None]:
+    if reference is None or chosen is None:
+        return None, None
+    saving = reference.cost_per_hour - chosen.cost_per_hour
+    return saving, saving / reference.cost_per_hour
+
+
 def optimize(
     candidates: list[Candidate],
     workload: Workload,
@@ -76,4 +506,211 @@ def optimize(
     current_plan: Plan | None = None,
     seed: int = 0,
 ) -> OptimizeResult:
-    raise NotImplementedError
+    """Cheapest (instance type, B, T, N) whose SLO percentile meets the bound.
+
+    Parameters
+    ----------
+    candidates:
+        Instance types with the model's profile on each (validated, non-empty).
+    workload, slo, limits:
+        What to serve, the latency objective, and bounds on the search.
+    current_plan:
+        The team's plan today; assessed and compared against when given.
+    seed:
+        Seed of the search sample (the confirmation uses seed + 1); 0 means a fixed default.
+
+    Returns
+    -------
+    OptimizeResult
+        The plan, its predicted and simulated latency, cost, the real-time baseline, the
+        frontier and the binding constraint. A valid request no plan satisfies is answered
+        with ``feasible=False`` and the closest plan, not with an exception.
+    """
+    started = time.perf_counter()
+    seed = seed or DEFAULT_SEED
+    search = _Search(workload, slo, limits, seed)
+    by_name = {c.instance.name: c for c in candidates}
+    ceiling = limits.max_replicas
+    notes: list[str] = []
+    if workload.arrival_times_s is not None:
+        notes.append(
+            f"trace of {len(search.arrivals_ms)} arrivals at {search.rate_per_s:.4g}/s "
+            f"(CV {search.arrival_cv:.3g}); search and confirmation both replay it"
+        )
+
+    options: list[_Option] = []
+    considered = 0
+    for candidate in candidates:
+        screened, evaluated = _screen(candidate, search, limits)
+        options.extend(screened)
+        considered += evaluated
+
+    chosen = _best_plan(search, _choose_refinements(options), ceiling)
+    realtime_options = [o for o in options if o.max_batch_size == 1]
+    realtime = _best_plan(
+        search, sorted(realtime_options, key=lambda o: o.predicted_replicas * o.price), ceiling
+    )
+
+    recommended: PlanAssessment | None = None
+    if chosen is not None:
+        recommended = _confirm(search, chosen[1], chosen[0], ceiling)
+    realtime_assessment: PlanAssessment | None = None
+    realtime_note = ""
+    if realtime is not None:
+        realtime_assessment = _confirm(search, realtime[1], realtime[0], ceiling)
+        if not realtime_assessment.meets_slo:
+            realtime_note = "the best real-time plan failed its confirming simulation"
+    elif 1 not in {b for c in candidates for b in _batch_sizes(c, limits)}:
+        realtime_note = "batch size 1 is excluded by limits.allowed_batch_sizes"
+    else:
+        realtime_note = _realtime_absent_reason(candidates, search, ceiling)
+
+    feasible = recommended is not None and recommended.meets_slo
+    if realtime_assessment is not None and realtime_assessment.meets_slo and (
+        not feasible or _better(realtime_assessment, recommended, slo)
+    ):
+        recommended, feasible = realtime_assessment, True
+
+    if feasible and recommended is not None:
+        binding, reason = _binding_feasible(
+            search, by_name[recommended.plan.instance_type], recommended
+        )
+    else:
+        closest = _closest(search, candidates, ceiling)
+        recommended = closest
+        binding, reason = _binding_infeasible(search, candidates, ceiling)
+
+    current: PlanAssessment | None = None
+    if current_plan is not None:
+        current = assess(
+            by_name[current_plan.instance_type],
+            current_plan,
+            workload,
+            slo,
+            search.seed + 1,
+            _confirm_requests(search, by_name[current_plan.instance_type], current_plan),
+        )
+    baseline = (
+        realtime_assessment if realtime_assessment and realtime_assessment.meets_slo else None
+    )
+    chosen_for_saving = recommended if feasible else None
+    saving_rt, saving_rt_fraction = _saving(baseline, chosen_for_saving)
+    saving_cur, saving_cur_fraction = _saving(current, chosen_for_saving)
+    elapsed_ms = (time.perf_counter() - started) * 1000.0
+    notes.append(
+        f"screened {considered} plans analytically, simulated {search.simulations} on a shared "
+        f"sample of {len(search.arrivals_ms)} requests, in {elapsed_ms:.1f} ms"
+    )
+    return OptimizeResult(
+        feasible=feasible,
+        recommended=recommended,
+        binding=binding,
+        binding_reason=reason,
+        realtime_baseline=baseline,
+        realtime_baseline_note=realtime_note if baseline is None else "",
+        saving_vs_realtime_per_hour=saving_rt,
+        saving_vs_realtime_fraction=saving_rt_fraction,
+        current=current,
+        saving_vs_current_per_hour=saving_cur,
+        saving_vs_current_fraction=saving_cur_fraction,
+        frontier=_frontier(search, by_name),
+        notes=notes,
+        plans_considered=considered,
+    )
+
+
+def _realtime_absent_reason(candidates: list[Candidate], search: _Search, ceiling: int) -> str:
+    fastest = min(candidates, key=lambda c: c.profile.service_time_ms(1))
+    single = fastest.profile.service_time_ms(1)
+    if single > search.slo.latency_ms:
+        return (
+            f"a single request takes {single:g} ms on {fastest.instance.name}, above the "
+            f"{search.slo.latency_ms:g} ms SLO"
+        )
+    return (
+        f"no real-time plan meets the SLO within {ceiling} replicas "
+        f"(rate {search.rate_per_s:.4g}/s)"
+    )
+
+
+def _binding_feasible(
+    search: _Search, candidate: Candidate, chosen: PlanAssessment
+) -> tuple[Binding, str]:
+    plan = chosen.plan
+    if plan.replicas == 1:
+        return Binding.MINIMUM_REPLICAS, (
+            f"one replica of {plan.instance_type} already meets the SLO "
+            f"({_latency_text(chosen, search.slo)}); nothing cheaper exists on it"
+        )
+    fewer = plan.replicas - 1
+    top = candidate.max_batch_size
+    best_capacity = max(
+        capacity_per_s(candidate.profile, b, fewer) for b in _batch_sizes(candidate, search.limits)
+    )
+    if best_capacity <= search.rate_per_s:
+        memory_capped = (
+            candidate.instance.max_batch_size is not None and top < candidate.profile.max_batch_size
+        )
+        kind = Binding.MEMORY if memory_capped else Binding.THROUGHPUT
+        cap_text = f" (memory caps the batch at {top})" if memory_capped else ""
+        return kind, (
+            f"{fewer} replicas serve at most {best_capacity:.4g} req/s{cap_text}, "
+            f"below the rate of {search.rate_per_s:.4g} req/s"
+        )
+    near = search.simulated_quantile(candidate, plan.max_batch_size, plan.max_queue_delay_ms, fewer)
+    near_text = f"{near:.4g} ms" if math.isfinite(near) else "unbounded"
+    return Binding.LATENCY_SLO, (
+        f"with {fewer} replicas the p{search.slo.percentile:g} latency would be {near_text} "
+        f"(> {search.slo.latency_ms:g} ms); {plan.replicas} give "
+        f"{_latency_text(chosen, search.slo)}"
+    )
+
+
+def _latency_text(assessment: PlanAssessment, slo: Slo) -> str:
+    sim = assessment.simulated
+    value = sim.latency.slo_percentile_ms if sim is not None else None
+    if value is None:
+        value = assessment.predicted.slo_percentile_ms or math.inf
+    return f"p{slo.percentile:g} {value:.4g} ms vs {slo.latency_ms:g} ms"
+
+
+def _closest(search: _Search, candidates: list[Candidate], ceiling: int) -> PlanAssessment | None:
+    """The stable plan at the replica ceiling with the lowest latency on the shared sample."""
+    best: tuple[float, Candidate, Plan] | None = None
+    for candidate in candidates:
+        for big_b in _batch_sizes(candidate, search.limits):
+            if capacity_per_s(candidate.profile, big_b, ceiling) <= search.rate_per_s:
+                continue
+            latency = search.simulated_quantile(candidate, big_b, 0.0, ceiling)
+            if best is None or latency < best[0]:
+                best = (latency, candidate, Plan(candidate.instance.name, big_b, 0.0, ceiling))
+    if best is None:
+        return None
+    return assess(
+        best[1], best[2], search.workload, search.slo, search.seed + 1, CONFIRM_MIN_REQUESTS
+    )
+
+
+def _binding_infeasible(
+    search: _Search, candidates: list[Candidate], ceiling: int
+) -> tuple[Binding, str]:
+    fastest = min(c.profile.service_time_ms(1) for c in candidates)
+    if fastest > search.slo.latency_ms:
+        return Binding.SERVICE_TIME, (
+            f"the fastest single-request service time is {fastest:g} ms, above the "
+            f"{search.slo.latency_ms:g} ms SLO on every instance type"
+        )
+    most = max(
+        capacity_per_s(c.profile, b, ceiling)
+        for c in candidates
+        for b in _batch_sizes(c, search.limits)
+    )
+    if most <= search.rate_per_s:
+        return Binding.MAX_REPLICAS, (
+            f"{ceiling} replicas serve at most {most:.4g} req/s, below the rate of "
+            f"{search.rate_per_s:.4g} req/s"
+        )
+    return Binding.MAX_REPLICAS, (
+        f"no plan within {ceiling} replicas brings the p{search.slo.percentile:g} latency "
+        f"under {search.slo.latency_ms:g} ms"
+    )

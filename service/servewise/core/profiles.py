@@ -8,6 +8,7 @@ batch, or above what fits the instance's memory, a batch is infeasible.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -64,7 +65,9 @@ class LatencyProfile:
         """s(b) = base_ms + per_item_ms * b; exact under linear interpolation of two points."""
         if max_batch_size == 1:
             return cls((1,), (base_ms + per_item_ms,))
-        return cls((1, max_batch_size), (base_ms + per_item_ms, base_ms + per_item_ms * max_batch_size))
+        return cls(
+            (1, max_batch_size), (base_ms + per_item_ms, base_ms + per_item_ms * max_batch_size)
+        )
 
 
 @dataclass(frozen=True)
@@ -100,9 +103,7 @@ def memory_batch_cap(model_bytes: int, bytes_per_item: int, device_memory_bytes:
     return int(free // bytes_per_item)
 
 
-def build_profile(
-    points: list[tuple[int, float]], field_path: str
-) -> LatencyProfile:
+def build_profile(points: list[tuple[int, float]], field_path: str) -> LatencyProfile:
     """Validate measured (batch_size, latency_ms) points and build a profile.
 
     Raises InvalidInputError naming ``{field_path}[i].batch_size`` or ``.latency_ms``.
@@ -118,7 +119,9 @@ def build_profile(
             violations.append(FieldViolation(f"{field_path}[{i}].batch_size", "must be >= 1"))
         elif size > MAX_PROFILE_BATCH_SIZE:
             violations.append(
-                FieldViolation(f"{field_path}[{i}].batch_size", f"must be <= {MAX_PROFILE_BATCH_SIZE}")
+                FieldViolation(
+                    f"{field_path}[{i}].batch_size", f"must be <= {MAX_PROFILE_BATCH_SIZE}"
+                )
             )
         elif size <= previous_size:
             violations.append(
@@ -135,7 +138,7 @@ def build_profile(
     if violations:
         raise InvalidInputError(violations)
     notes: list[str] = []
-    for (size_a, lat_a), (size_b, lat_b) in zip(points, points[1:]):
+    for (size_a, lat_a), (size_b, lat_b) in itertools.pairwise(points):
         if lat_b < lat_a:
             dip = (lat_a - lat_b) / lat_a
             kind = "noise" if dip <= NOISE_DIP_FRACTION else "a large dip; check the measurement"

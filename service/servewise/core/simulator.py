@@ -84,7 +84,9 @@ class BatchTrace:
     busy_ms: float
 
     def latencies_ms(self) -> npt.NDArray[np.float64]:
-        result: npt.NDArray[np.float64] = np.repeat(self.completion_ms, self.sizes) - self.arrivals_ms
+        result: npt.NDArray[np.float64] = (
+            np.repeat(self.completion_ms, self.sizes) - self.arrivals_ms
+        )
         return result
 
 
@@ -124,7 +126,11 @@ def run_batches(
     """
     if _batchsim is None:
         return run_batches_python(
-            arrivals_ms, service_table_ms, max_batch_size, max_queue_delay_ms, replicas,
+            arrivals_ms,
+            service_table_ms,
+            max_batch_size,
+            max_queue_delay_ms,
+            replicas,
             service_scale,
         )
     arrivals = np.ascontiguousarray(arrivals_ms, dtype=np.float64)
@@ -174,7 +180,7 @@ def run_batches_python(
     while i < n:
         first = a[i]
         start = free[0]
-        if first > start:
+        if first > start:  # noqa: PLR1730 - max() costs a call in the hot loop
             start = first
         last = i + big_b - 1
         if last < n and a[last] <= start:
