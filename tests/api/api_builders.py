@@ -9,7 +9,9 @@ average above the p99 from batch 16 up.
 
 from __future__ import annotations
 
+import csv
 import json
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,11 @@ from grpc_status import rpc_status
 
 from servewise.v1 import servewise_pb2, types_pb2
 
-PROFILES_PATH = Path("/work/shared/data/profiles.json")
+DATA_DIR = Path("/work/shared/data")
+PROFILES_PATH = DATA_DIR / "profiles.json"
+# Azure LLM inference trace 2023 (Azure/AzurePublicDataset, CC-BY-4.0; Patel et al., "Splitwise",
+# ISCA 2024): one hour of a chat service, 19,366 requests, close to Poisson.
+CONV_TRACE_PATH = DATA_DIR / "traces" / "AzureLLMInferenceTrace_conv.csv"
 RESNET50_V100_FP32 = "dle-pt-resnet-50-v1-5-v100-16gb-fp32"
 RESNET50_T4_FP32 = "dle-pt-resnet-50-v1-5-t4-fp32"
 
@@ -46,6 +52,14 @@ def measured_points(profile_id: str, *, with_p99: bool = True) -> list[types_pb2
             point.p99_latency_ms = row["latency_ms_p99"]
         points.append(point)
     return points
+
+
+@cache
+def conv_trace_s() -> tuple[float, ...]:
+    """Arrival times of the Azure chat trace in seconds since its first request."""
+    with CONV_TRACE_PATH.open(newline="") as f:
+        stamps = [datetime.fromisoformat(row["TIMESTAMP"]) for row in csv.DictReader(f)]
+    return tuple((t - stamps[0]).total_seconds() for t in stamps)
 
 
 def v100_candidate() -> types_pb2.Candidate:
