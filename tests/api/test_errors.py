@@ -1,0 +1,98 @@
+"""Domain exceptions become the right gRPC status, in one place (servewise.api.errors)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+import pytest
+from api_builders import bad_request_fields, optimize_request, rich_status, simulate_request
+from api_harness import Api
+
+import servewise.api.servicer as servicer_module
+from servewise.api.errors import INTERNAL_MESSAGE, status_for, summary
+from servewise.core.errors import FieldViolation, InvalidInputError
+
+
+def _violations(n: int) -> InvalidInputError:
+    return InvalidInputError([FieldViolation(f"field_{i}", "must be > 0") for i in range(n)])
+
+
+def test_invalid_input_is_invalid_argument_with_bad_request() -> None:
+    """InvalidInputError -> INVALID_ARGUMENT carrying grpc-status-details-bin."""
+    status = status_for(_violations(2))
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT
+    keys = [key for key, _ in status.trailing_metadata]
+    assert keys == ["grpc-status-details-bin"]
+
+
+def test_summary_names_the_first_fields() -> None:
+    """The one-line message names the first three fields and counts the rest."""
+    assert summary(_violations(1)) == "invalid request: 1 field violation: field_0"
+    assert summary(_violations(5)) == (
+        "invalid request: 5 field violations: field_0, field_1, field_2 and 2 more"
+    )
+
+
+def test_core_value_error_is_invalid_argument() -> None:
+    """A plain ValueError from the core is the caller's fault: INVALID_ARGUMENT, its message."""
+    status = status_for(ValueError("max_batch_size 300 exceeds the profile's largest batch 256"))
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert status.details == "max_batch_size 300 exceeds the profile's largest batch 256"
+
+
+def test_anything_else_is_internal_and_generic() -> None:
+    """Unexpected exceptions are INTERNAL with a message that leaks nothing."""
+    status = status_for(KeyError("secret"))
+    assert status.code == grpc.StatusCode.INTERNAL
+    assert status.details == INTERNAL_MESSAGE
+
+
+def _raise(exc: Exception) -> Any:
+    def fail(*args: object, **kwargs: object) -> Any:
+        raise exc
+
+    return fail
+
+
+async def test_core_value_error_over_the_wire(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ValueError inside simulate() reaches the client as INVALID_ARGUMENT with its text."""
+    monkeypatch.setattr(servicer_module, "simulate", _raise(ValueError("rate too high")))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await api.stub.Simulate(simulate_request())
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == "rate too high"
+    await api.assert_serving()
+
+
+async def test_core_invalid_input_over_the_wire(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """InvalidInputError raised by the core itself keeps its field violations."""
+    error = InvalidInputError([FieldViolation("candidates[0].profile", "bad")])
+    monkeypatch.setattr(servicer_module, "optimize", _raise(error))
+    call = api.stub.OptimizeBatch(optimize_request())
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(await rich_status(call)) == ["candidates[0].profile"]
+    await api.assert_serving()
+
+
+@pytest.mark.parametrize("rpc", ["Simulate", "OptimizeBatch"])
+async def test_unexpected_error_over_the_wire(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, rpc: str
+) -> None:
+    """A bug in the core is INTERNAL with a generic message, logged with its traceback."""
+    monkeypatch.setattr(servicer_module, "simulate", _raise(ZeroDivisionError("secret detail")))
+    monkeypatch.setattr(servicer_module, "optimize", _raise(ZeroDivisionError("secret detail")))
+    request = simulate_request() if rpc == "Simulate" else optimize_request()
+    with (
+        caplog.at_level(logging.ERROR, logger="servewise.api.errors"),
+        pytest.raises(grpc.aio.AioRpcError) as raised,
+    ):
+        await getattr(api.stub, rpc)(request)
+    assert raised.value.code() == grpc.StatusCode.INTERNAL
+    assert raised.value.details() == INTERNAL_MESSAGE
+    assert "secret" not in (raised.value.details() or "")
+    assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
+    await api.assert_serving()
