@@ -10,6 +10,7 @@ import pytest
 from api_builders import RESNET50_V100_FP32, measured_points, optimize_request, simulate_request
 
 from servewise.api.converters import (
+    ResponseConversionError,
     binding_to_pb,
     optimize_args,
     optimize_response_to_pb,
@@ -193,3 +194,11 @@ def test_dip_profile_is_accepted_with_a_note() -> None:
     request = simulate_request()
     args = simulate_args(request)
     assert any("batch 2 measured faster than batch 1" in n for n in args.notes), args.notes
+
+
+def test_a_result_that_does_not_fit_is_an_internal_error_not_invalid_input() -> None:
+    """A core number outside its proto field's range raises a non-ValueError (-> INTERNAL)."""
+    args = simulate_args(simulate_request())
+    with pytest.raises(ResponseConversionError) as raised:
+        simulate_response_to_pb(args, replace(SIM, seed=2**64), 1.0)
+    assert not isinstance(raised.value, ValueError)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -12,6 +13,7 @@ from api_harness import Api
 
 import servewise.api.servicer as servicer_module
 from servewise.api.errors import INTERNAL_MESSAGE, status_for, summary
+from servewise.core import simulator
 from servewise.core.errors import FieldViolation, InvalidInputError
 
 
@@ -75,6 +77,23 @@ async def test_core_invalid_input_over_the_wire(api: Api, monkeypatch: pytest.Mo
         await call
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(await rich_status(call)) == ["candidates[0].profile"]
+    await api.assert_serving()
+
+
+async def test_unrepresentable_result_is_internal(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A valid request whose result does not fit the response is INTERNAL, not the caller's
+    fault (protobuf's out-of-range ValueError must not become INVALID_ARGUMENT)."""
+    real = simulator.simulate
+
+    def simulate_with_huge_seed(*args: Any, **kwargs: Any) -> Any:
+        return replace(real(*args, **kwargs), seed=2**64)
+
+    monkeypatch.setattr(servicer_module, "simulate", simulate_with_huge_seed)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await api.stub.Simulate(simulate_request())
+    assert raised.value.code() == grpc.StatusCode.INTERNAL
     await api.assert_serving()
 
 

@@ -8,7 +8,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 from servewise.api.validation import (
     MAX_CANDIDATES,
@@ -181,6 +184,32 @@ def optimize_args(request: servewise_pb2.OptimizeBatchRequest) -> OptimizeArgs:
 
 # --- Core -> responses --------------------------------------------------------------------------
 
+
+class ResponseConversionError(RuntimeError):
+    """A core result did not fit its response message (e.g. a uint64 out of range).
+
+    Deliberately not a ValueError: the request was valid, so this must surface as INTERNAL,
+    never as INVALID_ARGUMENT.
+    """
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _response_builder(build: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Re-raise protobuf's ValueError/TypeError from building a response as an internal error."""
+
+    @functools.wraps(build)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return build(*args, **kwargs)
+        except (ValueError, TypeError) as exc:
+            raise ResponseConversionError(f"{build.__name__}: {exc}") from exc
+
+    return wrapper
+
+
 _BINDINGS: dict[Binding, types_pb2.BindingConstraint.ValueType] = {
     Binding.LATENCY_SLO: types_pb2.BINDING_CONSTRAINT_LATENCY_SLO,
     Binding.THROUGHPUT: types_pb2.BINDING_CONSTRAINT_THROUGHPUT,
@@ -263,6 +292,7 @@ def _unique(notes: list[str]) -> list[str]:
     return list(dict.fromkeys(notes))
 
 
+@_response_builder
 def simulate_response_to_pb(
     args: SimulateArgs, result: SimulationResult, capacity_per_s: float
 ) -> servewise_pb2.SimulateResponse:
@@ -277,6 +307,7 @@ def simulate_response_to_pb(
     return response
 
 
+@_response_builder
 def optimize_response_to_pb(
     args: OptimizeArgs, result: OptimizeResult
 ) -> servewise_pb2.OptimizeBatchResponse:
