@@ -260,6 +260,7 @@ OPTIMIZE_CASES = [
         LINEAR1,
     ),
     opt("linear without any cap", _linear_without_cap, f"{LINEAR1}.max_batch_size"),
+    opt("linear largest batch overflows", _set(f"{LINEAR1}.per_item_ms", 1e307), LINEAR1),
     opt(
         "linear cap too big",
         _set(f"{LINEAR1}.max_batch_size", MAX_PROFILE_BATCH_SIZE + 1),

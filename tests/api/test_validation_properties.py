@@ -95,6 +95,7 @@ def _latency_without_p99(message: Any, value: float) -> None:
     point.latency_ms = value
 
 
+LINEAR_BASE_MS = 5.24  # base of the T4 linear fit in api_builders
 POINT3_LATENCY = 11.5  # published average of batch 8 in the ResNet-50 V100 FP32 table
 
 DOUBLE_FIELDS = [
@@ -132,7 +133,8 @@ DOUBLE_FIELDS = [
         "OptimizeBatch",
         "candidates[1].profile.linear.per_item_ms",
         _attr("candidates[1].profile.linear.per_item_ms"),
-        lambda x: _finite(x) and x >= 0,
+        # The instance cap (64) is the linear range; s(64) must stay finite.
+        lambda x: _finite(x) and x >= 0 and _finite(LINEAR_BASE_MS + x * 64),
     ),
     NumericField(
         "OptimizeBatch",

@@ -294,6 +294,9 @@ def _linear_profile_to_core(
             top = instance_cap
     if len(v) > start or top is None:
         return None
+    if not _finite(pb.base_ms + pb.per_item_ms * top):
+        v.add(path, f"base_ms + per_item_ms * {top} (the largest batch's time) must be finite")
+        return None
     return LatencyProfile.linear(pb.base_ms, pb.per_item_ms, top)
 
 
