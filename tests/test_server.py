@@ -198,11 +198,11 @@ async def test_unimplemented_control_stream(
     stub: servewise_pb2_grpc.ServewiseServiceAsyncStub,
 ) -> None:
     """The Control bidirectional stream answers UNIMPLEMENTED until it is written."""
-    call = stub.Control(_control_requests(2, "dep-1"), timeout=5)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in call:
-            pass
-    assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    # No request is written: an aio client write racing the server's early status turns that
+    # status into INTERNAL "Internal error from Core" on the client (grpc/grpc#36066).
+    call = stub.Control(timeout=5)  # type: ignore[call-arg]  # stubs require an iterator
+    assert await call.code() is grpc.StatusCode.UNIMPLEMENTED
+    assert await call.details() == "Method not implemented!"
 
 
 async def test_unknown_method_is_unimplemented(grpc_channel: grpc.aio.Channel) -> None:
