@@ -1,4 +1,7 @@
-/* Batch-stepping kernel of the simulator (see simulator.py for the model).
+/* Hot loops of the core: the simulator's batch stepping (see simulator.py for the model)
+ * and the analytic predictor (see queueing.py).
+ *
+ * Batch-stepping kernel of the simulator.
  *
  * The same loop as simulator._run_batches_python, in C, because the optimizer confirms its
  * candidates by simulation inside a millisecond budget. Arrays come in through the buffer
@@ -7,6 +10,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <math.h>
 #include <stdlib.h>
 
 static void sift_down(double *heap, Py_ssize_t n, Py_ssize_t i) {
@@ -113,10 +117,261 @@ static PyObject *run_batches(PyObject *self, PyObject *args) {
     return Py_BuildValue("nd", k, busy);
 }
 
+
+/* ---------------------------------------------------------------------------------------
+ * Analytic latency predictor (the model is documented in queueing.py). Scalar per plan so a
+ * single plan costs microseconds and thousands of plans a few milliseconds.
+ */
+
+typedef struct {
+    const double *service;     /* [kinds * width] s(b), inf beyond a profile's largest batch */
+    const double *throughput;  /* [kinds * (width - 1)] running max of b / s(b), b = 1.. */
+    Py_ssize_t width;
+} tables_t;
+
+static double table_at(const tables_t *t, Py_ssize_t kind, double b) {
+    const double *row = t->service + kind * t->width;
+    Py_ssize_t lo = (Py_ssize_t)b;
+    if (lo < 1) lo = 1;
+    double frac = b - (double)lo;
+    if (frac <= 0.0) return row[lo];
+    return row[lo] + (row[lo + 1] - row[lo]) * frac;
+}
+
+/* Smallest real b in [1, B] with N*b/s(b) >= lambda; B when full batches cannot keep up. */
+static double balance_batch(const tables_t *t, Py_ssize_t kind, double lam, double n,
+                            Py_ssize_t big_b) {
+    const double *thr = t->throughput + kind * (t->width - 1);
+    double target = lam / n;
+    Py_ssize_t lo = 0, hi = t->width - 1;
+    while (lo < hi) { /* first index with thr >= target */
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (thr[mid] < target) lo = mid + 1; else hi = mid;
+    }
+    Py_ssize_t upper = lo + 1;
+    if (upper > big_b) upper = big_b;
+    Py_ssize_t lower = upper - 1 < 1 ? 1 : upper - 1;
+    const double *row = t->service + kind * t->width;
+    double s_low = row[lower];
+    double slope = row[upper] - s_low;
+    double denom = n - lam * slope;
+    double exact = denom > 0.0 ? lam * (s_low - slope * (double)lower) / denom : (double)upper;
+    if (exact < (double)lower) exact = (double)lower;
+    if (exact > (double)upper) exact = (double)upper;
+    if (exact < 1.0) exact = 1.0;
+    if (exact > (double)big_b) exact = (double)big_b;
+    return exact;
+}
+
+typedef struct {
+    double s_idle, window, b_idle, s_busy, span, n, residual_mean, backlog_mean, wait_p;
+} mixture_t;
+
+static double mixture_tail(const mixture_t *m, double t) {
+    double idle_tail;
+    double x_idle = t - m->s_idle;
+    if (x_idle < 0.0) idle_tail = 1.0;
+    else if (x_idle >= m->window) idle_tail = 0.0;
+    else {
+        double first = 1.0 / m->b_idle;
+        double frac = m->window > 0.0 ? x_idle / m->window : 1.0;
+        idle_tail = first + (1.0 - first) * (1.0 - frac);
+    }
+    double busy_tail;
+    double x_busy = t - m->s_busy;
+    if (x_busy < 0.0) busy_tail = 1.0;
+    else {
+        double shifted = x_busy - m->backlog_mean;
+        if (shifted < 0.0) shifted = 0.0;
+        double base = 1.0 - shifted / m->span;
+        if (base < 0.0) base = 0.0;
+        double residual_tail = pow(base, m->n);
+        double excess = x_busy - m->residual_mean;
+        if (excess < 0.0) excess = 0.0;
+        double scale = m->backlog_mean > 1e-12 ? m->backlog_mean : 1e-12;
+        double backlog_tail = exp(-excess / scale);
+        busy_tail = residual_tail > backlog_tail ? residual_tail : backlog_tail;
+    }
+    return (1.0 - m->wait_p) * idle_tail + m->wait_p * busy_tail;
+}
+
+#define UTILISATION_STEPS 32
+#define QUANTILE_STEPS 36
+
+typedef struct {
+    mixture_t m;
+    double capacity, util, mean, batch;
+} plan_model_t;
+
+/* Everything about one plan that does not depend on the latency level asked for. */
+static void model_plan(const tables_t *t, Py_ssize_t k, int64_t b_int, double delay,
+                       int64_t n_int, double lam, double cv2, plan_model_t *out) {
+    double big_b = (double)b_int, n = (double)n_int;
+    double capacity = n * big_b / t->service[k * t->width + b_int];
+    double window = (big_b - 1.0) / lam;
+    if (delay < window) window = delay;
+    double b_idle = 1.0 + lam * window;
+    if (b_idle > big_b) b_idle = big_b;
+    double s_idle = table_at(t, k, b_idle);
+    double b_busy = balance_batch(t, k, lam, n, b_int);
+    if (b_busy < b_idle) b_busy = b_idle;
+    if (b_busy > big_b) b_busy = big_b;
+    double s_busy = table_at(t, k, b_busy);
+    double exponent = sqrt(2.0 * (n + 1.0)) - 1.0;
+    double burst = (1.0 + cv2) / 2.0;
+    double work_idle = lam * s_idle / (b_idle * n);
+    double work_busy = lam * s_busy / (b_busy * n);
+    double low = 0.0, high = 1.0;
+    for (int step = 0; step < UTILISATION_STEPS; step++) {
+        double u = 0.5 * (low + high);
+        double c = exp(exponent * log(u)) * burst;
+        if (c > 1.0) c = 1.0;
+        if ((1.0 - c) * work_idle + c * work_busy - u > 0.0) low = u; else high = u;
+    }
+    double u = 0.5 * (low + high);
+    double wait_p = exp(exponent * log(u)) * burst;
+    if (wait_p > 1.0) wait_p = 1.0;
+    mixture_t *m = &out->m;
+    m->s_idle = s_idle; m->window = window; m->b_idle = b_idle; m->s_busy = s_busy;
+    m->n = n; m->wait_p = wait_p;
+    m->span = s_busy > n * window ? s_busy : n * window;
+    m->residual_mean = m->span / (n + 1.0);
+    double drift = capacity - lam;
+    if (drift < 1e-12) drift = 1e-12;
+    m->backlog_mean = lam * cv2 / (2.0 * drift) / capacity;
+    out->capacity = capacity;
+    out->util = lam / capacity;
+    double idle_wait_mean = window / b_idle + (1.0 - 1.0 / b_idle) * window / 2.0;
+    out->mean = (1.0 - wait_p) * (s_idle + idle_wait_mean) +
+                wait_p * (s_busy + m->residual_mean + m->backlog_mean);
+    out->batch = 1.0 / ((1.0 - wait_p) / b_idle + wait_p / b_busy);
+}
+
+static double mixture_quantile(const mixture_t *m, double q) {
+    double level = 1.0 - q;
+    double lo = m->s_idle < m->s_busy ? m->s_idle : m->s_busy;
+    double hi = (m->s_idle + m->window > m->s_busy + m->span ? m->s_idle + m->window
+                                                             : m->s_busy + m->span) +
+                m->backlog_mean * (log(1.0 / level) + 1.0) + 1e-9;
+    for (int step = 0; step < QUANTILE_STEPS; step++) {
+        double mid = 0.5 * (lo + hi);
+        if (mixture_tail(m, mid) > level) lo = mid; else hi = mid;
+    }
+    return hi;
+}
+
+/* Shared argument handling of predict_plans and tail_at. */
+typedef struct {
+    Py_buffer service, throughput, kind, b, t, n, levels, out0, out1, out2, out3;
+    Py_ssize_t width, plans, nlevels;
+    double rate_per_s, arrival_cv;
+} plan_args_t;
+
+static void release_args(plan_args_t *a) {
+    PyBuffer_Release(&a->service); PyBuffer_Release(&a->throughput); PyBuffer_Release(&a->kind);
+    PyBuffer_Release(&a->b); PyBuffer_Release(&a->t); PyBuffer_Release(&a->n);
+    PyBuffer_Release(&a->levels); PyBuffer_Release(&a->out0); PyBuffer_Release(&a->out1);
+    PyBuffer_Release(&a->out2); PyBuffer_Release(&a->out3);
+}
+
+static int parse_plan_args(PyObject *args, plan_args_t *a) {
+    if (!PyArg_ParseTuple(args, "y*y*ny*y*y*y*ddy*w*w*w*w*", &a->service, &a->throughput,
+                          &a->width, &a->kind, &a->b, &a->t, &a->n, &a->rate_per_s,
+                          &a->arrival_cv, &a->levels, &a->out0, &a->out1, &a->out2, &a->out3))
+        return 0;
+    Py_ssize_t d = (Py_ssize_t)sizeof(double), w = a->width;
+    a->plans = a->kind.len / (Py_ssize_t)sizeof(int64_t);
+    a->nlevels = a->levels.len / d;
+    Py_ssize_t kinds = w > 0 ? a->service.len / d / w : 0;
+    int ok = w >= 3 && kinds >= 1 && a->throughput.len / d == kinds * (w - 1) &&
+             a->b.len / (Py_ssize_t)sizeof(int64_t) == a->plans &&
+             a->t.len / d == a->plans && a->n.len / (Py_ssize_t)sizeof(int64_t) == a->plans &&
+             a->out0.len / d == a->plans * a->nlevels && a->out1.len / d == a->plans &&
+             a->out2.len / d == a->plans && a->out3.len / d == a->plans &&
+             a->rate_per_s > 0.0 && a->arrival_cv >= 0.0;
+    const int64_t *kind = (const int64_t *)a->kind.buf, *bs = (const int64_t *)a->b.buf;
+    const int64_t *ns = (const int64_t *)a->n.buf;
+    for (Py_ssize_t i = 0; ok && i < a->plans; i++)
+        ok = kind[i] >= 0 && kind[i] < kinds && bs[i] >= 1 && bs[i] < w - 1 && ns[i] >= 1;
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "inconsistent buffer sizes or arguments");
+        release_args(a);
+    }
+    return ok;
+}
+
+/* Latency at each quantile level (out0[plans*levels]), mean (out1), mean batch (out2),
+ * utilisation (out3). Unstable plans get inf latencies. */
+static PyObject *predict_plans(PyObject *self, PyObject *args) {
+    plan_args_t a;
+    if (!parse_plan_args(args, &a)) return NULL;
+    tables_t t = {(const double *)a.service.buf, (const double *)a.throughput.buf, a.width};
+    const int64_t *kind = (const int64_t *)a.kind.buf, *bs = (const int64_t *)a.b.buf;
+    const int64_t *ns = (const int64_t *)a.n.buf;
+    const double *delays = (const double *)a.t.buf, *qs = (const double *)a.levels.buf;
+    double *latency = (double *)a.out0.buf, *mean = (double *)a.out1.buf;
+    double *batch = (double *)a.out2.buf, *util = (double *)a.out3.buf;
+    double lam = a.rate_per_s / 1000.0, cv2 = a.arrival_cv * a.arrival_cv;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < a.plans; i++) {
+        plan_model_t pm;
+        model_plan(&t, (Py_ssize_t)kind[i], bs[i], delays[i], ns[i], lam, cv2, &pm);
+        int stable = pm.util < 1.0;
+        for (Py_ssize_t j = 0; j < a.nlevels; j++)
+            latency[i * a.nlevels + j] = stable ? mixture_quantile(&pm.m, qs[j]) : INFINITY;
+        mean[i] = stable ? pm.mean : INFINITY;
+        batch[i] = pm.batch;
+        util[i] = pm.util;
+    }
+    Py_END_ALLOW_THREADS
+    release_args(&a);
+    Py_RETURN_NONE;
+}
+
+/* P(latency > threshold_ms) per plan (out0[plans]; levels holds the one threshold), 1 for
+ * unstable plans; the other outputs as in predict_plans. One tail evaluation instead of a
+ * quantile search: what a yes/no "meets the SLO" screen needs. */
+static PyObject *tail_at(PyObject *self, PyObject *args) {
+    plan_args_t a;
+    if (!parse_plan_args(args, &a)) return NULL;
+    if (a.nlevels != 1) {
+        release_args(&a);
+        PyErr_SetString(PyExc_ValueError, "tail_at takes exactly one threshold");
+        return NULL;
+    }
+    tables_t t = {(const double *)a.service.buf, (const double *)a.throughput.buf, a.width};
+    const int64_t *kind = (const int64_t *)a.kind.buf, *bs = (const int64_t *)a.b.buf;
+    const int64_t *ns = (const int64_t *)a.n.buf;
+    const double *delays = (const double *)a.t.buf;
+    double threshold = ((const double *)a.levels.buf)[0];
+    double *tail = (double *)a.out0.buf, *mean = (double *)a.out1.buf;
+    double *batch = (double *)a.out2.buf, *util = (double *)a.out3.buf;
+    double lam = a.rate_per_s / 1000.0, cv2 = a.arrival_cv * a.arrival_cv;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < a.plans; i++) {
+        plan_model_t pm;
+        model_plan(&t, (Py_ssize_t)kind[i], bs[i], delays[i], ns[i], lam, cv2, &pm);
+        int stable = pm.util < 1.0;
+        tail[i] = stable ? mixture_tail(&pm.m, threshold) : 1.0;
+        mean[i] = stable ? pm.mean : INFINITY;
+        batch[i] = pm.batch;
+        util[i] = pm.util;
+    }
+    Py_END_ALLOW_THREADS
+    release_args(&a);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"run_batches", run_batches, METH_VARARGS,
      "run_batches(arrivals, table, B, T, N, scale_or_None, out_dispatch, out_completion, "
      "out_sizes) -> (num_batches, busy_ms)"},
+    {"predict_plans", predict_plans, METH_VARARGS,
+     "predict_plans(service, throughput, width, kind, B, T, N, rate_per_s, arrival_cv, "
+     "quantiles, out_latency[plans*levels], out_mean, out_batch, out_util) -> None"},
+    {"tail_at", tail_at, METH_VARARGS,
+     "tail_at(service, throughput, width, kind, B, T, N, rate_per_s, arrival_cv, "
+     "[threshold_ms], out_tail, out_mean, out_batch, out_util) -> None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -161,7 +161,7 @@ class _Search:
         self.quantile = slo.percentile / 100.0
         if workload.arrival_times_s is not None:
             times = np.asarray(workload.arrival_times_s, dtype=np.float64)
-            self.arrivals_ms = (times - times[0]) * 1000.0
+            self.arrivals_ms: npt.NDArray[np.float64] = (times - times[0]) * 1000.0
             gaps = np.diff(self.arrivals_ms)
             self.rate_per_s = (len(times) - 1) / (self.arrivals_ms[-1] / 1000.0)
             self.arrival_cv = float(gaps.std() / gaps.mean())
@@ -171,6 +171,7 @@ class _Search:
             self.arrivals_ms = generate_arrivals_ms(
                 workload, SEARCH_REQUESTS, np.random.default_rng(seed)
             )
+        self._confirm_arrivals: npt.NDArray[np.float64] | None = None
         self.cache: dict[tuple[str, int, float, int], _Run] = {}
         self.simulations = 0
         self.warmup = int(len(self.arrivals_ms) * WARMUP_FRACTION)
@@ -179,6 +180,18 @@ class _Search:
         index = math.ceil(count * q + SEARCH_CONFIDENCE_Z * math.sqrt(count * q * (1 - q)))
         self.quantile_index = min(max(index, 0), count - 1)
         self.allowed_over = count - 1 - self.quantile_index
+
+    def confirm_arrivals(self, count: int) -> npt.NDArray[np.float64]:
+        """A fresh sample (seed + 1) shared by every confirmation: its first ``count``
+        arrivals, drawn once at the largest size any confirmation may need."""
+        if self.workload.arrival_times_s is not None:
+            return self.arrivals_ms
+        if self._confirm_arrivals is None:
+            self._confirm_arrivals = generate_arrivals_ms(
+                self.workload, CONFIRM_MAX_REQUESTS, np.random.default_rng(self.seed + 1)
+            )
+        sample: npt.NDArray[np.float64] = self._confirm_arrivals[:count]
+        return sample
 
     def _latencies(self, candidate: Candidate, big_b: int, delay: float, n: int) -> _Run:
         key = (candidate.instance.name, big_b, delay, n)
@@ -270,48 +283,80 @@ def _delays(slo: Slo, fastest_ms: float, limits: SearchLimits) -> list[float]:
 
 
 def _screen(
-    candidate: Candidate,
-    search: _Search,
-    limits: SearchLimits,
+    candidates: list[Candidate], search: _Search, limits: SearchLimits
 ) -> tuple[list[_Option], int]:
-    """Analytic fewest replicas for every (B, T) of one candidate."""
-    sizes = _batch_sizes(candidate, limits)
-    delays = _delays(search.slo, candidate.profile.service_time_ms(1), limits)
-    pairs = [(b, d) for b in sizes for d in (delays if b > 1 else [0.0])]
+    """Analytic fewest replicas for every (type, B, T), all types in one vectorised pass.
+
+    Replica counts are tried first on a coarse ladder above the capacity floor (one call for
+    all plans), then bisected inside the bracketing rung.
+    """
+    kinds: list[int] = []
+    pairs: list[tuple[int, float]] = []
+    for k, candidate in enumerate(candidates):
+        delays = _delays(search.slo, candidate.profile.service_time_ms(1), limits)
+        for b in _batch_sizes(candidate, limits):
+            for d in delays if b > 1 else [0.0]:
+                kinds.append(k)
+                pairs.append((b, d))
+    if not pairs:
+        return [], 0
+    tables = queueing.ServiceTables.build(
+        [c.profile for c in candidates], [c.max_batch_size for c in candidates]
+    )
+    kind = np.array(kinds, dtype=np.int64)
     big_b = np.array([p[0] for p in pairs], dtype=np.int64)
     delay = np.array([p[1] for p in pairs], dtype=np.float64)
-    table = candidate.profile.table_ms(int(big_b.max()))
-    service_full = table[big_b]
+    service_full = tables.service_ms[kind, big_b]
     floor = np.floor(search.rate_per_s * service_full / (big_b * 1000.0)).astype(np.int64) + 1
     ceiling = limits.max_replicas
+    count = len(pairs)
 
-    def ok(n: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
-        pred = queueing.predict_many(
-            table, search.rate_per_s, search.arrival_cv, big_b, delay, n, search.slo.percentile
+    def ok(rows: npt.NDArray[np.int64], n: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        tail = queueing.tail_probability(
+            tables,
+            kind[rows],
+            search.rate_per_s,
+            search.arrival_cv,
+            big_b[rows],
+            delay[rows],
+            n,
+            search.slo.latency_ms,
         )
-        result: npt.NDArray[np.bool_] = pred.latency_ms <= search.slo.latency_ms
+        result: npt.NDArray[np.bool_] = tail <= 1.0 - search.quantile
         return result
 
-    low = np.minimum(floor, ceiling) - 1  # known (or assumed) to fail
-    high = np.full_like(low, ceiling)
-    feasible = ok(high) & (floor <= ceiling)
-    high = np.where(feasible, high, ceiling)
-    evaluated = len(pairs) * 2
+    # Ladder of replica counts per plan: floor, a little above, ..., the ceiling.
+    ladder = np.stack(
+        [floor, floor + 2, floor * 2 + 6, np.full(count, ceiling)],
+        axis=1,
+    )
+    ladder = np.minimum(ladder, ceiling)
+    rungs = ladder.shape[1]
+    rows = np.repeat(np.arange(count), rungs)
+    passed = ok(rows, ladder.ravel()).reshape(count, rungs) & (ladder >= floor[:, np.newaxis])
+    evaluated = count * rungs
+    feasible = passed.any(axis=1) & (floor <= ceiling)
+    first = np.argmax(passed, axis=1)
+    everything = np.arange(count)
+    high = np.where(feasible, ladder[everything, first], ceiling)
+    low = np.where(first > 0, ladder[everything, np.maximum(first - 1, 0)], floor - 1)
+    low = np.where(feasible, np.minimum(low, high - 1), high)
     while np.any(high - low > 1):
-        mid = (high + low) // 2
-        mid_ok = ok(np.maximum(mid, 1))
-        evaluated += len(pairs)
-        high = np.where(mid_ok & (high - low > 1), mid, high)
-        low = np.where(~mid_ok & (high - low > 1), mid, low)
+        active = np.flatnonzero(high - low > 1)
+        mid = (high[active] + low[active]) // 2
+        mid_ok = ok(active, mid)
+        evaluated += len(active)
+        high[active] = np.where(mid_ok, mid, high[active])
+        low[active] = np.where(mid_ok, low[active], mid)
     options = [
         _Option(
-            candidate,
+            candidates[kinds[i]],
             int(big_b[i]),
             float(delay[i]),
             int(high[i]) if feasible[i] else ceiling,
             int(floor[i]),
         )
-        for i in range(len(pairs))
+        for i in range(count)
         if floor[i] <= ceiling
     ]
     return options, evaluated
@@ -363,11 +408,15 @@ def assess(
     slo: Slo,
     seed: int,
     num_requests: int,
+    arrivals_ms: npt.NDArray[np.float64] | None = None,
 ) -> PlanAssessment:
-    """Predict and simulate one plan."""
+    """Predict and simulate one plan (on ``arrivals_ms`` when given, else a sample drawn
+    with ``seed``)."""
     rate = _rate_of(workload)
     predicted = queueing.predict(candidate.profile, plan, _analytic_workload(workload), slo)
-    simulated = simulate(candidate.profile, plan, workload, num_requests, seed, slo=slo)
+    simulated = simulate(
+        candidate.profile, plan, workload, num_requests, seed, slo=slo, arrivals_ms=arrivals_ms
+    )
     capacity = capacity_per_s(candidate.profile, plan.max_batch_size, plan.replicas)
     cost = plan.replicas * candidate.instance.price_per_hour
     observed = simulated.latency.slo_percentile_ms
@@ -382,6 +431,20 @@ def assess(
         cost_per_hour=cost,
         cost_per_million_requests=cost_per_million_requests(cost, rate),
         mean_batch_size=simulated.mean_batch_size,
+    )
+
+
+def _assess(search: _Search, candidate: Candidate, plan: Plan) -> PlanAssessment:
+    """Assess a plan on the search's shared confirmation sample."""
+    count = _confirm_requests(search, candidate, plan)
+    return assess(
+        candidate,
+        plan,
+        search.workload,
+        search.slo,
+        search.seed + 1,
+        count,
+        search.confirm_arrivals(count),
     )
 
 
@@ -447,31 +510,25 @@ def _best_plan(
     return None if best is None else (best[2], best[3])
 
 
-def _confirm(search: _Search, candidate: Candidate, plan: Plan, ceiling: int) -> PlanAssessment:
-    """Simulate on a fresh sample; add replicas until the plan passes (or the ceiling)."""
-    assessment = assess(
-        candidate,
-        plan,
-        search.workload,
-        search.slo,
-        search.seed + 1,
-        _confirm_requests(search, candidate, plan),
-    )
+def _confirm(
+    search: _Search, candidate: Candidate, plan: Plan, ceiling: int
+) -> tuple[PlanAssessment, PlanAssessment | None]:
+    """Simulate on a fresh sample; add replicas until the plan passes (or the ceiling).
+
+    Returns the final assessment and the last one that failed, if any (it explains why the
+    plan has the replicas it has).
+    """
+    assessment = _assess(search, candidate, plan)
+    failed: PlanAssessment | None = None
     attempts = 1
     while not assessment.meets_slo and plan.replicas < ceiling and attempts < MAX_CONFIRM_ATTEMPTS:
+        failed = assessment
         plan = Plan(
             plan.instance_type, plan.max_batch_size, plan.max_queue_delay_ms, plan.replicas + 1
         )
-        assessment = assess(
-            candidate,
-            plan,
-            search.workload,
-            search.slo,
-            search.seed + 1,
-            _confirm_requests(search, candidate, plan),
-        )
+        assessment = _assess(search, candidate, plan)
         attempts += 1
-    return assessment
+    return assessment, failed
 
 
 def _better(a: PlanAssessment, b: PlanAssessment | None, slo: Slo) -> bool:
@@ -538,12 +595,7 @@ def optimize(
             f"(CV {search.arrival_cv:.3g}); search and confirmation both replay it"
         )
 
-    options: list[_Option] = []
-    considered = 0
-    for candidate in candidates:
-        screened, evaluated = _screen(candidate, search, limits)
-        options.extend(screened)
-        considered += evaluated
+    options, considered = _screen(candidates, search, limits)
 
     chosen = _best_plan(search, _choose_refinements(options), ceiling)
     realtime_options = [o for o in options if o.max_batch_size == 1]
@@ -552,44 +604,43 @@ def optimize(
     )
 
     recommended: PlanAssessment | None = None
+    near_miss: PlanAssessment | None = None
     if chosen is not None:
-        recommended = _confirm(search, chosen[1], chosen[0], ceiling)
+        recommended, near_miss = _confirm(search, chosen[1], chosen[0], ceiling)
     realtime_assessment: PlanAssessment | None = None
+    realtime_near_miss: PlanAssessment | None = None
     realtime_note = ""
     if realtime is not None:
-        realtime_assessment = _confirm(search, realtime[1], realtime[0], ceiling)
+        realtime_assessment, realtime_near_miss = _confirm(
+            search, realtime[1], realtime[0], ceiling
+        )
         if not realtime_assessment.meets_slo:
             realtime_note = "the best real-time plan failed its confirming simulation"
-    elif 1 not in {b for c in candidates for b in _batch_sizes(c, limits)}:
+    elif all(1 not in _batch_sizes(c, limits) for c in candidates):
         realtime_note = "batch size 1 is excluded by limits.allowed_batch_sizes"
     else:
         realtime_note = _realtime_absent_reason(candidates, search, ceiling)
 
     feasible = recommended is not None and recommended.meets_slo
-    if realtime_assessment is not None and realtime_assessment.meets_slo and (
-        not feasible or _better(realtime_assessment, recommended, slo)
+    if (
+        realtime_assessment is not None
+        and realtime_assessment.meets_slo
+        and (not feasible or _better(realtime_assessment, recommended, slo))
     ):
-        recommended, feasible = realtime_assessment, True
+        recommended, near_miss, feasible = realtime_assessment, realtime_near_miss, True
 
     if feasible and recommended is not None:
         binding, reason = _binding_feasible(
-            search, by_name[recommended.plan.instance_type], recommended
+            search, by_name[recommended.plan.instance_type], recommended, near_miss
         )
     else:
-        closest = _closest(search, candidates, ceiling)
-        recommended = closest
+        if recommended is None:
+            recommended = _closest(search, candidates, ceiling)
         binding, reason = _binding_infeasible(search, candidates, ceiling)
 
     current: PlanAssessment | None = None
     if current_plan is not None:
-        current = assess(
-            by_name[current_plan.instance_type],
-            current_plan,
-            workload,
-            slo,
-            search.seed + 1,
-            _confirm_requests(search, by_name[current_plan.instance_type], current_plan),
-        )
+        current = _assess(search, by_name[current_plan.instance_type], current_plan)
     baseline = (
         realtime_assessment if realtime_assessment and realtime_assessment.meets_slo else None
     )
@@ -634,7 +685,10 @@ def _realtime_absent_reason(candidates: list[Candidate], search: _Search, ceilin
 
 
 def _binding_feasible(
-    search: _Search, candidate: Candidate, chosen: PlanAssessment
+    search: _Search,
+    candidate: Candidate,
+    chosen: PlanAssessment,
+    near_miss: PlanAssessment | None,
 ) -> tuple[Binding, str]:
     plan = chosen.plan
     if plan.replicas == 1:
@@ -657,12 +711,18 @@ def _binding_feasible(
             f"{fewer} replicas serve at most {best_capacity:.4g} req/s{cap_text}, "
             f"below the rate of {search.rate_per_s:.4g} req/s"
         )
+    if near_miss is not None and near_miss.plan.replicas == fewer:
+        return Binding.LATENCY_SLO, (
+            f"with {fewer} replicas the confirming simulation measured "
+            f"{_latency_text(near_miss, search.slo)}; {plan.replicas} give "
+            f"{_latency_text(chosen, search.slo)}"
+        )
     near = search.simulated_quantile(candidate, plan.max_batch_size, plan.max_queue_delay_ms, fewer)
     near_text = f"{near:.4g} ms" if math.isfinite(near) else "unbounded"
     return Binding.LATENCY_SLO, (
         f"with {fewer} replicas the p{search.slo.percentile:g} latency would be {near_text} "
-        f"(> {search.slo.latency_ms:g} ms); {plan.replicas} give "
-        f"{_latency_text(chosen, search.slo)}"
+        f"(> {search.slo.latency_ms:g} ms, upper confidence bound on the search sample); "
+        f"{plan.replicas} give {_latency_text(chosen, search.slo)}"
     )
 
 
@@ -686,9 +746,7 @@ def _closest(search: _Search, candidates: list[Candidate], ceiling: int) -> Plan
                 best = (latency, candidate, Plan(candidate.instance.name, big_b, 0.0, ceiling))
     if best is None:
         return None
-    return assess(
-        best[1], best[2], search.workload, search.slo, search.seed + 1, CONFIRM_MIN_REQUESTS
-    )
+    return _assess(search, best[1], best[2])
 
 
 def _binding_infeasible(

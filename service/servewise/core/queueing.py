@@ -27,14 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from servewise.core import _batchsim  # type: ignore[attr-defined]
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.profiles import LatencyProfile
 from servewise.core.simulator import PERCENTILES, LatencySummary
 
 FloatArray = npt.NDArray[np.float64]
-
-_UTILISATION_STEPS = 24
-_QUANTILE_STEPS = 30
 
 
 @dataclass(frozen=True)
@@ -48,38 +46,62 @@ class Prediction:
     stable: npt.NDArray[np.bool_]
 
 
-def _interp(table: FloatArray, b: FloatArray) -> FloatArray:
-    """s(b) for real-valued b by linear interpolation of the per-size table."""
-    lo = np.clip(np.floor(b).astype(np.int64), 1, len(table) - 1)
-    hi = np.minimum(lo + 1, len(table) - 1)
-    frac = np.clip(b - lo, 0.0, 1.0)
-    result: FloatArray = table[lo] + (table[hi] - table[lo]) * frac
-    return result
+@dataclass(frozen=True)
+class ServiceTables:
+    """s(b) of several profiles side by side, so plans on different instance types can be
+    scored in one vectorised pass.
 
-
-def _balance_batch(
-    table_ms: FloatArray, lam: float, n: FloatArray, big_b: FloatArray
-) -> FloatArray:
-    """Smallest real b in [1, B] with N*b/s(b) >= lambda (the replicas just keep up).
-
-    s is piecewise linear between integer sizes, so the crossing is found on the integer grid
-    (with a running maximum of b/s(b), since noisy profiles are not monotone) and then solved
-    exactly on its segment. Returns B where even full batches cannot keep up.
+    ``service_ms[k, b]`` is s(b) of profile k (inf beyond its largest batch; column 0 unused);
+    ``throughput[k, b-1]`` is the running maximum of b/s(b), what one replica can sustain
+    with batches of at most b.
     """
-    sizes = np.arange(1, len(table_ms), dtype=np.float64)
-    throughput = np.maximum.accumulate(sizes / table_ms[1:])  # per replica, requests per ms
-    upper = (
-        np.searchsorted(throughput, lam / n).astype(np.int64) + 1
-    )  # first integer b that keeps up
-    upper = np.minimum(upper, len(table_ms) - 1)
-    lower = np.maximum(upper - 1, 1)
-    s_low = table_ms[lower]
-    slope = table_ms[upper] - s_low
-    denom = n - lam * slope
-    with np.errstate(divide="ignore", invalid="ignore"):
-        exact = np.where(denom > 0, lam * (s_low - slope * lower) / denom, upper)
-    result: FloatArray = np.clip(np.clip(exact, lower, upper), 1.0, big_b)
-    return result
+
+    service_ms: FloatArray
+    throughput: FloatArray
+
+    @classmethod
+    def build(cls, profiles: list[LatencyProfile], max_batch_sizes: list[int]) -> ServiceTables:
+        width = max(max_batch_sizes) + 2
+        service = np.full((len(profiles), width), np.inf)
+        for k, (profile, top) in enumerate(zip(profiles, max_batch_sizes, strict=True)):
+            service[k, : top + 1] = profile.table_ms(top)
+        sizes = np.arange(1, width, dtype=np.float64)
+        throughput = np.maximum.accumulate(sizes / service[:, 1:], axis=1)
+        return cls(service, throughput)
+
+    def at(self, kind: npt.NDArray[np.int64], b: FloatArray) -> FloatArray:
+        """s(b) for real-valued b (linear between integer sizes)."""
+        lo = np.maximum(b.astype(np.int64), 1)
+        frac = b - lo
+        low = self.service_ms[kind, lo]
+        with np.errstate(invalid="ignore"):  # inf * 0 beyond the profile, discarded
+            result: FloatArray = np.where(
+                frac > 0, low + (self.service_ms[kind, lo + 1] - low) * frac, low
+            )
+        return result
+
+    def balance_batch(
+        self, kind: npt.NDArray[np.int64], lam: float, n: FloatArray, big_b: FloatArray
+    ) -> FloatArray:
+        """Smallest real b in [1, B] with N*b/s(b) >= lambda (the replicas just keep up).
+
+        The crossing is found on the integer grid of the running maximum of b/s(b) (noisy
+        profiles are not monotone) and solved exactly on its linear segment. Returns B where
+        even full batches cannot keep up.
+        """
+        upper = np.empty(len(kind), dtype=np.int64)
+        for k in np.unique(kind):
+            rows = kind == k
+            upper[rows] = np.searchsorted(self.throughput[k], lam / n[rows]) + 1
+        upper = np.minimum(upper, big_b.astype(np.int64))
+        lower = np.maximum(upper - 1, 1)
+        s_low = self.service_ms[kind, lower]
+        slope = self.service_ms[kind, upper] - s_low
+        denom = n - lam * slope
+        with np.errstate(divide="ignore", invalid="ignore"):
+            exact = np.where(denom > 0, lam * (s_low - slope * lower) / denom, upper)
+        result: FloatArray = np.clip(np.clip(exact, lower, upper), 1.0, big_b)
+        return result
 
 
 def _normal_quantile(q: float) -> float:
@@ -124,8 +146,9 @@ def _normal_quantile(q: float) -> float:
     )
 
 
-def predict_many(  # noqa: PLR0915 - one model, read top to bottom
-    table_ms: FloatArray,
+def predict_many(
+    tables: ServiceTables,
+    kind: npt.NDArray[np.int64],
     rate_per_s: float,
     arrival_cv: float,
     max_batch_size: npt.NDArray[np.int64],
@@ -133,111 +156,122 @@ def predict_many(  # noqa: PLR0915 - one model, read top to bottom
     replicas: npt.NDArray[np.int64],
     percentile: float,
 ) -> Prediction:
-    """Predict the latency at ``percentile`` for each plan (B[i], T[i], N[i])."""
-    lam = rate_per_s / 1000.0
-    q = percentile / 100.0
-    cv2 = arrival_cv * arrival_cv
-    big_b = max_batch_size.astype(np.float64)
-    delay = max_queue_delay_ms.astype(np.float64)
-    n = replicas.astype(np.float64)
-    s_full = table_ms[max_batch_size]
-    capacity = n * big_b / s_full
-    util = lam / capacity
-    stable = util < 1.0
-
-    # Batches started by an idle replica collect for the window after their first request.
-    window = np.minimum(delay, (big_b - 1.0) / lam)
-    b_idle = np.minimum(big_b, 1.0 + lam * window)
-    s_idle = _interp(table_ms, b_idle)
-    # Batches taken by a replica freeing while all were busy hold what accumulated meanwhile.
-    b_busy = np.minimum(np.maximum(_balance_batch(table_ms, lam, n, big_b), b_idle), big_b)
-    s_busy = _interp(table_ms, b_busy)
-
-    # Probability that a request finds every replica busy, consistent with the utilisation
-    # it implies (Sakasegawa's closed form for the M/M/N wait probability, u^(sqrt(2(N+1))-1),
-    # scaled by the arrival burstiness as in Allen-Cunneen).
-    exponent = np.sqrt(2.0 * (n + 1.0)) - 1.0
-    work_idle = lam * s_idle / (b_idle * n)
-    work_busy = lam * s_busy / (b_busy * n)
-    low = np.zeros_like(n)
-    high = np.ones_like(n)
-    for _ in range(_UTILISATION_STEPS):
-        u = 0.5 * (low + high)
-        c = np.minimum(1.0, u**exponent * (1.0 + cv2) / 2.0)
-        excess = (1.0 - c) * work_idle + c * work_busy - u
-        low = np.where(excess > 0, u, low)
-        high = np.where(excess > 0, high, u)
-    u = 0.5 * (low + high)
-    wait_probability = np.minimum(1.0, u**exponent * (1.0 + cv2) / 2.0)
-
-    # Queued requests wait for the next of N busy replicas to free (residuals ~ uniform over
-    # the busy batch's service, or over the collection window when the timer dominates) and,
-    # near capacity, for the backlog burstiness builds (heavy traffic: exponential, mean
-    # sigma^2 / (2 delta) requests, drained at capacity).
-    span = np.maximum(s_busy, n * window)
-    residual_mean = span / (n + 1.0)
-    drift = np.maximum(capacity - lam, 1e-12)
-    backlog_mean = lam * cv2 / (2.0 * drift) / capacity
-
-    def tail(t: FloatArray) -> FloatArray:
-        x_idle = t - s_idle
-        with np.errstate(divide="ignore", invalid="ignore"):
-            frac = np.where(window > 0, np.clip(x_idle / window, 0.0, 1.0), 1.0)
-        idle_tail = np.where(
-            x_idle < 0,
-            1.0,
-            np.where(x_idle >= window, 0.0, 1.0 / b_idle + (1.0 - 1.0 / b_idle) * (1.0 - frac)),
-        )
-        x_busy = t - s_busy
-        residual_tail = np.clip(1.0 - np.maximum(x_busy - backlog_mean, 0.0) / span, 0.0, 1.0) ** n
-        with np.errstate(divide="ignore", over="ignore"):
-            backlog_tail = np.exp(
-                -np.maximum(x_busy - residual_mean, 0.0) / np.maximum(backlog_mean, 1e-12)
-            )
-        busy_tail = np.where(x_busy < 0, 1.0, np.maximum(residual_tail, backlog_tail))
-        result: FloatArray = (1.0 - wait_probability) * idle_tail + wait_probability * busy_tail
-        return result
-
-    lo = np.minimum(s_idle, s_busy)
-    hi = (
-        np.maximum(s_idle + window, s_busy + span)
-        + backlog_mean * (np.log(1.0 / (1.0 - q)) + 1.0)
-        + 1e-9
+    """Predict the latency at ``percentile`` for each plan: profile ``kind[i]`` of ``tables``
+    with B[i], T[i], N[i]."""
+    prediction = predict_levels(
+        tables,
+        kind,
+        rate_per_s,
+        arrival_cv,
+        max_batch_size,
+        max_queue_delay_ms,
+        replicas,
+        [percentile],
     )
-    for _ in range(_QUANTILE_STEPS):
-        mid = 0.5 * (lo + hi)
-        over = tail(mid) > 1.0 - q
-        lo = np.where(over, mid, lo)
-        hi = np.where(over, hi, mid)
-    idle_wait_mean = window / b_idle + (1.0 - 1.0 / b_idle) * window / 2.0
-    mean = (1.0 - wait_probability) * (s_idle + idle_wait_mean) + wait_probability * (
-        s_busy + residual_mean + backlog_mean
+    return Prediction(
+        prediction.latency_ms[:, 0],
+        prediction.mean_ms,
+        prediction.mean_batch_size,
+        prediction.utilisation,
+        prediction.stable,
     )
-    mean_batch = 1.0 / ((1.0 - wait_probability) / b_idle + wait_probability / b_busy)
-    latency = np.where(stable, hi, np.inf)
-    return Prediction(latency, np.where(stable, mean, np.inf), mean_batch, util, stable)
+
+
+def tail_probability(
+    tables: ServiceTables,
+    kind: npt.NDArray[np.int64],
+    rate_per_s: float,
+    arrival_cv: float,
+    max_batch_size: npt.NDArray[np.int64],
+    max_queue_delay_ms: FloatArray,
+    replicas: npt.NDArray[np.int64],
+    threshold_ms: float,
+) -> FloatArray:
+    """Predicted P(latency > threshold_ms) per plan (1 for unstable plans).
+
+    A plan meets an SLO exactly when this is at most 1 - percentile/100, so a yes/no screen
+    needs one evaluation of the tail instead of a search for the quantile.
+    """
+    plans = len(kind)
+    tail = np.empty(plans)
+    scratch = np.empty((3, plans))
+    _batchsim.tail_at(
+        tables.service_ms,
+        tables.throughput,
+        tables.service_ms.shape[1],
+        np.ascontiguousarray(kind, dtype=np.int64),
+        np.ascontiguousarray(max_batch_size, dtype=np.int64),
+        np.ascontiguousarray(max_queue_delay_ms, dtype=np.float64),
+        np.ascontiguousarray(replicas, dtype=np.int64),
+        float(rate_per_s),
+        float(arrival_cv),
+        np.array([threshold_ms], dtype=np.float64),
+        tail,
+        scratch[0],
+        scratch[1],
+        scratch[2],
+    )
+    return tail
+
+
+def predict_levels(
+    tables: ServiceTables,
+    kind: npt.NDArray[np.int64],
+    rate_per_s: float,
+    arrival_cv: float,
+    max_batch_size: npt.NDArray[np.int64],
+    max_queue_delay_ms: FloatArray,
+    replicas: npt.NDArray[np.int64],
+    percentiles: list[float],
+) -> Prediction:
+    """As predict_many, for several percentiles at once (latency_ms has one column each).
+
+    The per-plan arithmetic runs in the C extension (``_batchsim.predict_plans``): it is
+    scalar code, and in numpy the per-call overhead of a few hundred small array operations
+    dominated a single plan's prediction.
+    """
+    plans = len(kind)
+    latency = np.empty((plans, len(percentiles)))
+    mean = np.empty(plans)
+    batch = np.empty(plans)
+    util = np.empty(plans)
+    _batchsim.predict_plans(
+        tables.service_ms,
+        tables.throughput,
+        tables.service_ms.shape[1],
+        np.ascontiguousarray(kind, dtype=np.int64),
+        np.ascontiguousarray(max_batch_size, dtype=np.int64),
+        np.ascontiguousarray(max_queue_delay_ms, dtype=np.float64),
+        np.ascontiguousarray(replicas, dtype=np.int64),
+        float(rate_per_s),
+        float(arrival_cv),
+        np.array(percentiles, dtype=np.float64) / 100.0,
+        latency,
+        mean,
+        batch,
+        util,
+    )
+    return Prediction(latency, mean, batch, util, util < 1.0)
 
 
 def predict(
     profile: LatencyProfile, plan: Plan, workload: Workload, slo: Slo | None
 ) -> LatencySummary:
     """Predicted latency statistics of one plan."""
-    table = profile.table_ms(plan.max_batch_size)
+    tables = ServiceTables.build([profile], [plan.max_batch_size])
     wanted = list(PERCENTILES) + ([slo.percentile] if slo is not None else [])
-    values = []
-    mean = math.inf
-    for pct in wanted:
-        pred = predict_many(
-            table,
-            workload.rate_per_s,
-            workload.arrival_cv,
-            np.array([plan.max_batch_size]),
-            np.array([plan.max_queue_delay_ms]),
-            np.array([plan.replicas]),
-            pct,
-        )
-        values.append(float(pred.latency_ms[0]))
-        mean = float(pred.mean_ms[0])
+    pred = predict_levels(
+        tables,
+        np.zeros(1, dtype=np.int64),
+        workload.rate_per_s,
+        workload.arrival_cv,
+        np.array([plan.max_batch_size]),
+        np.array([plan.max_queue_delay_ms]),
+        np.array([plan.replicas]),
+        wanted,
+    )
+    values = [float(v) for v in pred.latency_ms[0]]
+    mean = float(pred.mean_ms[0])
     return LatencySummary(
         mean_ms=mean,
         p50_ms=values[0],

@@ -275,6 +275,7 @@ def simulate(
             f"max_batch_size {plan.max_batch_size} exceeds the profile's largest batch "
             f"{profile.max_batch_size}"
         )
+    generated = arrivals_ms is None and workload.arrival_times_s is None
     rng = np.random.default_rng(seed)
     if arrivals_ms is None:
         arrivals_ms = generate_arrivals_ms(workload, num_requests, rng)
@@ -294,7 +295,12 @@ def simulate(
         skip = 0
     duration_ms = float(trace.completion_ms.max() - arrivals_ms[0])
     horizon_ms = float(arrivals_ms[-1] - arrivals_ms[0])
-    rate_per_ms = (n - 1) / horizon_ms if horizon_ms > 0 else math.inf
+    if generated:
+        # The generating rate, not the sample's: a sample of evenly spaced arrivals at exactly
+        # capacity rounds a hair below it, and the plan must still count as unstable.
+        rate_per_ms = workload.rate_per_s / 1000.0
+    else:
+        rate_per_ms = (n - 1) / horizon_ms if horizon_ms > 0 else math.inf
     if workload.arrival_times_s is not None and n > 2:
         gaps = np.diff(arrivals_ms)
         arrival_cv = float(gaps.std() / gaps.mean()) if gaps.mean() > 0 else 0.0
@@ -329,7 +335,10 @@ def simulate(
         latency=summarise(latencies[skip:], slo),
         throughput_per_s=n / duration_ms * 1000.0 if duration_ms > 0 else 0.0,
         mean_batch_size=float(trace.sizes.mean()),
-        utilisation=trace.busy_ms / (plan.replicas * duration_ms) if duration_ms > 0 else 0.0,
+        # Clamped: busy time and span are summed differently and may differ by an ulp.
+        utilisation=min(1.0, trace.busy_ms / (plan.replicas * duration_ms))
+        if duration_ms > 0
+        else 0.0,
         max_queue_length=int(depth.max()),
         stable=stable,
         stability_reason=reason,
