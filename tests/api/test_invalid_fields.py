@@ -27,13 +27,16 @@ from api_harness import Api
 from servewise.api.converters import optimize_args, simulate_args
 from servewise.api.validation import (
     MAX_ALLOWED_BATCH_SIZES,
+    MAX_ARRIVAL_TIME_S,
     MAX_ARRIVAL_TIMES,
     MAX_CANDIDATES,
     MAX_NUM_REQUESTS,
     MAX_QUEUE_DELAY_MS,
+    MAX_RATE_PER_S,
     MAX_REPLICAS,
     MAX_TOTAL_PROFILE_POINTS,
     MIN_NUM_REQUESTS,
+    MIN_RATE_PER_S,
 )
 from servewise.core.profiles import MAX_PROFILE_BATCH_SIZE
 from servewise.v1 import servewise_pb2, types_pb2
@@ -271,6 +274,13 @@ OPTIMIZE_CASES = [
     opt("rate negative", _set("workload.rate_per_s", -10.0), "workload.rate_per_s"),
     opt("rate nan", _set("workload.rate_per_s", NAN), "workload.rate_per_s"),
     opt("rate inf", _set("workload.rate_per_s", INF), "workload.rate_per_s"),
+    opt("rate subnormal", _set("workload.rate_per_s", 5e-324), "workload.rate_per_s"),
+    opt(
+        "rate below minimum", _set("workload.rate_per_s", MIN_RATE_PER_S / 2), "workload.rate_per_s"
+    ),
+    opt(
+        "rate above maximum", _set("workload.rate_per_s", MAX_RATE_PER_S * 2), "workload.rate_per_s"
+    ),
     opt("no workload", _clear("", "workload"), "workload.rate_per_s"),
     opt("arrival cv negative", _set("workload.arrival_cv", -0.1), "workload.arrival_cv"),
     opt("arrival cv above 20", _set("workload.arrival_cv", 20.5), "workload.arrival_cv"),
@@ -282,6 +292,14 @@ OPTIMIZE_CASES = [
     opt("one timestamp", _times([3.0]), "workload.arrival_times_s"),
     opt("timestamps all equal", _times([3.0, 3.0, 3.0]), "workload.arrival_times_s"),
     opt("timestamps span too short", _times([0.0, 5e-324]), "workload.arrival_times_s"),
+    opt(
+        "timestamps imply a rate too high", _times([0.0, 1e-10, 2e-10]), "workload.arrival_times_s"
+    ),
+    opt(
+        "timestamp too late",
+        _times([0.0, 1.0, MAX_ARRIVAL_TIME_S * 2]),
+        "workload.arrival_times_s[2]",
+    ),
     opt("too many timestamps", _too_many_times, "workload.arrival_times_s"),
     opt("slo latency 0", _set("slo.latency_ms", 0.0), "slo.latency_ms"),
     opt("slo latency nan", _set("slo.latency_ms", NAN), "slo.latency_ms"),

@@ -20,8 +20,11 @@ from hypothesis import strategies as st
 from servewise.api.converters import optimize_args, simulate_args
 from servewise.api.validation import (
     MAX_ARRIVAL_CV,
+    MAX_ARRIVAL_TIME_S,
     MAX_QUEUE_DELAY_MS,
+    MAX_RATE_PER_S,
     MAX_REPLICAS,
+    MIN_RATE_PER_S,
     P99_BELOW_TYPICAL_TOLERANCE,
 )
 from servewise.core.errors import InvalidInputError
@@ -66,6 +69,11 @@ class NumericField:
     path: str
     setter: Callable[[Any, Any], None]
     rule: Callable[[Any], bool]
+    # Paths named when the rule fails; [path] unless the value breaks a cross-field rule.
+    failure_paths: Callable[[Any], list[str]] | None = None
+
+    def expected_failure(self, value: Any) -> list[str]:
+        return [self.path] if self.failure_paths is None else self.failure_paths(value)
 
     def request(self, value: Any) -> Any:
         request = optimize_request() if self.rpc == "OptimizeBatch" else simulate_request()
@@ -135,12 +143,17 @@ DOUBLE_FIELDS = [
         _attr("candidates[1].profile.linear.per_item_ms"),
         # The instance cap (64) is the linear range; s(64) must stay finite.
         lambda x: _finite(x) and x >= 0 and _finite(LINEAR_BASE_MS + x * 64),
+        lambda x: (
+            ["candidates[1].profile.linear"]
+            if _finite(x) and x >= 0
+            else ["candidates[1].profile.linear.per_item_ms"]
+        ),
     ),
     NumericField(
         "OptimizeBatch",
         "workload.rate_per_s",
         _attr("workload.rate_per_s"),
-        lambda x: _finite(x) and x > 0,
+        lambda x: MIN_RATE_PER_S <= x <= MAX_RATE_PER_S,
     ),
     NumericField(
         "OptimizeBatch",
@@ -255,7 +268,7 @@ def test_double_field_accepted_iff_rule(field: NumericField, value: float) -> No
     if field.rule(value):
         assert fields == []
     else:
-        assert fields == [field.path]
+        assert fields == field.expected_failure(value)
 
 
 @pytest.mark.parametrize("field", INT_FIELDS, ids=lambda f: f"{f.rpc}:{f.path}")
@@ -268,7 +281,7 @@ def test_int_field_accepted_iff_rule(field: NumericField, data: st.DataObject) -
     if field.rule(value):
         assert fields == []
     else:
-        assert fields == [field.path]
+        assert fields == field.expected_failure(value)
 
 
 @settings(max_examples=100, deadline=None)
@@ -300,19 +313,19 @@ def test_allowed_batch_sizes_accepted_iff_positive_and_unique(sizes: list[int]) 
 
 
 @settings(max_examples=200, deadline=None)
-@given(times=st.lists(DOUBLES, max_size=8))
+@given(times=st.lists(DOUBLES | st.floats(min_value=0, max_value=2e9), max_size=8))
 def test_arrival_times_accepted_iff_a_usable_trace(times: list[float]) -> None:
-    """A trace is accepted iff finite, >= 0, non-decreasing, with 2+ distinct times; any
-    rejection names the trace (or one of its entries)."""
+    """A trace is accepted iff finite, in [0, 1e9] s, non-decreasing, with 2+ distinct times and
+    a derived rate <= 1e9/s; any rejection names the trace (or one of its entries)."""
     request = simulate_request()
     request.workload.arrival_times_s.extend(times)
     fields = violated_fields(request)
     usable = (
         len(times) >= 2
-        and all(_finite(t) and t >= 0 for t in times)
+        and all(_finite(t) and 0 <= t <= MAX_ARRIVAL_TIME_S for t in times)
         and all(b >= a for a, b in itertools.pairwise(times))
         and times[-1] > times[0]
-        and math.isfinite((len(times) - 1) / (times[-1] - times[0]))
+        and (len(times) - 1) / (times[-1] - times[0]) <= MAX_RATE_PER_S
     )
     if not times:
         assert fields == []  # no trace: the rate is used
@@ -353,7 +366,7 @@ def test_independent_faults_are_all_reported(
     request.current_plan.replicas = replicas
     expected = {
         "candidates[1].instance_type.price_per_hour": _finite(price) and price > 0,
-        "workload.rate_per_s": _finite(rate) and rate > 0,
+        "workload.rate_per_s": MIN_RATE_PER_S <= rate <= MAX_RATE_PER_S,
         "workload.arrival_cv": _finite(cv) and 0 <= cv <= MAX_ARRIVAL_CV,
         "slo.latency_ms": _finite(slo_ms) and slo_ms > 0,
         "slo.percentile": _finite(percentile) and 0 < percentile < 100,

@@ -44,6 +44,13 @@ MAX_ALLOWED_BATCH_SIZES = 4096
 
 # --- Limits on values. ------------------------------------------------------------------------
 MAX_ARRIVAL_CV = 20.0
+# Rates and timestamps the simulator can represent: below MIN_RATE_PER_S (one request in ~32
+# years) the mean gap 1000/rate ms overflows for subnormal rates, and timestamps above
+# MAX_ARRIVAL_TIME_S overflow when converted to ms; non-finite arrivals crashed the simulator's
+# C kernel (memory corruption), taking the whole server down.
+MIN_RATE_PER_S = 1e-9
+MAX_RATE_PER_S = 1e9
+MAX_ARRIVAL_TIME_S = 1e9
 MAX_REPLICAS = 4096
 MAX_QUEUE_DELAY_MS = 3_600_000.0
 MIN_NUM_REQUESTS = 100
@@ -366,7 +373,14 @@ def workload_to_core(v: Violations, pb: types_pb2.Workload, path: str) -> Worklo
     times_path = f"{path}.arrival_times_s"
     n = len(pb.arrival_times_s)
     if n == 0:
-        check_positive(v, f"{path}.rate_per_s", pb.rate_per_s)
+        rate_field = f"{path}.rate_per_s"
+        if check_positive(v, rate_field, pb.rate_per_s) and not (
+            MIN_RATE_PER_S <= pb.rate_per_s <= MAX_RATE_PER_S
+        ):
+            v.add(
+                rate_field,
+                f"must be in [{MIN_RATE_PER_S:g}, {MAX_RATE_PER_S:g}] (got {pb.rate_per_s!r})",
+            )
         if len(v) > start:
             return None
         return Workload(rate_per_s=pb.rate_per_s, arrival_cv=cv)
@@ -378,6 +392,9 @@ def workload_to_core(v: Violations, pb: types_pb2.Workload, path: str) -> Worklo
     finite = np.isfinite(times)
     ok = _index_violations(v, times_path, ~finite, "must be finite")
     ok &= _index_violations(v, times_path, finite & (times < 0), "must be >= 0")
+    ok &= _index_violations(
+        v, times_path, finite & (times > MAX_ARRIVAL_TIME_S), f"must be <= {MAX_ARRIVAL_TIME_S:g}"
+    )
     if ok:
         ok = _index_violations(
             v, times_path, np.diff(times) < 0, "must not be earlier than the previous timestamp", 1
@@ -387,8 +404,11 @@ def workload_to_core(v: Violations, pb: types_pb2.Workload, path: str) -> Worklo
         rate = (n - 1) / span if span > 0 else math.inf
         if span <= 0:
             v.add(times_path, "needs at least 2 distinct timestamps")
-        elif not math.isfinite(rate):
-            v.add(times_path, f"timestamps span {span!r} s, too short to derive a rate")
+        elif not rate <= MAX_RATE_PER_S:
+            v.add(
+                times_path,
+                f"{n} timestamps over {span!r} s imply a rate above {MAX_RATE_PER_S:g}/s",
+            )
     if len(v) > start:
         return None
     return Workload(rate_per_s=rate, arrival_cv=cv, arrival_times_s=times)
