@@ -323,6 +323,11 @@ OPTIMIZE_CASES = [
         "limits.allowed_batch_sizes[2]",
     ),
     opt(
+        "no allowed batch size fits any candidate",
+        _replace_list("limits.allowed_batch_sizes", [128, 512]),
+        "limits.allowed_batch_sizes",
+    ),
+    opt(
         "too many allowed batch sizes",
         _replace_list("limits.allowed_batch_sizes", list(range(1, MAX_ALLOWED_BATCH_SIZES + 2))),
         "limits.allowed_batch_sizes",

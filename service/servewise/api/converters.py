@@ -19,6 +19,7 @@ from servewise.api.validation import (
     ConvertedCandidate,
     Violations,
     candidate_to_core,
+    check_some_batch_size_fits,
     count_profile_points,
     distribution_to_core,
     limits_to_core,
@@ -165,6 +166,8 @@ def optimize_args(request: servewise_pb2.OptimizeBatchRequest) -> OptimizeArgs:
     workload = workload_to_core(v, request.workload, "workload")
     slo = slo_to_core(v, request.slo, "slo")
     limits = limits_to_core(v, request.limits, "limits")
+    if limits is not None and by_name is not None:
+        check_some_batch_size_fits(v, "limits.allowed_batch_sizes", limits, by_name)
     current_plan: Plan | None = None
     if request.HasField("current_plan"):
         current_plan = plan_to_core(v, request.current_plan, "current_plan", by_name)

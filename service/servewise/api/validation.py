@@ -468,6 +468,22 @@ def limits_to_core(v: Violations, pb: types_pb2.SearchLimits, path: str) -> Sear
     )
 
 
+def check_some_batch_size_fits(
+    v: Violations, field: str, limits: SearchLimits, candidates: dict[str, Candidate]
+) -> None:
+    """When batch sizes are restricted, at least one must be feasible on some candidate;
+    otherwise the limits exclude every plan."""
+    if not limits.allowed_batch_sizes:
+        return
+    largest = max(c.max_batch_size for c in candidates.values())
+    if min(limits.allowed_batch_sizes) > largest:
+        feasible = ", ".join(f"{name}: {c.max_batch_size}" for name, c in candidates.items())
+        v.add(
+            field,
+            f"no allowed batch size fits any candidate (largest feasible batch: {feasible})",
+        )
+
+
 def plan_to_core(
     v: Violations,
     pb: types_pb2.ServingPlan,
