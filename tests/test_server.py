@@ -242,6 +242,16 @@ async def test_metrics_count_handled_rpcs() -> None:
     } <= names
 
 
+@pytest.mark.parametrize("metrics_address", [None, "", "off", "OFF"])
+async def test_metrics_can_be_disabled(metrics_address: str | None) -> None:
+    """None, "" and "off" start no metrics HTTP server."""
+    running = await start_server("127.0.0.1:0", metrics_address)
+    try:
+        assert running.metrics_port is None
+    finally:
+        await running.stop(None)
+
+
 async def test_interceptor_records_every_outcome() -> None:
     """Each RPC, unary or bidi-stream, gets one log line and metrics with its real status code."""
     running = await start_server("127.0.0.1:0", "127.0.0.1:0", servicer=_probe())
