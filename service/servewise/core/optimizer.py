@@ -28,6 +28,7 @@ from servewise.core.model import Plan, Slo, Workload, cost_per_million_requests
 from servewise.core.profiles import Candidate
 from servewise.core.simulator import (
     DEFAULT_SEED,
+    MIN_RELAXATION_TIMES,
     WARMUP_FRACTION,
     LatencySummary,
     SimulationResult,
@@ -54,13 +55,17 @@ DEFAULT_MAX_REPLICAS = 256
 DELAY_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 # (type, B, T) combinations refined by simulation, cheapest predicted first.
 REFINE_CANDIDATES = 8
-# Requests in the shared search sample, and bounds on the confirmation run.
+# Requests in the shared search sample, and bounds on the confirmation run; both grow with
+# the square of the arrival CV (bursty traffic needs more requests for the same precision).
 SEARCH_REQUESTS = 12_000
+SEARCH_MAX_REQUESTS = 96_000
 CONFIRM_MIN_REQUESTS = 20_000
-CONFIRM_MAX_REQUESTS = 60_000
-# The search judges a plan by an upper confidence bound on its SLO percentile, so that a plan
-# passing on the short sample by luck does not reach the confirmation.
-SEARCH_CONFIDENCE_Z = 2.0
+CONFIRM_MAX_REQUESTS = 200_000
+# The search judges a plan by an upper confidence bound on the fraction of requests over the
+# SLO bound (batch means over SEARCH_CHUNKS chunks), so that a plan passing on the sample by
+# luck does not reach the confirmation.
+SEARCH_CHUNKS = 16
+SEARCH_CONFIDENCE_Z = 1.5
 MAX_CONFIRM_ATTEMPTS = 6
 FRONTIER_MAX_POINTS = 24
 
@@ -169,17 +174,16 @@ class _Search:
             self.rate_per_s = workload.rate_per_s
             self.arrival_cv = workload.arrival_cv
             self.arrivals_ms = generate_arrivals_ms(
-                workload, SEARCH_REQUESTS, np.random.default_rng(seed)
+                workload,
+                _scaled_by_burstiness(SEARCH_REQUESTS, workload.arrival_cv, SEARCH_MAX_REQUESTS),
+                np.random.default_rng(seed),
             )
         self._confirm_arrivals: npt.NDArray[np.float64] | None = None
         self.cache: dict[tuple[str, int, float, int], _Run] = {}
         self.simulations = 0
         self.warmup = int(len(self.arrivals_ms) * WARMUP_FRACTION)
         count = len(self.arrivals_ms) - self.warmup
-        q = self.quantile
-        index = math.ceil(count * q + SEARCH_CONFIDENCE_Z * math.sqrt(count * q * (1 - q)))
-        self.quantile_index = min(max(index, 0), count - 1)
-        self.allowed_over = count - 1 - self.quantile_index
+        self.quantile_index = min(max(math.ceil(count * self.quantile) - 1, 0), count - 1)
 
     def confirm_arrivals(self, count: int) -> npt.NDArray[np.float64]:
         """A fresh sample (seed + 1) shared by every confirmation: its first ``count``
@@ -193,12 +197,27 @@ class _Search:
         sample: npt.NDArray[np.float64] = self._confirm_arrivals[:count]
         return sample
 
+    def verifiable(self, candidate: Candidate, big_b: int, n: int) -> bool:
+        """Whether the longest confirmation this search may run spans enough heavy-traffic
+        relaxation times to trust the plan's tail; near-critical plans that no affordable run
+        can verify are treated as failing rather than confirmed on a flattering sample."""
+        capacity = capacity_per_s(candidate.profile, big_b, n)
+        if capacity <= self.rate_per_s:
+            return False
+        rate_per_ms = self.rate_per_s / 1000.0
+        relax_ms = relaxation_time_ms(rate_per_ms, self.arrival_cv, capacity / 1000.0, big_b, 0.0)
+        if self.workload.arrival_times_s is not None:
+            horizon_ms = float(self.arrivals_ms[-1])
+        else:
+            horizon_ms = CONFIRM_MAX_REQUESTS / rate_per_ms
+        return horizon_ms >= MIN_RELAXATION_TIMES * relax_ms
+
     def _latencies(self, candidate: Candidate, big_b: int, delay: float, n: int) -> _Run:
         key = (candidate.instance.name, big_b, delay, n)
         run = self.cache.get(key)
         if run is None:
             latencies = None
-            if capacity_per_s(candidate.profile, big_b, n) > self.rate_per_s:
+            if self.verifiable(candidate, big_b, n):
                 trace = run_batches(
                     self.arrivals_ms, candidate.profile.table_ms(big_b), big_b, delay, n
                 )
@@ -209,18 +228,28 @@ class _Search:
         return run
 
     def passes(self, candidate: Candidate, big_b: int, delay: float, n: int) -> bool:
-        """Whether the SLO percentile's upper confidence bound on the shared sample meets the
-        bound: at most ``allowed_over`` requests may be slower than the bound."""
+        """Whether the plan meets the SLO on the shared sample with confidence.
+
+        Latencies of neighbouring requests are strongly correlated (a burst delays everyone
+        in it), so the bound uses batch means: the fraction of requests slower than the SLO
+        bound in each of SEARCH_CHUNKS consecutive chunks, whose mean plus
+        SEARCH_CONFIDENCE_Z standard errors must stay within 1 - percentile.
+        """
         run = self._latencies(candidate, big_b, delay, n)
         if run.latencies is None:
             return False
         if run.passes is None:
-            slower = int(np.count_nonzero(run.latencies > self.slo.latency_ms))
-            run.passes = slower <= self.allowed_over
+            slower = run.latencies > self.slo.latency_ms
+            chunks = np.array_split(slower, SEARCH_CHUNKS)
+            fractions = np.array([chunk.mean() for chunk in chunks])
+            bound = fractions.mean() + SEARCH_CONFIDENCE_Z * fractions.std(ddof=1) / math.sqrt(
+                SEARCH_CHUNKS
+            )
+            run.passes = bool(bound <= 1.0 - self.quantile)
         return run.passes
 
     def simulated_quantile(self, candidate: Candidate, big_b: int, delay: float, n: int) -> float:
-        """Upper confidence bound of the SLO percentile on the shared sample (inf if unstable)."""
+        """The SLO percentile of latency on the shared sample (inf if unstable)."""
         run = self._latencies(candidate, big_b, delay, n)
         if run.latencies is None:
             return math.inf
@@ -390,6 +419,10 @@ def _choose_refinements(options: list[_Option]) -> list[_Option]:
     return sorted(chosen, key=lambda o: o.predicted_replicas * o.price)
 
 
+def _scaled_by_burstiness(base: int, arrival_cv: float, most: int) -> int:
+    return int(min(base * max(1.0, arrival_cv * arrival_cv), most))
+
+
 def _confirm_requests(search: _Search, candidate: Candidate, plan: Plan) -> int:
     """Enough requests for the confirmation to span many relaxation times (bounded)."""
     rate_per_ms = search.rate_per_s / 1000.0
@@ -398,7 +431,8 @@ def _confirm_requests(search: _Search, candidate: Candidate, plan: Plan) -> int:
         rate_per_ms, search.arrival_cv, capacity_per_ms, plan.max_batch_size, 0.0
     )
     wanted = 25.0 * relax_ms * rate_per_ms if math.isfinite(relax_ms) else CONFIRM_MAX_REQUESTS
-    return int(min(max(wanted, CONFIRM_MIN_REQUESTS), CONFIRM_MAX_REQUESTS))
+    least = _scaled_by_burstiness(CONFIRM_MIN_REQUESTS, search.arrival_cv, CONFIRM_MAX_REQUESTS)
+    return int(min(max(wanted, least), CONFIRM_MAX_REQUESTS))
 
 
 def assess(

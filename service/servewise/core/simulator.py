@@ -82,6 +82,8 @@ class BatchTrace:
     completion_ms: npt.NDArray[np.float64]
     sizes: npt.NDArray[np.int64]
     busy_ms: float
+    # Most requests ever waiting (queued, not in service), just before some dispatch.
+    max_queue_length: int
 
     def latencies_ms(self) -> npt.NDArray[np.float64]:
         result: npt.NDArray[np.float64] = (
@@ -139,7 +141,7 @@ def run_batches(
     completion = np.empty(n, dtype=np.float64)
     sizes = np.empty(n, dtype=np.int64)
     scale = None if service_scale is None else np.ascontiguousarray(service_scale, np.float64)
-    count, busy = _batchsim.run_batches(
+    count, busy, max_queue = _batchsim.run_batches(
         arrivals,
         np.ascontiguousarray(service_table_ms, dtype=np.float64),
         max_batch_size,
@@ -150,7 +152,9 @@ def run_batches(
         completion,
         sizes,
     )
-    return BatchTrace(arrivals, dispatch[:count], completion[:count], sizes[:count], busy)
+    return BatchTrace(
+        arrivals, dispatch[:count], completion[:count], sizes[:count], busy, max_queue
+    )
 
 
 def run_batches_python(
@@ -207,12 +211,18 @@ def run_batches_python(
         sizes.append(size)
         i += size
         k += 1
+    dispatch_ms = np.asarray(dispatches)
+    sizes_array = np.asarray(sizes, dtype=np.int64)
+    depth = np.searchsorted(arrivals_ms, dispatch_ms, side="right") - np.concatenate(
+        ([0], np.cumsum(sizes_array)[:-1])
+    )
     return BatchTrace(
         arrivals_ms,
-        np.asarray(dispatches),
+        dispatch_ms,
         np.asarray(completions),
-        np.asarray(sizes, dtype=np.int64),
+        sizes_array,
         busy,
+        int(depth.max()) if len(depth) else 0,
     )
 
 
@@ -275,7 +285,7 @@ def simulate(
             f"max_batch_size {plan.max_batch_size} exceeds the profile's largest batch "
             f"{profile.max_batch_size}"
         )
-    generated = arrivals_ms is None and workload.arrival_times_s is None
+    generated = workload.arrival_times_s is None  # a sample of the renewal process
     rng = np.random.default_rng(seed)
     if arrivals_ms is None:
         arrivals_ms = generate_arrivals_ms(workload, num_requests, rng)
@@ -328,9 +338,6 @@ def simulate(
             f"utilisation {rate_per_ms / capacity_per_ms:.1%} of capacity; run spans "
             f"{horizon_ms / relax_ms if relax_ms > 0 else math.inf:.3g} relaxation times"
         )
-    depth = np.searchsorted(arrivals_ms, trace.dispatch_ms, side="right") - np.concatenate(
-        ([0], np.cumsum(trace.sizes)[:-1])
-    )
     return SimulationResult(
         latency=summarise(latencies[skip:], slo),
         throughput_per_s=n / duration_ms * 1000.0 if duration_ms > 0 else 0.0,
@@ -339,7 +346,7 @@ def simulate(
         utilisation=min(1.0, trace.busy_ms / (plan.replicas * duration_ms))
         if duration_ms > 0
         else 0.0,
-        max_queue_length=int(depth.max()),
+        max_queue_length=trace.max_queue_length,
         stable=stable,
         stability_reason=reason,
         requests_simulated=n,
