@@ -139,6 +139,7 @@ class HandCase:
     sizes: tuple[int, ...]
     completion_ms: tuple[float, ...]
     latencies_ms: tuple[float, ...]
+    max_queue_length: int
 
 
 HAND_CASES = {
@@ -157,6 +158,7 @@ HAND_CASES = {
         sizes=(3, 2, 3, 1, 1),
         completion_ms=(14, 38, 48, 54, 72),
         latencies_ms=(14, 12, 10, 18, 13, 16, 15, 14, 19, 16),
+        max_queue_length=4,  # 32..35 waiting when the replica frees at 38
     ),
     # B=3, T=0, N=1: an idle replica takes whatever is queued, at once.
     #   [0] at 0; at 6 three are queued -> B; at 16 two are queued -> both; [30] at 30.
@@ -169,6 +171,7 @@ HAND_CASES = {
         sizes=(1, 3, 2, 1),
         completion_ms=(6, 16, 24, 36),
         latencies_ms=(6, 15, 14, 13, 14, 13, 6),
+        max_queue_length=3,
     ),
     # B=3, T=10, N=2.
     #   [0, 1, 2] fill B at 2 on replica 1 (busy until 12).
@@ -184,6 +187,7 @@ HAND_CASES = {
         sizes=(3, 3, 1, 1),
         completion_ms=(12, 15, 22, 46),
         latencies_ms=(12, 11, 10, 12, 11, 10, 16, 16),
+        max_queue_length=3,
     ),
 }
 
@@ -206,6 +210,7 @@ def test_hand_computed_dispatches(kernel: Kernel, case: HandCase) -> None:
     assert trace.completion_ms.tolist() == list(case.completion_ms)
     assert trace.latencies_ms().tolist() == list(case.latencies_ms)
     assert trace.busy_ms == sum(HAND_TABLE[b] for b in case.sizes)
+    assert trace.max_queue_length == case.max_queue_length
 
 
 @pytest.mark.parametrize("case", HAND_CASES.values(), ids=HAND_CASES.keys())
@@ -296,6 +301,7 @@ def test_c_kernel_and_python_reference_agree_exactly(sc: Scenario) -> None:
     np.testing.assert_array_equal(fast.dispatch_ms, reference.dispatch_ms)
     np.testing.assert_array_equal(fast.completion_ms, reference.completion_ms)
     np.testing.assert_array_equal(fast.sizes, reference.sizes)
+    assert fast.max_queue_length == reference.max_queue_length
     # busy_ms is a sum of service times whose order (or n * s for equal services) is the
     # kernel's business: equal to rounding, not bit for bit.
     assert fast.busy_ms == pytest.approx(reference.busy_ms, rel=1e-12)
@@ -340,6 +346,9 @@ def assert_follows_policy(sc: Scenario, trace: BatchTrace) -> None:
     assert (latencies >= 0).all()
     assert (latencies >= per_request_service).all()
     assert trace.busy_ms == pytest.approx(math.fsum(services), rel=1e-9)
+    # The longest queue: requests arrived by a dispatch and not yet in an earlier batch.
+    waiting = np.searchsorted(a, trace.dispatch_ms, side="right") - firsts
+    assert trace.max_queue_length == int(waiting.max())
 
 
 def max_in_service(trace: BatchTrace) -> int:
