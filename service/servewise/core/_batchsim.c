@@ -261,7 +261,10 @@ static void model_plan(const tables_t *t, Py_ssize_t k, int64_t b_int, double de
     mixture_t *m = &out->m;
     m->s_idle = s_idle; m->window = window; m->b_idle = b_idle; m->s_busy = s_busy;
     m->n = n; m->wait_p = wait_p;
-    m->span = s_busy > n * window ? s_busy : n * window;
+    /* A queued request waits for the first of N busy replicas to free: their residual
+     * services are each about uniform over s_busy. (The timer does not add to it: by the time
+     * a replica frees, the queue's oldest request has usually waited longer than T.) */
+    m->span = s_busy;
     m->residual_mean = m->span / (n + 1.0);
     double drift = capacity - lam;
     if (drift < 1e-12) drift = 1e-12;

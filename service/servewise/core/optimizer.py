@@ -29,6 +29,7 @@ from servewise.core.profiles import Candidate
 from servewise.core.simulator import (
     DEFAULT_SEED,
     MIN_RELAXATION_TIMES,
+    SEED_MODULUS,
     WARMUP_FRACTION,
     LatencySummary,
     SimulationResult,
@@ -68,6 +69,8 @@ SEARCH_CHUNKS = 16
 SEARCH_CONFIDENCE_Z = 1.5
 MAX_CONFIRM_ATTEMPTS = 6
 FRONTIER_MAX_POINTS = 24
+# Replicas added to the recommendation to show what more money buys in latency.
+FRONTIER_EXTRA_REPLICAS = 3
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,7 @@ class _Search:
                 np.random.default_rng(seed),
             )
         self._confirm_arrivals: npt.NDArray[np.float64] | None = None
+        self._confirm_rng: np.random.Generator | None = None
         self.cache: dict[tuple[str, int, float, int], _Run] = {}
         self.simulations = 0
         self.warmup = int(len(self.arrivals_ms) * WARMUP_FRACTION)
@@ -186,15 +190,23 @@ class _Search:
         self.quantile_index = min(max(math.ceil(count * self.quantile) - 1, 0), count - 1)
 
     def confirm_arrivals(self, count: int) -> npt.NDArray[np.float64]:
-        """A fresh sample (seed + 1) shared by every confirmation: its first ``count``
-        arrivals, drawn once at the largest size any confirmation may need."""
+        """The first ``count`` arrivals of a fresh sample (seed + 1) shared by every
+        confirmation; drawn lazily and extended as longer runs are needed."""
         if self.workload.arrival_times_s is not None:
             return self.arrivals_ms
-        if self._confirm_arrivals is None:
-            self._confirm_arrivals = generate_arrivals_ms(
-                self.workload, CONFIRM_MAX_REQUESTS, np.random.default_rng(self.seed + 1)
+        if self._confirm_rng is None:
+            self._confirm_rng = np.random.default_rng((self.seed + 1) % SEED_MODULUS)
+            self._confirm_arrivals = generate_arrivals_ms(self.workload, count, self._confirm_rng)
+        drawn = self._confirm_arrivals
+        if drawn is None or len(drawn) < count:
+            start = 0.0 if drawn is None or not len(drawn) else float(drawn[-1])
+            more = generate_arrivals_ms(
+                self.workload, count - (0 if drawn is None else len(drawn)), self._confirm_rng
             )
-        sample: npt.NDArray[np.float64] = self._confirm_arrivals[:count]
+            extension = more + start
+            drawn = extension if drawn is None else np.concatenate((drawn, extension))
+            self._confirm_arrivals = drawn
+        sample: npt.NDArray[np.float64] = drawn[:count]
         return sample
 
     def verifiable(self, candidate: Candidate, big_b: int, n: int) -> bool:
@@ -321,10 +333,16 @@ def _screen(
     """
     kinds: list[int] = []
     pairs: list[tuple[int, float]] = []
+    fill_per_request_ms = 1000.0 / search.rate_per_s
     for k, candidate in enumerate(candidates):
         delays = _delays(search.slo, candidate.profile.service_time_ms(1), limits)
         for b in _batch_sizes(candidate, limits):
-            for d in delays if b > 1 else [0.0]:
+            # Delays longer than B requests usually take to arrive rarely fire: keep the
+            # shortest of them and drop the rest, which would score alike.
+            fill_ms = (b - 1) * fill_per_request_ms
+            kept = [d for d in delays if d < fill_ms]
+            kept += [d for d in delays if d >= fill_ms][:1]
+            for d in kept if b > 1 else [0.0]:
                 kinds.append(k)
                 pairs.append((b, d))
     if not pairs:
@@ -476,7 +494,7 @@ def _assess(search: _Search, candidate: Candidate, plan: Plan) -> PlanAssessment
         plan,
         search.workload,
         search.slo,
-        search.seed + 1,
+        (search.seed + 1) % SEED_MODULUS,
         count,
         search.confirm_arrivals(count),
     )
@@ -497,7 +515,21 @@ def _analytic_workload(workload: Workload) -> Workload:
     return Workload(_rate_of(workload), float(gaps.std() / gaps.mean()))
 
 
-def _frontier(search: _Search, by_name: dict[str, Candidate]) -> list[FrontierPoint]:
+def _frontier(
+    search: _Search, by_name: dict[str, Candidate], anchor: Plan | None, ceiling: int
+) -> list[FrontierPoint]:
+    """Cost against simulated latency (shared sample) of every plan the search simulated,
+    extended past the recommendation with a few more replicas, reduced to its Pareto set."""
+    if anchor is not None:
+        candidate = by_name[anchor.instance_type]
+        for extra in range(1, FRONTIER_EXTRA_REPLICAS + 1):
+            if anchor.replicas + extra <= ceiling:
+                search.simulated_quantile(
+                    candidate,
+                    anchor.max_batch_size,
+                    anchor.max_queue_delay_ms,
+                    anchor.replicas + extra,
+                )
     points = []
     for (name, big_b, delay, n), run in search.cache.items():
         if run.latencies is not None:
@@ -698,7 +730,9 @@ def optimize(
         current=current,
         saving_vs_current_per_hour=saving_cur,
         saving_vs_current_fraction=saving_cur_fraction,
-        frontier=_frontier(search, by_name),
+        frontier=_frontier(
+            search, by_name, recommended.plan if recommended is not None else None, ceiling
+        ),
         notes=notes,
         plans_considered=considered,
     )
@@ -742,22 +776,26 @@ def _binding_feasible(
         kind = Binding.MEMORY if memory_capped else Binding.THROUGHPUT
         cap_text = f" (memory caps the batch at {top})" if memory_capped else ""
         return kind, (
-            f"{fewer} replicas serve at most {best_capacity:.4g} req/s{cap_text}, "
+            f"{_replicas_text(fewer)} serve at most {best_capacity:.4g} req/s{cap_text}, "
             f"below the rate of {search.rate_per_s:.4g} req/s"
         )
     if near_miss is not None and near_miss.plan.replicas == fewer:
         return Binding.LATENCY_SLO, (
-            f"with {fewer} replicas the confirming simulation measured "
+            f"with {_replicas_text(fewer)} the confirming simulation measured "
             f"{_latency_text(near_miss, search.slo)}; {plan.replicas} give "
             f"{_latency_text(chosen, search.slo)}"
         )
     near = search.simulated_quantile(candidate, plan.max_batch_size, plan.max_queue_delay_ms, fewer)
     near_text = f"{near:.4g} ms" if math.isfinite(near) else "unbounded"
     return Binding.LATENCY_SLO, (
-        f"with {fewer} replicas the p{search.slo.percentile:g} latency would be {near_text} "
+        f"with {_replicas_text(fewer)} the p{search.slo.percentile:g} latency would be {near_text} "
         f"(> {search.slo.latency_ms:g} ms, upper confidence bound on the search sample); "
         f"{plan.replicas} give {_latency_text(chosen, search.slo)}"
     )
+
+
+def _replicas_text(count: int) -> str:
+    return "1 replica" if count == 1 else f"{count} replicas"
 
 
 def _latency_text(assessment: PlanAssessment, slo: Slo) -> str:
@@ -799,7 +837,7 @@ def _binding_infeasible(
     )
     if most <= search.rate_per_s:
         return Binding.MAX_REPLICAS, (
-            f"{ceiling} replicas serve at most {most:.4g} req/s, below the rate of "
+            f"{_replicas_text(ceiling)} serve at most {most:.4g} req/s, below the rate of "
             f"{search.rate_per_s:.4g} req/s"
         )
     return Binding.MAX_REPLICAS, (

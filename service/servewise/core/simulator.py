@@ -42,6 +42,11 @@ MIN_RELAXATION_TIMES = 20.0
 
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
 
+# Below this inter-arrival CV arrivals are treated as evenly spaced.
+MIN_ARRIVAL_CV = 1e-6
+
+SEED_MODULUS = 2**64
+
 
 class ServiceDistribution(Enum):
     DETERMINISTIC = "deterministic"
@@ -103,7 +108,7 @@ def generate_arrivals_ms(
         return result
     mean_gap_ms = 1000.0 / workload.rate_per_s
     cv = workload.arrival_cv
-    if cv == 0.0:
+    if cv < MIN_ARRIVAL_CV:  # evenly spaced; a gamma of shape 1/cv^2 would overflow
         gaps = np.full(num_requests, mean_gap_ms)
     elif cv == 1.0:
         gaps = rng.exponential(mean_gap_ms, num_requests)
@@ -251,9 +256,27 @@ def relaxation_time_ms(
     return variance_rate / (delta * delta)
 
 
+def order_statistics(
+    values: npt.NDArray[np.float64], percentiles: list[float]
+) -> npt.NDArray[np.float64]:
+    """Empirical percentiles without interpolation: the ceil(n*p/100)-th smallest value.
+
+    One partition at the lowest wanted rank, then a second, multi-rank partition of only the
+    part above it: about half the work of ``np.percentile`` for a median plus tail ranks.
+    """
+    n = len(values)
+    # The epsilon keeps float noise (190000 * 99.9 / 100 = 189810.00000000003) off the ceiling.
+    ranks = [min(max(math.ceil(n * p / 100.0 - 1e-9) - 1, 0), n - 1) for p in percentiles]
+    lowest = min(ranks)
+    upper = np.partition(values, lowest)[lowest:]
+    upper = np.partition(upper, sorted({r - lowest for r in ranks}))
+    result: npt.NDArray[np.float64] = upper[np.array(ranks) - lowest]
+    return result
+
+
 def summarise(latencies_ms: npt.NDArray[np.float64], slo: Slo | None) -> LatencySummary:
     wanted = list(PERCENTILES) + ([slo.percentile] if slo is not None else [])
-    values = np.percentile(latencies_ms, wanted)
+    values = order_statistics(latencies_ms, wanted)
     return LatencySummary(
         mean_ms=float(latencies_ms.mean()),
         p50_ms=float(values[0]),
@@ -335,7 +358,7 @@ def simulate(
     else:
         stable = True
         reason = (
-            f"utilisation {rate_per_ms / capacity_per_ms:.1%} of capacity; run spans "
+            f"load {rate_per_ms / capacity_per_ms:.1%} of capacity; run spans "
             f"{horizon_ms / relax_ms if relax_ms > 0 else math.inf:.3g} relaxation times"
         )
     return SimulationResult(
