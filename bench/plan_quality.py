@@ -35,9 +35,11 @@ Runs scenarios on 2 worker processes; writes bench/results/plan_quality.json.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import multiprocessing
+import os
 import platform
 import statistics
 import subprocess
@@ -51,10 +53,13 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-for _p in (str(REPO / "service"), str(REPO)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+# The servewise package on PYTHONPATH wins (for example an exported commit); else this tree's.
+if importlib.util.find_spec("servewise") is None:
+    sys.path.insert(0, str(REPO / "service"))
 
+import servewise  # noqa: E402
 from bench import scenarios as scen  # noqa: E402
 from servewise.core import queueing, simulator  # noqa: E402
 from servewise.core.model import Plan  # noqa: E402
@@ -655,6 +660,23 @@ def print_report(records: list[dict[str, Any]], summary: dict[str, Any]) -> None
             print("  " + "; ".join(f"{k}={v}" for k, v in f.items()))
 
 
+def _service_changes() -> list[str]:
+    """Uncommitted changes under service/ when the run measured this tree's working copy."""
+    if Path(servewise.__file__).resolve().parents[1] != REPO / "service":
+        return []
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--", "service"],  # noqa: S607
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
 def _git_head() -> str | None:
     try:
         return subprocess.run(
@@ -697,6 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     todo = [(sc, cfg) for sc in scen.generate(cfg.scenarios, cfg.seed)]
+    load_before = os.getloadavg()
     started = time.perf_counter()
     records: list[dict[str, Any]] = []
     with multiprocessing.get_context("fork").Pool(cfg.workers) as pool:
@@ -719,15 +742,26 @@ def main(argv: list[str] | None = None) -> int:
         "config": asdict(cfg),
         "targets": TARGETS,
         "git_head": _git_head(),
+        "servewise_source": str(Path(servewise.__file__).resolve().parents[1]),
+        "uncommitted_service_changes": _service_changes(),
         "python": platform.python_version(),
-        "machine": {"cpus": multiprocessing.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "cpus": multiprocessing.cpu_count(),
+            "platform": platform.platform(),
+            # Other work on the machine inflates optimize() times; plan figures are unaffected.
+            "loadavg_1_5_15_before": load_before,
+            "loadavg_1_5_15_after": os.getloadavg(),
+        },
         "summary": summary,
         "scenarios": records,
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(doc, indent=1, default=float) + "\n")
     print_report(records, summary)
-    print(f"\nwall time {wall:.0f} s; wrote {out_path}")
+    print(
+        f"\nwall time {wall:.0f} s; load average before {load_before[0]:.2f}, after "
+        f"{os.getloadavg()[0]:.2f} on {multiprocessing.cpu_count()} CPUs; wrote {out_path}"
+    )
     return 0
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
@@ -48,12 +49,19 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
-for _p in (str(REPO / "service"), str(REPO)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+# The servewise package on PYTHONPATH wins (for example an exported commit); else this tree's.
+if importlib.util.find_spec("servewise") is None:
+    sys.path.insert(0, str(REPO / "service"))
 
+import servewise  # noqa: E402
 from bench import scenarios as scen  # noqa: E402
+from bench.plan_quality import _service_changes  # noqa: E402
 from servewise.v1 import servewise_pb2, servewise_pb2_grpc, types_pb2  # noqa: E402
+
+# The server subprocess runs the same servewise source as this client imports.
+SERVICE_ROOT = Path(servewise.__file__).resolve().parents[1]
 
 DEFAULT_OUT = REPO / "bench" / "results" / "rpc_latency.json"
 SIXTEEN_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -127,7 +135,7 @@ class Server:
     def __init__(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO / "service"), env.get("PYTHONPATH", "")) if p
+            p for p in (str(SERVICE_ROOT), env.get("PYTHONPATH", "")) if p
         )
         self.proc = subprocess.Popen(
             [
@@ -405,13 +413,20 @@ def main(argv: list[str] | None = None) -> int:
     out_path = args.out or (
         DEFAULT_OUT.with_name("rpc_latency_quick.json") if args.quick else DEFAULT_OUT
     )
+    load_before = os.getloadavg()
     doc = asyncio.run(run(args))
     doc = {
         "benchmark": "rpc_latency",
         "targets": TARGETS,
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            # Latencies are only comparable between runs on an otherwise idle machine.
+            "loadavg_1_5_15_before": load_before,
+            "loadavg_1_5_15_after": os.getloadavg(),
+        },
         "git_head": subprocess.run(
             ["git", "rev-parse", "HEAD"],  # noqa: S607
             cwd=REPO,
@@ -420,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
             check=False,
         ).stdout.strip()
         or None,
+        "servewise_source": str(SERVICE_ROOT),
+        "uncommitted_service_changes": _service_changes(),
         **doc,
     }
     ob = doc["optimize_batch"]["sequential_1_client"]["client"]
@@ -431,7 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(doc, indent=1) + "\n")
     print_report(doc)
-    print(f"wrote {out_path}")
+    m = doc["machine"]
+    print(
+        f"load average before {m['loadavg_1_5_15_before'][0]:.2f}, after "
+        f"{m['loadavg_1_5_15_after'][0]:.2f} on {m['cpus']} CPUs; wrote {out_path}"
+    )
     return 0
 
 
