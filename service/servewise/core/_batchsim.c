@@ -222,7 +222,7 @@ static double mixture_tail(const mixture_t *m, double t) {
     return (1.0 - m->wait_p) * idle_tail + m->wait_p * busy_tail;
 }
 
-#define UTILISATION_STEPS 32
+#define UTILISATION_STEPS 22
 #define QUANTILE_STEPS 36
 
 typedef struct {
@@ -392,6 +392,67 @@ static PyObject *tail_at(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+
+/* ---------------------------------------------------------------------------------------
+ * Order statistics. numpy's partition degrades badly on arrays with many equal values (a
+ * lightly loaded deterministic system gives thousands of identical latencies: 2.5 ms for
+ * 19k values instead of 0.2 ms), so ranks are selected here with three-way quickselect,
+ * linear whatever the duplicates.
+ */
+
+static void swap_d(double *a, Py_ssize_t i, Py_ssize_t j) {
+    double t = a[i]; a[i] = a[j]; a[j] = t;
+}
+
+/* Rearranges a[lo..hi] so that a[rank] holds the value of that rank, smaller values before
+ * it and larger after (like numpy's partition). */
+static void select_rank(double *a, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t rank,
+                        uint64_t *state) {
+    while (lo < hi) {
+        /* xorshift pivot choice: no adversarial input can force quadratic time */
+        *state ^= *state << 13; *state ^= *state >> 7; *state ^= *state << 17;
+        double pivot = a[lo + (Py_ssize_t)(*state % (uint64_t)(hi - lo + 1))];
+        Py_ssize_t lt = lo, i = lo, gt = hi;
+        while (i <= gt) {
+            if (a[i] < pivot) swap_d(a, lt++, i++);
+            else if (a[i] > pivot) swap_d(a, i, gt--);
+            else i++;
+        }
+        if (rank < lt) hi = lt - 1;
+        else if (rank > gt) lo = gt + 1;
+        else return;
+    }
+}
+
+static PyObject *select_ranks(PyObject *self, PyObject *args) {
+    Py_buffer work, ranks, out;
+    if (!PyArg_ParseTuple(args, "w*y*w*", &work, &ranks, &out)) return NULL;
+    Py_ssize_t n = work.len / (Py_ssize_t)sizeof(double);
+    Py_ssize_t m = ranks.len / (Py_ssize_t)sizeof(int64_t);
+    const int64_t *r = (const int64_t *)ranks.buf;
+    int ok = out.len / (Py_ssize_t)sizeof(double) == m;
+    for (Py_ssize_t j = 0; ok && j < m; j++)
+        ok = r[j] >= 0 && r[j] < n && (j == 0 || r[j] >= r[j - 1]);
+    if (!ok) {
+        PyBuffer_Release(&work); PyBuffer_Release(&ranks); PyBuffer_Release(&out);
+        PyErr_SetString(PyExc_ValueError, "select_ranks: ranks must be sorted and in range");
+        return NULL;
+    }
+    double *a = (double *)work.buf, *o = (double *)out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t state = 0x9E3779B97F4A7C15ULL;
+    Py_ssize_t lo = 0;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        /* ranks ascend, so each search starts past the previous rank */
+        select_rank(a, lo, n - 1, (Py_ssize_t)r[j], &state);
+        o[j] = a[r[j]];
+        lo = (Py_ssize_t)r[j];
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&work); PyBuffer_Release(&ranks); PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"run_batches", run_batches, METH_VARARGS,
      "run_batches(arrivals, table, B, T, N, scale_or_None, out_dispatch, out_completion, "
@@ -402,6 +463,8 @@ static PyMethodDef methods[] = {
     {"tail_at", tail_at, METH_VARARGS,
      "tail_at(service, throughput, width, kind, B, T, N, rate_per_s, arrival_cv, "
      "[threshold_ms], out_tail, out_mean, out_batch, out_util) -> None"},
+    {"select_ranks", select_ranks, METH_VARARGS,
+     "select_ranks(work (rearranged in place), sorted ranks int64, out) -> None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -37,6 +37,7 @@ from servewise.core.simulator import (
     generate_arrivals_ms,
     relaxation_time_ms,
     run_batches,
+    select_ranks,
     simulate,
 )
 
@@ -53,13 +54,13 @@ class Binding(Enum):
 DEFAULT_MAX_REPLICAS = 256
 
 # Delays tried, as fractions of the SLO's slack over a single request's service time.
-DELAY_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+DELAY_FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.4)
 # (type, B, T) combinations refined by simulation, cheapest predicted first.
 REFINE_CANDIDATES = 8
 # Requests in the shared search sample, and bounds on the confirmation run; both grow with
 # the square of the arrival CV (bursty traffic needs more requests for the same precision).
 SEARCH_REQUESTS = 12_000
-SEARCH_MAX_REQUESTS = 96_000
+SEARCH_MAX_REQUESTS = 48_000
 CONFIRM_MIN_REQUESTS = 20_000
 CONFIRM_MAX_REQUESTS = 200_000
 # The search judges a plan by an upper confidence bound on the fraction of requests over the
@@ -70,7 +71,7 @@ SEARCH_CONFIDENCE_Z = 1.5
 MAX_CONFIRM_ATTEMPTS = 6
 FRONTIER_MAX_POINTS = 24
 # Replicas added to the recommendation to show what more money buys in latency.
-FRONTIER_EXTRA_REPLICAS = 3
+FRONTIER_EXTRA_REPLICAS = 2
 
 
 @dataclass(frozen=True)
@@ -144,18 +145,8 @@ class _Run:
 
 
 def _order_statistic(values: npt.NDArray[np.float64], index: int) -> float:
-    """values sorted ascending, at ``index``; for an upper-tail index this filters the tail
-    first (a threshold from a strided subsample) instead of partitioning everything."""
-    above = len(values) - index
-    if above * 8 < len(values):
-        sample = values[::8]
-        sample_index = max(len(sample) - 4 * math.ceil(above / 8) - 8, 0)
-        threshold = float(np.partition(sample, sample_index)[sample_index])
-        tail = values[values >= threshold]
-        if len(tail) >= above:
-            position = len(tail) - above
-            return float(np.partition(tail, position)[position])
-    return float(np.partition(values, index)[index])
+    """values sorted ascending, at ``index``."""
+    return float(select_ranks(values, [index])[0])
 
 
 class _Search:

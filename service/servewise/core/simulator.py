@@ -261,16 +261,27 @@ def order_statistics(
 ) -> npt.NDArray[np.float64]:
     """Empirical percentiles without interpolation: the ceil(n*p/100)-th smallest value.
 
-    One partition at the lowest wanted rank, then a second, multi-rank partition of only the
-    part above it: about half the work of ``np.percentile`` for a median plus tail ranks.
+    Selected in the C extension (three-way quickselect on a copy): numpy's partition slows
+    tenfold on the many equal latencies of a lightly loaded deterministic system.
     """
     n = len(values)
     # The epsilon keeps float noise (190000 * 99.9 / 100 = 189810.00000000003) off the ceiling.
     ranks = [min(max(math.ceil(n * p / 100.0 - 1e-9) - 1, 0), n - 1) for p in percentiles]
-    lowest = min(ranks)
-    upper = np.partition(values, lowest)[lowest:]
-    upper = np.partition(upper, sorted({r - lowest for r in ranks}))
-    result: npt.NDArray[np.float64] = upper[np.array(ranks) - lowest]
+    return select_ranks(values, ranks)
+
+
+def select_ranks(values: npt.NDArray[np.float64], ranks: list[int]) -> npt.NDArray[np.float64]:
+    """The values of the given (0-based) ranks, in the order asked."""
+    order = np.argsort(ranks, kind="stable")
+    sorted_ranks = np.asarray(ranks, dtype=np.int64)[order]
+    selected = np.empty(len(ranks))
+    if _batchsim is None:
+        partitioned = np.partition(values, sorted_ranks)
+        selected = partitioned[sorted_ranks]
+    else:
+        _batchsim.select_ranks(np.array(values, dtype=np.float64), sorted_ranks, selected)
+    result = np.empty(len(ranks))
+    result[order] = selected
     return result
 
 
