@@ -25,7 +25,8 @@ ensure_venv() {
     # The stamp records what was installed from which pyproject.toml; a [dev] install also
     # satisfies a runtime-only request.
     local want have spec
-    want="$(sha256sum pyproject.toml | cut -d' ' -f1) $("$PY" -c 'import sys; print(sys.version)')"
+    # The C extension is compiled at install time, so its source is part of what was installed.
+    want="$(cat pyproject.toml service/servewise/core/*.c | sha256sum | cut -d' ' -f1) $("$PY" -c 'import sys; print(sys.version)')"
     for spec in dev "$extras"; do
         have=$(cat "$VENV/.servewise-installed-${spec:-runtime}" 2>/dev/null || true)
         if [[ "$have" == "$want" ]] && "$PY" -c 'import servewise' 2>/dev/null; then

@@ -245,8 +245,9 @@ static void model_plan(const tables_t *t, Py_ssize_t k, int64_t b_int, double de
     if (b_busy > big_b) b_busy = big_b;
     double s_busy = table_at(t, k, b_busy);
     double exponent = sqrt(2.0 * (n + 1.0)) - 1.0;
-    /* Allen-Cunneen: (c_a^2 + c_s^2) / 2 with deterministic service (c_s = 0). */
-    double burst = cv2 / 2.0;
+    /* Arrivals see all replicas busy with the time-average probability when Poisson
+     * (PASTA); bursty arrivals come more often when they are busy, smooth ones less. */
+    double burst = (1.0 + cv2) / 2.0;
     double work_idle = lam * s_idle / (b_idle * n);
     double work_busy = lam * s_busy / (b_busy * n);
     double low = 0.0, high = 1.0;
