@@ -42,6 +42,7 @@ import math
 import multiprocessing
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -696,27 +697,10 @@ def print_report(records: list[dict[str, Any]], summary: dict[str, Any]) -> None
             print("  " + "; ".join(f"{k}={v}" for k, v in f.items()))
 
 
-def _service_changes() -> list[str]:
-    """Uncommitted changes under service/ when the run measured this tree's working copy."""
-    if Path(servewise.__file__).resolve().parents[1] != REPO / "service":
-        return []
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain", "--", "service"],  # noqa: S607
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return []
-    return [line.strip() for line in out.splitlines() if line.strip()]
-
-
-def _git_head() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"],  # noqa: S607
+        return subprocess.run(  # noqa: S603
+            ["git", *args],  # noqa: S607
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -724,6 +708,28 @@ def _git_head() -> str | None:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+def source_info() -> dict[str, Any]:
+    """Which servewise the run measured: this tree's working copy (commit + uncommitted changes)
+    or an export on PYTHONPATH (commit from $SERVEWISE_COMMIT or a ``servewise-<sha>`` folder)."""
+    root = Path(servewise.__file__).resolve().parents[1]
+    info: dict[str, Any] = {
+        "bench_repo_head": _git("rev-parse", "HEAD"),
+        "servewise_source": str(root),
+    }
+    if root == REPO / "service":
+        info["servewise_commit"] = info["bench_repo_head"]
+        status = _git("status", "--porcelain", "--", "service") or ""
+        info["uncommitted_service_changes"] = [
+            ln.strip() for ln in status.splitlines() if ln.strip()
+        ]
+    else:
+        match = re.search(r"servewise-([0-9a-f]{7,40})", str(root))
+        named = os.environ.get("SERVEWISE_COMMIT") or (match.group(1) if match else None)
+        info["servewise_commit"] = _git("rev-parse", named) if named else None
+        info["uncommitted_service_changes"] = []
+    return info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -777,9 +783,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "plan_quality",
         "config": asdict(cfg),
         "targets": TARGETS,
-        "git_head": _git_head(),
-        "servewise_source": str(Path(servewise.__file__).resolve().parents[1]),
-        "uncommitted_service_changes": _service_changes(),
+        **source_info(),
         "python": platform.python_version(),
         "machine": {
             "cpus": multiprocessing.cpu_count(),

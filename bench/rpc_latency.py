@@ -57,7 +57,7 @@ if importlib.util.find_spec("servewise") is None:
 
 import servewise  # noqa: E402
 from bench import scenarios as scen  # noqa: E402
-from bench.plan_quality import _service_changes  # noqa: E402
+from bench.plan_quality import source_info  # noqa: E402
 from servewise.v1 import servewise_pb2, servewise_pb2_grpc, types_pb2  # noqa: E402
 
 # The server subprocess runs the same servewise source as this client imports.
@@ -427,16 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_1_5_15_before": load_before,
             "loadavg_1_5_15_after": os.getloadavg(),
         },
-        "git_head": subprocess.run(
-            ["git", "rev-parse", "HEAD"],  # noqa: S607
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-        or None,
-        "servewise_source": str(SERVICE_ROOT),
-        "uncommitted_service_changes": _service_changes(),
+        **source_info(),
         **doc,
     }
     ob = doc["optimize_batch"]["sequential_1_client"]["client"]
