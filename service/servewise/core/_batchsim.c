@@ -190,36 +190,70 @@ static double balance_batch(const tables_t *t, Py_ssize_t kind, double lam, doub
     return exact;
 }
 
+/* Batch sizes vary around their means (arrival counts are over-dispersed by the arrival CV),
+ * and a request's latency includes its own batch's service time; the spread is carried as a
+ * 7-point Gauss-Hermite rule over the batch size of the request's batch. */
+#define NODES 7
+static const double NODE_X[NODES] = {-3.7504397177257425, -2.3667594107345415,
+                                     -1.1544053947399682, 0.0, 1.1544053947399682,
+                                     2.3667594107345415, 3.7504397177257425};
+static const double NODE_W[NODES] = {0.000548268855972218, 0.0307571239675865,
+                                     0.240123178605013, 0.457142857142857,
+                                     0.240123178605013, 0.0307571239675865,
+                                     0.000548268855972218};
+
 typedef struct {
-    double s_idle, window, b_idle, s_busy, span, n, residual_mean, backlog_mean, wait_p;
+    double s_idle[NODES], s_busy[NODES];
+    double s_idle_min, s_idle_max, s_busy_min, s_busy_max;
+    double window, b_idle, span, n, residual_mean, backlog_mean, wait_p;
 } mixture_t;
 
+static double idle_tail_at(const mixture_t *m, double x_idle) {
+    if (x_idle < 0.0) return 1.0;
+    if (x_idle >= m->window) return 0.0;
+    double first = 1.0 / m->b_idle;
+    double frac = m->window > 0.0 ? x_idle / m->window : 1.0;
+    return first + (1.0 - first) * (1.0 - frac);
+}
+
+static double busy_tail_at(const mixture_t *m, double x_busy) {
+    if (x_busy < 0.0) return 1.0;
+    double shifted = x_busy - m->backlog_mean;
+    if (shifted < 0.0) shifted = 0.0;
+    double base = 1.0 - shifted / m->span;
+    if (base < 0.0) base = 0.0;
+    double residual_tail = pow(base, m->n);
+    double excess = x_busy - m->residual_mean;
+    if (excess < 0.0) excess = 0.0;
+    double scale = m->backlog_mean > 1e-12 ? m->backlog_mean : 1e-12;
+    double backlog_tail = exp(-excess / scale);
+    return residual_tail > backlog_tail ? residual_tail : backlog_tail;
+}
+
 static double mixture_tail(const mixture_t *m, double t) {
-    double idle_tail;
-    double x_idle = t - m->s_idle;
-    if (x_idle < 0.0) idle_tail = 1.0;
-    else if (x_idle >= m->window) idle_tail = 0.0;
-    else {
-        double first = 1.0 / m->b_idle;
-        double frac = m->window > 0.0 ? x_idle / m->window : 1.0;
-        idle_tail = first + (1.0 - first) * (1.0 - frac);
-    }
-    double busy_tail;
-    double x_busy = t - m->s_busy;
-    if (x_busy < 0.0) busy_tail = 1.0;
-    else {
-        double shifted = x_busy - m->backlog_mean;
-        if (shifted < 0.0) shifted = 0.0;
-        double base = 1.0 - shifted / m->span;
-        if (base < 0.0) base = 0.0;
-        double residual_tail = pow(base, m->n);
-        double excess = x_busy - m->residual_mean;
-        if (excess < 0.0) excess = 0.0;
-        double scale = m->backlog_mean > 1e-12 ? m->backlog_mean : 1e-12;
-        double backlog_tail = exp(-excess / scale);
-        busy_tail = residual_tail > backlog_tail ? residual_tail : backlog_tail;
+    double idle_tail = 0.0, busy_tail = 0.0;
+    for (int j = 0; j < NODES; j++) {
+        idle_tail += NODE_W[j] * idle_tail_at(m, t - m->s_idle[j]);
+        busy_tail += NODE_W[j] * busy_tail_at(m, t - m->s_busy[j]);
     }
     return (1.0 - m->wait_p) * idle_tail + m->wait_p * busy_tail;
+}
+
+/* s(b) at the rule's nodes for a batch size of mean `mean` and spread `sd` seen by a request
+ * (size-biased: a request is more likely to sit in a large batch), clipped to [1, B]. */
+static void batch_nodes(const tables_t *t, Py_ssize_t k, double mean, double sd, double big_b,
+                        double *out, double *lowest, double *highest) {
+    double biased = mean + sd * sd / mean;
+    *lowest = INFINITY;
+    *highest = 0.0;
+    for (int j = 0; j < NODES; j++) {
+        double b = biased + sd * NODE_X[j];
+        if (b < 1.0) b = 1.0;
+        if (b > big_b) b = big_b;
+        out[j] = table_at(t, k, b);
+        if (out[j] < *lowest) *lowest = out[j];
+        if (out[j] > *highest) *highest = out[j];
+    }
 }
 
 #define UTILISATION_STEPS 22
@@ -261,8 +295,13 @@ static void model_plan(const tables_t *t, Py_ssize_t k, int64_t b_int, double de
     double wait_p = exp(exponent * log(u)) * burst;
     if (wait_p > 1.0) wait_p = 1.0;
     mixture_t *m = &out->m;
-    m->s_idle = s_idle; m->window = window; m->b_idle = b_idle; m->s_busy = s_busy;
-    m->n = n; m->wait_p = wait_p;
+    m->window = window; m->b_idle = b_idle; m->n = n; m->wait_p = wait_p;
+    /* Counts of a renewal process over a window have variance ~ mean * c_a^2. */
+    double arrival_cv = sqrt(cv2);
+    batch_nodes(t, k, b_idle, arrival_cv * sqrt(b_idle - 1.0), big_b, m->s_idle,
+                &m->s_idle_min, &m->s_idle_max);
+    batch_nodes(t, k, b_busy, arrival_cv * sqrt(b_busy), big_b, m->s_busy, &m->s_busy_min,
+                &m->s_busy_max);
     /* A queued request waits for the first of N busy replicas to free: their residual
      * services are each about uniform over s_busy. (The timer does not add to it: by the time
      * a replica frees, the queue's oldest request has usually waited longer than T.) */
@@ -281,9 +320,10 @@ static void model_plan(const tables_t *t, Py_ssize_t k, int64_t b_int, double de
 
 static double mixture_quantile(const mixture_t *m, double q) {
     double level = 1.0 - q;
-    double lo = m->s_idle < m->s_busy ? m->s_idle : m->s_busy;
-    double hi = (m->s_idle + m->window > m->s_busy + m->span ? m->s_idle + m->window
-                                                             : m->s_busy + m->span) +
+    double lo = m->s_idle_min < m->s_busy_min ? m->s_idle_min : m->s_busy_min;
+    double hi = (m->s_idle_max + m->window > m->s_busy_max + m->span
+                     ? m->s_idle_max + m->window
+                     : m->s_busy_max + m->span) +
                 m->backlog_mean * (log(1.0 / level) + 1.0) + 1e-9;
     for (int step = 0; step < QUANTILE_STEPS; step++) {
         double mid = 0.5 * (lo + hi);

@@ -56,7 +56,7 @@ DEFAULT_MAX_REPLICAS = 256
 # Delays tried, as fractions of the SLO's slack over a single request's service time.
 DELAY_FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.4)
 # (type, B, T) combinations refined by simulation, cheapest predicted first.
-REFINE_CANDIDATES = 8
+REFINE_CANDIDATES = 12
 # Requests in the shared search sample, and bounds on the confirmation run; both grow with
 # the square of the arrival CV (bursty traffic needs more requests for the same precision).
 SEARCH_REQUESTS = 12_000
@@ -299,7 +299,10 @@ def _batch_sizes(candidate: Candidate, limits: SearchLimits) -> list[int]:
     top = candidate.max_batch_size
     if limits.allowed_batch_sizes:
         return sorted({b for b in limits.allowed_batch_sizes if b <= top})
+    # Powers of two and their 1.5x midpoints (3, 6, 12, ...): a batch size between two
+    # powers is often what lets one replica fewer keep up.
     sizes = {1 << k for k in range(top.bit_length()) if (1 << k) <= top}
+    sizes.update(3 << k for k in range(top.bit_length()) if (3 << k) <= top)
     sizes.update(b for b in candidate.profile.batch_sizes if b <= top)
     sizes.add(top)
     return sorted(sizes)
@@ -401,18 +404,26 @@ def _screen(
 
 
 def _choose_refinements(options: list[_Option]) -> list[_Option]:
-    """The cheapest predicted (B, T) per (type, B), cheapest first, at most REFINE_CANDIDATES,
-    with each instance type's best included so that no type is dismissed on the screen alone."""
-    best: dict[tuple[str, int], _Option] = {}
+    """Which screened (type, B, T) to settle by simulation, cheapest predicted first.
+
+    Per (type, B): the best delay the screen found and the best zero delay (the predictor
+    ranks delays least reliably, and T = 0 is the policy most often cheapest in simulation).
+    At most REFINE_CANDIDATES of those, always including each instance type's best, so that
+    no type is dismissed on the screen alone.
+    """
+    best: dict[tuple[str, int, bool], _Option] = {}
     for opt in options:
-        key = (opt.candidate.instance.name, opt.max_batch_size)
+        key = (opt.candidate.instance.name, opt.max_batch_size, opt.max_queue_delay_ms > 0)
         current = best.get(key)
-        if current is None or (opt.predicted_replicas, opt.max_queue_delay_ms) < (
+        if current is None or (opt.predicted_replicas, -opt.max_queue_delay_ms) < (
             current.predicted_replicas,
-            current.max_queue_delay_ms,
+            -current.max_queue_delay_ms,
         ):
             best[key] = opt
-    ranked = sorted(best.values(), key=lambda o: (o.predicted_replicas * o.price, o.max_batch_size))
+    ranked = sorted(
+        best.values(),
+        key=lambda o: (o.predicted_replicas * o.price, o.max_batch_size, o.max_queue_delay_ms),
+    )
     chosen: list[_Option] = []
     seen_types: set[str] = set()
     for opt in ranked:
