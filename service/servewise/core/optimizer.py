@@ -70,6 +70,8 @@ SEARCH_CHUNKS = 16
 SEARCH_CONFIDENCE_Z = 1.5
 MAX_CONFIRM_ATTEMPTS = 6
 FRONTIER_MAX_POINTS = 24
+# A long delay tried when polishing the chosen plan, as a fraction of the SLO's slack.
+POLISH_SLACK_FRACTION = 0.75
 # Replicas added to the recommendation to show what more money buys in latency.
 FRONTIER_EXTRA_REPLICAS = 2
 
@@ -578,6 +580,47 @@ def _best_plan(
     return None if best is None else (best[2], best[3])
 
 
+def _polish_delay(
+    search: _Search, plan: Plan, candidate: Candidate, limits: SearchLimits
+) -> tuple[Plan, Candidate]:
+    """Try longer delays for the chosen (type, B) at one replica fewer, while that works.
+
+    The screen's delay grid is coarse and the predictor ranks delays least reliably; a
+    longer wait fills batches better and sometimes lets one replica fewer keep the SLO.
+    """
+    slack = search.slo.latency_ms - candidate.profile.service_time_ms(1)
+    cap = limits.max_queue_delay_ms if limits.max_queue_delay_ms is not None else slack
+    floor = (
+        math.floor(
+            search.rate_per_s
+            * candidate.profile.service_time_ms(plan.max_batch_size)
+            / (plan.max_batch_size * 1000.0)
+        )
+        + 1
+    )
+    while plan.max_batch_size > 1 and plan.replicas - 1 >= floor:
+        base = plan.max_queue_delay_ms
+        trials = sorted(
+            {
+                round(d, 6)
+                for d in (base * 1.5, base * 2.0, slack * POLISH_SLACK_FRACTION)
+                if base < d <= min(cap, slack)
+            }
+        )
+        better = next(
+            (
+                d
+                for d in trials
+                if search.passes(candidate, plan.max_batch_size, d, plan.replicas - 1)
+            ),
+            None,
+        )
+        if better is None:
+            break
+        plan = Plan(plan.instance_type, plan.max_batch_size, better, plan.replicas - 1)
+    return plan, candidate
+
+
 def _confirm(
     search: _Search, candidate: Candidate, plan: Plan, ceiling: int
 ) -> tuple[PlanAssessment, PlanAssessment | None]:
@@ -666,6 +709,8 @@ def optimize(
     options, considered = _screen(candidates, search, limits)
 
     chosen = _best_plan(search, _choose_refinements(options), ceiling)
+    if chosen is not None:
+        chosen = _polish_delay(search, chosen[0], chosen[1], limits)
     realtime_options = [o for o in options if o.max_batch_size == 1]
     realtime = _best_plan(
         search, sorted(realtime_options, key=lambda o: o.predicted_replicas * o.price), ceiling
