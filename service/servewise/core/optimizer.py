@@ -245,8 +245,8 @@ class _Search:
             return False
         if run.passes is None:
             slower = run.latencies > self.slo.latency_ms
-            chunks = np.array_split(slower, SEARCH_CHUNKS)
-            fractions = np.array([chunk.mean() for chunk in chunks])
+            per_chunk = len(slower) // SEARCH_CHUNKS
+            fractions = slower[: per_chunk * SEARCH_CHUNKS].reshape(SEARCH_CHUNKS, -1).mean(axis=1)
             bound = fractions.mean() + SEARCH_CONFIDENCE_Z * fractions.std(ddof=1) / math.sqrt(
                 SEARCH_CHUNKS
             )
