@@ -54,10 +54,14 @@ class ServewiseError(Exception):
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
-        """The error on one line: ``Method: CODE: message (field: why; ...)``."""
-        text = f"{self.code.name}: {' '.join(self.message.split())}"
+        """The error on one line: ``Method: CODE: message``, or with field violations
+        ``Method: INVALID_ARGUMENT: invalid request: field: why; field: why``."""
         if self.field_violations:
-            text += " (" + "; ".join(str(v) for v in self.field_violations) + ")"
+            # The violations say everything the summary message does, and why.
+            text = "invalid request: " + "; ".join(str(v) for v in self.field_violations)
+        else:
+            text = " ".join(self.message.split()) or "(no message)"
+        text = f"{self.code.name}: {text}"
         return f"{self.method}: {text}" if self.method else text
 
 
