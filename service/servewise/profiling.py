@@ -170,6 +170,11 @@ class OnnxRunner:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ProfilingError(f"cannot load {self.path}: {first}") from None
         overrides = shapes or {}
+        unknown = set(overrides) - {item.name for item in self._session.get_inputs()}
+        if unknown:
+            raise ProfilingError(
+                f"--shape names no input of the model: {', '.join(sorted(unknown))}"
+            )
         self._inputs: list[tuple[str, Any, list[int], Any]] = []
         for item in self._session.get_inputs():
             dtype = _ONNX_DTYPES.get(item.type)
@@ -181,11 +186,6 @@ class OnnxRunner:
                 raise ProfilingError(f"input {item.name!r} is a scalar: no batch dimension")
             self._inputs.append(
                 (item.name, dtype, _fixed_dims(item.name, shape, overrides), batch_dim)
-            )
-        unknown = set(overrides) - {name for name, *_ in self._inputs}
-        if unknown:
-            raise ProfilingError(
-                f"--shape names no input of the model: {', '.join(sorted(unknown))}"
             )
         self._rng = np.random.default_rng(seed)
         self.description = f"{self.path.name} (onnxruntime {ort.__version__}, CPU)"
