@@ -253,7 +253,7 @@ export class ServewiseClient {
       try {
         return await this.attempt(definition, message, metadata.clone(), deadline, options.signal);
       } catch (caught) {
-        const error = toServewiseError(caught, method).withAttempts(attempt);
+        const error = toServewiseError(caught, method, attempt);
         if (!isRetryable(error.code) || attempt >= policy.maxAttempts) throw error;
         const wait = backoffMs(attempt, policy);
         // The deadline covers the retries: give up when the next attempt could not start in time.

@@ -66,24 +66,6 @@ export class ServewiseError extends Error {
   get fields(): string[] {
     return this.fieldViolations.map((v) => v.field);
   }
-
-  /** The same error, recording how many attempts were made. */
-  withAttempts(attempts: number): ServewiseError {
-    return new ServewiseError({ ...this.init(), attempts });
-  }
-
-  private init(): ServewiseErrorInit {
-    return {
-      method: this.method,
-      code: this.code,
-      details: this.details,
-      metadata: this.metadata,
-      fieldViolations: [...this.fieldViolations],
-      statusDetails: [...this.statusDetails],
-      attempts: this.attempts,
-      cause: this.cause,
-    };
-  }
 }
 
 function isServiceError(error: unknown): error is ServiceError {
@@ -97,14 +79,16 @@ function isServiceError(error: unknown): error is ServiceError {
 /**
  * The ServewiseError for whatever a grpc-js call failed with. A status without a decodable
  * `grpc-status-details-bin` trailer still becomes a ServewiseError, with no field violations.
+ * `attempts` records how many attempts the call made (1 unless retried).
  */
-export function toServewiseError(error: unknown, method: string): ServewiseError {
+export function toServewiseError(error: unknown, method: string, attempts = 1): ServewiseError {
   if (error instanceof ServewiseError) return error;
   if (!isServiceError(error)) {
     return new ServewiseError({
       method,
       code: Status.UNKNOWN,
       details: error instanceof Error ? error.message : String(error),
+      attempts,
       cause: error,
     });
   }
@@ -127,6 +111,7 @@ export function toServewiseError(error: unknown, method: string): ServewiseError
     metadata: error.metadata,
     fieldViolations,
     statusDetails,
+    attempts,
     cause: error,
   });
 }
