@@ -222,7 +222,7 @@ static double busy_tail_at(const mixture_t *m, double x_busy) {
     if (shifted < 0.0) shifted = 0.0;
     double base = 1.0 - shifted / m->span;
     if (base < 0.0) base = 0.0;
-    double residual_tail = pow(base, m->n);
+    double residual_tail = base;
     double excess = x_busy - m->residual_mean;
     if (excess < 0.0) excess = 0.0;
     double scale = m->backlog_mean > 1e-12 ? m->backlog_mean : 1e-12;
@@ -256,7 +256,62 @@ static void batch_nodes(const tables_t *t, Py_ssize_t k, double mean, double sd,
     }
 }
 
-#define UTILISATION_STEPS 22
+
+/* Regularized lower incomplete gamma P(a, x) (series below a + 1, continued fraction above;
+ * the classic Numerical Recipes scheme). */
+static double gamma_p(double a, double x) {
+    if (x <= 0.0) return 0.0;
+    double log_prefix = a * log(x) - x - lgamma(a);
+    if (x < a + 1.0) {
+        double term = 1.0 / a, sum = term;
+        for (int k = 1; k < 500; k++) {
+            term *= x / (a + k);
+            sum += term;
+            if (term < sum * 1e-14) break;
+        }
+        return sum * exp(log_prefix);
+    }
+    double b = x + 1.0 - a, c = 1.0 / 1e-300, d = 1.0 / b, h = d;
+    for (int k = 1; k < 500; k++) {
+        double an = -k * (k - a);
+        b += 2.0;
+        d = an * d + b;
+        if (fabs(d) < 1e-300) d = 1e-300;
+        c = b + an / c;
+        if (fabs(c) < 1e-300) c = 1e-300;
+        d = 1.0 / d;
+        double delta = d * c;
+        h *= delta;
+        if (fabs(delta - 1.0) < 1e-14) break;
+    }
+    return 1.0 - exp(log_prefix) * h;
+}
+
+/* Decay rate theta of the waiting-time tail P(W > x) ~ exp(-theta x) of a queue fed by a
+ * gamma renewal process (rate lam, shape alpha = 1/c_a^2) and drained at `per_request` ms per
+ * request: the positive root of theta*c = alpha*ln(1 + theta/(lam*alpha)) (Cramer-Lundberg
+ * for GI/D/1). It captures both heavy traffic (theta -> 2 lam (1 - rho) / c_a^2) and clumped
+ * arrivals at light load, where Kingman's formula misses the waits inside a burst. */
+static double lundberg_rate(double lam, double alpha, double per_request) {
+    double rho = lam * per_request;
+    if (rho >= 1.0) return 0.0;
+    double scale = lam * alpha;
+    double theta = 2.0 * scale * (1.0 - rho);
+    /* f is convex with f(0) = 0 and f'(0) < 0: move right of the root, then Newton from the
+     * right converges monotonically. */
+    for (int k = 0; k < 200 && theta * per_request - alpha * log1p(theta / scale) <= 0.0; k++)
+        theta *= 2.0;
+    for (int k = 0; k < 60; k++) {
+        double f = theta * per_request - alpha * log1p(theta / scale);
+        double fp = per_request - alpha / (scale + theta);
+        if (fp <= 0.0) break;
+        double next = theta - f / fp;
+        if (!(next > 0.0) || fabs(next - theta) <= 1e-12 * theta) { theta = next > 0.0 ? next : theta; break; }
+        theta = next;
+    }
+    return theta;
+}
+
 #define QUANTILE_STEPS 36
 
 typedef struct {
@@ -278,21 +333,16 @@ static void model_plan(const tables_t *t, Py_ssize_t k, int64_t b_int, double de
     if (b_busy < b_idle) b_busy = b_idle;
     if (b_busy > big_b) b_busy = big_b;
     double s_busy = table_at(t, k, b_busy);
-    double exponent = sqrt(2.0 * (n + 1.0)) - 1.0;
-    /* Arrivals see all replicas busy with the time-average probability when Poisson
-     * (PASTA); bursty arrivals come more often when they are busy, smooth ones less. */
-    double burst = (1.0 + cv2) / 2.0;
-    double work_idle = lam * s_idle / (b_idle * n);
-    double work_busy = lam * s_busy / (b_busy * n);
-    double low = 0.0, high = 1.0;
-    for (int step = 0; step < UTILISATION_STEPS; step++) {
-        double u = 0.5 * (low + high);
-        double c = exp(exponent * log(u)) * burst;
-        if (c > 1.0) c = 1.0;
-        if ((1.0 - c) * work_idle + c * work_busy - u > 0.0) low = u; else high = u;
-    }
-    double u = 0.5 * (low + high);
-    double wait_p = exp(exponent * log(u)) * burst;
+    /* A request waits when it finds all N replicas busy. With deterministic service a
+     * replica is busy exactly while its batch, started within the last s, runs, so all are
+     * busy when the last N arrivals came within one service: P(sum of N inter-arrival gaps
+     * < s_busy), gaps gamma with shape 1/c_a^2 (Erlang for Poisson, clumps for bursty
+     * traffic). This beats the M/M/N closed forms for deterministic service (M/D/N p99 was
+     * +25%) and catches the waits inside bursts at light load (bursty N=1 was -72%). */
+    double alpha = cv2 > 1e-12 ? 1.0 / cv2 : 0.0;
+    double wait_p;
+    if (alpha == 0.0 || alpha > 1e6) wait_p = n / lam < s_busy ? 1.0 : 0.0; /* even gaps */
+    else wait_p = gamma_p(n * alpha, lam * alpha * s_busy);
     if (wait_p > 1.0) wait_p = 1.0;
     mixture_t *m = &out->m;
     m->window = window; m->b_idle = b_idle; m->n = n; m->wait_p = wait_p;
@@ -302,14 +352,17 @@ static void model_plan(const tables_t *t, Py_ssize_t k, int64_t b_int, double de
                 &m->s_idle_min, &m->s_idle_max);
     batch_nodes(t, k, b_busy, arrival_cv * sqrt(b_busy), big_b, m->s_busy, &m->s_busy_min,
                 &m->s_busy_max);
-    /* A queued request waits for the first of N busy replicas to free: their residual
-     * services are each about uniform over s_busy. (The timer does not add to it: by the time
-     * a replica frees, the queue's oldest request has usually waited longer than T.) */
-    m->span = s_busy;
-    m->residual_mean = m->span / (n + 1.0);
-    double drift = capacity - lam;
-    if (drift < 1e-12) drift = 1e-12;
-    m->backlog_mean = lam * cv2 / (2.0 * drift) / capacity;
+    /* A queued request waits for the next of N busy replicas to free. Busy replicas settle
+     * into an even stagger, one freeing every s_busy/N, so the wait is about uniform over
+     * that gap (independent uniform residuals overstated it: p99 +25% at N = 7). The timer
+     * does not add to it: by the time a replica frees, the queue's oldest request has usually
+     * waited longer than T. */
+    m->span = s_busy / n;
+    m->residual_mean = m->span / 2.0;
+    /* A backlog drains in full batches, at capacity; a clump smaller than B leaves in one
+     * batch, whose longer service the batch-size nodes above already carry. */
+    double theta = alpha > 0.0 ? lundberg_rate(lam, alpha, 1.0 / capacity) : 0.0;
+    m->backlog_mean = theta > 0.0 ? 1.0 / theta : 0.0;
     out->capacity = capacity;
     out->util = lam / capacity;
     double idle_wait_mean = window / b_idle + (1.0 - 1.0 / b_idle) * window / 2.0;
