@@ -362,7 +362,7 @@ export class ControlStream implements AsyncIterable<ControlResponse> {
 
   /** Ends the request side (half-close); responses keep arriving until the server ends. */
   end(): void {
-    this.call.end();
+    if (!this.call.writableEnded && !this.call.destroyed) this.call.end();
   }
 
   /** Cancels the stream; iteration then ends with CANCELLED. */

@@ -41,7 +41,9 @@ export function resolveRetryPolicy(
   base: Readonly<RetryPolicy> = DEFAULT_RETRY_POLICY,
 ): RetryPolicy {
   if (retry === false) return { ...NO_RETRY };
-  const policy = { ...base, ...retry };
+  // Fields given as undefined keep the base value, as if omitted.
+  const given = Object.fromEntries(Object.entries(retry ?? {}).filter(([, value]) => value !== undefined));
+  const policy: RetryPolicy = { ...base, ...given };
   const check = (ok: boolean, what: string) => {
     if (!ok) throw new RangeError(`retry.${what}`);
   };

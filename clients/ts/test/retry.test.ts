@@ -75,6 +75,7 @@ describe("backoff and retry policy", () => {
     assert.deepEqual(resolveRetryPolicy(undefined), { ...DEFAULT_RETRY_POLICY });
     assert.equal(resolveRetryPolicy(false).maxAttempts, 1);
     assert.equal(resolveRetryPolicy({ maxAttempts: 7 }).maxAttempts, 7);
+    assert.deepEqual(resolveRetryPolicy({ maxAttempts: undefined }), { ...DEFAULT_RETRY_POLICY });
   });
 
   test("a policy that makes no sense is refused, naming the field", () => {
@@ -91,7 +92,7 @@ describe("backoff and retry policy", () => {
 describe("retries against a fake server", () => {
   let server: FakeServer;
   /** What the fake Simulate answers, attempt by attempt (the last entry repeats). */
-  let script: (status | "ok" | "hang")[] = [];
+  let script: (status | "ok" | "slow" | "hang")[] = [];
   let attempts = 0;
 
   before(async () => {
@@ -101,6 +102,7 @@ describe("retries against a fake server", () => {
           const step = script[Math.min(attempts, script.length - 1)];
           attempts++;
           if (step === "ok") callback(null, ok);
+          else if (step === "slow") setTimeout(() => callback(null, ok), 300);
           else if (step === "hang") return; // never answers: the client's deadline or cancel ends it
           else callback({ code: step, details: `scripted ${Status[step!]}` });
         },
@@ -197,6 +199,17 @@ describe("retries against a fake server", () => {
     const c = client({ timeoutMs: 100 });
     try {
       assert.equal((await rejection(c.simulate({}))).code, Status.DEADLINE_EXCEEDED);
+    } finally {
+      c.close();
+    }
+  });
+
+  test("timeoutMs: Infinity sets no deadline for the call", async () => {
+    script = ["slow"];
+    const c = client({ timeoutMs: 100 });
+    try {
+      assert.equal((await rejection(c.simulate({}))).code, Status.DEADLINE_EXCEEDED, "the default applies");
+      assert.equal((await c.simulate({}, { timeoutMs: Infinity })).capacityPerS, 42);
     } finally {
       c.close();
     }
