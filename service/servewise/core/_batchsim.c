@@ -80,11 +80,13 @@ static PyObject *run_batches(PyObject *self, PyObject *args) {
         Py_BEGIN_ALLOW_THREADS
         double service = s[1];
         Py_ssize_t arrived = 0;
+        Py_ssize_t slot = 0; /* i mod N, kept without a division per request */
         for (Py_ssize_t i = 0; i < n; i++) {
-            double free = free_at[i % replicas];
+            double free = free_at[slot];
             double when = a[i] > free ? a[i] : free;
             double done = when + service;
-            free_at[i % replicas] = done;
+            free_at[slot] = done;
+            if (++slot == replicas) slot = 0;
             dispatch_out[i] = when;
             completion_out[i] = done;
             size_out[i] = 1;

@@ -314,6 +314,22 @@ def simulate(
     ``arrivals_ms`` may be passed to reuse one arrival sample across plans (common random
     numbers); otherwise it is drawn from the workload with ``seed``.
     """
+    return simulate_with_latencies(
+        profile, plan, workload, num_requests, seed, distribution, slo, arrivals_ms
+    )[0]
+
+
+def simulate_with_latencies(
+    profile: LatencyProfile,
+    plan: Plan,
+    workload: Workload,
+    num_requests: int = DEFAULT_NUM_REQUESTS,
+    seed: int = DEFAULT_SEED,
+    distribution: ServiceDistribution = ServiceDistribution.DETERMINISTIC,
+    slo: Slo | None = None,
+    arrivals_ms: npt.NDArray[np.float64] | None = None,
+) -> tuple[SimulationResult, npt.NDArray[np.float64]]:
+    """As simulate, also returning the per-request latencies after the warm-up (ms)."""
     if plan.max_batch_size > profile.max_batch_size:
         raise ValueError(
             f"max_batch_size {plan.max_batch_size} exceeds the profile's largest batch "
@@ -372,8 +388,9 @@ def simulate(
             f"load {rate_per_ms / capacity_per_ms:.1%} of capacity; run spans "
             f"{horizon_ms / relax_ms if relax_ms > 0 else math.inf:.3g} relaxation times"
         )
-    return SimulationResult(
-        latency=summarise(latencies[skip:], slo),
+    kept = latencies[skip:]
+    result = SimulationResult(
+        latency=summarise(kept, slo),
         throughput_per_s=n / duration_ms * 1000.0 if duration_ms > 0 else 0.0,
         mean_batch_size=float(trace.sizes.mean()),
         # Clamped: busy time and span are summed differently and may differ by an ulp.
@@ -387,3 +404,4 @@ def simulate(
         simulated_duration_s=duration_ms / 1000.0,
         seed=seed,
     )
+    return result, kept
