@@ -7,8 +7,10 @@ them start their own server with ``metrics_address="127.0.0.1:0"``.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,6 +18,21 @@ import pytest_asyncio
 
 from servewise.server import RunningServer, start_server
 from servewise.v1 import servewise_pb2_grpc
+
+
+def _shared_data_dir() -> Path:
+    """Where ../shared/data (real profiles, prices, traces) is: $SERVEWISE_DATA_DIR, else
+    beside the checkout, else the development machine's /work/shared/data."""
+    configured = os.environ.get("SERVEWISE_DATA_DIR")
+    beside = Path(__file__).resolve().parents[2] / "shared" / "data"
+    for candidate in (Path(configured) if configured else None, beside, Path("/work/shared/data")):
+        if candidate is not None and (candidate / "profiles.json").exists():
+            return candidate
+    return beside
+
+
+# Test modules read it at import time (after this conftest), so it is set here once.
+os.environ["SERVEWISE_DATA_DIR"] = str(_shared_data_dir())
 
 
 @pytest_asyncio.fixture

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -22,7 +23,7 @@ from grpc_status import rpc_status
 
 from servewise.v1 import servewise_pb2, types_pb2
 
-DATA_DIR = Path("/work/shared/data")
+DATA_DIR = Path(os.environ.get("SERVEWISE_DATA_DIR", "/work/shared/data"))
 PROFILES_PATH = DATA_DIR / "profiles.json"
 # Azure LLM inference trace 2023 (Azure/AzurePublicDataset, CC-BY-4.0; Patel et al., "Splitwise",
 # ISCA 2024): one hour of a chat service, 19,366 requests, close to Poisson.

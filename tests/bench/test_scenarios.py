@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ if str(REPO) not in sys.path:
 
 from bench import scenarios  # noqa: E402
 
-SHARED_DATA = Path("/work/shared/data")
+SHARED_DATA = Path(os.environ.get("SERVEWISE_DATA_DIR", "/work/shared/data"))
 COUNT = 40
 
 

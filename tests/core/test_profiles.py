@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from servewise.core.profiles import (
     memory_batch_cap,
 )
 
-PROFILES_JSON = Path("/work/shared/data/profiles.json")
+PROFILES_JSON = Path(os.environ.get("SERVEWISE_DATA_DIR", "/work/shared/data")) / "profiles.json"
 RESNET50_V100_FP32 = "dle-pt-resnet-50-v1-5-v100-16gb-fp32"
 GIB = 1 << 30
 MIB = 1 << 20

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,11 @@ KERNELS = [
     pytest.param(run_batches, id="c-kernel"),
     pytest.param(run_batches_python, id="python"),
 ]
-CONV_TRACE = Path("/work/shared/data/traces/AzureLLMInferenceTrace_conv.csv")
+CONV_TRACE = (
+    Path(os.environ.get("SERVEWISE_DATA_DIR", "/work/shared/data"))
+    / "traces"
+    / "AzureLLMInferenceTrace_conv.csv"
+)
 SEED = 20261128
 
 
@@ -425,6 +430,7 @@ RESNET_LIKE = LatencyProfile.linear(9.0, 1.2, 32)
 
 def test_simulate_is_deterministic_for_a_seed() -> None:
     """The same seed gives the same result, field for field (exponential service included)."""
+
     def run() -> simulator.SimulationResult:
         return simulate(
             RESNET_LIKE,
@@ -597,9 +603,7 @@ def test_rate_exactly_at_capacity_with_constant_gaps_is_unstable() -> None:
 
 def test_utilisation_never_exceeds_one() -> None:
     """Utilisation is a fraction in [0, 1], even when the replica is busy the whole run."""
-    result = simulate(
-        constant_profile(0.1), realtime(), Workload(1.0), arrivals_ms=np.array([0.7])
-    )
+    result = simulate(constant_profile(0.1), realtime(), Workload(1.0), arrivals_ms=np.array([0.7]))
     assert result.utilisation <= 1.0
 
 
