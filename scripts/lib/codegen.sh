@@ -1,11 +1,12 @@
 # Sourced by scripts/gen-clients and scripts/steps/40-codegen.sh (after scripts/lib/common.sh):
-# the pinned code generators for the Go and TypeScript clients (buf.gen.yaml) and how to run them.
+# the pinned code generators for Python, Go and TypeScript (buf.gen.yaml) and how to run them.
 #
 #   codegen_install          installs missing or wrong-version plugins into the git-ignored tools/
 #   codegen_generate DIR     runs `buf generate` with every output under DIR (DIR/clients/...)
 #   CODEGEN_OUTPUTS          the generated directories, relative to the repo root
 #
-# Python is generated separately by scripts/gen-protos (buf has no grpc_python plugin).
+# The Python plugins come from the project's venv (grpcio-tools, mypy-protobuf); buf does not
+# write __init__.py, which the Python package keeps as a committed, hand-made file.
 
 CODEGEN_TOOLS="$ROOT/tools"
 CODEGEN_BUF_VERSION=${BUF_VERSION:-1.75.0}
@@ -13,7 +14,7 @@ PROTOC_GEN_GO_VERSION=v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION=v1.6.2
 TS_PROTO_VERSION=2.18.0
 
-CODEGEN_OUTPUTS=(clients/go/servewisev1 clients/ts/src/gen)
+CODEGEN_OUTPUTS=(service/servewise/v1 clients/go/servewisev1 clients/ts/src/gen)
 
 # A Go binary built by `go install` records its module version; match it exactly.
 _codegen_go_tool_version() {
@@ -49,9 +50,13 @@ codegen_install() {
     fi
     [[ -x "$CODEGEN_TOOLS/node_modules/.bin/buf" ]] \
         || die "buf not installed in tools/; scripts/test installs it (buf_install)"
+    [[ -x "$ROOT/.venv/bin/protoc-gen-mypy" ]] \
+        || die ".venv has no mypy-protobuf; run scripts/test (it installs .[dev])"
 }
 
 codegen_generate() {
     local out=$1
     (cd "$ROOT" && "$CODEGEN_TOOLS/node_modules/.bin/buf" generate --template buf.gen.yaml -o "$out")
+    # Python packages need their __init__.py, which no generator writes.
+    : >"$out/service/servewise/v1/__init__.py"
 }

@@ -1,5 +1,5 @@
-# Generated Go and TypeScript client code (buf.gen.yaml): install the pinned plugins, and fail
-# when the committed code in clients/go/servewisev1 or clients/ts/src/gen is not what
+# Generated Python, Go and TypeScript code (buf.gen.yaml): install the pinned plugins, and fail
+# when the committed code in service/servewise/v1, clients/go/servewisev1 or clients/ts/src/gen is not what
 # `buf generate` makes from protos/ today (the Go/TS twin of tests/test_generated_code.py).
 # Fix a failure with scripts/gen-clients.
 source "$ROOT/scripts/lib/codegen.sh"
@@ -19,7 +19,7 @@ step_codegen_fresh() {
         elif [[ ! -d "$ROOT/$dir" ]]; then
             echo "$dir is not committed; run scripts/gen-clients" >&2
             status=1
-        elif ! diff -r -q "$tmp/$dir" "$ROOT/$dir" >&2; then
+        elif ! diff -r -q -x __pycache__ "$tmp/$dir" "$ROOT/$dir" >&2; then
             echo "$dir is stale (differs from buf generate); run scripts/gen-clients" >&2
             status=1
         fi

@@ -25,43 +25,44 @@ _sym_db = _symbol_database.Default()
 from servewise.v1 import types_pb2 as servewise_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cservewise/v1/servewise.proto\x12\x0cservewise.v1\x1a\x18servewise/v1/types.proto\"\xb4\x02\n\x14OptimizeBatchRequest\x12+\n\ncandidates\x18\x01 \x03(\x0b\x32\x17.servewise.v1.Candidate\x12(\n\x08workload\x18\x02 \x01(\x0b\x32\x16.servewise.v1.Workload\x12\x1e\n\x03slo\x18\x03 \x01(\x0b\x32\x11.servewise.v1.Slo\x12*\n\x06limits\x18\x04 \x01(\x0b\x32\x1a.servewise.v1.SearchLimits\x12:\n\x12service_time_basis\x18\x05 \x01(\x0e\x32\x1e.servewise.v1.ServiceTimeBasis\x12/\n\x0c\x63urrent_plan\x18\x06 \x01(\x0b\x32\x19.servewise.v1.ServingPlan\x12\x0c\n\x04seed\x18\x07 \x01(\x04\"\xba\x05\n\x15OptimizeBatchResponse\x12\x10\n\x08\x66\x65\x61sible\x18\x01 \x01(\x08\x12\x31\n\x0brecommended\x18\x02 \x01(\x0b\x32\x1c.servewise.v1.PlanAssessment\x12;\n\x12\x62inding_constraint\x18\x03 \x01(\x0e\x32\x1f.servewise.v1.BindingConstraint\x12\x16\n\x0e\x62inding_reason\x18\x04 \x01(\t\x12\x37\n\x11realtime_baseline\x18\x05 \x01(\x0b\x32\x1c.servewise.v1.PlanAssessment\x12\x1e\n\x16realtime_baseline_note\x18\x06 \x01(\t\x12(\n\x1bsaving_vs_realtime_per_hour\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12(\n\x1bsaving_vs_realtime_fraction\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x32\n\x0c\x63urrent_plan\x18\t \x01(\x0b\x32\x1c.servewise.v1.PlanAssessment\x12\'\n\x1asaving_vs_current_per_hour\x18\n \x01(\x01H\x02\x88\x01\x01\x12\'\n\x1asaving_vs_current_fraction\x18\x0b \x01(\x01H\x03\x88\x01\x01\x12-\n\x08\x66rontier\x18\x0c \x03(\x0b\x32\x1b.servewise.v1.FrontierPoint\x12\r\n\x05notes\x18\r \x03(\t\x12\x18\n\x10plans_considered\x18\x0e \x01(\x04\x42\x1e\n\x1c_saving_vs_realtime_per_hourB\x1e\n\x1c_saving_vs_realtime_fractionB\x1d\n\x1b_saving_vs_current_per_hourB\x1d\n\x1b_saving_vs_current_fraction\"\xda\x02\n\x0fSimulateRequest\x12*\n\tcandidate\x18\x01 \x01(\x0b\x32\x17.servewise.v1.Candidate\x12\'\n\x04plan\x18\x02 \x01(\x0b\x32\x19.servewise.v1.ServingPlan\x12(\n\x08workload\x18\x03 \x01(\x0b\x32\x16.servewise.v1.Workload\x12\x14\n\x0cnum_requests\x18\x04 \x01(\x04\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12:\n\x12service_time_basis\x18\x06 \x01(\x0e\x32\x1e.servewise.v1.ServiceTimeBasis\x12H\n\x19service_time_distribution\x18\x07 \x01(\x0e\x32%.servewise.v1.ServiceTimeDistribution\x12\x1e\n\x03slo\x18\x08 \x01(\x0b\x32\x11.servewise.v1.Slo\"\x8f\x01\n\x10SimulateResponse\x12.\n\x06result\x18\x01 \x01(\x0b\x32\x1e.servewise.v1.SimulationResult\x12\x16\n\x0e\x63\x61pacity_per_s\x18\x02 \x01(\x01\x12\x16\n\tmeets_slo\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\r\n\x05notes\x18\x04 \x03(\tB\x0c\n\n_meets_slo\"\x13\n\x11SelectModeRequest\"\x14\n\x12SelectModeResponse\"\x16\n\x14PlanResourcesRequest\"\x17\n\x15PlanResourcesResponse\".\n\x15\x45valuateSwitchRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\"\x18\n\x16\x45valuateSwitchResponse\"\'\n\x0e\x43ontrolRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\"\x11\n\x0f\x43ontrolResponse\"{\n\x0cRouteRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x13\n\x0brequest_key\x18\x02 \x01(\t\x12\x15\n\rtraffic_class\x18\x03 \x01(\t\x12\x18\n\x0b\x64\x65\x61\x64line_ms\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x0e\n\x0c_deadline_ms\"H\n\rRouteResponse\x12 \n\x04pool\x18\x01 \x01(\x0e\x32\x12.servewise.v1.Pool\x12\x15\n\rstate_version\x18\x02 \x01(\x04*?\n\x04Pool\x12\x14\n\x10POOL_UNSPECIFIED\x10\x00\x12\x11\n\rPOOL_REALTIME\x10\x01\x12\x0e\n\nPOOL_BATCH\x10\x02\x32\xcd\x04\n\x10ServewiseService\x12X\n\rOptimizeBatch\x12\".servewise.v1.OptimizeBatchRequest\x1a#.servewise.v1.OptimizeBatchResponse\x12O\n\nSelectMode\x12\x1f.servewise.v1.SelectModeRequest\x1a .servewise.v1.SelectModeResponse\x12X\n\rPlanResources\x12\".servewise.v1.PlanResourcesRequest\x1a#.servewise.v1.PlanResourcesResponse\x12[\n\x0e\x45valuateSwitch\x12#.servewise.v1.EvaluateSwitchRequest\x1a$.servewise.v1.EvaluateSwitchResponse\x12J\n\x07\x43ontrol\x12\x1c.servewise.v1.ControlRequest\x1a\x1d.servewise.v1.ControlResponse(\x01\x30\x01\x12@\n\x05Route\x12\x1a.servewise.v1.RouteRequest\x1a\x1b.servewise.v1.RouteResponse\x12I\n\x08Simulate\x12\x1d.servewise.v1.SimulateRequest\x1a\x1e.servewise.v1.SimulateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cservewise/v1/servewise.proto\x12\x0cservewise.v1\x1a\x18servewise/v1/types.proto\"\xfc\x02\n\x14OptimizeBatchRequest\x12\x37\n\ncandidates\x18\x01 \x03(\x0b\x32\x17.servewise.v1.CandidateR\ncandidates\x12\x32\n\x08workload\x18\x02 \x01(\x0b\x32\x16.servewise.v1.WorkloadR\x08workload\x12#\n\x03slo\x18\x03 \x01(\x0b\x32\x11.servewise.v1.SloR\x03slo\x12\x32\n\x06limits\x18\x04 \x01(\x0b\x32\x1a.servewise.v1.SearchLimitsR\x06limits\x12L\n\x12service_time_basis\x18\x05 \x01(\x0e\x32\x1e.servewise.v1.ServiceTimeBasisR\x10serviceTimeBasis\x12<\n\x0c\x63urrent_plan\x18\x06 \x01(\x0b\x32\x19.servewise.v1.ServingPlanR\x0b\x63urrentPlan\x12\x12\n\x04seed\x18\x07 \x01(\x04R\x04seed\"\xae\x07\n\x15OptimizeBatchResponse\x12\x1a\n\x08\x66\x65\x61sible\x18\x01 \x01(\x08R\x08\x66\x65\x61sible\x12>\n\x0brecommended\x18\x02 \x01(\x0b\x32\x1c.servewise.v1.PlanAssessmentR\x0brecommended\x12N\n\x12\x62inding_constraint\x18\x03 \x01(\x0e\x32\x1f.servewise.v1.BindingConstraintR\x11\x62indingConstraint\x12%\n\x0e\x62inding_reason\x18\x04 \x01(\tR\rbindingReason\x12I\n\x11realtime_baseline\x18\x05 \x01(\x0b\x32\x1c.servewise.v1.PlanAssessmentR\x10realtimeBaseline\x12\x34\n\x16realtime_baseline_note\x18\x06 \x01(\tR\x14realtimeBaselineNote\x12\x41\n\x1bsaving_vs_realtime_per_hour\x18\x07 \x01(\x01H\x00R\x17savingVsRealtimePerHour\x88\x01\x01\x12\x42\n\x1bsaving_vs_realtime_fraction\x18\x08 \x01(\x01H\x01R\x18savingVsRealtimeFraction\x88\x01\x01\x12?\n\x0c\x63urrent_plan\x18\t \x01(\x0b\x32\x1c.servewise.v1.PlanAssessmentR\x0b\x63urrentPlan\x12?\n\x1asaving_vs_current_per_hour\x18\n \x01(\x01H\x02R\x16savingVsCurrentPerHour\x88\x01\x01\x12@\n\x1asaving_vs_current_fraction\x18\x0b \x01(\x01H\x03R\x17savingVsCurrentFraction\x88\x01\x01\x12\x37\n\x08\x66rontier\x18\x0c \x03(\x0b\x32\x1b.servewise.v1.FrontierPointR\x08\x66rontier\x12\x14\n\x05notes\x18\r \x03(\tR\x05notes\x12)\n\x10plans_considered\x18\x0e \x01(\x04R\x0fplansConsideredB\x1e\n\x1c_saving_vs_realtime_per_hourB\x1e\n\x1c_saving_vs_realtime_fractionB\x1d\n\x1b_saving_vs_current_per_hourB\x1d\n\x1b_saving_vs_current_fraction\"\xb8\x03\n\x0fSimulateRequest\x12\x35\n\tcandidate\x18\x01 \x01(\x0b\x32\x17.servewise.v1.CandidateR\tcandidate\x12-\n\x04plan\x18\x02 \x01(\x0b\x32\x19.servewise.v1.ServingPlanR\x04plan\x12\x32\n\x08workload\x18\x03 \x01(\x0b\x32\x16.servewise.v1.WorkloadR\x08workload\x12!\n\x0cnum_requests\x18\x04 \x01(\x04R\x0bnumRequests\x12\x12\n\x04seed\x18\x05 \x01(\x04R\x04seed\x12L\n\x12service_time_basis\x18\x06 \x01(\x0e\x32\x1e.servewise.v1.ServiceTimeBasisR\x10serviceTimeBasis\x12\x61\n\x19service_time_distribution\x18\x07 \x01(\x0e\x32%.servewise.v1.ServiceTimeDistributionR\x17serviceTimeDistribution\x12#\n\x03slo\x18\x08 \x01(\x0b\x32\x11.servewise.v1.SloR\x03slo\"\xb6\x01\n\x10SimulateResponse\x12\x36\n\x06result\x18\x01 \x01(\x0b\x32\x1e.servewise.v1.SimulationResultR\x06result\x12$\n\x0e\x63\x61pacity_per_s\x18\x02 \x01(\x01R\x0c\x63\x61pacityPerS\x12 \n\tmeets_slo\x18\x03 \x01(\x08H\x00R\x08meetsSlo\x88\x01\x01\x12\x14\n\x05notes\x18\x04 \x03(\tR\x05notesB\x0c\n\n_meets_slo\"\x13\n\x11SelectModeRequest\"\x14\n\x12SelectModeResponse\"\x16\n\x14PlanResourcesRequest\"\x17\n\x15PlanResourcesResponse\"<\n\x15\x45valuateSwitchRequest\x12#\n\rdeployment_id\x18\x01 \x01(\tR\x0c\x64\x65ploymentId\"\x18\n\x16\x45valuateSwitchResponse\"5\n\x0e\x43ontrolRequest\x12#\n\rdeployment_id\x18\x01 \x01(\tR\x0c\x64\x65ploymentId\"\x11\n\x0f\x43ontrolResponse\"\xaf\x01\n\x0cRouteRequest\x12#\n\rdeployment_id\x18\x01 \x01(\tR\x0c\x64\x65ploymentId\x12\x1f\n\x0brequest_key\x18\x02 \x01(\tR\nrequestKey\x12#\n\rtraffic_class\x18\x03 \x01(\tR\x0ctrafficClass\x12$\n\x0b\x64\x65\x61\x64line_ms\x18\x04 \x01(\x01H\x00R\ndeadlineMs\x88\x01\x01\x42\x0e\n\x0c_deadline_ms\"\\\n\rRouteResponse\x12&\n\x04pool\x18\x01 \x01(\x0e\x32\x12.servewise.v1.PoolR\x04pool\x12#\n\rstate_version\x18\x02 \x01(\x04R\x0cstateVersion*?\n\x04Pool\x12\x14\n\x10POOL_UNSPECIFIED\x10\x00\x12\x11\n\rPOOL_REALTIME\x10\x01\x12\x0e\n\nPOOL_BATCH\x10\x02\x32\xcd\x04\n\x10ServewiseService\x12X\n\rOptimizeBatch\x12\".servewise.v1.OptimizeBatchRequest\x1a#.servewise.v1.OptimizeBatchResponse\x12O\n\nSelectMode\x12\x1f.servewise.v1.SelectModeRequest\x1a .servewise.v1.SelectModeResponse\x12X\n\rPlanResources\x12\".servewise.v1.PlanResourcesRequest\x1a#.servewise.v1.PlanResourcesResponse\x12[\n\x0e\x45valuateSwitch\x12#.servewise.v1.EvaluateSwitchRequest\x1a$.servewise.v1.EvaluateSwitchResponse\x12J\n\x07\x43ontrol\x12\x1c.servewise.v1.ControlRequest\x1a\x1d.servewise.v1.ControlResponse(\x01\x30\x01\x12@\n\x05Route\x12\x1a.servewise.v1.RouteRequest\x1a\x1b.servewise.v1.RouteResponse\x12I\n\x08Simulate\x12\x1d.servewise.v1.SimulateRequest\x1a\x1e.servewise.v1.SimulateResponseB\xaa\x01\n\x10\x63om.servewise.v1B\x0eServewiseProtoP\x01Z5github.com/servewise/servewise/clients/go/servewisev1\xa2\x02\x03SXX\xaa\x02\x0cServewise.V1\xca\x02\x0cServewise\\V1\xe2\x02\x18Servewise\\V1\\GPBMetadata\xea\x02\rServewise::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'servewise.v1.servewise_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_POOL']._serialized_start=2004
-  _globals['_POOL']._serialized_end=2067
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\020com.servewise.v1B\016ServewiseProtoP\001Z5github.com/servewise/servewise/clients/go/servewisev1\242\002\003SXX\252\002\014Servewise.V1\312\002\014Servewise\\V1\342\002\030Servewise\\V1\\GPBMetadata\352\002\rServewise::V1'
+  _globals['_POOL']._serialized_start=2554
+  _globals['_POOL']._serialized_end=2617
   _globals['_OPTIMIZEBATCHREQUEST']._serialized_start=73
-  _globals['_OPTIMIZEBATCHREQUEST']._serialized_end=381
-  _globals['_OPTIMIZEBATCHRESPONSE']._serialized_start=384
-  _globals['_OPTIMIZEBATCHRESPONSE']._serialized_end=1082
-  _globals['_SIMULATEREQUEST']._serialized_start=1085
-  _globals['_SIMULATEREQUEST']._serialized_end=1431
-  _globals['_SIMULATERESPONSE']._serialized_start=1434
-  _globals['_SIMULATERESPONSE']._serialized_end=1577
-  _globals['_SELECTMODEREQUEST']._serialized_start=1579
-  _globals['_SELECTMODEREQUEST']._serialized_end=1598
-  _globals['_SELECTMODERESPONSE']._serialized_start=1600
-  _globals['_SELECTMODERESPONSE']._serialized_end=1620
-  _globals['_PLANRESOURCESREQUEST']._serialized_start=1622
-  _globals['_PLANRESOURCESREQUEST']._serialized_end=1644
-  _globals['_PLANRESOURCESRESPONSE']._serialized_start=1646
-  _globals['_PLANRESOURCESRESPONSE']._serialized_end=1669
-  _globals['_EVALUATESWITCHREQUEST']._serialized_start=1671
-  _globals['_EVALUATESWITCHREQUEST']._serialized_end=1717
-  _globals['_EVALUATESWITCHRESPONSE']._serialized_start=1719
-  _globals['_EVALUATESWITCHRESPONSE']._serialized_end=1743
-  _globals['_CONTROLREQUEST']._serialized_start=1745
-  _globals['_CONTROLREQUEST']._serialized_end=1784
-  _globals['_CONTROLRESPONSE']._serialized_start=1786
-  _globals['_CONTROLRESPONSE']._serialized_end=1803
-  _globals['_ROUTEREQUEST']._serialized_start=1805
-  _globals['_ROUTEREQUEST']._serialized_end=1928
-  _globals['_ROUTERESPONSE']._serialized_start=1930
-  _globals['_ROUTERESPONSE']._serialized_end=2002
-  _globals['_SERVEWISESERVICE']._serialized_start=2070
-  _globals['_SERVEWISESERVICE']._serialized_end=2659
+  _globals['_OPTIMIZEBATCHREQUEST']._serialized_end=453
+  _globals['_OPTIMIZEBATCHRESPONSE']._serialized_start=456
+  _globals['_OPTIMIZEBATCHRESPONSE']._serialized_end=1398
+  _globals['_SIMULATEREQUEST']._serialized_start=1401
+  _globals['_SIMULATEREQUEST']._serialized_end=1841
+  _globals['_SIMULATERESPONSE']._serialized_start=1844
+  _globals['_SIMULATERESPONSE']._serialized_end=2026
+  _globals['_SELECTMODEREQUEST']._serialized_start=2028
+  _globals['_SELECTMODEREQUEST']._serialized_end=2047
+  _globals['_SELECTMODERESPONSE']._serialized_start=2049
+  _globals['_SELECTMODERESPONSE']._serialized_end=2069
+  _globals['_PLANRESOURCESREQUEST']._serialized_start=2071
+  _globals['_PLANRESOURCESREQUEST']._serialized_end=2093
+  _globals['_PLANRESOURCESRESPONSE']._serialized_start=2095
+  _globals['_PLANRESOURCESRESPONSE']._serialized_end=2118
+  _globals['_EVALUATESWITCHREQUEST']._serialized_start=2120
+  _globals['_EVALUATESWITCHREQUEST']._serialized_end=2180
+  _globals['_EVALUATESWITCHRESPONSE']._serialized_start=2182
+  _globals['_EVALUATESWITCHRESPONSE']._serialized_end=2206
+  _globals['_CONTROLREQUEST']._serialized_start=2208
+  _globals['_CONTROLREQUEST']._serialized_end=2261
+  _globals['_CONTROLRESPONSE']._serialized_start=2263
+  _globals['_CONTROLRESPONSE']._serialized_end=2280
+  _globals['_ROUTEREQUEST']._serialized_start=2283
+  _globals['_ROUTEREQUEST']._serialized_end=2458
+  _globals['_ROUTERESPONSE']._serialized_start=2460
+  _globals['_ROUTERESPONSE']._serialized_end=2552
+  _globals['_SERVEWISESERVICE']._serialized_start=2620
+  _globals['_SERVEWISESERVICE']._serialized_end=3209
 # @@protoc_insertion_point(module_scope)

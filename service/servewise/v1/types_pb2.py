@@ -24,47 +24,48 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18servewise/v1/types.proto\x12\x0cservewise.v1\"f\n\x0cProfilePoint\x12\x12\n\nbatch_size\x18\x01 \x01(\r\x12\x12\n\nlatency_ms\x18\x02 \x01(\x01\x12\x1b\n\x0ep99_latency_ms\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x11\n\x0f_p99_latency_ms\"M\n\rLinearProfile\x12\x0f\n\x07\x62\x61se_ms\x18\x01 \x01(\x01\x12\x13\n\x0bper_item_ms\x18\x02 \x01(\x01\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\r\"v\n\x0eLatencyProfile\x12-\n\x06points\x18\x01 \x01(\x0b\x32\x1b.servewise.v1.PointsProfileH\x00\x12-\n\x06linear\x18\x02 \x01(\x0b\x32\x1b.servewise.v1.LinearProfileH\x00\x42\x06\n\x04kind\";\n\rPointsProfile\x12*\n\x06points\x18\x01 \x03(\x0b\x32\x1a.servewise.v1.ProfilePoint\"W\n\x0bMemoryModel\x12\x13\n\x0bmodel_bytes\x18\x01 \x01(\x04\x12\x16\n\x0e\x62ytes_per_item\x18\x02 \x01(\x04\x12\x1b\n\x13\x64\x65vice_memory_bytes\x18\x03 \x01(\x04\"\xb5\x01\n\x0cInstanceType\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0eprice_per_hour\x18\x02 \x01(\x01\x12\x18\n\x0emax_batch_size\x18\x03 \x01(\rH\x00\x12+\n\x06memory\x18\x04 \x01(\x0b\x32\x19.servewise.v1.MemoryModelH\x00\x12\x19\n\x0c\x63old_start_s\x18\x05 \x01(\x01H\x01\x88\x01\x01\x42\x0c\n\nmemory_capB\x0f\n\r_cold_start_s\"m\n\tCandidate\x12\x31\n\rinstance_type\x18\x01 \x01(\x0b\x32\x1a.servewise.v1.InstanceType\x12-\n\x07profile\x18\x02 \x01(\x0b\x32\x1c.servewise.v1.LatencyProfile\"_\n\x08Workload\x12\x12\n\nrate_per_s\x18\x01 \x01(\x01\x12\x17\n\narrival_cv\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\x0f\x61rrival_times_s\x18\x03 \x03(\x01\x42\r\n\x0b_arrival_cv\"A\n\x03Slo\x12\x17\n\npercentile\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nlatency_ms\x18\x02 \x01(\x01\x42\r\n\x0b_percentile\"y\n\x0cSearchLimits\x12\x14\n\x0cmax_replicas\x18\x01 \x01(\r\x12\x1b\n\x13\x61llowed_batch_sizes\x18\x02 \x03(\r\x12\x1f\n\x12max_queue_delay_ms\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x15\n\x13_max_queue_delay_ms\"j\n\x0bServingPlan\x12\x15\n\rinstance_type\x18\x01 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x02 \x01(\r\x12\x1a\n\x12max_queue_delay_ms\x18\x03 \x01(\x01\x12\x10\n\x08replicas\x18\x04 \x01(\r\"\xa6\x01\n\x0cLatencyStats\x12\x0f\n\x07mean_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p50_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p90_ms\x18\x03 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x04 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x05 \x01(\x01\x12\x0f\n\x07p999_ms\x18\x06 \x01(\x01\x12\x1e\n\x11slo_percentile_ms\x18\x07 \x01(\x01H\x00\x88\x01\x01\x42\x14\n\x12_slo_percentile_ms\"\x93\x02\n\x10SimulationResult\x12+\n\x07latency\x18\x01 \x01(\x0b\x32\x1a.servewise.v1.LatencyStats\x12\x18\n\x10throughput_per_s\x18\x02 \x01(\x01\x12\x17\n\x0fmean_batch_size\x18\x03 \x01(\x01\x12\x13\n\x0butilisation\x18\x04 \x01(\x01\x12\x18\n\x10max_queue_length\x18\x05 \x01(\x04\x12\x0e\n\x06stable\x18\x06 \x01(\x08\x12\x18\n\x10stability_reason\x18\x07 \x01(\t\x12\x1a\n\x12requests_simulated\x18\x08 \x01(\x04\x12\x1c\n\x14simulated_duration_s\x18\t \x01(\x01\x12\x0c\n\x04seed\x18\n \x01(\x04\"\xb6\x02\n\x0ePlanAssessment\x12\'\n\x04plan\x18\x01 \x01(\x0b\x32\x19.servewise.v1.ServingPlan\x12\x35\n\x11predicted_latency\x18\x02 \x01(\x0b\x32\x1a.servewise.v1.LatencyStats\x12\x31\n\tsimulated\x18\x03 \x01(\x0b\x32\x1e.servewise.v1.SimulationResult\x12\x11\n\tmeets_slo\x18\x04 \x01(\x08\x12\x16\n\x0e\x63\x61pacity_per_s\x18\x05 \x01(\x01\x12\x13\n\x0butilisation\x18\x06 \x01(\x01\x12\x15\n\rcost_per_hour\x18\x07 \x01(\x01\x12!\n\x19\x63ost_per_million_requests\x18\x08 \x01(\x01\x12\x17\n\x0fmean_batch_size\x18\t \x01(\x01\"v\n\rFrontierPoint\x12\'\n\x04plan\x18\x01 \x01(\x0b\x32\x19.servewise.v1.ServingPlan\x12\x15\n\rcost_per_hour\x18\x02 \x01(\x01\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x11\n\tmeets_slo\x18\x04 \x01(\x08*r\n\x10ServiceTimeBasis\x12\"\n\x1eSERVICE_TIME_BASIS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aSERVICE_TIME_BASIS_TYPICAL\x10\x01\x12\x1a\n\x16SERVICE_TIME_BASIS_P99\x10\x02*\x9c\x01\n\x17ServiceTimeDistribution\x12)\n%SERVICE_TIME_DISTRIBUTION_UNSPECIFIED\x10\x00\x12+\n\'SERVICE_TIME_DISTRIBUTION_DETERMINISTIC\x10\x01\x12)\n%SERVICE_TIME_DISTRIBUTION_EXPONENTIAL\x10\x02*\x90\x02\n\x11\x42indingConstraint\x12\"\n\x1e\x42INDING_CONSTRAINT_UNSPECIFIED\x10\x00\x12\"\n\x1e\x42INDING_CONSTRAINT_LATENCY_SLO\x10\x01\x12!\n\x1d\x42INDING_CONSTRAINT_THROUGHPUT\x10\x02\x12\'\n#BINDING_CONSTRAINT_MINIMUM_REPLICAS\x10\x03\x12#\n\x1f\x42INDING_CONSTRAINT_MAX_REPLICAS\x10\x04\x12#\n\x1f\x42INDING_CONSTRAINT_SERVICE_TIME\x10\x05\x12\x1d\n\x19\x42INDING_CONSTRAINT_MEMORY\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18servewise/v1/types.proto\x12\x0cservewise.v1\"\x8a\x01\n\x0cProfilePoint\x12\x1d\n\nbatch_size\x18\x01 \x01(\rR\tbatchSize\x12\x1d\n\nlatency_ms\x18\x02 \x01(\x01R\tlatencyMs\x12)\n\x0ep99_latency_ms\x18\x03 \x01(\x01H\x00R\x0cp99LatencyMs\x88\x01\x01\x42\x11\n\x0f_p99_latency_ms\"n\n\rLinearProfile\x12\x17\n\x07\x62\x61se_ms\x18\x01 \x01(\x01R\x06\x62\x61seMs\x12\x1e\n\x0bper_item_ms\x18\x02 \x01(\x01R\tperItemMs\x12$\n\x0emax_batch_size\x18\x03 \x01(\rR\x0cmaxBatchSize\"\x86\x01\n\x0eLatencyProfile\x12\x35\n\x06points\x18\x01 \x01(\x0b\x32\x1b.servewise.v1.PointsProfileH\x00R\x06points\x12\x35\n\x06linear\x18\x02 \x01(\x0b\x32\x1b.servewise.v1.LinearProfileH\x00R\x06linearB\x06\n\x04kind\"C\n\rPointsProfile\x12\x32\n\x06points\x18\x01 \x03(\x0b\x32\x1a.servewise.v1.ProfilePointR\x06points\"\x84\x01\n\x0bMemoryModel\x12\x1f\n\x0bmodel_bytes\x18\x01 \x01(\x04R\nmodelBytes\x12$\n\x0e\x62ytes_per_item\x18\x02 \x01(\x04R\x0c\x62ytesPerItem\x12.\n\x13\x64\x65vice_memory_bytes\x18\x03 \x01(\x04R\x11\x64\x65viceMemoryBytes\"\xeb\x01\n\x0cInstanceType\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12$\n\x0eprice_per_hour\x18\x02 \x01(\x01R\x0cpricePerHour\x12&\n\x0emax_batch_size\x18\x03 \x01(\rH\x00R\x0cmaxBatchSize\x12\x33\n\x06memory\x18\x04 \x01(\x0b\x32\x19.servewise.v1.MemoryModelH\x00R\x06memory\x12%\n\x0c\x63old_start_s\x18\x05 \x01(\x01H\x01R\ncoldStartS\x88\x01\x01\x42\x0c\n\nmemory_capB\x0f\n\r_cold_start_s\"\x84\x01\n\tCandidate\x12?\n\rinstance_type\x18\x01 \x01(\x0b\x32\x1a.servewise.v1.InstanceTypeR\x0cinstanceType\x12\x36\n\x07profile\x18\x02 \x01(\x0b\x32\x1c.servewise.v1.LatencyProfileR\x07profile\"\x83\x01\n\x08Workload\x12\x1c\n\nrate_per_s\x18\x01 \x01(\x01R\x08ratePerS\x12\"\n\narrival_cv\x18\x02 \x01(\x01H\x00R\tarrivalCv\x88\x01\x01\x12&\n\x0f\x61rrival_times_s\x18\x03 \x03(\x01R\rarrivalTimesSB\r\n\x0b_arrival_cv\"X\n\x03Slo\x12#\n\npercentile\x18\x01 \x01(\x01H\x00R\npercentile\x88\x01\x01\x12\x1d\n\nlatency_ms\x18\x02 \x01(\x01R\tlatencyMsB\r\n\x0b_percentile\"\xaa\x01\n\x0cSearchLimits\x12!\n\x0cmax_replicas\x18\x01 \x01(\rR\x0bmaxReplicas\x12.\n\x13\x61llowed_batch_sizes\x18\x02 \x03(\rR\x11\x61llowedBatchSizes\x12\x30\n\x12max_queue_delay_ms\x18\x03 \x01(\x01H\x00R\x0fmaxQueueDelayMs\x88\x01\x01\x42\x15\n\x13_max_queue_delay_ms\"\xa1\x01\n\x0bServingPlan\x12#\n\rinstance_type\x18\x01 \x01(\tR\x0cinstanceType\x12$\n\x0emax_batch_size\x18\x02 \x01(\rR\x0cmaxBatchSize\x12+\n\x12max_queue_delay_ms\x18\x03 \x01(\x01R\x0fmaxQueueDelayMs\x12\x1a\n\x08replicas\x18\x04 \x01(\rR\x08replicas\"\xe3\x01\n\x0cLatencyStats\x12\x17\n\x07mean_ms\x18\x01 \x01(\x01R\x06meanMs\x12\x15\n\x06p50_ms\x18\x02 \x01(\x01R\x05p50Ms\x12\x15\n\x06p90_ms\x18\x03 \x01(\x01R\x05p90Ms\x12\x15\n\x06p95_ms\x18\x04 \x01(\x01R\x05p95Ms\x12\x15\n\x06p99_ms\x18\x05 \x01(\x01R\x05p99Ms\x12\x17\n\x07p999_ms\x18\x06 \x01(\x01R\x06p999Ms\x12/\n\x11slo_percentile_ms\x18\x07 \x01(\x01H\x00R\x0fsloPercentileMs\x88\x01\x01\x42\x14\n\x12_slo_percentile_ms\"\x9e\x03\n\x10SimulationResult\x12\x34\n\x07latency\x18\x01 \x01(\x0b\x32\x1a.servewise.v1.LatencyStatsR\x07latency\x12(\n\x10throughput_per_s\x18\x02 \x01(\x01R\x0ethroughputPerS\x12&\n\x0fmean_batch_size\x18\x03 \x01(\x01R\rmeanBatchSize\x12 \n\x0butilisation\x18\x04 \x01(\x01R\x0butilisation\x12(\n\x10max_queue_length\x18\x05 \x01(\x04R\x0emaxQueueLength\x12\x16\n\x06stable\x18\x06 \x01(\x08R\x06stable\x12)\n\x10stability_reason\x18\x07 \x01(\tR\x0fstabilityReason\x12-\n\x12requests_simulated\x18\x08 \x01(\x04R\x11requestsSimulated\x12\x30\n\x14simulated_duration_s\x18\t \x01(\x01R\x12simulatedDurationS\x12\x12\n\x04seed\x18\n \x01(\x04R\x04seed\"\xb2\x03\n\x0ePlanAssessment\x12-\n\x04plan\x18\x01 \x01(\x0b\x32\x19.servewise.v1.ServingPlanR\x04plan\x12G\n\x11predicted_latency\x18\x02 \x01(\x0b\x32\x1a.servewise.v1.LatencyStatsR\x10predictedLatency\x12<\n\tsimulated\x18\x03 \x01(\x0b\x32\x1e.servewise.v1.SimulationResultR\tsimulated\x12\x1b\n\tmeets_slo\x18\x04 \x01(\x08R\x08meetsSlo\x12$\n\x0e\x63\x61pacity_per_s\x18\x05 \x01(\x01R\x0c\x63\x61pacityPerS\x12 \n\x0butilisation\x18\x06 \x01(\x01R\x0butilisation\x12\"\n\rcost_per_hour\x18\x07 \x01(\x01R\x0b\x63ostPerHour\x12\x39\n\x19\x63ost_per_million_requests\x18\x08 \x01(\x01R\x16\x63ostPerMillionRequests\x12&\n\x0fmean_batch_size\x18\t \x01(\x01R\rmeanBatchSize\"\x9e\x01\n\rFrontierPoint\x12-\n\x04plan\x18\x01 \x01(\x0b\x32\x19.servewise.v1.ServingPlanR\x04plan\x12\"\n\rcost_per_hour\x18\x02 \x01(\x01R\x0b\x63ostPerHour\x12\x1d\n\nlatency_ms\x18\x03 \x01(\x01R\tlatencyMs\x12\x1b\n\tmeets_slo\x18\x04 \x01(\x08R\x08meetsSlo*r\n\x10ServiceTimeBasis\x12\"\n\x1eSERVICE_TIME_BASIS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aSERVICE_TIME_BASIS_TYPICAL\x10\x01\x12\x1a\n\x16SERVICE_TIME_BASIS_P99\x10\x02*\x9c\x01\n\x17ServiceTimeDistribution\x12)\n%SERVICE_TIME_DISTRIBUTION_UNSPECIFIED\x10\x00\x12+\n\'SERVICE_TIME_DISTRIBUTION_DETERMINISTIC\x10\x01\x12)\n%SERVICE_TIME_DISTRIBUTION_EXPONENTIAL\x10\x02*\x90\x02\n\x11\x42indingConstraint\x12\"\n\x1e\x42INDING_CONSTRAINT_UNSPECIFIED\x10\x00\x12\"\n\x1e\x42INDING_CONSTRAINT_LATENCY_SLO\x10\x01\x12!\n\x1d\x42INDING_CONSTRAINT_THROUGHPUT\x10\x02\x12\'\n#BINDING_CONSTRAINT_MINIMUM_REPLICAS\x10\x03\x12#\n\x1f\x42INDING_CONSTRAINT_MAX_REPLICAS\x10\x04\x12#\n\x1f\x42INDING_CONSTRAINT_SERVICE_TIME\x10\x05\x12\x1d\n\x19\x42INDING_CONSTRAINT_MEMORY\x10\x06\x42\xa6\x01\n\x10\x63om.servewise.v1B\nTypesProtoP\x01Z5github.com/servewise/servewise/clients/go/servewisev1\xa2\x02\x03SXX\xaa\x02\x0cServewise.V1\xca\x02\x0cServewise\\V1\xe2\x02\x18Servewise\\V1\\GPBMetadata\xea\x02\rServewise::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'servewise.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_SERVICETIMEBASIS']._serialized_start=2065
-  _globals['_SERVICETIMEBASIS']._serialized_end=2179
-  _globals['_SERVICETIMEDISTRIBUTION']._serialized_start=2182
-  _globals['_SERVICETIMEDISTRIBUTION']._serialized_end=2338
-  _globals['_BINDINGCONSTRAINT']._serialized_start=2341
-  _globals['_BINDINGCONSTRAINT']._serialized_end=2613
-  _globals['_PROFILEPOINT']._serialized_start=42
-  _globals['_PROFILEPOINT']._serialized_end=144
-  _globals['_LINEARPROFILE']._serialized_start=146
-  _globals['_LINEARPROFILE']._serialized_end=223
-  _globals['_LATENCYPROFILE']._serialized_start=225
-  _globals['_LATENCYPROFILE']._serialized_end=343
-  _globals['_POINTSPROFILE']._serialized_start=345
-  _globals['_POINTSPROFILE']._serialized_end=404
-  _globals['_MEMORYMODEL']._serialized_start=406
-  _globals['_MEMORYMODEL']._serialized_end=493
-  _globals['_INSTANCETYPE']._serialized_start=496
-  _globals['_INSTANCETYPE']._serialized_end=677
-  _globals['_CANDIDATE']._serialized_start=679
-  _globals['_CANDIDATE']._serialized_end=788
-  _globals['_WORKLOAD']._serialized_start=790
-  _globals['_WORKLOAD']._serialized_end=885
-  _globals['_SLO']._serialized_start=887
-  _globals['_SLO']._serialized_end=952
-  _globals['_SEARCHLIMITS']._serialized_start=954
-  _globals['_SEARCHLIMITS']._serialized_end=1075
-  _globals['_SERVINGPLAN']._serialized_start=1077
-  _globals['_SERVINGPLAN']._serialized_end=1183
-  _globals['_LATENCYSTATS']._serialized_start=1186
-  _globals['_LATENCYSTATS']._serialized_end=1352
-  _globals['_SIMULATIONRESULT']._serialized_start=1355
-  _globals['_SIMULATIONRESULT']._serialized_end=1630
-  _globals['_PLANASSESSMENT']._serialized_start=1633
-  _globals['_PLANASSESSMENT']._serialized_end=1943
-  _globals['_FRONTIERPOINT']._serialized_start=1945
-  _globals['_FRONTIERPOINT']._serialized_end=2063
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\020com.servewise.v1B\nTypesProtoP\001Z5github.com/servewise/servewise/clients/go/servewisev1\242\002\003SXX\252\002\014Servewise.V1\312\002\014Servewise\\V1\342\002\030Servewise\\V1\\GPBMetadata\352\002\rServewise::V1'
+  _globals['_SERVICETIMEBASIS']._serialized_start=2815
+  _globals['_SERVICETIMEBASIS']._serialized_end=2929
+  _globals['_SERVICETIMEDISTRIBUTION']._serialized_start=2932
+  _globals['_SERVICETIMEDISTRIBUTION']._serialized_end=3088
+  _globals['_BINDINGCONSTRAINT']._serialized_start=3091
+  _globals['_BINDINGCONSTRAINT']._serialized_end=3363
+  _globals['_PROFILEPOINT']._serialized_start=43
+  _globals['_PROFILEPOINT']._serialized_end=181
+  _globals['_LINEARPROFILE']._serialized_start=183
+  _globals['_LINEARPROFILE']._serialized_end=293
+  _globals['_LATENCYPROFILE']._serialized_start=296
+  _globals['_LATENCYPROFILE']._serialized_end=430
+  _globals['_POINTSPROFILE']._serialized_start=432
+  _globals['_POINTSPROFILE']._serialized_end=499
+  _globals['_MEMORYMODEL']._serialized_start=502
+  _globals['_MEMORYMODEL']._serialized_end=634
+  _globals['_INSTANCETYPE']._serialized_start=637
+  _globals['_INSTANCETYPE']._serialized_end=872
+  _globals['_CANDIDATE']._serialized_start=875
+  _globals['_CANDIDATE']._serialized_end=1007
+  _globals['_WORKLOAD']._serialized_start=1010
+  _globals['_WORKLOAD']._serialized_end=1141
+  _globals['_SLO']._serialized_start=1143
+  _globals['_SLO']._serialized_end=1231
+  _globals['_SEARCHLIMITS']._serialized_start=1234
+  _globals['_SEARCHLIMITS']._serialized_end=1404
+  _globals['_SERVINGPLAN']._serialized_start=1407
+  _globals['_SERVINGPLAN']._serialized_end=1568
+  _globals['_LATENCYSTATS']._serialized_start=1571
+  _globals['_LATENCYSTATS']._serialized_end=1798
+  _globals['_SIMULATIONRESULT']._serialized_start=1801
+  _globals['_SIMULATIONRESULT']._serialized_end=2215
+  _globals['_PLANASSESSMENT']._serialized_start=2218
+  _globals['_PLANASSESSMENT']._serialized_end=2652
+  _globals['_FRONTIERPOINT']._serialized_start=2655
+  _globals['_FRONTIERPOINT']._serialized_end=2813
 # @@protoc_insertion_point(module_scope)
