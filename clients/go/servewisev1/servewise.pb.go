@@ -499,16 +499,325 @@ func (x *SimulateResponse) GetNotes() []string {
 	return nil
 }
 
-// Fields land with the mode-selection issue.
-type SelectModeRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+// A class of traffic with its own volume and requirement.
+type TrafficClass struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// How much traffic the class carries.
+	//
+	// Types that are valid to be assigned to Volume:
+	//
+	//	*TrafficClass_RatePerS
+	//	*TrafficClass_Share
+	//	*TrafficClass_BacklogRequests
+	Volume isTrafficClass_Volume `protobuf_oneof:"volume"`
+	// What the class needs.
+	//
+	// Types that are valid to be assigned to Requirement:
+	//
+	//	*TrafficClass_Slo
+	//	*TrafficClass_DeadlineS
+	Requirement isTrafficClass_Requirement `protobuf_oneof:"requirement"`
+	// Inter-arrival CV; 1 (Poisson) when unset.
+	ArrivalCv *float64 `protobuf:"fixed64,7,opt,name=arrival_cv,json=arrivalCv,proto3,oneof" json:"arrival_cv,omitempty"`
+	// Higher is more important; breaks ties when pools compete.
+	Priority      int32 `protobuf:"varint,8,opt,name=priority,proto3" json:"priority,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
+func (x *TrafficClass) Reset() {
+	*x = TrafficClass{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficClass) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficClass) ProtoMessage() {}
+
+func (x *TrafficClass) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficClass.ProtoReflect.Descriptor instead.
+func (*TrafficClass) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *TrafficClass) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TrafficClass) GetVolume() isTrafficClass_Volume {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
+func (x *TrafficClass) GetRatePerS() float64 {
+	if x != nil {
+		if x, ok := x.Volume.(*TrafficClass_RatePerS); ok {
+			return x.RatePerS
+		}
+	}
+	return 0
+}
+
+func (x *TrafficClass) GetShare() float64 {
+	if x != nil {
+		if x, ok := x.Volume.(*TrafficClass_Share); ok {
+			return x.Share
+		}
+	}
+	return 0
+}
+
+func (x *TrafficClass) GetBacklogRequests() uint64 {
+	if x != nil {
+		if x, ok := x.Volume.(*TrafficClass_BacklogRequests); ok {
+			return x.BacklogRequests
+		}
+	}
+	return 0
+}
+
+func (x *TrafficClass) GetRequirement() isTrafficClass_Requirement {
+	if x != nil {
+		return x.Requirement
+	}
+	return nil
+}
+
+func (x *TrafficClass) GetSlo() *Slo {
+	if x != nil {
+		if x, ok := x.Requirement.(*TrafficClass_Slo); ok {
+			return x.Slo
+		}
+	}
+	return nil
+}
+
+func (x *TrafficClass) GetDeadlineS() float64 {
+	if x != nil {
+		if x, ok := x.Requirement.(*TrafficClass_DeadlineS); ok {
+			return x.DeadlineS
+		}
+	}
+	return 0
+}
+
+func (x *TrafficClass) GetArrivalCv() float64 {
+	if x != nil && x.ArrivalCv != nil {
+		return *x.ArrivalCv
+	}
+	return 0
+}
+
+func (x *TrafficClass) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+type isTrafficClass_Volume interface {
+	isTrafficClass_Volume()
+}
+
+type TrafficClass_RatePerS struct {
+	// Mean arrival rate.
+	RatePerS float64 `protobuf:"fixed64,2,opt,name=rate_per_s,json=ratePerS,proto3,oneof"`
+}
+
+type TrafficClass_Share struct {
+	// Share of SelectModeRequest.total_rate_per_s, in (0, 1].
+	Share float64 `protobuf:"fixed64,3,opt,name=share,proto3,oneof"`
+}
+
+type TrafficClass_BacklogRequests struct {
+	// A one-off backlog of requests (offline work).
+	BacklogRequests uint64 `protobuf:"varint,4,opt,name=backlog_requests,json=backlogRequests,proto3,oneof"`
+}
+
+func (*TrafficClass_RatePerS) isTrafficClass_Volume() {}
+
+func (*TrafficClass_Share) isTrafficClass_Volume() {}
+
+func (*TrafficClass_BacklogRequests) isTrafficClass_Volume() {}
+
+type isTrafficClass_Requirement interface {
+	isTrafficClass_Requirement()
+}
+
+type TrafficClass_Slo struct {
+	// Online: a latency percentile bound.
+	Slo *Slo `protobuf:"bytes,5,opt,name=slo,proto3,oneof"`
+}
+
+type TrafficClass_DeadlineS struct {
+	// Deferrable: every request completes within deadline_s of its arrival (or, for a backlog,
+	// of the job's start).
+	DeadlineS float64 `protobuf:"fixed64,6,opt,name=deadline_s,json=deadlineS,proto3,oneof"`
+}
+
+func (*TrafficClass_Slo) isTrafficClass_Requirement() {}
+
+func (*TrafficClass_DeadlineS) isTrafficClass_Requirement() {}
+
+// Offline batch options.
+type OfflineOptions struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether spot capacity may be used for offline work (types with spot prices).
+	AllowSpot bool `protobuf:"varint,1,opt,name=allow_spot,json=allowSpot,proto3" json:"allow_spot,omitempty"`
+	// Seconds between checkpoints; work since the last checkpoint is lost on interruption.
+	CheckpointIntervalS float64 `protobuf:"fixed64,2,opt,name=checkpoint_interval_s,json=checkpointIntervalS,proto3" json:"checkpoint_interval_s,omitempty"`
+	// Seconds to replace an interrupted replica and restore the checkpoint.
+	RestartS float64 `protobuf:"fixed64,3,opt,name=restart_s,json=restartS,proto3" json:"restart_s,omitempty"`
+	// Required probability of finishing before the deadline with spot, in (0, 1); 0.95 when 0.
+	DeadlineConfidence float64 `protobuf:"fixed64,4,opt,name=deadline_confidence,json=deadlineConfidence,proto3" json:"deadline_confidence,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *OfflineOptions) Reset() {
+	*x = OfflineOptions{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OfflineOptions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OfflineOptions) ProtoMessage() {}
+
+func (x *OfflineOptions) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OfflineOptions.ProtoReflect.Descriptor instead.
+func (*OfflineOptions) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *OfflineOptions) GetAllowSpot() bool {
+	if x != nil {
+		return x.AllowSpot
+	}
+	return false
+}
+
+func (x *OfflineOptions) GetCheckpointIntervalS() float64 {
+	if x != nil {
+		return x.CheckpointIntervalS
+	}
+	return 0
+}
+
+func (x *OfflineOptions) GetRestartS() float64 {
+	if x != nil {
+		return x.RestartS
+	}
+	return 0
+}
+
+func (x *OfflineOptions) GetDeadlineConfidence() float64 {
+	if x != nil {
+		return x.DeadlineConfidence
+	}
+	return 0
+}
+
+// How latency trades against cost when choosing a mode.
+type CostSensitivity struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Dollars per million requests that one ms of the SLO percentile latency is worth; 0 means
+	// the cheapest mode that meets every requirement.
+	PricePerMsPerMillionRequests float64 `protobuf:"fixed64,1,opt,name=price_per_ms_per_million_requests,json=pricePerMsPerMillionRequests,proto3" json:"price_per_ms_per_million_requests,omitempty"`
+	unknownFields                protoimpl.UnknownFields
+	sizeCache                    protoimpl.SizeCache
+}
+
+func (x *CostSensitivity) Reset() {
+	*x = CostSensitivity{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CostSensitivity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CostSensitivity) ProtoMessage() {}
+
+func (x *CostSensitivity) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CostSensitivity.ProtoReflect.Descriptor instead.
+func (*CostSensitivity) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *CostSensitivity) GetPricePerMsPerMillionRequests() float64 {
+	if x != nil {
+		return x.PricePerMsPerMillionRequests
+	}
+	return 0
+}
+
+type SelectModeRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	TrafficClasses []*TrafficClass        `protobuf:"bytes,1,rep,name=traffic_classes,json=trafficClasses,proto3" json:"traffic_classes,omitempty"`
+	// Total rate that TrafficClass.share refers to.
+	TotalRatePerS    float64          `protobuf:"fixed64,2,opt,name=total_rate_per_s,json=totalRatePerS,proto3" json:"total_rate_per_s,omitempty"`
+	Candidates       []*Candidate     `protobuf:"bytes,3,rep,name=candidates,proto3" json:"candidates,omitempty"`
+	Limits           *SearchLimits    `protobuf:"bytes,4,opt,name=limits,proto3" json:"limits,omitempty"`
+	ServiceTimeBasis ServiceTimeBasis `protobuf:"varint,5,opt,name=service_time_basis,json=serviceTimeBasis,proto3,enum=servewise.v1.ServiceTimeBasis" json:"service_time_basis,omitempty"`
+	CostSensitivity  *CostSensitivity `protobuf:"bytes,6,opt,name=cost_sensitivity,json=costSensitivity,proto3" json:"cost_sensitivity,omitempty"`
+	Offline          *OfflineOptions  `protobuf:"bytes,7,opt,name=offline,proto3" json:"offline,omitempty"`
+	Seed             uint64           `protobuf:"varint,8,opt,name=seed,proto3" json:"seed,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
 func (x *SelectModeRequest) Reset() {
 	*x = SelectModeRequest{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[4]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -520,7 +829,7 @@ func (x *SelectModeRequest) String() string {
 func (*SelectModeRequest) ProtoMessage() {}
 
 func (x *SelectModeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[4]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -533,18 +842,429 @@ func (x *SelectModeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SelectModeRequest.ProtoReflect.Descriptor instead.
 func (*SelectModeRequest) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{4}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SelectModeRequest) GetTrafficClasses() []*TrafficClass {
+	if x != nil {
+		return x.TrafficClasses
+	}
+	return nil
+}
+
+func (x *SelectModeRequest) GetTotalRatePerS() float64 {
+	if x != nil {
+		return x.TotalRatePerS
+	}
+	return 0
+}
+
+func (x *SelectModeRequest) GetCandidates() []*Candidate {
+	if x != nil {
+		return x.Candidates
+	}
+	return nil
+}
+
+func (x *SelectModeRequest) GetLimits() *SearchLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+func (x *SelectModeRequest) GetServiceTimeBasis() ServiceTimeBasis {
+	if x != nil {
+		return x.ServiceTimeBasis
+	}
+	return ServiceTimeBasis_SERVICE_TIME_BASIS_UNSPECIFIED
+}
+
+func (x *SelectModeRequest) GetCostSensitivity() *CostSensitivity {
+	if x != nil {
+		return x.CostSensitivity
+	}
+	return nil
+}
+
+func (x *SelectModeRequest) GetOffline() *OfflineOptions {
+	if x != nil {
+		return x.Offline
+	}
+	return nil
+}
+
+func (x *SelectModeRequest) GetSeed() uint64 {
+	if x != nil {
+		return x.Seed
+	}
+	return 0
+}
+
+// One pool of identical replicas and the classes it serves.
+type PoolPlan struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Assessment     *PlanAssessment        `protobuf:"bytes,1,opt,name=assessment,proto3" json:"assessment,omitempty"`
+	TrafficClasses []string               `protobuf:"bytes,2,rep,name=traffic_classes,json=trafficClasses,proto3" json:"traffic_classes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PoolPlan) Reset() {
+	*x = PoolPlan{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PoolPlan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PoolPlan) ProtoMessage() {}
+
+func (x *PoolPlan) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PoolPlan.ProtoReflect.Descriptor instead.
+func (*PoolPlan) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *PoolPlan) GetAssessment() *PlanAssessment {
+	if x != nil {
+		return x.Assessment
+	}
+	return nil
+}
+
+func (x *PoolPlan) GetTrafficClasses() []string {
+	if x != nil {
+		return x.TrafficClasses
+	}
+	return nil
+}
+
+// An offline job's plan.
+type OfflinePlan struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	InstanceType string                 `protobuf:"bytes,1,opt,name=instance_type,json=instanceType,proto3" json:"instance_type,omitempty"`
+	BatchSize    uint32                 `protobuf:"varint,2,opt,name=batch_size,json=batchSize,proto3" json:"batch_size,omitempty"`
+	Replicas     uint32                 `protobuf:"varint,3,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	Spot         bool                   `protobuf:"varint,4,opt,name=spot,proto3" json:"spot,omitempty"`
+	// On-demand (or interruption-free) makespan and cost, billed per second.
+	MakespanS float64 `protobuf:"fixed64,5,opt,name=makespan_s,json=makespanS,proto3" json:"makespan_s,omitempty"`
+	Cost      float64 `protobuf:"fixed64,6,opt,name=cost,proto3" json:"cost,omitempty"`
+	// With spot interruptions: expectations and the chance of meeting the deadline.
+	ExpectedMakespanS   float64 `protobuf:"fixed64,7,opt,name=expected_makespan_s,json=expectedMakespanS,proto3" json:"expected_makespan_s,omitempty"`
+	ExpectedCost        float64 `protobuf:"fixed64,8,opt,name=expected_cost,json=expectedCost,proto3" json:"expected_cost,omitempty"`
+	DeadlineProbability float64 `protobuf:"fixed64,9,opt,name=deadline_probability,json=deadlineProbability,proto3" json:"deadline_probability,omitempty"`
+	// Requests in the job (backlog, or the volume arriving per deadline window).
+	Requests      uint64 `protobuf:"varint,10,opt,name=requests,proto3" json:"requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OfflinePlan) Reset() {
+	*x = OfflinePlan{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OfflinePlan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OfflinePlan) ProtoMessage() {}
+
+func (x *OfflinePlan) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OfflinePlan.ProtoReflect.Descriptor instead.
+func (*OfflinePlan) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *OfflinePlan) GetInstanceType() string {
+	if x != nil {
+		return x.InstanceType
+	}
+	return ""
+}
+
+func (x *OfflinePlan) GetBatchSize() uint32 {
+	if x != nil {
+		return x.BatchSize
+	}
+	return 0
+}
+
+func (x *OfflinePlan) GetReplicas() uint32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+func (x *OfflinePlan) GetSpot() bool {
+	if x != nil {
+		return x.Spot
+	}
+	return false
+}
+
+func (x *OfflinePlan) GetMakespanS() float64 {
+	if x != nil {
+		return x.MakespanS
+	}
+	return 0
+}
+
+func (x *OfflinePlan) GetCost() float64 {
+	if x != nil {
+		return x.Cost
+	}
+	return 0
+}
+
+func (x *OfflinePlan) GetExpectedMakespanS() float64 {
+	if x != nil {
+		return x.ExpectedMakespanS
+	}
+	return 0
+}
+
+func (x *OfflinePlan) GetExpectedCost() float64 {
+	if x != nil {
+		return x.ExpectedCost
+	}
+	return 0
+}
+
+func (x *OfflinePlan) GetDeadlineProbability() float64 {
+	if x != nil {
+		return x.DeadlineProbability
+	}
+	return 0
+}
+
+func (x *OfflinePlan) GetRequests() uint64 {
+	if x != nil {
+		return x.Requests
+	}
+	return 0
+}
+
+// A full plan for one mode, or why the mode cannot serve the traffic.
+type ModePlan struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Mode              ServingMode            `protobuf:"varint,1,opt,name=mode,proto3,enum=servewise.v1.ServingMode" json:"mode,omitempty"`
+	Feasible          bool                   `protobuf:"varint,2,opt,name=feasible,proto3" json:"feasible,omitempty"`
+	BindingConstraint BindingConstraint      `protobuf:"varint,3,opt,name=binding_constraint,json=bindingConstraint,proto3,enum=servewise.v1.BindingConstraint" json:"binding_constraint,omitempty"`
+	// The binding constraint or infeasibility in words, with numbers.
+	Reason                 string  `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	CostPerHour            float64 `protobuf:"fixed64,5,opt,name=cost_per_hour,json=costPerHour,proto3" json:"cost_per_hour,omitempty"`
+	CostPerMillionRequests float64 `protobuf:"fixed64,6,opt,name=cost_per_million_requests,json=costPerMillionRequests,proto3" json:"cost_per_million_requests,omitempty"`
+	// Online pools (real-time, dynamic batching, hybrid).
+	Pools []*PoolPlan `protobuf:"bytes,7,rep,name=pools,proto3" json:"pools,omitempty"`
+	// Offline jobs (offline batch, and the deferrable part of hybrid).
+	OfflineJobs []*OfflinePlan `protobuf:"bytes,8,rep,name=offline_jobs,json=offlineJobs,proto3" json:"offline_jobs,omitempty"`
+	// Cost plus CostSensitivity's latency price, per million requests (what the choice minimises).
+	ObjectivePerMillionRequests float64 `protobuf:"fixed64,9,opt,name=objective_per_million_requests,json=objectivePerMillionRequests,proto3" json:"objective_per_million_requests,omitempty"`
+	unknownFields               protoimpl.UnknownFields
+	sizeCache                   protoimpl.SizeCache
+}
+
+func (x *ModePlan) Reset() {
+	*x = ModePlan{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ModePlan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ModePlan) ProtoMessage() {}
+
+func (x *ModePlan) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ModePlan.ProtoReflect.Descriptor instead.
+func (*ModePlan) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ModePlan) GetMode() ServingMode {
+	if x != nil {
+		return x.Mode
+	}
+	return ServingMode_SERVING_MODE_UNSPECIFIED
+}
+
+func (x *ModePlan) GetFeasible() bool {
+	if x != nil {
+		return x.Feasible
+	}
+	return false
+}
+
+func (x *ModePlan) GetBindingConstraint() BindingConstraint {
+	if x != nil {
+		return x.BindingConstraint
+	}
+	return BindingConstraint_BINDING_CONSTRAINT_UNSPECIFIED
+}
+
+func (x *ModePlan) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ModePlan) GetCostPerHour() float64 {
+	if x != nil {
+		return x.CostPerHour
+	}
+	return 0
+}
+
+func (x *ModePlan) GetCostPerMillionRequests() float64 {
+	if x != nil {
+		return x.CostPerMillionRequests
+	}
+	return 0
+}
+
+func (x *ModePlan) GetPools() []*PoolPlan {
+	if x != nil {
+		return x.Pools
+	}
+	return nil
+}
+
+func (x *ModePlan) GetOfflineJobs() []*OfflinePlan {
+	if x != nil {
+		return x.OfflineJobs
+	}
+	return nil
+}
+
+func (x *ModePlan) GetObjectivePerMillionRequests() float64 {
+	if x != nil {
+		return x.ObjectivePerMillionRequests
+	}
+	return 0
+}
+
+// A rate at which the chosen mode would change.
+type BreakEven struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	BelowMode ServingMode            `protobuf:"varint,1,opt,name=below_mode,json=belowMode,proto3,enum=servewise.v1.ServingMode" json:"below_mode,omitempty"`
+	AboveMode ServingMode            `protobuf:"varint,2,opt,name=above_mode,json=aboveMode,proto3,enum=servewise.v1.ServingMode" json:"above_mode,omitempty"`
+	// Total rate at which the cheapest mode flips from below_mode to above_mode.
+	RatePerS      float64 `protobuf:"fixed64,3,opt,name=rate_per_s,json=ratePerS,proto3" json:"rate_per_s,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BreakEven) Reset() {
+	*x = BreakEven{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BreakEven) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BreakEven) ProtoMessage() {}
+
+func (x *BreakEven) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BreakEven.ProtoReflect.Descriptor instead.
+func (*BreakEven) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *BreakEven) GetBelowMode() ServingMode {
+	if x != nil {
+		return x.BelowMode
+	}
+	return ServingMode_SERVING_MODE_UNSPECIFIED
+}
+
+func (x *BreakEven) GetAboveMode() ServingMode {
+	if x != nil {
+		return x.AboveMode
+	}
+	return ServingMode_SERVING_MODE_UNSPECIFIED
+}
+
+func (x *BreakEven) GetRatePerS() float64 {
+	if x != nil {
+		return x.RatePerS
+	}
+	return 0
 }
 
 type SelectModeResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	ChosenMode ServingMode            `protobuf:"varint,1,opt,name=chosen_mode,json=chosenMode,proto3,enum=servewise.v1.ServingMode" json:"chosen_mode,omitempty"`
+	// A plan for every mode, feasible or not.
+	Modes []*ModePlan `protobuf:"bytes,2,rep,name=modes,proto3" json:"modes,omitempty"`
+	// Why the chosen mode, quoting the numbers.
+	Reasons       []string     `protobuf:"bytes,3,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	BreakEvens    []*BreakEven `protobuf:"bytes,4,rep,name=break_evens,json=breakEvens,proto3" json:"break_evens,omitempty"`
+	Notes         []string     `protobuf:"bytes,5,rep,name=notes,proto3" json:"notes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SelectModeResponse) Reset() {
 	*x = SelectModeResponse{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[5]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -556,7 +1276,7 @@ func (x *SelectModeResponse) String() string {
 func (*SelectModeResponse) ProtoMessage() {}
 
 func (x *SelectModeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[5]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -569,19 +1289,354 @@ func (x *SelectModeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SelectModeResponse.ProtoReflect.Descriptor instead.
 func (*SelectModeResponse) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{5}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{12}
 }
 
-// Fields land with the resource-planning issue.
-type PlanResourcesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+func (x *SelectModeResponse) GetChosenMode() ServingMode {
+	if x != nil {
+		return x.ChosenMode
+	}
+	return ServingMode_SERVING_MODE_UNSPECIFIED
+}
+
+func (x *SelectModeResponse) GetModes() []*ModePlan {
+	if x != nil {
+		return x.Modes
+	}
+	return nil
+}
+
+func (x *SelectModeResponse) GetReasons() []string {
+	if x != nil {
+		return x.Reasons
+	}
+	return nil
+}
+
+func (x *SelectModeResponse) GetBreakEvens() []*BreakEven {
+	if x != nil {
+		return x.BreakEvens
+	}
+	return nil
+}
+
+func (x *SelectModeResponse) GetNotes() []string {
+	if x != nil {
+		return x.Notes
+	}
+	return nil
+}
+
+// One deployment whose resources are planned over a rate profile.
+type DeploymentSpec struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Name       string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Candidates []*Candidate           `protobuf:"bytes,2,rep,name=candidates,proto3" json:"candidates,omitempty"`
+	Slo        *Slo                   `protobuf:"bytes,3,opt,name=slo,proto3" json:"slo,omitempty"`
+	// The serving plan to scale; when unset it is derived (OptimizeBatch at the peak rate).
+	Plan *ServingPlan `protobuf:"bytes,4,opt,name=plan,proto3" json:"plan,omitempty"`
+	// The rate over time, sorted by time_s (for example 24 hourly or 1,440 per-minute points).
+	RateProfile []*RatePoint `protobuf:"bytes,5,rep,name=rate_profile,json=rateProfile,proto3" json:"rate_profile,omitempty"`
+	// Inter-arrival CV within each interval; 1 when unset.
+	ArrivalCv *float64 `protobuf:"fixed64,6,opt,name=arrival_cv,json=arrivalCv,proto3,oneof" json:"arrival_cv,omitempty"`
+	// Memory one replica of this deployment needs, for packing deployments together.
+	MemoryBytes   uint64 `protobuf:"varint,7,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
+func (x *DeploymentSpec) Reset() {
+	*x = DeploymentSpec{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeploymentSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeploymentSpec) ProtoMessage() {}
+
+func (x *DeploymentSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeploymentSpec.ProtoReflect.Descriptor instead.
+func (*DeploymentSpec) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *DeploymentSpec) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeploymentSpec) GetCandidates() []*Candidate {
+	if x != nil {
+		return x.Candidates
+	}
+	return nil
+}
+
+func (x *DeploymentSpec) GetSlo() *Slo {
+	if x != nil {
+		return x.Slo
+	}
+	return nil
+}
+
+func (x *DeploymentSpec) GetPlan() *ServingPlan {
+	if x != nil {
+		return x.Plan
+	}
+	return nil
+}
+
+func (x *DeploymentSpec) GetRateProfile() []*RatePoint {
+	if x != nil {
+		return x.RateProfile
+	}
+	return nil
+}
+
+func (x *DeploymentSpec) GetArrivalCv() float64 {
+	if x != nil && x.ArrivalCv != nil {
+		return *x.ArrivalCv
+	}
+	return 0
+}
+
+func (x *DeploymentSpec) GetMemoryBytes() uint64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+// What one strategy costs and risks over the profile.
+type StrategyResult struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Strategy     ResourceStrategy       `protobuf:"varint,1,opt,name=strategy,proto3,enum=servewise.v1.ResourceStrategy" json:"strategy,omitempty"`
+	Feasible     bool                   `protobuf:"varint,2,opt,name=feasible,proto3" json:"feasible,omitempty"`
+	Reason       string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	CostPerDay   float64                `protobuf:"fixed64,4,opt,name=cost_per_day,json=costPerDay,proto3" json:"cost_per_day,omitempty"`
+	CostPerMonth float64                `protobuf:"fixed64,5,opt,name=cost_per_month,json=costPerMonth,proto3" json:"cost_per_month,omitempty"`
+	// Served rate over provisioned capacity, time-weighted.
+	MeanUtilisation        float64 `protobuf:"fixed64,6,opt,name=mean_utilisation,json=meanUtilisation,proto3" json:"mean_utilisation,omitempty"`
+	CostPerMillionRequests float64 `protobuf:"fixed64,7,opt,name=cost_per_million_requests,json=costPerMillionRequests,proto3" json:"cost_per_million_requests,omitempty"`
+	// Minutes in which capacity lagged demand enough to put the SLO at risk.
+	SloRiskMinutes float64 `protobuf:"fixed64,8,opt,name=slo_risk_minutes,json=sloRiskMinutes,proto3" json:"slo_risk_minutes,omitempty"`
+	PeakReplicas   uint32  `protobuf:"varint,9,opt,name=peak_replicas,json=peakReplicas,proto3" json:"peak_replicas,omitempty"`
+	MeanReplicas   float64 `protobuf:"fixed64,10,opt,name=mean_replicas,json=meanReplicas,proto3" json:"mean_replicas,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *StrategyResult) Reset() {
+	*x = StrategyResult{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StrategyResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StrategyResult) ProtoMessage() {}
+
+func (x *StrategyResult) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StrategyResult.ProtoReflect.Descriptor instead.
+func (*StrategyResult) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *StrategyResult) GetStrategy() ResourceStrategy {
+	if x != nil {
+		return x.Strategy
+	}
+	return ResourceStrategy_RESOURCE_STRATEGY_UNSPECIFIED
+}
+
+func (x *StrategyResult) GetFeasible() bool {
+	if x != nil {
+		return x.Feasible
+	}
+	return false
+}
+
+func (x *StrategyResult) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *StrategyResult) GetCostPerDay() float64 {
+	if x != nil {
+		return x.CostPerDay
+	}
+	return 0
+}
+
+func (x *StrategyResult) GetCostPerMonth() float64 {
+	if x != nil {
+		return x.CostPerMonth
+	}
+	return 0
+}
+
+func (x *StrategyResult) GetMeanUtilisation() float64 {
+	if x != nil {
+		return x.MeanUtilisation
+	}
+	return 0
+}
+
+func (x *StrategyResult) GetCostPerMillionRequests() float64 {
+	if x != nil {
+		return x.CostPerMillionRequests
+	}
+	return 0
+}
+
+func (x *StrategyResult) GetSloRiskMinutes() float64 {
+	if x != nil {
+		return x.SloRiskMinutes
+	}
+	return 0
+}
+
+func (x *StrategyResult) GetPeakReplicas() uint32 {
+	if x != nil {
+		return x.PeakReplicas
+	}
+	return 0
+}
+
+func (x *StrategyResult) GetMeanReplicas() float64 {
+	if x != nil {
+		return x.MeanReplicas
+	}
+	return 0
+}
+
+// Resource plan of one deployment.
+type DeploymentResources struct {
+	state                 protoimpl.MessageState `protogen:"open.v1"`
+	Name                  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Plan                  *ServingPlan           `protobuf:"bytes,2,opt,name=plan,proto3" json:"plan,omitempty"`
+	Strategies            []*StrategyResult      `protobuf:"bytes,3,rep,name=strategies,proto3" json:"strategies,omitempty"`
+	RecommendedAutoscaler *AutoscalerSettings    `protobuf:"bytes,4,opt,name=recommended_autoscaler,json=recommendedAutoscaler,proto3" json:"recommended_autoscaler,omitempty"`
+	Exports               *PlanExports           `protobuf:"bytes,5,opt,name=exports,proto3" json:"exports,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *DeploymentResources) Reset() {
+	*x = DeploymentResources{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeploymentResources) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeploymentResources) ProtoMessage() {}
+
+func (x *DeploymentResources) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeploymentResources.ProtoReflect.Descriptor instead.
+func (*DeploymentResources) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DeploymentResources) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeploymentResources) GetPlan() *ServingPlan {
+	if x != nil {
+		return x.Plan
+	}
+	return nil
+}
+
+func (x *DeploymentResources) GetStrategies() []*StrategyResult {
+	if x != nil {
+		return x.Strategies
+	}
+	return nil
+}
+
+func (x *DeploymentResources) GetRecommendedAutoscaler() *AutoscalerSettings {
+	if x != nil {
+		return x.RecommendedAutoscaler
+	}
+	return nil
+}
+
+func (x *DeploymentResources) GetExports() *PlanExports {
+	if x != nil {
+		return x.Exports
+	}
+	return nil
+}
+
+type PlanResourcesRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Deployments []*DeploymentSpec      `protobuf:"bytes,1,rep,name=deployments,proto3" json:"deployments,omitempty"`
+	// Autoscaler to simulate; recommended settings are derived when unset.
+	Autoscaler       *AutoscalerSettings `protobuf:"bytes,2,opt,name=autoscaler,proto3" json:"autoscaler,omitempty"`
+	Limits           *SearchLimits       `protobuf:"bytes,3,opt,name=limits,proto3" json:"limits,omitempty"`
+	ServiceTimeBasis ServiceTimeBasis    `protobuf:"varint,4,opt,name=service_time_basis,json=serviceTimeBasis,proto3,enum=servewise.v1.ServiceTimeBasis" json:"service_time_basis,omitempty"`
+	Seed             uint64              `protobuf:"varint,5,opt,name=seed,proto3" json:"seed,omitempty"`
+	// Instance memory available for packing deployments together (SHARED), bytes.
+	SharedInstanceMemoryBytes uint64 `protobuf:"varint,6,opt,name=shared_instance_memory_bytes,json=sharedInstanceMemoryBytes,proto3" json:"shared_instance_memory_bytes,omitempty"`
+	unknownFields             protoimpl.UnknownFields
+	sizeCache                 protoimpl.SizeCache
+}
+
 func (x *PlanResourcesRequest) Reset() {
 	*x = PlanResourcesRequest{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[6]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -593,7 +1648,7 @@ func (x *PlanResourcesRequest) String() string {
 func (*PlanResourcesRequest) ProtoMessage() {}
 
 func (x *PlanResourcesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[6]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -606,18 +1661,67 @@ func (x *PlanResourcesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanResourcesRequest.ProtoReflect.Descriptor instead.
 func (*PlanResourcesRequest) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{6}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *PlanResourcesRequest) GetDeployments() []*DeploymentSpec {
+	if x != nil {
+		return x.Deployments
+	}
+	return nil
+}
+
+func (x *PlanResourcesRequest) GetAutoscaler() *AutoscalerSettings {
+	if x != nil {
+		return x.Autoscaler
+	}
+	return nil
+}
+
+func (x *PlanResourcesRequest) GetLimits() *SearchLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+func (x *PlanResourcesRequest) GetServiceTimeBasis() ServiceTimeBasis {
+	if x != nil {
+		return x.ServiceTimeBasis
+	}
+	return ServiceTimeBasis_SERVICE_TIME_BASIS_UNSPECIFIED
+}
+
+func (x *PlanResourcesRequest) GetSeed() uint64 {
+	if x != nil {
+		return x.Seed
+	}
+	return 0
+}
+
+func (x *PlanResourcesRequest) GetSharedInstanceMemoryBytes() uint64 {
+	if x != nil {
+		return x.SharedInstanceMemoryBytes
+	}
+	return 0
 }
 
 type PlanResourcesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Deployments []*DeploymentResources `protobuf:"bytes,1,rep,name=deployments,proto3" json:"deployments,omitempty"`
+	// Cheapest strategy whose SLO risk is within bounds, over all deployments.
+	RecommendedStrategy ResourceStrategy `protobuf:"varint,2,opt,name=recommended_strategy,json=recommendedStrategy,proto3,enum=servewise.v1.ResourceStrategy" json:"recommended_strategy,omitempty"`
+	// The totals of each strategy over all deployments (SHARED only with two or more).
+	Totals        []*StrategyResult `protobuf:"bytes,3,rep,name=totals,proto3" json:"totals,omitempty"`
+	Reasons       []string          `protobuf:"bytes,4,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	Notes         []string          `protobuf:"bytes,5,rep,name=notes,proto3" json:"notes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PlanResourcesResponse) Reset() {
 	*x = PlanResourcesResponse{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[7]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -629,7 +1733,7 @@ func (x *PlanResourcesResponse) String() string {
 func (*PlanResourcesResponse) ProtoMessage() {}
 
 func (x *PlanResourcesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[7]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -642,7 +1746,42 @@ func (x *PlanResourcesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanResourcesResponse.ProtoReflect.Descriptor instead.
 func (*PlanResourcesResponse) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{7}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *PlanResourcesResponse) GetDeployments() []*DeploymentResources {
+	if x != nil {
+		return x.Deployments
+	}
+	return nil
+}
+
+func (x *PlanResourcesResponse) GetRecommendedStrategy() ResourceStrategy {
+	if x != nil {
+		return x.RecommendedStrategy
+	}
+	return ResourceStrategy_RESOURCE_STRATEGY_UNSPECIFIED
+}
+
+func (x *PlanResourcesResponse) GetTotals() []*StrategyResult {
+	if x != nil {
+		return x.Totals
+	}
+	return nil
+}
+
+func (x *PlanResourcesResponse) GetReasons() []string {
+	if x != nil {
+		return x.Reasons
+	}
+	return nil
+}
+
+func (x *PlanResourcesResponse) GetNotes() []string {
+	if x != nil {
+		return x.Notes
+	}
+	return nil
 }
 
 // Fields land with the live-control issue.
@@ -655,7 +1794,7 @@ type EvaluateSwitchRequest struct {
 
 func (x *EvaluateSwitchRequest) Reset() {
 	*x = EvaluateSwitchRequest{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[8]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -667,7 +1806,7 @@ func (x *EvaluateSwitchRequest) String() string {
 func (*EvaluateSwitchRequest) ProtoMessage() {}
 
 func (x *EvaluateSwitchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[8]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -680,7 +1819,7 @@ func (x *EvaluateSwitchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvaluateSwitchRequest.ProtoReflect.Descriptor instead.
 func (*EvaluateSwitchRequest) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{8}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *EvaluateSwitchRequest) GetDeploymentId() string {
@@ -698,7 +1837,7 @@ type EvaluateSwitchResponse struct {
 
 func (x *EvaluateSwitchResponse) Reset() {
 	*x = EvaluateSwitchResponse{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[9]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -710,7 +1849,7 @@ func (x *EvaluateSwitchResponse) String() string {
 func (*EvaluateSwitchResponse) ProtoMessage() {}
 
 func (x *EvaluateSwitchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[9]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -723,7 +1862,7 @@ func (x *EvaluateSwitchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvaluateSwitchResponse.ProtoReflect.Descriptor instead.
 func (*EvaluateSwitchResponse) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{9}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{19}
 }
 
 // Fields land with the live-control issue.
@@ -736,7 +1875,7 @@ type ControlRequest struct {
 
 func (x *ControlRequest) Reset() {
 	*x = ControlRequest{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[10]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -748,7 +1887,7 @@ func (x *ControlRequest) String() string {
 func (*ControlRequest) ProtoMessage() {}
 
 func (x *ControlRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[10]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -761,7 +1900,7 @@ func (x *ControlRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlRequest.ProtoReflect.Descriptor instead.
 func (*ControlRequest) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{10}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ControlRequest) GetDeploymentId() string {
@@ -779,7 +1918,7 @@ type ControlResponse struct {
 
 func (x *ControlResponse) Reset() {
 	*x = ControlResponse{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[11]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +1930,7 @@ func (x *ControlResponse) String() string {
 func (*ControlResponse) ProtoMessage() {}
 
 func (x *ControlResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[11]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +1943,7 @@ func (x *ControlResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlResponse.ProtoReflect.Descriptor instead.
 func (*ControlResponse) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{11}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{21}
 }
 
 type RouteRequest struct {
@@ -820,7 +1959,7 @@ type RouteRequest struct {
 
 func (x *RouteRequest) Reset() {
 	*x = RouteRequest{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[12]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -832,7 +1971,7 @@ func (x *RouteRequest) String() string {
 func (*RouteRequest) ProtoMessage() {}
 
 func (x *RouteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[12]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -845,7 +1984,7 @@ func (x *RouteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteRequest.ProtoReflect.Descriptor instead.
 func (*RouteRequest) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{12}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RouteRequest) GetDeploymentId() string {
@@ -886,7 +2025,7 @@ type RouteResponse struct {
 
 func (x *RouteResponse) Reset() {
 	*x = RouteResponse{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[13]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +2037,7 @@ func (x *RouteResponse) String() string {
 func (*RouteResponse) ProtoMessage() {}
 
 func (x *RouteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[13]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +2050,7 @@ func (x *RouteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteResponse.ProtoReflect.Descriptor instead.
 func (*RouteResponse) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{13}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RouteResponse) GetPool() Pool {
@@ -978,11 +2117,133 @@ const file_servewise_v1_servewise_proto_rawDesc = "" +
 	"\tmeets_slo\x18\x03 \x01(\bH\x00R\bmeetsSlo\x88\x01\x01\x12\x14\n" +
 	"\x05notes\x18\x04 \x03(\tR\x05notesB\f\n" +
 	"\n" +
-	"_meets_slo\"\x13\n" +
-	"\x11SelectModeRequest\"\x14\n" +
-	"\x12SelectModeResponse\"\x16\n" +
-	"\x14PlanResourcesRequest\"\x17\n" +
-	"\x15PlanResourcesResponse\"<\n" +
+	"_meets_slo\"\xb7\x02\n" +
+	"\fTrafficClass\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
+	"\n" +
+	"rate_per_s\x18\x02 \x01(\x01H\x00R\bratePerS\x12\x16\n" +
+	"\x05share\x18\x03 \x01(\x01H\x00R\x05share\x12+\n" +
+	"\x10backlog_requests\x18\x04 \x01(\x04H\x00R\x0fbacklogRequests\x12%\n" +
+	"\x03slo\x18\x05 \x01(\v2\x11.servewise.v1.SloH\x01R\x03slo\x12\x1f\n" +
+	"\n" +
+	"deadline_s\x18\x06 \x01(\x01H\x01R\tdeadlineS\x12\"\n" +
+	"\n" +
+	"arrival_cv\x18\a \x01(\x01H\x02R\tarrivalCv\x88\x01\x01\x12\x1a\n" +
+	"\bpriority\x18\b \x01(\x05R\bpriorityB\b\n" +
+	"\x06volumeB\r\n" +
+	"\vrequirementB\r\n" +
+	"\v_arrival_cv\"\xb1\x01\n" +
+	"\x0eOfflineOptions\x12\x1d\n" +
+	"\n" +
+	"allow_spot\x18\x01 \x01(\bR\tallowSpot\x122\n" +
+	"\x15checkpoint_interval_s\x18\x02 \x01(\x01R\x13checkpointIntervalS\x12\x1b\n" +
+	"\trestart_s\x18\x03 \x01(\x01R\brestartS\x12/\n" +
+	"\x13deadline_confidence\x18\x04 \x01(\x01R\x12deadlineConfidence\"Z\n" +
+	"\x0fCostSensitivity\x12G\n" +
+	"!price_per_ms_per_million_requests\x18\x01 \x01(\x01R\x1cpricePerMsPerMillionRequests\"\xd2\x03\n" +
+	"\x11SelectModeRequest\x12C\n" +
+	"\x0ftraffic_classes\x18\x01 \x03(\v2\x1a.servewise.v1.TrafficClassR\x0etrafficClasses\x12'\n" +
+	"\x10total_rate_per_s\x18\x02 \x01(\x01R\rtotalRatePerS\x127\n" +
+	"\n" +
+	"candidates\x18\x03 \x03(\v2\x17.servewise.v1.CandidateR\n" +
+	"candidates\x122\n" +
+	"\x06limits\x18\x04 \x01(\v2\x1a.servewise.v1.SearchLimitsR\x06limits\x12L\n" +
+	"\x12service_time_basis\x18\x05 \x01(\x0e2\x1e.servewise.v1.ServiceTimeBasisR\x10serviceTimeBasis\x12H\n" +
+	"\x10cost_sensitivity\x18\x06 \x01(\v2\x1d.servewise.v1.CostSensitivityR\x0fcostSensitivity\x126\n" +
+	"\aoffline\x18\a \x01(\v2\x1c.servewise.v1.OfflineOptionsR\aoffline\x12\x12\n" +
+	"\x04seed\x18\b \x01(\x04R\x04seed\"q\n" +
+	"\bPoolPlan\x12<\n" +
+	"\n" +
+	"assessment\x18\x01 \x01(\v2\x1c.servewise.v1.PlanAssessmentR\n" +
+	"assessment\x12'\n" +
+	"\x0ftraffic_classes\x18\x02 \x03(\tR\x0etrafficClasses\"\xd8\x02\n" +
+	"\vOfflinePlan\x12#\n" +
+	"\rinstance_type\x18\x01 \x01(\tR\finstanceType\x12\x1d\n" +
+	"\n" +
+	"batch_size\x18\x02 \x01(\rR\tbatchSize\x12\x1a\n" +
+	"\breplicas\x18\x03 \x01(\rR\breplicas\x12\x12\n" +
+	"\x04spot\x18\x04 \x01(\bR\x04spot\x12\x1d\n" +
+	"\n" +
+	"makespan_s\x18\x05 \x01(\x01R\tmakespanS\x12\x12\n" +
+	"\x04cost\x18\x06 \x01(\x01R\x04cost\x12.\n" +
+	"\x13expected_makespan_s\x18\a \x01(\x01R\x11expectedMakespanS\x12#\n" +
+	"\rexpected_cost\x18\b \x01(\x01R\fexpectedCost\x121\n" +
+	"\x14deadline_probability\x18\t \x01(\x01R\x13deadlineProbability\x12\x1a\n" +
+	"\brequests\x18\n" +
+	" \x01(\x04R\brequests\"\xcd\x03\n" +
+	"\bModePlan\x12-\n" +
+	"\x04mode\x18\x01 \x01(\x0e2\x19.servewise.v1.ServingModeR\x04mode\x12\x1a\n" +
+	"\bfeasible\x18\x02 \x01(\bR\bfeasible\x12N\n" +
+	"\x12binding_constraint\x18\x03 \x01(\x0e2\x1f.servewise.v1.BindingConstraintR\x11bindingConstraint\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\"\n" +
+	"\rcost_per_hour\x18\x05 \x01(\x01R\vcostPerHour\x129\n" +
+	"\x19cost_per_million_requests\x18\x06 \x01(\x01R\x16costPerMillionRequests\x12,\n" +
+	"\x05pools\x18\a \x03(\v2\x16.servewise.v1.PoolPlanR\x05pools\x12<\n" +
+	"\foffline_jobs\x18\b \x03(\v2\x19.servewise.v1.OfflinePlanR\vofflineJobs\x12C\n" +
+	"\x1eobjective_per_million_requests\x18\t \x01(\x01R\x1bobjectivePerMillionRequests\"\x9d\x01\n" +
+	"\tBreakEven\x128\n" +
+	"\n" +
+	"below_mode\x18\x01 \x01(\x0e2\x19.servewise.v1.ServingModeR\tbelowMode\x128\n" +
+	"\n" +
+	"above_mode\x18\x02 \x01(\x0e2\x19.servewise.v1.ServingModeR\taboveMode\x12\x1c\n" +
+	"\n" +
+	"rate_per_s\x18\x03 \x01(\x01R\bratePerS\"\xe8\x01\n" +
+	"\x12SelectModeResponse\x12:\n" +
+	"\vchosen_mode\x18\x01 \x01(\x0e2\x19.servewise.v1.ServingModeR\n" +
+	"chosenMode\x12,\n" +
+	"\x05modes\x18\x02 \x03(\v2\x16.servewise.v1.ModePlanR\x05modes\x12\x18\n" +
+	"\areasons\x18\x03 \x03(\tR\areasons\x128\n" +
+	"\vbreak_evens\x18\x04 \x03(\v2\x17.servewise.v1.BreakEvenR\n" +
+	"breakEvens\x12\x14\n" +
+	"\x05notes\x18\x05 \x03(\tR\x05notes\"\xc3\x02\n" +
+	"\x0eDeploymentSpec\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x127\n" +
+	"\n" +
+	"candidates\x18\x02 \x03(\v2\x17.servewise.v1.CandidateR\n" +
+	"candidates\x12#\n" +
+	"\x03slo\x18\x03 \x01(\v2\x11.servewise.v1.SloR\x03slo\x12-\n" +
+	"\x04plan\x18\x04 \x01(\v2\x19.servewise.v1.ServingPlanR\x04plan\x12:\n" +
+	"\frate_profile\x18\x05 \x03(\v2\x17.servewise.v1.RatePointR\vrateProfile\x12\"\n" +
+	"\n" +
+	"arrival_cv\x18\x06 \x01(\x01H\x00R\tarrivalCv\x88\x01\x01\x12!\n" +
+	"\fmemory_bytes\x18\a \x01(\x04R\vmemoryBytesB\r\n" +
+	"\v_arrival_cv\"\xa2\x03\n" +
+	"\x0eStrategyResult\x12:\n" +
+	"\bstrategy\x18\x01 \x01(\x0e2\x1e.servewise.v1.ResourceStrategyR\bstrategy\x12\x1a\n" +
+	"\bfeasible\x18\x02 \x01(\bR\bfeasible\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12 \n" +
+	"\fcost_per_day\x18\x04 \x01(\x01R\n" +
+	"costPerDay\x12$\n" +
+	"\x0ecost_per_month\x18\x05 \x01(\x01R\fcostPerMonth\x12)\n" +
+	"\x10mean_utilisation\x18\x06 \x01(\x01R\x0fmeanUtilisation\x129\n" +
+	"\x19cost_per_million_requests\x18\a \x01(\x01R\x16costPerMillionRequests\x12(\n" +
+	"\x10slo_risk_minutes\x18\b \x01(\x01R\x0esloRiskMinutes\x12#\n" +
+	"\rpeak_replicas\x18\t \x01(\rR\fpeakReplicas\x12#\n" +
+	"\rmean_replicas\x18\n" +
+	" \x01(\x01R\fmeanReplicas\"\xa4\x02\n" +
+	"\x13DeploymentResources\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
+	"\x04plan\x18\x02 \x01(\v2\x19.servewise.v1.ServingPlanR\x04plan\x12<\n" +
+	"\n" +
+	"strategies\x18\x03 \x03(\v2\x1c.servewise.v1.StrategyResultR\n" +
+	"strategies\x12W\n" +
+	"\x16recommended_autoscaler\x18\x04 \x01(\v2 .servewise.v1.AutoscalerSettingsR\x15recommendedAutoscaler\x123\n" +
+	"\aexports\x18\x05 \x01(\v2\x19.servewise.v1.PlanExportsR\aexports\"\xef\x02\n" +
+	"\x14PlanResourcesRequest\x12>\n" +
+	"\vdeployments\x18\x01 \x03(\v2\x1c.servewise.v1.DeploymentSpecR\vdeployments\x12@\n" +
+	"\n" +
+	"autoscaler\x18\x02 \x01(\v2 .servewise.v1.AutoscalerSettingsR\n" +
+	"autoscaler\x122\n" +
+	"\x06limits\x18\x03 \x01(\v2\x1a.servewise.v1.SearchLimitsR\x06limits\x12L\n" +
+	"\x12service_time_basis\x18\x04 \x01(\x0e2\x1e.servewise.v1.ServiceTimeBasisR\x10serviceTimeBasis\x12\x12\n" +
+	"\x04seed\x18\x05 \x01(\x04R\x04seed\x12?\n" +
+	"\x1cshared_instance_memory_bytes\x18\x06 \x01(\x04R\x19sharedInstanceMemoryBytes\"\x95\x02\n" +
+	"\x15PlanResourcesResponse\x12C\n" +
+	"\vdeployments\x18\x01 \x03(\v2!.servewise.v1.DeploymentResourcesR\vdeployments\x12Q\n" +
+	"\x14recommended_strategy\x18\x02 \x01(\x0e2\x1e.servewise.v1.ResourceStrategyR\x13recommendedStrategy\x124\n" +
+	"\x06totals\x18\x03 \x03(\v2\x1c.servewise.v1.StrategyResultR\x06totals\x12\x18\n" +
+	"\areasons\x18\x04 \x03(\tR\areasons\x12\x14\n" +
+	"\x05notes\x18\x05 \x03(\tR\x05notes\"<\n" +
 	"\x15EvaluateSwitchRequest\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\"\x18\n" +
 	"\x16EvaluateSwitchResponse\"5\n" +
@@ -1029,74 +2290,122 @@ func file_servewise_v1_servewise_proto_rawDescGZIP() []byte {
 }
 
 var file_servewise_v1_servewise_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_servewise_v1_servewise_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_servewise_v1_servewise_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_servewise_v1_servewise_proto_goTypes = []any{
 	(Pool)(0),                      // 0: servewise.v1.Pool
 	(*OptimizeBatchRequest)(nil),   // 1: servewise.v1.OptimizeBatchRequest
 	(*OptimizeBatchResponse)(nil),  // 2: servewise.v1.OptimizeBatchResponse
 	(*SimulateRequest)(nil),        // 3: servewise.v1.SimulateRequest
 	(*SimulateResponse)(nil),       // 4: servewise.v1.SimulateResponse
-	(*SelectModeRequest)(nil),      // 5: servewise.v1.SelectModeRequest
-	(*SelectModeResponse)(nil),     // 6: servewise.v1.SelectModeResponse
-	(*PlanResourcesRequest)(nil),   // 7: servewise.v1.PlanResourcesRequest
-	(*PlanResourcesResponse)(nil),  // 8: servewise.v1.PlanResourcesResponse
-	(*EvaluateSwitchRequest)(nil),  // 9: servewise.v1.EvaluateSwitchRequest
-	(*EvaluateSwitchResponse)(nil), // 10: servewise.v1.EvaluateSwitchResponse
-	(*ControlRequest)(nil),         // 11: servewise.v1.ControlRequest
-	(*ControlResponse)(nil),        // 12: servewise.v1.ControlResponse
-	(*RouteRequest)(nil),           // 13: servewise.v1.RouteRequest
-	(*RouteResponse)(nil),          // 14: servewise.v1.RouteResponse
-	(*Candidate)(nil),              // 15: servewise.v1.Candidate
-	(*Workload)(nil),               // 16: servewise.v1.Workload
-	(*Slo)(nil),                    // 17: servewise.v1.Slo
-	(*SearchLimits)(nil),           // 18: servewise.v1.SearchLimits
-	(ServiceTimeBasis)(0),          // 19: servewise.v1.ServiceTimeBasis
-	(*ServingPlan)(nil),            // 20: servewise.v1.ServingPlan
-	(*PlanAssessment)(nil),         // 21: servewise.v1.PlanAssessment
-	(BindingConstraint)(0),         // 22: servewise.v1.BindingConstraint
-	(*FrontierPoint)(nil),          // 23: servewise.v1.FrontierPoint
-	(ServiceTimeDistribution)(0),   // 24: servewise.v1.ServiceTimeDistribution
-	(*SimulationResult)(nil),       // 25: servewise.v1.SimulationResult
+	(*TrafficClass)(nil),           // 5: servewise.v1.TrafficClass
+	(*OfflineOptions)(nil),         // 6: servewise.v1.OfflineOptions
+	(*CostSensitivity)(nil),        // 7: servewise.v1.CostSensitivity
+	(*SelectModeRequest)(nil),      // 8: servewise.v1.SelectModeRequest
+	(*PoolPlan)(nil),               // 9: servewise.v1.PoolPlan
+	(*OfflinePlan)(nil),            // 10: servewise.v1.OfflinePlan
+	(*ModePlan)(nil),               // 11: servewise.v1.ModePlan
+	(*BreakEven)(nil),              // 12: servewise.v1.BreakEven
+	(*SelectModeResponse)(nil),     // 13: servewise.v1.SelectModeResponse
+	(*DeploymentSpec)(nil),         // 14: servewise.v1.DeploymentSpec
+	(*StrategyResult)(nil),         // 15: servewise.v1.StrategyResult
+	(*DeploymentResources)(nil),    // 16: servewise.v1.DeploymentResources
+	(*PlanResourcesRequest)(nil),   // 17: servewise.v1.PlanResourcesRequest
+	(*PlanResourcesResponse)(nil),  // 18: servewise.v1.PlanResourcesResponse
+	(*EvaluateSwitchRequest)(nil),  // 19: servewise.v1.EvaluateSwitchRequest
+	(*EvaluateSwitchResponse)(nil), // 20: servewise.v1.EvaluateSwitchResponse
+	(*ControlRequest)(nil),         // 21: servewise.v1.ControlRequest
+	(*ControlResponse)(nil),        // 22: servewise.v1.ControlResponse
+	(*RouteRequest)(nil),           // 23: servewise.v1.RouteRequest
+	(*RouteResponse)(nil),          // 24: servewise.v1.RouteResponse
+	(*Candidate)(nil),              // 25: servewise.v1.Candidate
+	(*Workload)(nil),               // 26: servewise.v1.Workload
+	(*Slo)(nil),                    // 27: servewise.v1.Slo
+	(*SearchLimits)(nil),           // 28: servewise.v1.SearchLimits
+	(ServiceTimeBasis)(0),          // 29: servewise.v1.ServiceTimeBasis
+	(*ServingPlan)(nil),            // 30: servewise.v1.ServingPlan
+	(*PlanAssessment)(nil),         // 31: servewise.v1.PlanAssessment
+	(BindingConstraint)(0),         // 32: servewise.v1.BindingConstraint
+	(*FrontierPoint)(nil),          // 33: servewise.v1.FrontierPoint
+	(ServiceTimeDistribution)(0),   // 34: servewise.v1.ServiceTimeDistribution
+	(*SimulationResult)(nil),       // 35: servewise.v1.SimulationResult
+	(ServingMode)(0),               // 36: servewise.v1.ServingMode
+	(*RatePoint)(nil),              // 37: servewise.v1.RatePoint
+	(ResourceStrategy)(0),          // 38: servewise.v1.ResourceStrategy
+	(*AutoscalerSettings)(nil),     // 39: servewise.v1.AutoscalerSettings
+	(*PlanExports)(nil),            // 40: servewise.v1.PlanExports
 }
 var file_servewise_v1_servewise_proto_depIdxs = []int32{
-	15, // 0: servewise.v1.OptimizeBatchRequest.candidates:type_name -> servewise.v1.Candidate
-	16, // 1: servewise.v1.OptimizeBatchRequest.workload:type_name -> servewise.v1.Workload
-	17, // 2: servewise.v1.OptimizeBatchRequest.slo:type_name -> servewise.v1.Slo
-	18, // 3: servewise.v1.OptimizeBatchRequest.limits:type_name -> servewise.v1.SearchLimits
-	19, // 4: servewise.v1.OptimizeBatchRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
-	20, // 5: servewise.v1.OptimizeBatchRequest.current_plan:type_name -> servewise.v1.ServingPlan
-	21, // 6: servewise.v1.OptimizeBatchResponse.recommended:type_name -> servewise.v1.PlanAssessment
-	22, // 7: servewise.v1.OptimizeBatchResponse.binding_constraint:type_name -> servewise.v1.BindingConstraint
-	21, // 8: servewise.v1.OptimizeBatchResponse.realtime_baseline:type_name -> servewise.v1.PlanAssessment
-	21, // 9: servewise.v1.OptimizeBatchResponse.current_plan:type_name -> servewise.v1.PlanAssessment
-	23, // 10: servewise.v1.OptimizeBatchResponse.frontier:type_name -> servewise.v1.FrontierPoint
-	15, // 11: servewise.v1.SimulateRequest.candidate:type_name -> servewise.v1.Candidate
-	20, // 12: servewise.v1.SimulateRequest.plan:type_name -> servewise.v1.ServingPlan
-	16, // 13: servewise.v1.SimulateRequest.workload:type_name -> servewise.v1.Workload
-	19, // 14: servewise.v1.SimulateRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
-	24, // 15: servewise.v1.SimulateRequest.service_time_distribution:type_name -> servewise.v1.ServiceTimeDistribution
-	17, // 16: servewise.v1.SimulateRequest.slo:type_name -> servewise.v1.Slo
-	25, // 17: servewise.v1.SimulateResponse.result:type_name -> servewise.v1.SimulationResult
-	0,  // 18: servewise.v1.RouteResponse.pool:type_name -> servewise.v1.Pool
-	1,  // 19: servewise.v1.ServewiseService.OptimizeBatch:input_type -> servewise.v1.OptimizeBatchRequest
-	5,  // 20: servewise.v1.ServewiseService.SelectMode:input_type -> servewise.v1.SelectModeRequest
-	7,  // 21: servewise.v1.ServewiseService.PlanResources:input_type -> servewise.v1.PlanResourcesRequest
-	9,  // 22: servewise.v1.ServewiseService.EvaluateSwitch:input_type -> servewise.v1.EvaluateSwitchRequest
-	11, // 23: servewise.v1.ServewiseService.Control:input_type -> servewise.v1.ControlRequest
-	13, // 24: servewise.v1.ServewiseService.Route:input_type -> servewise.v1.RouteRequest
-	3,  // 25: servewise.v1.ServewiseService.Simulate:input_type -> servewise.v1.SimulateRequest
-	2,  // 26: servewise.v1.ServewiseService.OptimizeBatch:output_type -> servewise.v1.OptimizeBatchResponse
-	6,  // 27: servewise.v1.ServewiseService.SelectMode:output_type -> servewise.v1.SelectModeResponse
-	8,  // 28: servewise.v1.ServewiseService.PlanResources:output_type -> servewise.v1.PlanResourcesResponse
-	10, // 29: servewise.v1.ServewiseService.EvaluateSwitch:output_type -> servewise.v1.EvaluateSwitchResponse
-	12, // 30: servewise.v1.ServewiseService.Control:output_type -> servewise.v1.ControlResponse
-	14, // 31: servewise.v1.ServewiseService.Route:output_type -> servewise.v1.RouteResponse
-	4,  // 32: servewise.v1.ServewiseService.Simulate:output_type -> servewise.v1.SimulateResponse
-	26, // [26:33] is the sub-list for method output_type
-	19, // [19:26] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	25, // 0: servewise.v1.OptimizeBatchRequest.candidates:type_name -> servewise.v1.Candidate
+	26, // 1: servewise.v1.OptimizeBatchRequest.workload:type_name -> servewise.v1.Workload
+	27, // 2: servewise.v1.OptimizeBatchRequest.slo:type_name -> servewise.v1.Slo
+	28, // 3: servewise.v1.OptimizeBatchRequest.limits:type_name -> servewise.v1.SearchLimits
+	29, // 4: servewise.v1.OptimizeBatchRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
+	30, // 5: servewise.v1.OptimizeBatchRequest.current_plan:type_name -> servewise.v1.ServingPlan
+	31, // 6: servewise.v1.OptimizeBatchResponse.recommended:type_name -> servewise.v1.PlanAssessment
+	32, // 7: servewise.v1.OptimizeBatchResponse.binding_constraint:type_name -> servewise.v1.BindingConstraint
+	31, // 8: servewise.v1.OptimizeBatchResponse.realtime_baseline:type_name -> servewise.v1.PlanAssessment
+	31, // 9: servewise.v1.OptimizeBatchResponse.current_plan:type_name -> servewise.v1.PlanAssessment
+	33, // 10: servewise.v1.OptimizeBatchResponse.frontier:type_name -> servewise.v1.FrontierPoint
+	25, // 11: servewise.v1.SimulateRequest.candidate:type_name -> servewise.v1.Candidate
+	30, // 12: servewise.v1.SimulateRequest.plan:type_name -> servewise.v1.ServingPlan
+	26, // 13: servewise.v1.SimulateRequest.workload:type_name -> servewise.v1.Workload
+	29, // 14: servewise.v1.SimulateRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
+	34, // 15: servewise.v1.SimulateRequest.service_time_distribution:type_name -> servewise.v1.ServiceTimeDistribution
+	27, // 16: servewise.v1.SimulateRequest.slo:type_name -> servewise.v1.Slo
+	35, // 17: servewise.v1.SimulateResponse.result:type_name -> servewise.v1.SimulationResult
+	27, // 18: servewise.v1.TrafficClass.slo:type_name -> servewise.v1.Slo
+	5,  // 19: servewise.v1.SelectModeRequest.traffic_classes:type_name -> servewise.v1.TrafficClass
+	25, // 20: servewise.v1.SelectModeRequest.candidates:type_name -> servewise.v1.Candidate
+	28, // 21: servewise.v1.SelectModeRequest.limits:type_name -> servewise.v1.SearchLimits
+	29, // 22: servewise.v1.SelectModeRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
+	7,  // 23: servewise.v1.SelectModeRequest.cost_sensitivity:type_name -> servewise.v1.CostSensitivity
+	6,  // 24: servewise.v1.SelectModeRequest.offline:type_name -> servewise.v1.OfflineOptions
+	31, // 25: servewise.v1.PoolPlan.assessment:type_name -> servewise.v1.PlanAssessment
+	36, // 26: servewise.v1.ModePlan.mode:type_name -> servewise.v1.ServingMode
+	32, // 27: servewise.v1.ModePlan.binding_constraint:type_name -> servewise.v1.BindingConstraint
+	9,  // 28: servewise.v1.ModePlan.pools:type_name -> servewise.v1.PoolPlan
+	10, // 29: servewise.v1.ModePlan.offline_jobs:type_name -> servewise.v1.OfflinePlan
+	36, // 30: servewise.v1.BreakEven.below_mode:type_name -> servewise.v1.ServingMode
+	36, // 31: servewise.v1.BreakEven.above_mode:type_name -> servewise.v1.ServingMode
+	36, // 32: servewise.v1.SelectModeResponse.chosen_mode:type_name -> servewise.v1.ServingMode
+	11, // 33: servewise.v1.SelectModeResponse.modes:type_name -> servewise.v1.ModePlan
+	12, // 34: servewise.v1.SelectModeResponse.break_evens:type_name -> servewise.v1.BreakEven
+	25, // 35: servewise.v1.DeploymentSpec.candidates:type_name -> servewise.v1.Candidate
+	27, // 36: servewise.v1.DeploymentSpec.slo:type_name -> servewise.v1.Slo
+	30, // 37: servewise.v1.DeploymentSpec.plan:type_name -> servewise.v1.ServingPlan
+	37, // 38: servewise.v1.DeploymentSpec.rate_profile:type_name -> servewise.v1.RatePoint
+	38, // 39: servewise.v1.StrategyResult.strategy:type_name -> servewise.v1.ResourceStrategy
+	30, // 40: servewise.v1.DeploymentResources.plan:type_name -> servewise.v1.ServingPlan
+	15, // 41: servewise.v1.DeploymentResources.strategies:type_name -> servewise.v1.StrategyResult
+	39, // 42: servewise.v1.DeploymentResources.recommended_autoscaler:type_name -> servewise.v1.AutoscalerSettings
+	40, // 43: servewise.v1.DeploymentResources.exports:type_name -> servewise.v1.PlanExports
+	14, // 44: servewise.v1.PlanResourcesRequest.deployments:type_name -> servewise.v1.DeploymentSpec
+	39, // 45: servewise.v1.PlanResourcesRequest.autoscaler:type_name -> servewise.v1.AutoscalerSettings
+	28, // 46: servewise.v1.PlanResourcesRequest.limits:type_name -> servewise.v1.SearchLimits
+	29, // 47: servewise.v1.PlanResourcesRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
+	16, // 48: servewise.v1.PlanResourcesResponse.deployments:type_name -> servewise.v1.DeploymentResources
+	38, // 49: servewise.v1.PlanResourcesResponse.recommended_strategy:type_name -> servewise.v1.ResourceStrategy
+	15, // 50: servewise.v1.PlanResourcesResponse.totals:type_name -> servewise.v1.StrategyResult
+	0,  // 51: servewise.v1.RouteResponse.pool:type_name -> servewise.v1.Pool
+	1,  // 52: servewise.v1.ServewiseService.OptimizeBatch:input_type -> servewise.v1.OptimizeBatchRequest
+	8,  // 53: servewise.v1.ServewiseService.SelectMode:input_type -> servewise.v1.SelectModeRequest
+	17, // 54: servewise.v1.ServewiseService.PlanResources:input_type -> servewise.v1.PlanResourcesRequest
+	19, // 55: servewise.v1.ServewiseService.EvaluateSwitch:input_type -> servewise.v1.EvaluateSwitchRequest
+	21, // 56: servewise.v1.ServewiseService.Control:input_type -> servewise.v1.ControlRequest
+	23, // 57: servewise.v1.ServewiseService.Route:input_type -> servewise.v1.RouteRequest
+	3,  // 58: servewise.v1.ServewiseService.Simulate:input_type -> servewise.v1.SimulateRequest
+	2,  // 59: servewise.v1.ServewiseService.OptimizeBatch:output_type -> servewise.v1.OptimizeBatchResponse
+	13, // 60: servewise.v1.ServewiseService.SelectMode:output_type -> servewise.v1.SelectModeResponse
+	18, // 61: servewise.v1.ServewiseService.PlanResources:output_type -> servewise.v1.PlanResourcesResponse
+	20, // 62: servewise.v1.ServewiseService.EvaluateSwitch:output_type -> servewise.v1.EvaluateSwitchResponse
+	22, // 63: servewise.v1.ServewiseService.Control:output_type -> servewise.v1.ControlResponse
+	24, // 64: servewise.v1.ServewiseService.Route:output_type -> servewise.v1.RouteResponse
+	4,  // 65: servewise.v1.ServewiseService.Simulate:output_type -> servewise.v1.SimulateResponse
+	59, // [59:66] is the sub-list for method output_type
+	52, // [52:59] is the sub-list for method input_type
+	52, // [52:52] is the sub-list for extension type_name
+	52, // [52:52] is the sub-list for extension extendee
+	0,  // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_servewise_v1_servewise_proto_init() }
@@ -1107,14 +2416,22 @@ func file_servewise_v1_servewise_proto_init() {
 	file_servewise_v1_types_proto_init()
 	file_servewise_v1_servewise_proto_msgTypes[1].OneofWrappers = []any{}
 	file_servewise_v1_servewise_proto_msgTypes[3].OneofWrappers = []any{}
-	file_servewise_v1_servewise_proto_msgTypes[12].OneofWrappers = []any{}
+	file_servewise_v1_servewise_proto_msgTypes[4].OneofWrappers = []any{
+		(*TrafficClass_RatePerS)(nil),
+		(*TrafficClass_Share)(nil),
+		(*TrafficClass_BacklogRequests)(nil),
+		(*TrafficClass_Slo)(nil),
+		(*TrafficClass_DeadlineS)(nil),
+	}
+	file_servewise_v1_servewise_proto_msgTypes[13].OneofWrappers = []any{}
+	file_servewise_v1_servewise_proto_msgTypes[22].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_servewise_v1_servewise_proto_rawDesc), len(file_servewise_v1_servewise_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -195,6 +195,122 @@ func (BindingConstraint) EnumDescriptor() ([]byte, []int) {
 	return file_servewise_v1_types_proto_rawDescGZIP(), []int{2}
 }
 
+// How a model's traffic is served.
+type ServingMode int32
+
+const (
+	ServingMode_SERVING_MODE_UNSPECIFIED ServingMode = 0
+	// Every request on its own: B = 1, T = 0.
+	ServingMode_SERVING_MODE_REALTIME ServingMode = 1
+	// Online dynamic batching with a batch size and batching delay.
+	ServingMode_SERVING_MODE_DYNAMIC_BATCHING ServingMode = 2
+	// Deferrable work run as a batch job, throughput-optimal, finishing before a deadline.
+	ServingMode_SERVING_MODE_OFFLINE_BATCH ServingMode = 3
+	// Each traffic class on the pool that serves it cheapest; pools sized together.
+	ServingMode_SERVING_MODE_HYBRID ServingMode = 4
+)
+
+// Enum value maps for ServingMode.
+var (
+	ServingMode_name = map[int32]string{
+		0: "SERVING_MODE_UNSPECIFIED",
+		1: "SERVING_MODE_REALTIME",
+		2: "SERVING_MODE_DYNAMIC_BATCHING",
+		3: "SERVING_MODE_OFFLINE_BATCH",
+		4: "SERVING_MODE_HYBRID",
+	}
+	ServingMode_value = map[string]int32{
+		"SERVING_MODE_UNSPECIFIED":      0,
+		"SERVING_MODE_REALTIME":         1,
+		"SERVING_MODE_DYNAMIC_BATCHING": 2,
+		"SERVING_MODE_OFFLINE_BATCH":    3,
+		"SERVING_MODE_HYBRID":           4,
+	}
+)
+
+func (x ServingMode) Enum() *ServingMode {
+	p := new(ServingMode)
+	*p = x
+	return p
+}
+
+func (x ServingMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ServingMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_servewise_v1_types_proto_enumTypes[3].Descriptor()
+}
+
+func (ServingMode) Type() protoreflect.EnumType {
+	return &file_servewise_v1_types_proto_enumTypes[3]
+}
+
+func (x ServingMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ServingMode.Descriptor instead.
+func (ServingMode) EnumDescriptor() ([]byte, []int) {
+	return file_servewise_v1_types_proto_rawDescGZIP(), []int{3}
+}
+
+// A resource strategy over a day whose traffic rises and falls.
+type ResourceStrategy int32
+
+const (
+	ResourceStrategy_RESOURCE_STRATEGY_UNSPECIFIED ResourceStrategy = 0
+	// Replicas for the peak, all day.
+	ResourceStrategy_RESOURCE_STRATEGY_DEDICATED ResourceStrategy = 1
+	// An autoscaler follows the rate, with stabilisation windows and cold starts.
+	ResourceStrategy_RESOURCE_STRATEGY_AUTOSCALED ResourceStrategy = 2
+	// Several deployments packed onto the same instances.
+	ResourceStrategy_RESOURCE_STRATEGY_SHARED ResourceStrategy = 3
+)
+
+// Enum value maps for ResourceStrategy.
+var (
+	ResourceStrategy_name = map[int32]string{
+		0: "RESOURCE_STRATEGY_UNSPECIFIED",
+		1: "RESOURCE_STRATEGY_DEDICATED",
+		2: "RESOURCE_STRATEGY_AUTOSCALED",
+		3: "RESOURCE_STRATEGY_SHARED",
+	}
+	ResourceStrategy_value = map[string]int32{
+		"RESOURCE_STRATEGY_UNSPECIFIED": 0,
+		"RESOURCE_STRATEGY_DEDICATED":   1,
+		"RESOURCE_STRATEGY_AUTOSCALED":  2,
+		"RESOURCE_STRATEGY_SHARED":      3,
+	}
+)
+
+func (x ResourceStrategy) Enum() *ResourceStrategy {
+	p := new(ResourceStrategy)
+	*p = x
+	return p
+}
+
+func (x ResourceStrategy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ResourceStrategy) Descriptor() protoreflect.EnumDescriptor {
+	return file_servewise_v1_types_proto_enumTypes[4].Descriptor()
+}
+
+func (ResourceStrategy) Type() protoreflect.EnumType {
+	return &file_servewise_v1_types_proto_enumTypes[4]
+}
+
+func (x ResourceStrategy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ResourceStrategy.Descriptor instead.
+func (ResourceStrategy) EnumDescriptor() ([]byte, []int) {
+	return file_servewise_v1_types_proto_rawDescGZIP(), []int{4}
+}
+
 // One measured point of a latency profile: a batch of batch_size requests takes latency_ms.
 type ProfilePoint struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -523,9 +639,13 @@ type InstanceType struct {
 	//	*InstanceType_Memory
 	MemoryCap isInstanceType_MemoryCap `protobuf_oneof:"memory_cap"`
 	// Seconds from starting a replica to serving its first request.
-	ColdStartS    *float64 `protobuf:"fixed64,5,opt,name=cold_start_s,json=coldStartS,proto3,oneof" json:"cold_start_s,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ColdStartS *float64 `protobuf:"fixed64,5,opt,name=cold_start_s,json=coldStartS,proto3,oneof" json:"cold_start_s,omitempty"`
+	// Spot / preemptible price, when the type can run as spot capacity (offline work).
+	SpotPricePerHour *float64 `protobuf:"fixed64,6,opt,name=spot_price_per_hour,json=spotPricePerHour,proto3,oneof" json:"spot_price_per_hour,omitempty"`
+	// Expected spot interruptions per hour of a replica, with spot_price_per_hour.
+	SpotInterruptionsPerHour *float64 `protobuf:"fixed64,7,opt,name=spot_interruptions_per_hour,json=spotInterruptionsPerHour,proto3,oneof" json:"spot_interruptions_per_hour,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
 }
 
 func (x *InstanceType) Reset() {
@@ -600,6 +720,20 @@ func (x *InstanceType) GetMemory() *MemoryModel {
 func (x *InstanceType) GetColdStartS() float64 {
 	if x != nil && x.ColdStartS != nil {
 		return *x.ColdStartS
+	}
+	return 0
+}
+
+func (x *InstanceType) GetSpotPricePerHour() float64 {
+	if x != nil && x.SpotPricePerHour != nil {
+		return *x.SpotPricePerHour
+	}
+	return 0
+}
+
+func (x *InstanceType) GetSpotInterruptionsPerHour() float64 {
+	if x != nil && x.SpotInterruptionsPerHour != nil {
+		return *x.SpotInterruptionsPerHour
 	}
 	return 0
 }
@@ -1323,6 +1457,230 @@ func (x *FrontierPoint) GetMeetsSlo() bool {
 	return false
 }
 
+// One point of a rate profile: from time_s on, the rate is rate_per_s.
+type RatePoint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TimeS         float64                `protobuf:"fixed64,1,opt,name=time_s,json=timeS,proto3" json:"time_s,omitempty"`
+	RatePerS      float64                `protobuf:"fixed64,2,opt,name=rate_per_s,json=ratePerS,proto3" json:"rate_per_s,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RatePoint) Reset() {
+	*x = RatePoint{}
+	mi := &file_servewise_v1_types_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RatePoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RatePoint) ProtoMessage() {}
+
+func (x *RatePoint) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_types_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RatePoint.ProtoReflect.Descriptor instead.
+func (*RatePoint) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_types_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RatePoint) GetTimeS() float64 {
+	if x != nil {
+		return x.TimeS
+	}
+	return 0
+}
+
+func (x *RatePoint) GetRatePerS() float64 {
+	if x != nil {
+		return x.RatePerS
+	}
+	return 0
+}
+
+// Autoscaler settings (inputs to simulate, or the recommended ones).
+type AutoscalerSettings struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	MinReplicas uint32                 `protobuf:"varint,1,opt,name=min_replicas,json=minReplicas,proto3" json:"min_replicas,omitempty"`
+	MaxReplicas uint32                 `protobuf:"varint,2,opt,name=max_replicas,json=maxReplicas,proto3" json:"max_replicas,omitempty"`
+	// Target of rate / capacity per replica, in (0, 1].
+	TargetUtilisation float64 `protobuf:"fixed64,3,opt,name=target_utilisation,json=targetUtilisation,proto3" json:"target_utilisation,omitempty"`
+	// Seconds a higher desired count must hold before scaling up.
+	ScaleUpWindowS float64 `protobuf:"fixed64,4,opt,name=scale_up_window_s,json=scaleUpWindowS,proto3" json:"scale_up_window_s,omitempty"`
+	// Seconds a lower desired count must hold before scaling down.
+	ScaleDownWindowS float64 `protobuf:"fixed64,5,opt,name=scale_down_window_s,json=scaleDownWindowS,proto3" json:"scale_down_window_s,omitempty"`
+	// Seconds from ordering a replica to it serving (cold start).
+	StartupDelayS float64 `protobuf:"fixed64,6,opt,name=startup_delay_s,json=startupDelayS,proto3" json:"startup_delay_s,omitempty"`
+	// Seconds after a scaling action before the next one.
+	CooldownS     float64 `protobuf:"fixed64,7,opt,name=cooldown_s,json=cooldownS,proto3" json:"cooldown_s,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AutoscalerSettings) Reset() {
+	*x = AutoscalerSettings{}
+	mi := &file_servewise_v1_types_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AutoscalerSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AutoscalerSettings) ProtoMessage() {}
+
+func (x *AutoscalerSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_types_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AutoscalerSettings.ProtoReflect.Descriptor instead.
+func (*AutoscalerSettings) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_types_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *AutoscalerSettings) GetMinReplicas() uint32 {
+	if x != nil {
+		return x.MinReplicas
+	}
+	return 0
+}
+
+func (x *AutoscalerSettings) GetMaxReplicas() uint32 {
+	if x != nil {
+		return x.MaxReplicas
+	}
+	return 0
+}
+
+func (x *AutoscalerSettings) GetTargetUtilisation() float64 {
+	if x != nil {
+		return x.TargetUtilisation
+	}
+	return 0
+}
+
+func (x *AutoscalerSettings) GetScaleUpWindowS() float64 {
+	if x != nil {
+		return x.ScaleUpWindowS
+	}
+	return 0
+}
+
+func (x *AutoscalerSettings) GetScaleDownWindowS() float64 {
+	if x != nil {
+		return x.ScaleDownWindowS
+	}
+	return 0
+}
+
+func (x *AutoscalerSettings) GetStartupDelayS() float64 {
+	if x != nil {
+		return x.StartupDelayS
+	}
+	return 0
+}
+
+func (x *AutoscalerSettings) GetCooldownS() float64 {
+	if x != nil {
+		return x.CooldownS
+	}
+	return 0
+}
+
+// Configuration files a team can apply for a plan.
+type PlanExports struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Triton model config: dynamic_batching block, max_batch_size, instance_group.
+	TritonConfigPbtxt string `protobuf:"bytes,1,opt,name=triton_config_pbtxt,json=tritonConfigPbtxt,proto3" json:"triton_config_pbtxt,omitempty"`
+	// Ray Serve deployment config (YAML) with @serve.batch settings.
+	RayServeYaml string `protobuf:"bytes,2,opt,name=ray_serve_yaml,json=rayServeYaml,proto3" json:"ray_serve_yaml,omitempty"`
+	// TorchServe batch_size / max_batch_delay (config.properties).
+	TorchserveProperties string `protobuf:"bytes,3,opt,name=torchserve_properties,json=torchserveProperties,proto3" json:"torchserve_properties,omitempty"`
+	// Kubernetes autoscaling/v2 HorizontalPodAutoscaler (YAML).
+	HpaYaml       string `protobuf:"bytes,4,opt,name=hpa_yaml,json=hpaYaml,proto3" json:"hpa_yaml,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlanExports) Reset() {
+	*x = PlanExports{}
+	mi := &file_servewise_v1_types_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanExports) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanExports) ProtoMessage() {}
+
+func (x *PlanExports) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_types_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanExports.ProtoReflect.Descriptor instead.
+func (*PlanExports) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_types_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *PlanExports) GetTritonConfigPbtxt() string {
+	if x != nil {
+		return x.TritonConfigPbtxt
+	}
+	return ""
+}
+
+func (x *PlanExports) GetRayServeYaml() string {
+	if x != nil {
+		return x.RayServeYaml
+	}
+	return ""
+}
+
+func (x *PlanExports) GetTorchserveProperties() string {
+	if x != nil {
+		return x.TorchserveProperties
+	}
+	return ""
+}
+
+func (x *PlanExports) GetHpaYaml() string {
+	if x != nil {
+		return x.HpaYaml
+	}
+	return ""
+}
+
 var File_servewise_v1_types_proto protoreflect.FileDescriptor
 
 const file_servewise_v1_types_proto_rawDesc = "" +
@@ -1349,17 +1707,21 @@ const file_servewise_v1_types_proto_rawDesc = "" +
 	"\vmodel_bytes\x18\x01 \x01(\x04R\n" +
 	"modelBytes\x12$\n" +
 	"\x0ebytes_per_item\x18\x02 \x01(\x04R\fbytesPerItem\x12.\n" +
-	"\x13device_memory_bytes\x18\x03 \x01(\x04R\x11deviceMemoryBytes\"\xeb\x01\n" +
+	"\x13device_memory_bytes\x18\x03 \x01(\x04R\x11deviceMemoryBytes\"\x9b\x03\n" +
 	"\fInstanceType\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12$\n" +
 	"\x0eprice_per_hour\x18\x02 \x01(\x01R\fpricePerHour\x12&\n" +
 	"\x0emax_batch_size\x18\x03 \x01(\rH\x00R\fmaxBatchSize\x123\n" +
 	"\x06memory\x18\x04 \x01(\v2\x19.servewise.v1.MemoryModelH\x00R\x06memory\x12%\n" +
 	"\fcold_start_s\x18\x05 \x01(\x01H\x01R\n" +
-	"coldStartS\x88\x01\x01B\f\n" +
+	"coldStartS\x88\x01\x01\x122\n" +
+	"\x13spot_price_per_hour\x18\x06 \x01(\x01H\x02R\x10spotPricePerHour\x88\x01\x01\x12B\n" +
+	"\x1bspot_interruptions_per_hour\x18\a \x01(\x01H\x03R\x18spotInterruptionsPerHour\x88\x01\x01B\f\n" +
 	"\n" +
 	"memory_capB\x0f\n" +
-	"\r_cold_start_s\"\x84\x01\n" +
+	"\r_cold_start_sB\x16\n" +
+	"\x14_spot_price_per_hourB\x1e\n" +
+	"\x1c_spot_interruptions_per_hour\"\x84\x01\n" +
 	"\tCandidate\x12?\n" +
 	"\rinstance_type\x18\x01 \x01(\v2\x1a.servewise.v1.InstanceTypeR\finstanceType\x126\n" +
 	"\aprofile\x18\x02 \x01(\v2\x1c.servewise.v1.LatencyProfileR\aprofile\"\x83\x01\n" +
@@ -1423,7 +1785,25 @@ const file_servewise_v1_types_proto_rawDesc = "" +
 	"\rcost_per_hour\x18\x02 \x01(\x01R\vcostPerHour\x12\x1d\n" +
 	"\n" +
 	"latency_ms\x18\x03 \x01(\x01R\tlatencyMs\x12\x1b\n" +
-	"\tmeets_slo\x18\x04 \x01(\bR\bmeetsSlo*r\n" +
+	"\tmeets_slo\x18\x04 \x01(\bR\bmeetsSlo\"@\n" +
+	"\tRatePoint\x12\x15\n" +
+	"\x06time_s\x18\x01 \x01(\x01R\x05timeS\x12\x1c\n" +
+	"\n" +
+	"rate_per_s\x18\x02 \x01(\x01R\bratePerS\"\xaa\x02\n" +
+	"\x12AutoscalerSettings\x12!\n" +
+	"\fmin_replicas\x18\x01 \x01(\rR\vminReplicas\x12!\n" +
+	"\fmax_replicas\x18\x02 \x01(\rR\vmaxReplicas\x12-\n" +
+	"\x12target_utilisation\x18\x03 \x01(\x01R\x11targetUtilisation\x12)\n" +
+	"\x11scale_up_window_s\x18\x04 \x01(\x01R\x0escaleUpWindowS\x12-\n" +
+	"\x13scale_down_window_s\x18\x05 \x01(\x01R\x10scaleDownWindowS\x12&\n" +
+	"\x0fstartup_delay_s\x18\x06 \x01(\x01R\rstartupDelayS\x12\x1d\n" +
+	"\n" +
+	"cooldown_s\x18\a \x01(\x01R\tcooldownS\"\xb3\x01\n" +
+	"\vPlanExports\x12.\n" +
+	"\x13triton_config_pbtxt\x18\x01 \x01(\tR\x11tritonConfigPbtxt\x12$\n" +
+	"\x0eray_serve_yaml\x18\x02 \x01(\tR\frayServeYaml\x123\n" +
+	"\x15torchserve_properties\x18\x03 \x01(\tR\x14torchserveProperties\x12\x19\n" +
+	"\bhpa_yaml\x18\x04 \x01(\tR\ahpaYaml*r\n" +
 	"\x10ServiceTimeBasis\x12\"\n" +
 	"\x1eSERVICE_TIME_BASIS_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aSERVICE_TIME_BASIS_TYPICAL\x10\x01\x12\x1a\n" +
@@ -1439,7 +1819,18 @@ const file_servewise_v1_types_proto_rawDesc = "" +
 	"#BINDING_CONSTRAINT_MINIMUM_REPLICAS\x10\x03\x12#\n" +
 	"\x1fBINDING_CONSTRAINT_MAX_REPLICAS\x10\x04\x12#\n" +
 	"\x1fBINDING_CONSTRAINT_SERVICE_TIME\x10\x05\x12\x1d\n" +
-	"\x19BINDING_CONSTRAINT_MEMORY\x10\x06B\xa6\x01\n" +
+	"\x19BINDING_CONSTRAINT_MEMORY\x10\x06*\xa2\x01\n" +
+	"\vServingMode\x12\x1c\n" +
+	"\x18SERVING_MODE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15SERVING_MODE_REALTIME\x10\x01\x12!\n" +
+	"\x1dSERVING_MODE_DYNAMIC_BATCHING\x10\x02\x12\x1e\n" +
+	"\x1aSERVING_MODE_OFFLINE_BATCH\x10\x03\x12\x17\n" +
+	"\x13SERVING_MODE_HYBRID\x10\x04*\x96\x01\n" +
+	"\x10ResourceStrategy\x12!\n" +
+	"\x1dRESOURCE_STRATEGY_UNSPECIFIED\x10\x00\x12\x1f\n" +
+	"\x1bRESOURCE_STRATEGY_DEDICATED\x10\x01\x12 \n" +
+	"\x1cRESOURCE_STRATEGY_AUTOSCALED\x10\x02\x12\x1c\n" +
+	"\x18RESOURCE_STRATEGY_SHARED\x10\x03B\xa6\x01\n" +
 	"\x10com.servewise.v1B\n" +
 	"TypesProtoP\x01Z5github.com/servewise/servewise/clients/go/servewisev1\xa2\x02\x03SXX\xaa\x02\fServewise.V1\xca\x02\fServewise\\V1\xe2\x02\x18Servewise\\V1\\GPBMetadata\xea\x02\rServewise::V1b\x06proto3"
 
@@ -1455,40 +1846,45 @@ func file_servewise_v1_types_proto_rawDescGZIP() []byte {
 	return file_servewise_v1_types_proto_rawDescData
 }
 
-var file_servewise_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_servewise_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_servewise_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_servewise_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_servewise_v1_types_proto_goTypes = []any{
 	(ServiceTimeBasis)(0),        // 0: servewise.v1.ServiceTimeBasis
 	(ServiceTimeDistribution)(0), // 1: servewise.v1.ServiceTimeDistribution
 	(BindingConstraint)(0),       // 2: servewise.v1.BindingConstraint
-	(*ProfilePoint)(nil),         // 3: servewise.v1.ProfilePoint
-	(*LinearProfile)(nil),        // 4: servewise.v1.LinearProfile
-	(*LatencyProfile)(nil),       // 5: servewise.v1.LatencyProfile
-	(*PointsProfile)(nil),        // 6: servewise.v1.PointsProfile
-	(*MemoryModel)(nil),          // 7: servewise.v1.MemoryModel
-	(*InstanceType)(nil),         // 8: servewise.v1.InstanceType
-	(*Candidate)(nil),            // 9: servewise.v1.Candidate
-	(*Workload)(nil),             // 10: servewise.v1.Workload
-	(*Slo)(nil),                  // 11: servewise.v1.Slo
-	(*SearchLimits)(nil),         // 12: servewise.v1.SearchLimits
-	(*ServingPlan)(nil),          // 13: servewise.v1.ServingPlan
-	(*LatencyStats)(nil),         // 14: servewise.v1.LatencyStats
-	(*SimulationResult)(nil),     // 15: servewise.v1.SimulationResult
-	(*PlanAssessment)(nil),       // 16: servewise.v1.PlanAssessment
-	(*FrontierPoint)(nil),        // 17: servewise.v1.FrontierPoint
+	(ServingMode)(0),             // 3: servewise.v1.ServingMode
+	(ResourceStrategy)(0),        // 4: servewise.v1.ResourceStrategy
+	(*ProfilePoint)(nil),         // 5: servewise.v1.ProfilePoint
+	(*LinearProfile)(nil),        // 6: servewise.v1.LinearProfile
+	(*LatencyProfile)(nil),       // 7: servewise.v1.LatencyProfile
+	(*PointsProfile)(nil),        // 8: servewise.v1.PointsProfile
+	(*MemoryModel)(nil),          // 9: servewise.v1.MemoryModel
+	(*InstanceType)(nil),         // 10: servewise.v1.InstanceType
+	(*Candidate)(nil),            // 11: servewise.v1.Candidate
+	(*Workload)(nil),             // 12: servewise.v1.Workload
+	(*Slo)(nil),                  // 13: servewise.v1.Slo
+	(*SearchLimits)(nil),         // 14: servewise.v1.SearchLimits
+	(*ServingPlan)(nil),          // 15: servewise.v1.ServingPlan
+	(*LatencyStats)(nil),         // 16: servewise.v1.LatencyStats
+	(*SimulationResult)(nil),     // 17: servewise.v1.SimulationResult
+	(*PlanAssessment)(nil),       // 18: servewise.v1.PlanAssessment
+	(*FrontierPoint)(nil),        // 19: servewise.v1.FrontierPoint
+	(*RatePoint)(nil),            // 20: servewise.v1.RatePoint
+	(*AutoscalerSettings)(nil),   // 21: servewise.v1.AutoscalerSettings
+	(*PlanExports)(nil),          // 22: servewise.v1.PlanExports
 }
 var file_servewise_v1_types_proto_depIdxs = []int32{
-	6,  // 0: servewise.v1.LatencyProfile.points:type_name -> servewise.v1.PointsProfile
-	4,  // 1: servewise.v1.LatencyProfile.linear:type_name -> servewise.v1.LinearProfile
-	3,  // 2: servewise.v1.PointsProfile.points:type_name -> servewise.v1.ProfilePoint
-	7,  // 3: servewise.v1.InstanceType.memory:type_name -> servewise.v1.MemoryModel
-	8,  // 4: servewise.v1.Candidate.instance_type:type_name -> servewise.v1.InstanceType
-	5,  // 5: servewise.v1.Candidate.profile:type_name -> servewise.v1.LatencyProfile
-	14, // 6: servewise.v1.SimulationResult.latency:type_name -> servewise.v1.LatencyStats
-	13, // 7: servewise.v1.PlanAssessment.plan:type_name -> servewise.v1.ServingPlan
-	14, // 8: servewise.v1.PlanAssessment.predicted_latency:type_name -> servewise.v1.LatencyStats
-	15, // 9: servewise.v1.PlanAssessment.simulated:type_name -> servewise.v1.SimulationResult
-	13, // 10: servewise.v1.FrontierPoint.plan:type_name -> servewise.v1.ServingPlan
+	8,  // 0: servewise.v1.LatencyProfile.points:type_name -> servewise.v1.PointsProfile
+	6,  // 1: servewise.v1.LatencyProfile.linear:type_name -> servewise.v1.LinearProfile
+	5,  // 2: servewise.v1.PointsProfile.points:type_name -> servewise.v1.ProfilePoint
+	9,  // 3: servewise.v1.InstanceType.memory:type_name -> servewise.v1.MemoryModel
+	10, // 4: servewise.v1.Candidate.instance_type:type_name -> servewise.v1.InstanceType
+	7,  // 5: servewise.v1.Candidate.profile:type_name -> servewise.v1.LatencyProfile
+	16, // 6: servewise.v1.SimulationResult.latency:type_name -> servewise.v1.LatencyStats
+	15, // 7: servewise.v1.PlanAssessment.plan:type_name -> servewise.v1.ServingPlan
+	16, // 8: servewise.v1.PlanAssessment.predicted_latency:type_name -> servewise.v1.LatencyStats
+	17, // 9: servewise.v1.PlanAssessment.simulated:type_name -> servewise.v1.SimulationResult
+	15, // 10: servewise.v1.FrontierPoint.plan:type_name -> servewise.v1.ServingPlan
 	11, // [11:11] is the sub-list for method output_type
 	11, // [11:11] is the sub-list for method input_type
 	11, // [11:11] is the sub-list for extension type_name
@@ -1519,8 +1915,8 @@ func file_servewise_v1_types_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_servewise_v1_types_proto_rawDesc), len(file_servewise_v1_types_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   15,
+			NumEnums:      5,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -265,49 +265,543 @@ class SimulateResponse(_message.Message):
 Global___SimulateResponse: _TypeAlias = SimulateResponse  # noqa: Y015
 
 @_typing.final
-class SelectModeRequest(_message.Message):
-    """Fields land with the mode-selection issue."""
+class TrafficClass(_message.Message):
+    """A class of traffic with its own volume and requirement."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    NAME_FIELD_NUMBER: _builtins.int
+    RATE_PER_S_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    BACKLOG_REQUESTS_FIELD_NUMBER: _builtins.int
+    SLO_FIELD_NUMBER: _builtins.int
+    DEADLINE_S_FIELD_NUMBER: _builtins.int
+    ARRIVAL_CV_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    rate_per_s: _builtins.float
+    """Mean arrival rate."""
+    share: _builtins.float
+    """Share of SelectModeRequest.total_rate_per_s, in (0, 1]."""
+    backlog_requests: _builtins.int
+    """A one-off backlog of requests (offline work)."""
+    deadline_s: _builtins.float
+    """Deferrable: every request completes within deadline_s of its arrival (or, for a backlog,
+    of the job's start).
+    """
+    arrival_cv: _builtins.float
+    """Inter-arrival CV; 1 (Poisson) when unset."""
+    priority: _builtins.int
+    """Higher is more important; breaks ties when pools compete."""
+    @_builtins.property
+    def slo(self) -> _types_pb2.Slo:
+        """Online: a latency percentile bound."""
+
     def __init__(
         self,
+        *,
+        name: _builtins.str = ...,
+        rate_per_s: _builtins.float = ...,
+        share: _builtins.float = ...,
+        backlog_requests: _builtins.int = ...,
+        slo: _types_pb2.Slo | None = ...,
+        deadline_s: _builtins.float = ...,
+        arrival_cv: _builtins.float | None = ...,
+        priority: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_arrival_cv", b"_arrival_cv", "arrival_cv", b"arrival_cv", "backlog_requests", b"backlog_requests", "deadline_s", b"deadline_s", "rate_per_s", b"rate_per_s", "requirement", b"requirement", "share", b"share", "slo", b"slo", "volume", b"volume"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_arrival_cv", b"_arrival_cv", "arrival_cv", b"arrival_cv", "backlog_requests", b"backlog_requests", "deadline_s", b"deadline_s", "name", b"name", "priority", b"priority", "rate_per_s", b"rate_per_s", "requirement", b"requirement", "share", b"share", "slo", b"slo", "volume", b"volume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__arrival_cv: _TypeAlias = _typing.Literal["arrival_cv"]  # noqa: Y015
+    _WhichOneofArgType__arrival_cv: _TypeAlias = _typing.Literal["_arrival_cv", b"_arrival_cv"]  # noqa: Y015
+    _WhichOneofReturnType_requirement: _TypeAlias = _typing.Literal["slo", "deadline_s"]  # noqa: Y015
+    _WhichOneofArgType_requirement: _TypeAlias = _typing.Literal["requirement", b"requirement"]  # noqa: Y015
+    _WhichOneofReturnType_volume: _TypeAlias = _typing.Literal["rate_per_s", "share", "backlog_requests"]  # noqa: Y015
+    _WhichOneofArgType_volume: _TypeAlias = _typing.Literal["volume", b"volume"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__arrival_cv) -> _WhichOneofReturnType__arrival_cv | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_requirement) -> _WhichOneofReturnType_requirement | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_volume) -> _WhichOneofReturnType_volume | None: ...
+
+Global___TrafficClass: _TypeAlias = TrafficClass  # noqa: Y015
+
+@_typing.final
+class OfflineOptions(_message.Message):
+    """Offline batch options."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOW_SPOT_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    RESTART_S_FIELD_NUMBER: _builtins.int
+    DEADLINE_CONFIDENCE_FIELD_NUMBER: _builtins.int
+    allow_spot: _builtins.bool
+    """Whether spot capacity may be used for offline work (types with spot prices)."""
+    checkpoint_interval_s: _builtins.float
+    """Seconds between checkpoints; work since the last checkpoint is lost on interruption."""
+    restart_s: _builtins.float
+    """Seconds to replace an interrupted replica and restore the checkpoint."""
+    deadline_confidence: _builtins.float
+    """Required probability of finishing before the deadline with spot, in (0, 1); 0.95 when 0."""
+    def __init__(
+        self,
+        *,
+        allow_spot: _builtins.bool = ...,
+        checkpoint_interval_s: _builtins.float = ...,
+        restart_s: _builtins.float = ...,
+        deadline_confidence: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_spot", b"allow_spot", "checkpoint_interval_s", b"checkpoint_interval_s", "deadline_confidence", b"deadline_confidence", "restart_s", b"restart_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OfflineOptions: _TypeAlias = OfflineOptions  # noqa: Y015
+
+@_typing.final
+class CostSensitivity(_message.Message):
+    """How latency trades against cost when choosing a mode."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRICE_PER_MS_PER_MILLION_REQUESTS_FIELD_NUMBER: _builtins.int
+    price_per_ms_per_million_requests: _builtins.float
+    """Dollars per million requests that one ms of the SLO percentile latency is worth; 0 means
+    the cheapest mode that meets every requirement.
+    """
+    def __init__(
+        self,
+        *,
+        price_per_ms_per_million_requests: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["price_per_ms_per_million_requests", b"price_per_ms_per_million_requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CostSensitivity: _TypeAlias = CostSensitivity  # noqa: Y015
+
+@_typing.final
+class SelectModeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRAFFIC_CLASSES_FIELD_NUMBER: _builtins.int
+    TOTAL_RATE_PER_S_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    SERVICE_TIME_BASIS_FIELD_NUMBER: _builtins.int
+    COST_SENSITIVITY_FIELD_NUMBER: _builtins.int
+    OFFLINE_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    total_rate_per_s: _builtins.float
+    """Total rate that TrafficClass.share refers to."""
+    service_time_basis: _types_pb2.ServiceTimeBasis.ValueType
+    seed: _builtins.int
+    @_builtins.property
+    def traffic_classes(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrafficClass]: ...
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Candidate]: ...
+    @_builtins.property
+    def limits(self) -> _types_pb2.SearchLimits: ...
+    @_builtins.property
+    def cost_sensitivity(self) -> Global___CostSensitivity: ...
+    @_builtins.property
+    def offline(self) -> Global___OfflineOptions: ...
+    def __init__(
+        self,
+        *,
+        traffic_classes: _abc.Iterable[Global___TrafficClass] | None = ...,
+        total_rate_per_s: _builtins.float = ...,
+        candidates: _abc.Iterable[_types_pb2.Candidate] | None = ...,
+        limits: _types_pb2.SearchLimits | None = ...,
+        service_time_basis: _types_pb2.ServiceTimeBasis.ValueType = ...,
+        cost_sensitivity: Global___CostSensitivity | None = ...,
+        offline: Global___OfflineOptions | None = ...,
+        seed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost_sensitivity", b"cost_sensitivity", "limits", b"limits", "offline", b"offline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "cost_sensitivity", b"cost_sensitivity", "limits", b"limits", "offline", b"offline", "seed", b"seed", "service_time_basis", b"service_time_basis", "total_rate_per_s", b"total_rate_per_s", "traffic_classes", b"traffic_classes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SelectModeRequest: _TypeAlias = SelectModeRequest  # noqa: Y015
 
 @_typing.final
-class SelectModeResponse(_message.Message):
+class PoolPlan(_message.Message):
+    """One pool of identical replicas and the classes it serves."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
+    ASSESSMENT_FIELD_NUMBER: _builtins.int
+    TRAFFIC_CLASSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def assessment(self) -> _types_pb2.PlanAssessment: ...
+    @_builtins.property
+    def traffic_classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
+        *,
+        assessment: _types_pb2.PlanAssessment | None = ...,
+        traffic_classes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assessment", b"assessment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assessment", b"assessment", "traffic_classes", b"traffic_classes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PoolPlan: _TypeAlias = PoolPlan  # noqa: Y015
+
+@_typing.final
+class OfflinePlan(_message.Message):
+    """An offline job's plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_TYPE_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    SPOT_FIELD_NUMBER: _builtins.int
+    MAKESPAN_S_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    EXPECTED_MAKESPAN_S_FIELD_NUMBER: _builtins.int
+    EXPECTED_COST_FIELD_NUMBER: _builtins.int
+    DEADLINE_PROBABILITY_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    instance_type: _builtins.str
+    batch_size: _builtins.int
+    replicas: _builtins.int
+    spot: _builtins.bool
+    makespan_s: _builtins.float
+    """On-demand (or interruption-free) makespan and cost, billed per second."""
+    cost: _builtins.float
+    expected_makespan_s: _builtins.float
+    """With spot interruptions: expectations and the chance of meeting the deadline."""
+    expected_cost: _builtins.float
+    deadline_probability: _builtins.float
+    requests: _builtins.int
+    """Requests in the job (backlog, or the volume arriving per deadline window)."""
+    def __init__(
+        self,
+        *,
+        instance_type: _builtins.str = ...,
+        batch_size: _builtins.int = ...,
+        replicas: _builtins.int = ...,
+        spot: _builtins.bool = ...,
+        makespan_s: _builtins.float = ...,
+        cost: _builtins.float = ...,
+        expected_makespan_s: _builtins.float = ...,
+        expected_cost: _builtins.float = ...,
+        deadline_probability: _builtins.float = ...,
+        requests: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "cost", b"cost", "deadline_probability", b"deadline_probability", "expected_cost", b"expected_cost", "expected_makespan_s", b"expected_makespan_s", "instance_type", b"instance_type", "makespan_s", b"makespan_s", "replicas", b"replicas", "requests", b"requests", "spot", b"spot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OfflinePlan: _TypeAlias = OfflinePlan  # noqa: Y015
+
+@_typing.final
+class ModePlan(_message.Message):
+    """A full plan for one mode, or why the mode cannot serve the traffic."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    FEASIBLE_FIELD_NUMBER: _builtins.int
+    BINDING_CONSTRAINT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    COST_PER_HOUR_FIELD_NUMBER: _builtins.int
+    COST_PER_MILLION_REQUESTS_FIELD_NUMBER: _builtins.int
+    POOLS_FIELD_NUMBER: _builtins.int
+    OFFLINE_JOBS_FIELD_NUMBER: _builtins.int
+    OBJECTIVE_PER_MILLION_REQUESTS_FIELD_NUMBER: _builtins.int
+    mode: _types_pb2.ServingMode.ValueType
+    feasible: _builtins.bool
+    binding_constraint: _types_pb2.BindingConstraint.ValueType
+    reason: _builtins.str
+    """The binding constraint or infeasibility in words, with numbers."""
+    cost_per_hour: _builtins.float
+    cost_per_million_requests: _builtins.float
+    objective_per_million_requests: _builtins.float
+    """Cost plus CostSensitivity's latency price, per million requests (what the choice minimises)."""
+    @_builtins.property
+    def pools(self) -> _containers.RepeatedCompositeFieldContainer[Global___PoolPlan]:
+        """Online pools (real-time, dynamic batching, hybrid)."""
+
+    @_builtins.property
+    def offline_jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___OfflinePlan]:
+        """Offline jobs (offline batch, and the deferrable part of hybrid)."""
+
+    def __init__(
+        self,
+        *,
+        mode: _types_pb2.ServingMode.ValueType = ...,
+        feasible: _builtins.bool = ...,
+        binding_constraint: _types_pb2.BindingConstraint.ValueType = ...,
+        reason: _builtins.str = ...,
+        cost_per_hour: _builtins.float = ...,
+        cost_per_million_requests: _builtins.float = ...,
+        pools: _abc.Iterable[Global___PoolPlan] | None = ...,
+        offline_jobs: _abc.Iterable[Global___OfflinePlan] | None = ...,
+        objective_per_million_requests: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["binding_constraint", b"binding_constraint", "cost_per_hour", b"cost_per_hour", "cost_per_million_requests", b"cost_per_million_requests", "feasible", b"feasible", "mode", b"mode", "objective_per_million_requests", b"objective_per_million_requests", "offline_jobs", b"offline_jobs", "pools", b"pools", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModePlan: _TypeAlias = ModePlan  # noqa: Y015
+
+@_typing.final
+class BreakEven(_message.Message):
+    """A rate at which the chosen mode would change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BELOW_MODE_FIELD_NUMBER: _builtins.int
+    ABOVE_MODE_FIELD_NUMBER: _builtins.int
+    RATE_PER_S_FIELD_NUMBER: _builtins.int
+    below_mode: _types_pb2.ServingMode.ValueType
+    above_mode: _types_pb2.ServingMode.ValueType
+    rate_per_s: _builtins.float
+    """Total rate at which the cheapest mode flips from below_mode to above_mode."""
+    def __init__(
+        self,
+        *,
+        below_mode: _types_pb2.ServingMode.ValueType = ...,
+        above_mode: _types_pb2.ServingMode.ValueType = ...,
+        rate_per_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["above_mode", b"above_mode", "below_mode", b"below_mode", "rate_per_s", b"rate_per_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BreakEven: _TypeAlias = BreakEven  # noqa: Y015
+
+@_typing.final
+class SelectModeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHOSEN_MODE_FIELD_NUMBER: _builtins.int
+    MODES_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    BREAK_EVENS_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    chosen_mode: _types_pb2.ServingMode.ValueType
+    @_builtins.property
+    def modes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModePlan]:
+        """A plan for every mode, feasible or not."""
+
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Why the chosen mode, quoting the numbers."""
+
+    @_builtins.property
+    def break_evens(self) -> _containers.RepeatedCompositeFieldContainer[Global___BreakEven]: ...
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        chosen_mode: _types_pb2.ServingMode.ValueType = ...,
+        modes: _abc.Iterable[Global___ModePlan] | None = ...,
+        reasons: _abc.Iterable[_builtins.str] | None = ...,
+        break_evens: _abc.Iterable[Global___BreakEven] | None = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_evens", b"break_evens", "chosen_mode", b"chosen_mode", "modes", b"modes", "notes", b"notes", "reasons", b"reasons"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SelectModeResponse: _TypeAlias = SelectModeResponse  # noqa: Y015
 
 @_typing.final
-class PlanResourcesRequest(_message.Message):
-    """Fields land with the resource-planning issue."""
+class DeploymentSpec(_message.Message):
+    """One deployment whose resources are planned over a rate profile."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    NAME_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    SLO_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    RATE_PROFILE_FIELD_NUMBER: _builtins.int
+    ARRIVAL_CV_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    arrival_cv: _builtins.float
+    """Inter-arrival CV within each interval; 1 when unset."""
+    memory_bytes: _builtins.int
+    """Memory one replica of this deployment needs, for packing deployments together."""
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Candidate]: ...
+    @_builtins.property
+    def slo(self) -> _types_pb2.Slo: ...
+    @_builtins.property
+    def plan(self) -> _types_pb2.ServingPlan:
+        """The serving plan to scale; when unset it is derived (OptimizeBatch at the peak rate)."""
+
+    @_builtins.property
+    def rate_profile(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.RatePoint]:
+        """The rate over time, sorted by time_s (for example 24 hourly or 1,440 per-minute points)."""
+
     def __init__(
         self,
+        *,
+        name: _builtins.str = ...,
+        candidates: _abc.Iterable[_types_pb2.Candidate] | None = ...,
+        slo: _types_pb2.Slo | None = ...,
+        plan: _types_pb2.ServingPlan | None = ...,
+        rate_profile: _abc.Iterable[_types_pb2.RatePoint] | None = ...,
+        arrival_cv: _builtins.float | None = ...,
+        memory_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_arrival_cv", b"_arrival_cv", "arrival_cv", b"arrival_cv", "plan", b"plan", "slo", b"slo"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_arrival_cv", b"_arrival_cv", "arrival_cv", b"arrival_cv", "candidates", b"candidates", "memory_bytes", b"memory_bytes", "name", b"name", "plan", b"plan", "rate_profile", b"rate_profile", "slo", b"slo"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__arrival_cv: _TypeAlias = _typing.Literal["arrival_cv"]  # noqa: Y015
+    _WhichOneofArgType__arrival_cv: _TypeAlias = _typing.Literal["_arrival_cv", b"_arrival_cv"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__arrival_cv) -> _WhichOneofReturnType__arrival_cv | None: ...
+
+Global___DeploymentSpec: _TypeAlias = DeploymentSpec  # noqa: Y015
+
+@_typing.final
+class StrategyResult(_message.Message):
+    """What one strategy costs and risks over the profile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    FEASIBLE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    COST_PER_DAY_FIELD_NUMBER: _builtins.int
+    COST_PER_MONTH_FIELD_NUMBER: _builtins.int
+    MEAN_UTILISATION_FIELD_NUMBER: _builtins.int
+    COST_PER_MILLION_REQUESTS_FIELD_NUMBER: _builtins.int
+    SLO_RISK_MINUTES_FIELD_NUMBER: _builtins.int
+    PEAK_REPLICAS_FIELD_NUMBER: _builtins.int
+    MEAN_REPLICAS_FIELD_NUMBER: _builtins.int
+    strategy: _types_pb2.ResourceStrategy.ValueType
+    feasible: _builtins.bool
+    reason: _builtins.str
+    cost_per_day: _builtins.float
+    cost_per_month: _builtins.float
+    mean_utilisation: _builtins.float
+    """Served rate over provisioned capacity, time-weighted."""
+    cost_per_million_requests: _builtins.float
+    slo_risk_minutes: _builtins.float
+    """Minutes in which capacity lagged demand enough to put the SLO at risk."""
+    peak_replicas: _builtins.int
+    mean_replicas: _builtins.float
+    def __init__(
+        self,
+        *,
+        strategy: _types_pb2.ResourceStrategy.ValueType = ...,
+        feasible: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        cost_per_day: _builtins.float = ...,
+        cost_per_month: _builtins.float = ...,
+        mean_utilisation: _builtins.float = ...,
+        cost_per_million_requests: _builtins.float = ...,
+        slo_risk_minutes: _builtins.float = ...,
+        peak_replicas: _builtins.int = ...,
+        mean_replicas: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_per_day", b"cost_per_day", "cost_per_million_requests", b"cost_per_million_requests", "cost_per_month", b"cost_per_month", "feasible", b"feasible", "mean_replicas", b"mean_replicas", "mean_utilisation", b"mean_utilisation", "peak_replicas", b"peak_replicas", "reason", b"reason", "slo_risk_minutes", b"slo_risk_minutes", "strategy", b"strategy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StrategyResult: _TypeAlias = StrategyResult  # noqa: Y015
+
+@_typing.final
+class DeploymentResources(_message.Message):
+    """Resource plan of one deployment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    STRATEGIES_FIELD_NUMBER: _builtins.int
+    RECOMMENDED_AUTOSCALER_FIELD_NUMBER: _builtins.int
+    EXPORTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def plan(self) -> _types_pb2.ServingPlan: ...
+    @_builtins.property
+    def strategies(self) -> _containers.RepeatedCompositeFieldContainer[Global___StrategyResult]: ...
+    @_builtins.property
+    def recommended_autoscaler(self) -> _types_pb2.AutoscalerSettings: ...
+    @_builtins.property
+    def exports(self) -> _types_pb2.PlanExports: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        plan: _types_pb2.ServingPlan | None = ...,
+        strategies: _abc.Iterable[Global___StrategyResult] | None = ...,
+        recommended_autoscaler: _types_pb2.AutoscalerSettings | None = ...,
+        exports: _types_pb2.PlanExports | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exports", b"exports", "plan", b"plan", "recommended_autoscaler", b"recommended_autoscaler"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exports", b"exports", "name", b"name", "plan", b"plan", "recommended_autoscaler", b"recommended_autoscaler", "strategies", b"strategies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentResources: _TypeAlias = DeploymentResources  # noqa: Y015
+
+@_typing.final
+class PlanResourcesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    AUTOSCALER_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    SERVICE_TIME_BASIS_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    SHARED_INSTANCE_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    service_time_basis: _types_pb2.ServiceTimeBasis.ValueType
+    seed: _builtins.int
+    shared_instance_memory_bytes: _builtins.int
+    """Instance memory available for packing deployments together (SHARED), bytes."""
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeploymentSpec]: ...
+    @_builtins.property
+    def autoscaler(self) -> _types_pb2.AutoscalerSettings:
+        """Autoscaler to simulate; recommended settings are derived when unset."""
+
+    @_builtins.property
+    def limits(self) -> _types_pb2.SearchLimits: ...
+    def __init__(
+        self,
+        *,
+        deployments: _abc.Iterable[Global___DeploymentSpec] | None = ...,
+        autoscaler: _types_pb2.AutoscalerSettings | None = ...,
+        limits: _types_pb2.SearchLimits | None = ...,
+        service_time_basis: _types_pb2.ServiceTimeBasis.ValueType = ...,
+        seed: _builtins.int = ...,
+        shared_instance_memory_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["autoscaler", b"autoscaler", "limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["autoscaler", b"autoscaler", "deployments", b"deployments", "limits", b"limits", "seed", b"seed", "service_time_basis", b"service_time_basis", "shared_instance_memory_bytes", b"shared_instance_memory_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -317,12 +811,35 @@ Global___PlanResourcesRequest: _TypeAlias = PlanResourcesRequest  # noqa: Y015
 class PlanResourcesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    RECOMMENDED_STRATEGY_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    recommended_strategy: _types_pb2.ResourceStrategy.ValueType
+    """Cheapest strategy whose SLO risk is within bounds, over all deployments."""
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeploymentResources]: ...
+    @_builtins.property
+    def totals(self) -> _containers.RepeatedCompositeFieldContainer[Global___StrategyResult]:
+        """The totals of each strategy over all deployments (SHARED only with two or more)."""
+
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
+        *,
+        deployments: _abc.Iterable[Global___DeploymentResources] | None = ...,
+        recommended_strategy: _types_pb2.ResourceStrategy.ValueType = ...,
+        totals: _abc.Iterable[Global___StrategyResult] | None = ...,
+        reasons: _abc.Iterable[_builtins.str] | None = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployments", b"deployments", "notes", b"notes", "reasons", b"reasons", "recommended_strategy", b"recommended_strategy", "totals", b"totals"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

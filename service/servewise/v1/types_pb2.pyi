@@ -110,6 +110,62 @@ BINDING_CONSTRAINT_MEMORY: BindingConstraint.ValueType  # 6
 """The largest batch that fits memory or the profile limits throughput per replica."""
 Global___BindingConstraint: _TypeAlias = BindingConstraint  # noqa: Y015
 
+class _ServingMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ServingModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ServingMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SERVING_MODE_UNSPECIFIED: _ServingMode.ValueType  # 0
+    SERVING_MODE_REALTIME: _ServingMode.ValueType  # 1
+    """Every request on its own: B = 1, T = 0."""
+    SERVING_MODE_DYNAMIC_BATCHING: _ServingMode.ValueType  # 2
+    """Online dynamic batching with a batch size and batching delay."""
+    SERVING_MODE_OFFLINE_BATCH: _ServingMode.ValueType  # 3
+    """Deferrable work run as a batch job, throughput-optimal, finishing before a deadline."""
+    SERVING_MODE_HYBRID: _ServingMode.ValueType  # 4
+    """Each traffic class on the pool that serves it cheapest; pools sized together."""
+
+class ServingMode(_ServingMode, metaclass=_ServingModeEnumTypeWrapper):
+    """How a model's traffic is served."""
+
+SERVING_MODE_UNSPECIFIED: ServingMode.ValueType  # 0
+SERVING_MODE_REALTIME: ServingMode.ValueType  # 1
+"""Every request on its own: B = 1, T = 0."""
+SERVING_MODE_DYNAMIC_BATCHING: ServingMode.ValueType  # 2
+"""Online dynamic batching with a batch size and batching delay."""
+SERVING_MODE_OFFLINE_BATCH: ServingMode.ValueType  # 3
+"""Deferrable work run as a batch job, throughput-optimal, finishing before a deadline."""
+SERVING_MODE_HYBRID: ServingMode.ValueType  # 4
+"""Each traffic class on the pool that serves it cheapest; pools sized together."""
+Global___ServingMode: _TypeAlias = ServingMode  # noqa: Y015
+
+class _ResourceStrategy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ResourceStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ResourceStrategy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESOURCE_STRATEGY_UNSPECIFIED: _ResourceStrategy.ValueType  # 0
+    RESOURCE_STRATEGY_DEDICATED: _ResourceStrategy.ValueType  # 1
+    """Replicas for the peak, all day."""
+    RESOURCE_STRATEGY_AUTOSCALED: _ResourceStrategy.ValueType  # 2
+    """An autoscaler follows the rate, with stabilisation windows and cold starts."""
+    RESOURCE_STRATEGY_SHARED: _ResourceStrategy.ValueType  # 3
+    """Several deployments packed onto the same instances."""
+
+class ResourceStrategy(_ResourceStrategy, metaclass=_ResourceStrategyEnumTypeWrapper):
+    """A resource strategy over a day whose traffic rises and falls."""
+
+RESOURCE_STRATEGY_UNSPECIFIED: ResourceStrategy.ValueType  # 0
+RESOURCE_STRATEGY_DEDICATED: ResourceStrategy.ValueType  # 1
+"""Replicas for the peak, all day."""
+RESOURCE_STRATEGY_AUTOSCALED: ResourceStrategy.ValueType  # 2
+"""An autoscaler follows the rate, with stabilisation windows and cold starts."""
+RESOURCE_STRATEGY_SHARED: ResourceStrategy.ValueType  # 3
+"""Several deployments packed onto the same instances."""
+Global___ResourceStrategy: _TypeAlias = ResourceStrategy  # noqa: Y015
+
 @_typing.final
 class ProfilePoint(_message.Message):
     """One measured point of a latency profile: a batch of batch_size requests takes latency_ms."""
@@ -259,11 +315,17 @@ class InstanceType(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
     MEMORY_FIELD_NUMBER: _builtins.int
     COLD_START_S_FIELD_NUMBER: _builtins.int
+    SPOT_PRICE_PER_HOUR_FIELD_NUMBER: _builtins.int
+    SPOT_INTERRUPTIONS_PER_HOUR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     price_per_hour: _builtins.float
     max_batch_size: _builtins.int
     cold_start_s: _builtins.float
     """Seconds from starting a replica to serving its first request."""
+    spot_price_per_hour: _builtins.float
+    """Spot / preemptible price, when the type can run as spot capacity (offline work)."""
+    spot_interruptions_per_hour: _builtins.float
+    """Expected spot interruptions per hour of a replica, with spot_price_per_hour."""
     @_builtins.property
     def memory(self) -> Global___MemoryModel: ...
     def __init__(
@@ -274,17 +336,27 @@ class InstanceType(_message.Message):
         max_batch_size: _builtins.int = ...,
         memory: Global___MemoryModel | None = ...,
         cold_start_s: _builtins.float | None = ...,
+        spot_price_per_hour: _builtins.float | None = ...,
+        spot_interruptions_per_hour: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cold_start_s", b"_cold_start_s", "cold_start_s", b"cold_start_s", "max_batch_size", b"max_batch_size", "memory", b"memory", "memory_cap", b"memory_cap"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cold_start_s", b"_cold_start_s", "_spot_interruptions_per_hour", b"_spot_interruptions_per_hour", "_spot_price_per_hour", b"_spot_price_per_hour", "cold_start_s", b"cold_start_s", "max_batch_size", b"max_batch_size", "memory", b"memory", "memory_cap", b"memory_cap", "spot_interruptions_per_hour", b"spot_interruptions_per_hour", "spot_price_per_hour", b"spot_price_per_hour"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cold_start_s", b"_cold_start_s", "cold_start_s", b"cold_start_s", "max_batch_size", b"max_batch_size", "memory", b"memory", "memory_cap", b"memory_cap", "name", b"name", "price_per_hour", b"price_per_hour"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cold_start_s", b"_cold_start_s", "_spot_interruptions_per_hour", b"_spot_interruptions_per_hour", "_spot_price_per_hour", b"_spot_price_per_hour", "cold_start_s", b"cold_start_s", "max_batch_size", b"max_batch_size", "memory", b"memory", "memory_cap", b"memory_cap", "name", b"name", "price_per_hour", b"price_per_hour", "spot_interruptions_per_hour", b"spot_interruptions_per_hour", "spot_price_per_hour", b"spot_price_per_hour"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cold_start_s: _TypeAlias = _typing.Literal["cold_start_s"]  # noqa: Y015
     _WhichOneofArgType__cold_start_s: _TypeAlias = _typing.Literal["_cold_start_s", b"_cold_start_s"]  # noqa: Y015
+    _WhichOneofReturnType__spot_interruptions_per_hour: _TypeAlias = _typing.Literal["spot_interruptions_per_hour"]  # noqa: Y015
+    _WhichOneofArgType__spot_interruptions_per_hour: _TypeAlias = _typing.Literal["_spot_interruptions_per_hour", b"_spot_interruptions_per_hour"]  # noqa: Y015
+    _WhichOneofReturnType__spot_price_per_hour: _TypeAlias = _typing.Literal["spot_price_per_hour"]  # noqa: Y015
+    _WhichOneofArgType__spot_price_per_hour: _TypeAlias = _typing.Literal["_spot_price_per_hour", b"_spot_price_per_hour"]  # noqa: Y015
     _WhichOneofReturnType_memory_cap: _TypeAlias = _typing.Literal["max_batch_size", "memory"]  # noqa: Y015
     _WhichOneofArgType_memory_cap: _TypeAlias = _typing.Literal["memory_cap", b"memory_cap"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cold_start_s) -> _WhichOneofReturnType__cold_start_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__spot_interruptions_per_hour) -> _WhichOneofReturnType__spot_interruptions_per_hour | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__spot_price_per_hour) -> _WhichOneofReturnType__spot_price_per_hour | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_memory_cap) -> _WhichOneofReturnType_memory_cap | None: ...
 
@@ -625,3 +697,105 @@ class FrontierPoint(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FrontierPoint: _TypeAlias = FrontierPoint  # noqa: Y015
+
+@_typing.final
+class RatePoint(_message.Message):
+    """One point of a rate profile: from time_s on, the rate is rate_per_s."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_S_FIELD_NUMBER: _builtins.int
+    RATE_PER_S_FIELD_NUMBER: _builtins.int
+    time_s: _builtins.float
+    rate_per_s: _builtins.float
+    def __init__(
+        self,
+        *,
+        time_s: _builtins.float = ...,
+        rate_per_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rate_per_s", b"rate_per_s", "time_s", b"time_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RatePoint: _TypeAlias = RatePoint  # noqa: Y015
+
+@_typing.final
+class AutoscalerSettings(_message.Message):
+    """Autoscaler settings (inputs to simulate, or the recommended ones)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_REPLICAS_FIELD_NUMBER: _builtins.int
+    MAX_REPLICAS_FIELD_NUMBER: _builtins.int
+    TARGET_UTILISATION_FIELD_NUMBER: _builtins.int
+    SCALE_UP_WINDOW_S_FIELD_NUMBER: _builtins.int
+    SCALE_DOWN_WINDOW_S_FIELD_NUMBER: _builtins.int
+    STARTUP_DELAY_S_FIELD_NUMBER: _builtins.int
+    COOLDOWN_S_FIELD_NUMBER: _builtins.int
+    min_replicas: _builtins.int
+    max_replicas: _builtins.int
+    target_utilisation: _builtins.float
+    """Target of rate / capacity per replica, in (0, 1]."""
+    scale_up_window_s: _builtins.float
+    """Seconds a higher desired count must hold before scaling up."""
+    scale_down_window_s: _builtins.float
+    """Seconds a lower desired count must hold before scaling down."""
+    startup_delay_s: _builtins.float
+    """Seconds from ordering a replica to it serving (cold start)."""
+    cooldown_s: _builtins.float
+    """Seconds after a scaling action before the next one."""
+    def __init__(
+        self,
+        *,
+        min_replicas: _builtins.int = ...,
+        max_replicas: _builtins.int = ...,
+        target_utilisation: _builtins.float = ...,
+        scale_up_window_s: _builtins.float = ...,
+        scale_down_window_s: _builtins.float = ...,
+        startup_delay_s: _builtins.float = ...,
+        cooldown_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cooldown_s", b"cooldown_s", "max_replicas", b"max_replicas", "min_replicas", b"min_replicas", "scale_down_window_s", b"scale_down_window_s", "scale_up_window_s", b"scale_up_window_s", "startup_delay_s", b"startup_delay_s", "target_utilisation", b"target_utilisation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AutoscalerSettings: _TypeAlias = AutoscalerSettings  # noqa: Y015
+
+@_typing.final
+class PlanExports(_message.Message):
+    """Configuration files a team can apply for a plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRITON_CONFIG_PBTXT_FIELD_NUMBER: _builtins.int
+    RAY_SERVE_YAML_FIELD_NUMBER: _builtins.int
+    TORCHSERVE_PROPERTIES_FIELD_NUMBER: _builtins.int
+    HPA_YAML_FIELD_NUMBER: _builtins.int
+    triton_config_pbtxt: _builtins.str
+    """Triton model config: dynamic_batching block, max_batch_size, instance_group."""
+    ray_serve_yaml: _builtins.str
+    """Ray Serve deployment config (YAML) with @serve.batch settings."""
+    torchserve_properties: _builtins.str
+    """TorchServe batch_size / max_batch_delay (config.properties)."""
+    hpa_yaml: _builtins.str
+    """Kubernetes autoscaling/v2 HorizontalPodAutoscaler (YAML)."""
+    def __init__(
+        self,
+        *,
+        triton_config_pbtxt: _builtins.str = ...,
+        ray_serve_yaml: _builtins.str = ...,
+        torchserve_properties: _builtins.str = ...,
+        hpa_yaml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hpa_yaml", b"hpa_yaml", "ray_serve_yaml", b"ray_serve_yaml", "torchserve_properties", b"torchserve_properties", "triton_config_pbtxt", b"triton_config_pbtxt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanExports: _TypeAlias = PlanExports  # noqa: Y015

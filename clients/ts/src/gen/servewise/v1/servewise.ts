@@ -21,12 +21,18 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import {
+  AutoscalerSettings,
   BindingConstraint,
   bindingConstraintFromJSON,
   bindingConstraintToJSON,
   Candidate,
   FrontierPoint,
   PlanAssessment,
+  PlanExports,
+  RatePoint,
+  ResourceStrategy,
+  resourceStrategyFromJSON,
+  resourceStrategyToJSON,
   SearchLimits,
   ServiceTimeBasis,
   serviceTimeBasisFromJSON,
@@ -34,6 +40,9 @@ import {
   ServiceTimeDistribution,
   serviceTimeDistributionFromJSON,
   serviceTimeDistributionToJSON,
+  ServingMode,
+  servingModeFromJSON,
+  servingModeToJSON,
   ServingPlan,
   SimulationResult,
   Slo,
@@ -165,18 +174,196 @@ export interface SimulateResponse {
   notes: string[];
 }
 
-/** Fields land with the mode-selection issue. */
+/** A class of traffic with its own volume and requirement. */
+export interface TrafficClass {
+  name: string;
+  /** Mean arrival rate. */
+  ratePerS?:
+    | number
+    | undefined;
+  /** Share of SelectModeRequest.total_rate_per_s, in (0, 1]. */
+  share?:
+    | number
+    | undefined;
+  /** A one-off backlog of requests (offline work). */
+  backlogRequests?:
+    | bigint
+    | undefined;
+  /** Online: a latency percentile bound. */
+  slo?:
+    | Slo
+    | undefined;
+  /**
+   * Deferrable: every request completes within deadline_s of its arrival (or, for a backlog,
+   * of the job's start).
+   */
+  deadlineS?:
+    | number
+    | undefined;
+  /** Inter-arrival CV; 1 (Poisson) when unset. */
+  arrivalCv?:
+    | number
+    | undefined;
+  /** Higher is more important; breaks ties when pools compete. */
+  priority: number;
+}
+
+/** Offline batch options. */
+export interface OfflineOptions {
+  /** Whether spot capacity may be used for offline work (types with spot prices). */
+  allowSpot: boolean;
+  /** Seconds between checkpoints; work since the last checkpoint is lost on interruption. */
+  checkpointIntervalS: number;
+  /** Seconds to replace an interrupted replica and restore the checkpoint. */
+  restartS: number;
+  /** Required probability of finishing before the deadline with spot, in (0, 1); 0.95 when 0. */
+  deadlineConfidence: number;
+}
+
+/** How latency trades against cost when choosing a mode. */
+export interface CostSensitivity {
+  /**
+   * Dollars per million requests that one ms of the SLO percentile latency is worth; 0 means
+   * the cheapest mode that meets every requirement.
+   */
+  pricePerMsPerMillionRequests: number;
+}
+
 export interface SelectModeRequest {
+  trafficClasses: TrafficClass[];
+  /** Total rate that TrafficClass.share refers to. */
+  totalRatePerS: number;
+  candidates: Candidate[];
+  limits?: SearchLimits | undefined;
+  serviceTimeBasis: ServiceTimeBasis;
+  costSensitivity?: CostSensitivity | undefined;
+  offline?: OfflineOptions | undefined;
+  seed: bigint;
+}
+
+/** One pool of identical replicas and the classes it serves. */
+export interface PoolPlan {
+  assessment?: PlanAssessment | undefined;
+  trafficClasses: string[];
+}
+
+/** An offline job's plan. */
+export interface OfflinePlan {
+  instanceType: string;
+  batchSize: number;
+  replicas: number;
+  spot: boolean;
+  /** On-demand (or interruption-free) makespan and cost, billed per second. */
+  makespanS: number;
+  cost: number;
+  /** With spot interruptions: expectations and the chance of meeting the deadline. */
+  expectedMakespanS: number;
+  expectedCost: number;
+  deadlineProbability: number;
+  /** Requests in the job (backlog, or the volume arriving per deadline window). */
+  requests: bigint;
+}
+
+/** A full plan for one mode, or why the mode cannot serve the traffic. */
+export interface ModePlan {
+  mode: ServingMode;
+  feasible: boolean;
+  bindingConstraint: BindingConstraint;
+  /** The binding constraint or infeasibility in words, with numbers. */
+  reason: string;
+  costPerHour: number;
+  costPerMillionRequests: number;
+  /** Online pools (real-time, dynamic batching, hybrid). */
+  pools: PoolPlan[];
+  /** Offline jobs (offline batch, and the deferrable part of hybrid). */
+  offlineJobs: OfflinePlan[];
+  /** Cost plus CostSensitivity's latency price, per million requests (what the choice minimises). */
+  objectivePerMillionRequests: number;
+}
+
+/** A rate at which the chosen mode would change. */
+export interface BreakEven {
+  belowMode: ServingMode;
+  aboveMode: ServingMode;
+  /** Total rate at which the cheapest mode flips from below_mode to above_mode. */
+  ratePerS: number;
 }
 
 export interface SelectModeResponse {
+  chosenMode: ServingMode;
+  /** A plan for every mode, feasible or not. */
+  modes: ModePlan[];
+  /** Why the chosen mode, quoting the numbers. */
+  reasons: string[];
+  breakEvens: BreakEven[];
+  notes: string[];
 }
 
-/** Fields land with the resource-planning issue. */
+/** One deployment whose resources are planned over a rate profile. */
+export interface DeploymentSpec {
+  name: string;
+  candidates: Candidate[];
+  slo?:
+    | Slo
+    | undefined;
+  /** The serving plan to scale; when unset it is derived (OptimizeBatch at the peak rate). */
+  plan?:
+    | ServingPlan
+    | undefined;
+  /** The rate over time, sorted by time_s (for example 24 hourly or 1,440 per-minute points). */
+  rateProfile: RatePoint[];
+  /** Inter-arrival CV within each interval; 1 when unset. */
+  arrivalCv?:
+    | number
+    | undefined;
+  /** Memory one replica of this deployment needs, for packing deployments together. */
+  memoryBytes: bigint;
+}
+
+/** What one strategy costs and risks over the profile. */
+export interface StrategyResult {
+  strategy: ResourceStrategy;
+  feasible: boolean;
+  reason: string;
+  costPerDay: number;
+  costPerMonth: number;
+  /** Served rate over provisioned capacity, time-weighted. */
+  meanUtilisation: number;
+  costPerMillionRequests: number;
+  /** Minutes in which capacity lagged demand enough to put the SLO at risk. */
+  sloRiskMinutes: number;
+  peakReplicas: number;
+  meanReplicas: number;
+}
+
+/** Resource plan of one deployment. */
+export interface DeploymentResources {
+  name: string;
+  plan?: ServingPlan | undefined;
+  strategies: StrategyResult[];
+  recommendedAutoscaler?: AutoscalerSettings | undefined;
+  exports?: PlanExports | undefined;
+}
+
 export interface PlanResourcesRequest {
+  deployments: DeploymentSpec[];
+  /** Autoscaler to simulate; recommended settings are derived when unset. */
+  autoscaler?: AutoscalerSettings | undefined;
+  limits?: SearchLimits | undefined;
+  serviceTimeBasis: ServiceTimeBasis;
+  seed: bigint;
+  /** Instance memory available for packing deployments together (SHARED), bytes. */
+  sharedInstanceMemoryBytes: bigint;
 }
 
 export interface PlanResourcesResponse {
+  deployments: DeploymentResources[];
+  /** Cheapest strategy whose SLO risk is within bounds, over all deployments. */
+  recommendedStrategy: ResourceStrategy;
+  /** The totals of each strategy over all deployments (SHARED only with two or more). */
+  totals: StrategyResult[];
+  reasons: string[];
+  notes: string[];
 }
 
 /** Fields land with the live-control issue. */
@@ -1090,12 +1277,465 @@ export const SimulateResponse: MessageFns<SimulateResponse> = {
   },
 };
 
+function createBaseTrafficClass(): TrafficClass {
+  return {
+    name: "",
+    ratePerS: undefined,
+    share: undefined,
+    backlogRequests: undefined,
+    slo: undefined,
+    deadlineS: undefined,
+    arrivalCv: undefined,
+    priority: 0,
+  };
+}
+
+export const TrafficClass: MessageFns<TrafficClass> = {
+  encode(message: TrafficClass, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.ratePerS !== undefined) {
+      writer.uint32(17).double(message.ratePerS);
+    }
+    if (message.share !== undefined) {
+      writer.uint32(25).double(message.share);
+    }
+    if (message.backlogRequests !== undefined) {
+      if (BigInt.asUintN(64, message.backlogRequests) !== message.backlogRequests) {
+        throw new globalThis.Error("value provided for field message.backlogRequests of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.backlogRequests);
+    }
+    if (message.slo !== undefined) {
+      Slo.encode(message.slo, writer.uint32(42).fork()).join();
+    }
+    if (message.deadlineS !== undefined) {
+      writer.uint32(49).double(message.deadlineS);
+    }
+    if (message.arrivalCv !== undefined) {
+      writer.uint32(57).double(message.arrivalCv);
+    }
+    if (message.priority !== 0) {
+      writer.uint32(64).int32(message.priority);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrafficClass {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrafficClass();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.ratePerS = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.share = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.backlogRequests = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.slo = Slo.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.deadlineS = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.arrivalCv = reader.double();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.priority = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrafficClass {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      ratePerS: isSet(object.ratePerS)
+        ? globalThis.Number(object.ratePerS)
+        : isSet(object.rate_per_s)
+        ? globalThis.Number(object.rate_per_s)
+        : undefined,
+      share: isSet(object.share) ? globalThis.Number(object.share) : undefined,
+      backlogRequests: isSet(object.backlogRequests)
+        ? BigInt(object.backlogRequests)
+        : isSet(object.backlog_requests)
+        ? BigInt(object.backlog_requests)
+        : undefined,
+      slo: isSet(object.slo) ? Slo.fromJSON(object.slo) : undefined,
+      deadlineS: isSet(object.deadlineS)
+        ? globalThis.Number(object.deadlineS)
+        : isSet(object.deadline_s)
+        ? globalThis.Number(object.deadline_s)
+        : undefined,
+      arrivalCv: isSet(object.arrivalCv)
+        ? globalThis.Number(object.arrivalCv)
+        : isSet(object.arrival_cv)
+        ? globalThis.Number(object.arrival_cv)
+        : undefined,
+      priority: isSet(object.priority) ? globalThis.Number(object.priority) : 0,
+    };
+  },
+
+  toJSON(message: TrafficClass): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.ratePerS !== undefined) {
+      obj.ratePerS = floatToJson(message.ratePerS);
+    }
+    if (message.share !== undefined) {
+      obj.share = floatToJson(message.share);
+    }
+    if (message.backlogRequests !== undefined) {
+      obj.backlogRequests = message.backlogRequests.toString();
+    }
+    if (message.slo !== undefined) {
+      obj.slo = Slo.toJSON(message.slo);
+    }
+    if (message.deadlineS !== undefined) {
+      obj.deadlineS = floatToJson(message.deadlineS);
+    }
+    if (message.arrivalCv !== undefined) {
+      obj.arrivalCv = floatToJson(message.arrivalCv);
+    }
+    if (message.priority !== 0) {
+      obj.priority = Math.round(message.priority);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrafficClass>, I>>(base?: I): TrafficClass {
+    return TrafficClass.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrafficClass>, I>>(object: I): TrafficClass {
+    const message = createBaseTrafficClass();
+    message.name = object.name ?? "";
+    message.ratePerS = object.ratePerS ?? undefined;
+    message.share = object.share ?? undefined;
+    message.backlogRequests = (object.backlogRequests !== undefined && object.backlogRequests !== null)
+      ? BigInt(object.backlogRequests)
+      : undefined;
+    message.slo = (object.slo !== undefined && object.slo !== null) ? Slo.fromPartial(object.slo) : undefined;
+    message.deadlineS = object.deadlineS ?? undefined;
+    message.arrivalCv = object.arrivalCv ?? undefined;
+    message.priority = object.priority ?? 0;
+    return message;
+  },
+};
+
+function createBaseOfflineOptions(): OfflineOptions {
+  return { allowSpot: false, checkpointIntervalS: 0, restartS: 0, deadlineConfidence: 0 };
+}
+
+export const OfflineOptions: MessageFns<OfflineOptions> = {
+  encode(message: OfflineOptions, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.allowSpot !== false) {
+      writer.uint32(8).bool(message.allowSpot);
+    }
+    if (message.checkpointIntervalS !== 0) {
+      writer.uint32(17).double(message.checkpointIntervalS);
+    }
+    if (message.restartS !== 0) {
+      writer.uint32(25).double(message.restartS);
+    }
+    if (message.deadlineConfidence !== 0) {
+      writer.uint32(33).double(message.deadlineConfidence);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OfflineOptions {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOfflineOptions();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.allowSpot = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.checkpointIntervalS = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.restartS = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.deadlineConfidence = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OfflineOptions {
+    return {
+      allowSpot: isSet(object.allowSpot)
+        ? globalThis.Boolean(object.allowSpot)
+        : isSet(object.allow_spot)
+        ? globalThis.Boolean(object.allow_spot)
+        : false,
+      checkpointIntervalS: isSet(object.checkpointIntervalS)
+        ? globalThis.Number(object.checkpointIntervalS)
+        : isSet(object.checkpoint_interval_s)
+        ? globalThis.Number(object.checkpoint_interval_s)
+        : 0,
+      restartS: isSet(object.restartS)
+        ? globalThis.Number(object.restartS)
+        : isSet(object.restart_s)
+        ? globalThis.Number(object.restart_s)
+        : 0,
+      deadlineConfidence: isSet(object.deadlineConfidence)
+        ? globalThis.Number(object.deadlineConfidence)
+        : isSet(object.deadline_confidence)
+        ? globalThis.Number(object.deadline_confidence)
+        : 0,
+    };
+  },
+
+  toJSON(message: OfflineOptions): unknown {
+    const obj: any = {};
+    if (message.allowSpot !== false) {
+      obj.allowSpot = message.allowSpot;
+    }
+    if (message.checkpointIntervalS !== 0) {
+      obj.checkpointIntervalS = floatToJson(message.checkpointIntervalS);
+    }
+    if (message.restartS !== 0) {
+      obj.restartS = floatToJson(message.restartS);
+    }
+    if (message.deadlineConfidence !== 0) {
+      obj.deadlineConfidence = floatToJson(message.deadlineConfidence);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<OfflineOptions>, I>>(base?: I): OfflineOptions {
+    return OfflineOptions.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<OfflineOptions>, I>>(object: I): OfflineOptions {
+    const message = createBaseOfflineOptions();
+    message.allowSpot = object.allowSpot ?? false;
+    message.checkpointIntervalS = object.checkpointIntervalS ?? 0;
+    message.restartS = object.restartS ?? 0;
+    message.deadlineConfidence = object.deadlineConfidence ?? 0;
+    return message;
+  },
+};
+
+function createBaseCostSensitivity(): CostSensitivity {
+  return { pricePerMsPerMillionRequests: 0 };
+}
+
+export const CostSensitivity: MessageFns<CostSensitivity> = {
+  encode(message: CostSensitivity, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pricePerMsPerMillionRequests !== 0) {
+      writer.uint32(9).double(message.pricePerMsPerMillionRequests);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CostSensitivity {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCostSensitivity();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 9) {
+              break;
+            }
+
+            message.pricePerMsPerMillionRequests = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CostSensitivity {
+    return {
+      pricePerMsPerMillionRequests: isSet(object.pricePerMsPerMillionRequests)
+        ? globalThis.Number(object.pricePerMsPerMillionRequests)
+        : isSet(object.price_per_ms_per_million_requests)
+        ? globalThis.Number(object.price_per_ms_per_million_requests)
+        : 0,
+    };
+  },
+
+  toJSON(message: CostSensitivity): unknown {
+    const obj: any = {};
+    if (message.pricePerMsPerMillionRequests !== 0) {
+      obj.pricePerMsPerMillionRequests = floatToJson(message.pricePerMsPerMillionRequests);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CostSensitivity>, I>>(base?: I): CostSensitivity {
+    return CostSensitivity.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CostSensitivity>, I>>(object: I): CostSensitivity {
+    const message = createBaseCostSensitivity();
+    message.pricePerMsPerMillionRequests = object.pricePerMsPerMillionRequests ?? 0;
+    return message;
+  },
+};
+
 function createBaseSelectModeRequest(): SelectModeRequest {
-  return {};
+  return {
+    trafficClasses: [],
+    totalRatePerS: 0,
+    candidates: [],
+    limits: undefined,
+    serviceTimeBasis: 0,
+    costSensitivity: undefined,
+    offline: undefined,
+    seed: 0n,
+  };
 }
 
 export const SelectModeRequest: MessageFns<SelectModeRequest> = {
-  encode(_: SelectModeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: SelectModeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.trafficClasses) {
+      TrafficClass.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.totalRatePerS !== 0) {
+      writer.uint32(17).double(message.totalRatePerS);
+    }
+    for (const v of message.candidates) {
+      Candidate.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.limits !== undefined) {
+      SearchLimits.encode(message.limits, writer.uint32(34).fork()).join();
+    }
+    if (message.serviceTimeBasis !== 0) {
+      writer.uint32(40).int32(message.serviceTimeBasis);
+    }
+    if (message.costSensitivity !== undefined) {
+      CostSensitivity.encode(message.costSensitivity, writer.uint32(50).fork()).join();
+    }
+    if (message.offline !== undefined) {
+      OfflineOptions.encode(message.offline, writer.uint32(58).fork()).join();
+    }
+    if (message.seed !== 0n) {
+      if (BigInt.asUintN(64, message.seed) !== message.seed) {
+        throw new globalThis.Error("value provided for field message.seed of type uint64 too large");
+      }
+      writer.uint32(64).uint64(message.seed);
+    }
     return writer;
   },
 
@@ -1112,6 +1752,70 @@ export const SelectModeRequest: MessageFns<SelectModeRequest> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.trafficClasses.push(TrafficClass.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.totalRatePerS = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.candidates.push(Candidate.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.limits = SearchLimits.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.serviceTimeBasis = reader.int32() as any;
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.costSensitivity = CostSensitivity.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.offline = OfflineOptions.decode(reader, reader.uint32());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.seed = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1124,30 +1828,792 @@ export const SelectModeRequest: MessageFns<SelectModeRequest> = {
     }
   },
 
-  fromJSON(_: any): SelectModeRequest {
-    return {};
+  fromJSON(object: any): SelectModeRequest {
+    return {
+      trafficClasses: globalThis.Array.isArray(object?.trafficClasses)
+        ? object.trafficClasses.map((e: any) => TrafficClass.fromJSON(e))
+        : globalThis.Array.isArray(object?.traffic_classes)
+        ? object.traffic_classes.map((e: any) => TrafficClass.fromJSON(e))
+        : [],
+      totalRatePerS: isSet(object.totalRatePerS)
+        ? globalThis.Number(object.totalRatePerS)
+        : isSet(object.total_rate_per_s)
+        ? globalThis.Number(object.total_rate_per_s)
+        : 0,
+      candidates: globalThis.Array.isArray(object?.candidates)
+        ? object.candidates.map((e: any) => Candidate.fromJSON(e))
+        : [],
+      limits: isSet(object.limits) ? SearchLimits.fromJSON(object.limits) : undefined,
+      serviceTimeBasis: isSet(object.serviceTimeBasis)
+        ? serviceTimeBasisFromJSON(object.serviceTimeBasis)
+        : isSet(object.service_time_basis)
+        ? serviceTimeBasisFromJSON(object.service_time_basis)
+        : 0,
+      costSensitivity: isSet(object.costSensitivity)
+        ? CostSensitivity.fromJSON(object.costSensitivity)
+        : isSet(object.cost_sensitivity)
+        ? CostSensitivity.fromJSON(object.cost_sensitivity)
+        : undefined,
+      offline: isSet(object.offline) ? OfflineOptions.fromJSON(object.offline) : undefined,
+      seed: isSet(object.seed) ? BigInt(object.seed) : 0n,
+    };
   },
 
-  toJSON(_: SelectModeRequest): unknown {
+  toJSON(message: SelectModeRequest): unknown {
     const obj: any = {};
+    if (message.trafficClasses?.length) {
+      obj.trafficClasses = message.trafficClasses.map((e) => TrafficClass.toJSON(e));
+    }
+    if (message.totalRatePerS !== 0) {
+      obj.totalRatePerS = floatToJson(message.totalRatePerS);
+    }
+    if (message.candidates?.length) {
+      obj.candidates = message.candidates.map((e) => Candidate.toJSON(e));
+    }
+    if (message.limits !== undefined) {
+      obj.limits = SearchLimits.toJSON(message.limits);
+    }
+    if (message.serviceTimeBasis !== 0) {
+      obj.serviceTimeBasis = serviceTimeBasisToJSON(message.serviceTimeBasis);
+    }
+    if (message.costSensitivity !== undefined) {
+      obj.costSensitivity = CostSensitivity.toJSON(message.costSensitivity);
+    }
+    if (message.offline !== undefined) {
+      obj.offline = OfflineOptions.toJSON(message.offline);
+    }
+    if (message.seed !== 0n) {
+      obj.seed = message.seed.toString();
+    }
     return obj;
   },
 
   create<I extends Exact<DeepPartial<SelectModeRequest>, I>>(base?: I): SelectModeRequest {
     return SelectModeRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial<I extends Exact<DeepPartial<SelectModeRequest>, I>>(_: I): SelectModeRequest {
+  fromPartial<I extends Exact<DeepPartial<SelectModeRequest>, I>>(object: I): SelectModeRequest {
     const message = createBaseSelectModeRequest();
+    message.trafficClasses = object.trafficClasses?.map((e) => TrafficClass.fromPartial(e)) || [];
+    message.totalRatePerS = object.totalRatePerS ?? 0;
+    message.candidates = object.candidates?.map((e) => Candidate.fromPartial(e)) || [];
+    message.limits = (object.limits !== undefined && object.limits !== null)
+      ? SearchLimits.fromPartial(object.limits)
+      : undefined;
+    message.serviceTimeBasis = object.serviceTimeBasis ?? 0;
+    message.costSensitivity = (object.costSensitivity !== undefined && object.costSensitivity !== null)
+      ? CostSensitivity.fromPartial(object.costSensitivity)
+      : undefined;
+    message.offline = (object.offline !== undefined && object.offline !== null)
+      ? OfflineOptions.fromPartial(object.offline)
+      : undefined;
+    message.seed = (object.seed !== undefined && object.seed !== null) ? BigInt(object.seed) : 0n;
+    return message;
+  },
+};
+
+function createBasePoolPlan(): PoolPlan {
+  return { assessment: undefined, trafficClasses: [] };
+}
+
+export const PoolPlan: MessageFns<PoolPlan> = {
+  encode(message: PoolPlan, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.assessment !== undefined) {
+      PlanAssessment.encode(message.assessment, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.trafficClasses) {
+      writer.uint32(18).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PoolPlan {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePoolPlan();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.assessment = PlanAssessment.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.trafficClasses.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PoolPlan {
+    return {
+      assessment: isSet(object.assessment) ? PlanAssessment.fromJSON(object.assessment) : undefined,
+      trafficClasses: globalThis.Array.isArray(object?.trafficClasses)
+        ? object.trafficClasses.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.traffic_classes)
+        ? object.traffic_classes.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: PoolPlan): unknown {
+    const obj: any = {};
+    if (message.assessment !== undefined) {
+      obj.assessment = PlanAssessment.toJSON(message.assessment);
+    }
+    if (message.trafficClasses?.length) {
+      obj.trafficClasses = message.trafficClasses;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PoolPlan>, I>>(base?: I): PoolPlan {
+    return PoolPlan.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PoolPlan>, I>>(object: I): PoolPlan {
+    const message = createBasePoolPlan();
+    message.assessment = (object.assessment !== undefined && object.assessment !== null)
+      ? PlanAssessment.fromPartial(object.assessment)
+      : undefined;
+    message.trafficClasses = object.trafficClasses?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseOfflinePlan(): OfflinePlan {
+  return {
+    instanceType: "",
+    batchSize: 0,
+    replicas: 0,
+    spot: false,
+    makespanS: 0,
+    cost: 0,
+    expectedMakespanS: 0,
+    expectedCost: 0,
+    deadlineProbability: 0,
+    requests: 0n,
+  };
+}
+
+export const OfflinePlan: MessageFns<OfflinePlan> = {
+  encode(message: OfflinePlan, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.instanceType !== "") {
+      writer.uint32(10).string(message.instanceType);
+    }
+    if (message.batchSize !== 0) {
+      writer.uint32(16).uint32(message.batchSize);
+    }
+    if (message.replicas !== 0) {
+      writer.uint32(24).uint32(message.replicas);
+    }
+    if (message.spot !== false) {
+      writer.uint32(32).bool(message.spot);
+    }
+    if (message.makespanS !== 0) {
+      writer.uint32(41).double(message.makespanS);
+    }
+    if (message.cost !== 0) {
+      writer.uint32(49).double(message.cost);
+    }
+    if (message.expectedMakespanS !== 0) {
+      writer.uint32(57).double(message.expectedMakespanS);
+    }
+    if (message.expectedCost !== 0) {
+      writer.uint32(65).double(message.expectedCost);
+    }
+    if (message.deadlineProbability !== 0) {
+      writer.uint32(73).double(message.deadlineProbability);
+    }
+    if (message.requests !== 0n) {
+      if (BigInt.asUintN(64, message.requests) !== message.requests) {
+        throw new globalThis.Error("value provided for field message.requests of type uint64 too large");
+      }
+      writer.uint32(80).uint64(message.requests);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OfflinePlan {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOfflinePlan();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.instanceType = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.batchSize = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.replicas = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.spot = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.makespanS = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.cost = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.expectedMakespanS = reader.double();
+            continue;
+          }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.expectedCost = reader.double();
+            continue;
+          }
+          case 9: {
+            if (tag !== 73) {
+              break;
+            }
+
+            message.deadlineProbability = reader.double();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.requests = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OfflinePlan {
+    return {
+      instanceType: isSet(object.instanceType)
+        ? globalThis.String(object.instanceType)
+        : isSet(object.instance_type)
+        ? globalThis.String(object.instance_type)
+        : "",
+      batchSize: isSet(object.batchSize)
+        ? globalThis.Number(object.batchSize)
+        : isSet(object.batch_size)
+        ? globalThis.Number(object.batch_size)
+        : 0,
+      replicas: isSet(object.replicas) ? globalThis.Number(object.replicas) : 0,
+      spot: isSet(object.spot) ? globalThis.Boolean(object.spot) : false,
+      makespanS: isSet(object.makespanS)
+        ? globalThis.Number(object.makespanS)
+        : isSet(object.makespan_s)
+        ? globalThis.Number(object.makespan_s)
+        : 0,
+      cost: isSet(object.cost) ? globalThis.Number(object.cost) : 0,
+      expectedMakespanS: isSet(object.expectedMakespanS)
+        ? globalThis.Number(object.expectedMakespanS)
+        : isSet(object.expected_makespan_s)
+        ? globalThis.Number(object.expected_makespan_s)
+        : 0,
+      expectedCost: isSet(object.expectedCost)
+        ? globalThis.Number(object.expectedCost)
+        : isSet(object.expected_cost)
+        ? globalThis.Number(object.expected_cost)
+        : 0,
+      deadlineProbability: isSet(object.deadlineProbability)
+        ? globalThis.Number(object.deadlineProbability)
+        : isSet(object.deadline_probability)
+        ? globalThis.Number(object.deadline_probability)
+        : 0,
+      requests: isSet(object.requests) ? BigInt(object.requests) : 0n,
+    };
+  },
+
+  toJSON(message: OfflinePlan): unknown {
+    const obj: any = {};
+    if (message.instanceType !== "") {
+      obj.instanceType = message.instanceType;
+    }
+    if (message.batchSize !== 0) {
+      obj.batchSize = Math.round(message.batchSize);
+    }
+    if (message.replicas !== 0) {
+      obj.replicas = Math.round(message.replicas);
+    }
+    if (message.spot !== false) {
+      obj.spot = message.spot;
+    }
+    if (message.makespanS !== 0) {
+      obj.makespanS = floatToJson(message.makespanS);
+    }
+    if (message.cost !== 0) {
+      obj.cost = floatToJson(message.cost);
+    }
+    if (message.expectedMakespanS !== 0) {
+      obj.expectedMakespanS = floatToJson(message.expectedMakespanS);
+    }
+    if (message.expectedCost !== 0) {
+      obj.expectedCost = floatToJson(message.expectedCost);
+    }
+    if (message.deadlineProbability !== 0) {
+      obj.deadlineProbability = floatToJson(message.deadlineProbability);
+    }
+    if (message.requests !== 0n) {
+      obj.requests = message.requests.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<OfflinePlan>, I>>(base?: I): OfflinePlan {
+    return OfflinePlan.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<OfflinePlan>, I>>(object: I): OfflinePlan {
+    const message = createBaseOfflinePlan();
+    message.instanceType = object.instanceType ?? "";
+    message.batchSize = object.batchSize ?? 0;
+    message.replicas = object.replicas ?? 0;
+    message.spot = object.spot ?? false;
+    message.makespanS = object.makespanS ?? 0;
+    message.cost = object.cost ?? 0;
+    message.expectedMakespanS = object.expectedMakespanS ?? 0;
+    message.expectedCost = object.expectedCost ?? 0;
+    message.deadlineProbability = object.deadlineProbability ?? 0;
+    message.requests = (object.requests !== undefined && object.requests !== null) ? BigInt(object.requests) : 0n;
+    return message;
+  },
+};
+
+function createBaseModePlan(): ModePlan {
+  return {
+    mode: 0,
+    feasible: false,
+    bindingConstraint: 0,
+    reason: "",
+    costPerHour: 0,
+    costPerMillionRequests: 0,
+    pools: [],
+    offlineJobs: [],
+    objectivePerMillionRequests: 0,
+  };
+}
+
+export const ModePlan: MessageFns<ModePlan> = {
+  encode(message: ModePlan, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.mode !== 0) {
+      writer.uint32(8).int32(message.mode);
+    }
+    if (message.feasible !== false) {
+      writer.uint32(16).bool(message.feasible);
+    }
+    if (message.bindingConstraint !== 0) {
+      writer.uint32(24).int32(message.bindingConstraint);
+    }
+    if (message.reason !== "") {
+      writer.uint32(34).string(message.reason);
+    }
+    if (message.costPerHour !== 0) {
+      writer.uint32(41).double(message.costPerHour);
+    }
+    if (message.costPerMillionRequests !== 0) {
+      writer.uint32(49).double(message.costPerMillionRequests);
+    }
+    for (const v of message.pools) {
+      PoolPlan.encode(v!, writer.uint32(58).fork()).join();
+    }
+    for (const v of message.offlineJobs) {
+      OfflinePlan.encode(v!, writer.uint32(66).fork()).join();
+    }
+    if (message.objectivePerMillionRequests !== 0) {
+      writer.uint32(73).double(message.objectivePerMillionRequests);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ModePlan {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseModePlan();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.mode = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.feasible = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.bindingConstraint = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.costPerHour = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.costPerMillionRequests = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.pools.push(PoolPlan.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.offlineJobs.push(OfflinePlan.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 73) {
+              break;
+            }
+
+            message.objectivePerMillionRequests = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ModePlan {
+    return {
+      mode: isSet(object.mode) ? servingModeFromJSON(object.mode) : 0,
+      feasible: isSet(object.feasible) ? globalThis.Boolean(object.feasible) : false,
+      bindingConstraint: isSet(object.bindingConstraint)
+        ? bindingConstraintFromJSON(object.bindingConstraint)
+        : isSet(object.binding_constraint)
+        ? bindingConstraintFromJSON(object.binding_constraint)
+        : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      costPerHour: isSet(object.costPerHour)
+        ? globalThis.Number(object.costPerHour)
+        : isSet(object.cost_per_hour)
+        ? globalThis.Number(object.cost_per_hour)
+        : 0,
+      costPerMillionRequests: isSet(object.costPerMillionRequests)
+        ? globalThis.Number(object.costPerMillionRequests)
+        : isSet(object.cost_per_million_requests)
+        ? globalThis.Number(object.cost_per_million_requests)
+        : 0,
+      pools: globalThis.Array.isArray(object?.pools) ? object.pools.map((e: any) => PoolPlan.fromJSON(e)) : [],
+      offlineJobs: globalThis.Array.isArray(object?.offlineJobs)
+        ? object.offlineJobs.map((e: any) => OfflinePlan.fromJSON(e))
+        : globalThis.Array.isArray(object?.offline_jobs)
+        ? object.offline_jobs.map((e: any) => OfflinePlan.fromJSON(e))
+        : [],
+      objectivePerMillionRequests: isSet(object.objectivePerMillionRequests)
+        ? globalThis.Number(object.objectivePerMillionRequests)
+        : isSet(object.objective_per_million_requests)
+        ? globalThis.Number(object.objective_per_million_requests)
+        : 0,
+    };
+  },
+
+  toJSON(message: ModePlan): unknown {
+    const obj: any = {};
+    if (message.mode !== 0) {
+      obj.mode = servingModeToJSON(message.mode);
+    }
+    if (message.feasible !== false) {
+      obj.feasible = message.feasible;
+    }
+    if (message.bindingConstraint !== 0) {
+      obj.bindingConstraint = bindingConstraintToJSON(message.bindingConstraint);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.costPerHour !== 0) {
+      obj.costPerHour = floatToJson(message.costPerHour);
+    }
+    if (message.costPerMillionRequests !== 0) {
+      obj.costPerMillionRequests = floatToJson(message.costPerMillionRequests);
+    }
+    if (message.pools?.length) {
+      obj.pools = message.pools.map((e) => PoolPlan.toJSON(e));
+    }
+    if (message.offlineJobs?.length) {
+      obj.offlineJobs = message.offlineJobs.map((e) => OfflinePlan.toJSON(e));
+    }
+    if (message.objectivePerMillionRequests !== 0) {
+      obj.objectivePerMillionRequests = floatToJson(message.objectivePerMillionRequests);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ModePlan>, I>>(base?: I): ModePlan {
+    return ModePlan.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ModePlan>, I>>(object: I): ModePlan {
+    const message = createBaseModePlan();
+    message.mode = object.mode ?? 0;
+    message.feasible = object.feasible ?? false;
+    message.bindingConstraint = object.bindingConstraint ?? 0;
+    message.reason = object.reason ?? "";
+    message.costPerHour = object.costPerHour ?? 0;
+    message.costPerMillionRequests = object.costPerMillionRequests ?? 0;
+    message.pools = object.pools?.map((e) => PoolPlan.fromPartial(e)) || [];
+    message.offlineJobs = object.offlineJobs?.map((e) => OfflinePlan.fromPartial(e)) || [];
+    message.objectivePerMillionRequests = object.objectivePerMillionRequests ?? 0;
+    return message;
+  },
+};
+
+function createBaseBreakEven(): BreakEven {
+  return { belowMode: 0, aboveMode: 0, ratePerS: 0 };
+}
+
+export const BreakEven: MessageFns<BreakEven> = {
+  encode(message: BreakEven, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.belowMode !== 0) {
+      writer.uint32(8).int32(message.belowMode);
+    }
+    if (message.aboveMode !== 0) {
+      writer.uint32(16).int32(message.aboveMode);
+    }
+    if (message.ratePerS !== 0) {
+      writer.uint32(25).double(message.ratePerS);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BreakEven {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBreakEven();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.belowMode = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.aboveMode = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.ratePerS = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BreakEven {
+    return {
+      belowMode: isSet(object.belowMode)
+        ? servingModeFromJSON(object.belowMode)
+        : isSet(object.below_mode)
+        ? servingModeFromJSON(object.below_mode)
+        : 0,
+      aboveMode: isSet(object.aboveMode)
+        ? servingModeFromJSON(object.aboveMode)
+        : isSet(object.above_mode)
+        ? servingModeFromJSON(object.above_mode)
+        : 0,
+      ratePerS: isSet(object.ratePerS)
+        ? globalThis.Number(object.ratePerS)
+        : isSet(object.rate_per_s)
+        ? globalThis.Number(object.rate_per_s)
+        : 0,
+    };
+  },
+
+  toJSON(message: BreakEven): unknown {
+    const obj: any = {};
+    if (message.belowMode !== 0) {
+      obj.belowMode = servingModeToJSON(message.belowMode);
+    }
+    if (message.aboveMode !== 0) {
+      obj.aboveMode = servingModeToJSON(message.aboveMode);
+    }
+    if (message.ratePerS !== 0) {
+      obj.ratePerS = floatToJson(message.ratePerS);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BreakEven>, I>>(base?: I): BreakEven {
+    return BreakEven.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BreakEven>, I>>(object: I): BreakEven {
+    const message = createBaseBreakEven();
+    message.belowMode = object.belowMode ?? 0;
+    message.aboveMode = object.aboveMode ?? 0;
+    message.ratePerS = object.ratePerS ?? 0;
     return message;
   },
 };
 
 function createBaseSelectModeResponse(): SelectModeResponse {
-  return {};
+  return { chosenMode: 0, modes: [], reasons: [], breakEvens: [], notes: [] };
 }
 
 export const SelectModeResponse: MessageFns<SelectModeResponse> = {
-  encode(_: SelectModeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: SelectModeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.chosenMode !== 0) {
+      writer.uint32(8).int32(message.chosenMode);
+    }
+    for (const v of message.modes) {
+      ModePlan.encode(v!, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.reasons) {
+      writer.uint32(26).string(v!);
+    }
+    for (const v of message.breakEvens) {
+      BreakEven.encode(v!, writer.uint32(34).fork()).join();
+    }
+    for (const v of message.notes) {
+      writer.uint32(42).string(v!);
+    }
     return writer;
   },
 
@@ -1164,6 +2630,46 @@ export const SelectModeResponse: MessageFns<SelectModeResponse> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.chosenMode = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.modes.push(ModePlan.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reasons.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.breakEvens.push(BreakEven.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.notes.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1176,30 +2682,689 @@ export const SelectModeResponse: MessageFns<SelectModeResponse> = {
     }
   },
 
-  fromJSON(_: any): SelectModeResponse {
-    return {};
+  fromJSON(object: any): SelectModeResponse {
+    return {
+      chosenMode: isSet(object.chosenMode)
+        ? servingModeFromJSON(object.chosenMode)
+        : isSet(object.chosen_mode)
+        ? servingModeFromJSON(object.chosen_mode)
+        : 0,
+      modes: globalThis.Array.isArray(object?.modes) ? object.modes.map((e: any) => ModePlan.fromJSON(e)) : [],
+      reasons: globalThis.Array.isArray(object?.reasons) ? object.reasons.map((e: any) => globalThis.String(e)) : [],
+      breakEvens: globalThis.Array.isArray(object?.breakEvens)
+        ? object.breakEvens.map((e: any) => BreakEven.fromJSON(e))
+        : globalThis.Array.isArray(object?.break_evens)
+        ? object.break_evens.map((e: any) => BreakEven.fromJSON(e))
+        : [],
+      notes: globalThis.Array.isArray(object?.notes) ? object.notes.map((e: any) => globalThis.String(e)) : [],
+    };
   },
 
-  toJSON(_: SelectModeResponse): unknown {
+  toJSON(message: SelectModeResponse): unknown {
     const obj: any = {};
+    if (message.chosenMode !== 0) {
+      obj.chosenMode = servingModeToJSON(message.chosenMode);
+    }
+    if (message.modes?.length) {
+      obj.modes = message.modes.map((e) => ModePlan.toJSON(e));
+    }
+    if (message.reasons?.length) {
+      obj.reasons = message.reasons;
+    }
+    if (message.breakEvens?.length) {
+      obj.breakEvens = message.breakEvens.map((e) => BreakEven.toJSON(e));
+    }
+    if (message.notes?.length) {
+      obj.notes = message.notes;
+    }
     return obj;
   },
 
   create<I extends Exact<DeepPartial<SelectModeResponse>, I>>(base?: I): SelectModeResponse {
     return SelectModeResponse.fromPartial(base ?? ({} as any));
   },
-  fromPartial<I extends Exact<DeepPartial<SelectModeResponse>, I>>(_: I): SelectModeResponse {
+  fromPartial<I extends Exact<DeepPartial<SelectModeResponse>, I>>(object: I): SelectModeResponse {
     const message = createBaseSelectModeResponse();
+    message.chosenMode = object.chosenMode ?? 0;
+    message.modes = object.modes?.map((e) => ModePlan.fromPartial(e)) || [];
+    message.reasons = object.reasons?.map((e) => e) || [];
+    message.breakEvens = object.breakEvens?.map((e) => BreakEven.fromPartial(e)) || [];
+    message.notes = object.notes?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseDeploymentSpec(): DeploymentSpec {
+  return {
+    name: "",
+    candidates: [],
+    slo: undefined,
+    plan: undefined,
+    rateProfile: [],
+    arrivalCv: undefined,
+    memoryBytes: 0n,
+  };
+}
+
+export const DeploymentSpec: MessageFns<DeploymentSpec> = {
+  encode(message: DeploymentSpec, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    for (const v of message.candidates) {
+      Candidate.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.slo !== undefined) {
+      Slo.encode(message.slo, writer.uint32(26).fork()).join();
+    }
+    if (message.plan !== undefined) {
+      ServingPlan.encode(message.plan, writer.uint32(34).fork()).join();
+    }
+    for (const v of message.rateProfile) {
+      RatePoint.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.arrivalCv !== undefined) {
+      writer.uint32(49).double(message.arrivalCv);
+    }
+    if (message.memoryBytes !== 0n) {
+      if (BigInt.asUintN(64, message.memoryBytes) !== message.memoryBytes) {
+        throw new globalThis.Error("value provided for field message.memoryBytes of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.memoryBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeploymentSpec {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeploymentSpec();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.candidates.push(Candidate.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.slo = Slo.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.plan = ServingPlan.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.rateProfile.push(RatePoint.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.arrivalCv = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.memoryBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeploymentSpec {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      candidates: globalThis.Array.isArray(object?.candidates)
+        ? object.candidates.map((e: any) => Candidate.fromJSON(e))
+        : [],
+      slo: isSet(object.slo) ? Slo.fromJSON(object.slo) : undefined,
+      plan: isSet(object.plan) ? ServingPlan.fromJSON(object.plan) : undefined,
+      rateProfile: globalThis.Array.isArray(object?.rateProfile)
+        ? object.rateProfile.map((e: any) => RatePoint.fromJSON(e))
+        : globalThis.Array.isArray(object?.rate_profile)
+        ? object.rate_profile.map((e: any) => RatePoint.fromJSON(e))
+        : [],
+      arrivalCv: isSet(object.arrivalCv)
+        ? globalThis.Number(object.arrivalCv)
+        : isSet(object.arrival_cv)
+        ? globalThis.Number(object.arrival_cv)
+        : undefined,
+      memoryBytes: isSet(object.memoryBytes)
+        ? BigInt(object.memoryBytes)
+        : isSet(object.memory_bytes)
+        ? BigInt(object.memory_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: DeploymentSpec): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.candidates?.length) {
+      obj.candidates = message.candidates.map((e) => Candidate.toJSON(e));
+    }
+    if (message.slo !== undefined) {
+      obj.slo = Slo.toJSON(message.slo);
+    }
+    if (message.plan !== undefined) {
+      obj.plan = ServingPlan.toJSON(message.plan);
+    }
+    if (message.rateProfile?.length) {
+      obj.rateProfile = message.rateProfile.map((e) => RatePoint.toJSON(e));
+    }
+    if (message.arrivalCv !== undefined) {
+      obj.arrivalCv = floatToJson(message.arrivalCv);
+    }
+    if (message.memoryBytes !== 0n) {
+      obj.memoryBytes = message.memoryBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeploymentSpec>, I>>(base?: I): DeploymentSpec {
+    return DeploymentSpec.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeploymentSpec>, I>>(object: I): DeploymentSpec {
+    const message = createBaseDeploymentSpec();
+    message.name = object.name ?? "";
+    message.candidates = object.candidates?.map((e) => Candidate.fromPartial(e)) || [];
+    message.slo = (object.slo !== undefined && object.slo !== null) ? Slo.fromPartial(object.slo) : undefined;
+    message.plan = (object.plan !== undefined && object.plan !== null)
+      ? ServingPlan.fromPartial(object.plan)
+      : undefined;
+    message.rateProfile = object.rateProfile?.map((e) => RatePoint.fromPartial(e)) || [];
+    message.arrivalCv = object.arrivalCv ?? undefined;
+    message.memoryBytes = (object.memoryBytes !== undefined && object.memoryBytes !== null)
+      ? BigInt(object.memoryBytes)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseStrategyResult(): StrategyResult {
+  return {
+    strategy: 0,
+    feasible: false,
+    reason: "",
+    costPerDay: 0,
+    costPerMonth: 0,
+    meanUtilisation: 0,
+    costPerMillionRequests: 0,
+    sloRiskMinutes: 0,
+    peakReplicas: 0,
+    meanReplicas: 0,
+  };
+}
+
+export const StrategyResult: MessageFns<StrategyResult> = {
+  encode(message: StrategyResult, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.strategy !== 0) {
+      writer.uint32(8).int32(message.strategy);
+    }
+    if (message.feasible !== false) {
+      writer.uint32(16).bool(message.feasible);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    if (message.costPerDay !== 0) {
+      writer.uint32(33).double(message.costPerDay);
+    }
+    if (message.costPerMonth !== 0) {
+      writer.uint32(41).double(message.costPerMonth);
+    }
+    if (message.meanUtilisation !== 0) {
+      writer.uint32(49).double(message.meanUtilisation);
+    }
+    if (message.costPerMillionRequests !== 0) {
+      writer.uint32(57).double(message.costPerMillionRequests);
+    }
+    if (message.sloRiskMinutes !== 0) {
+      writer.uint32(65).double(message.sloRiskMinutes);
+    }
+    if (message.peakReplicas !== 0) {
+      writer.uint32(72).uint32(message.peakReplicas);
+    }
+    if (message.meanReplicas !== 0) {
+      writer.uint32(81).double(message.meanReplicas);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StrategyResult {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStrategyResult();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.strategy = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.feasible = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.costPerDay = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.costPerMonth = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.meanUtilisation = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.costPerMillionRequests = reader.double();
+            continue;
+          }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.sloRiskMinutes = reader.double();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.peakReplicas = reader.uint32();
+            continue;
+          }
+          case 10: {
+            if (tag !== 81) {
+              break;
+            }
+
+            message.meanReplicas = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StrategyResult {
+    return {
+      strategy: isSet(object.strategy) ? resourceStrategyFromJSON(object.strategy) : 0,
+      feasible: isSet(object.feasible) ? globalThis.Boolean(object.feasible) : false,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      costPerDay: isSet(object.costPerDay)
+        ? globalThis.Number(object.costPerDay)
+        : isSet(object.cost_per_day)
+        ? globalThis.Number(object.cost_per_day)
+        : 0,
+      costPerMonth: isSet(object.costPerMonth)
+        ? globalThis.Number(object.costPerMonth)
+        : isSet(object.cost_per_month)
+        ? globalThis.Number(object.cost_per_month)
+        : 0,
+      meanUtilisation: isSet(object.meanUtilisation)
+        ? globalThis.Number(object.meanUtilisation)
+        : isSet(object.mean_utilisation)
+        ? globalThis.Number(object.mean_utilisation)
+        : 0,
+      costPerMillionRequests: isSet(object.costPerMillionRequests)
+        ? globalThis.Number(object.costPerMillionRequests)
+        : isSet(object.cost_per_million_requests)
+        ? globalThis.Number(object.cost_per_million_requests)
+        : 0,
+      sloRiskMinutes: isSet(object.sloRiskMinutes)
+        ? globalThis.Number(object.sloRiskMinutes)
+        : isSet(object.slo_risk_minutes)
+        ? globalThis.Number(object.slo_risk_minutes)
+        : 0,
+      peakReplicas: isSet(object.peakReplicas)
+        ? globalThis.Number(object.peakReplicas)
+        : isSet(object.peak_replicas)
+        ? globalThis.Number(object.peak_replicas)
+        : 0,
+      meanReplicas: isSet(object.meanReplicas)
+        ? globalThis.Number(object.meanReplicas)
+        : isSet(object.mean_replicas)
+        ? globalThis.Number(object.mean_replicas)
+        : 0,
+    };
+  },
+
+  toJSON(message: StrategyResult): unknown {
+    const obj: any = {};
+    if (message.strategy !== 0) {
+      obj.strategy = resourceStrategyToJSON(message.strategy);
+    }
+    if (message.feasible !== false) {
+      obj.feasible = message.feasible;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.costPerDay !== 0) {
+      obj.costPerDay = floatToJson(message.costPerDay);
+    }
+    if (message.costPerMonth !== 0) {
+      obj.costPerMonth = floatToJson(message.costPerMonth);
+    }
+    if (message.meanUtilisation !== 0) {
+      obj.meanUtilisation = floatToJson(message.meanUtilisation);
+    }
+    if (message.costPerMillionRequests !== 0) {
+      obj.costPerMillionRequests = floatToJson(message.costPerMillionRequests);
+    }
+    if (message.sloRiskMinutes !== 0) {
+      obj.sloRiskMinutes = floatToJson(message.sloRiskMinutes);
+    }
+    if (message.peakReplicas !== 0) {
+      obj.peakReplicas = Math.round(message.peakReplicas);
+    }
+    if (message.meanReplicas !== 0) {
+      obj.meanReplicas = floatToJson(message.meanReplicas);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StrategyResult>, I>>(base?: I): StrategyResult {
+    return StrategyResult.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StrategyResult>, I>>(object: I): StrategyResult {
+    const message = createBaseStrategyResult();
+    message.strategy = object.strategy ?? 0;
+    message.feasible = object.feasible ?? false;
+    message.reason = object.reason ?? "";
+    message.costPerDay = object.costPerDay ?? 0;
+    message.costPerMonth = object.costPerMonth ?? 0;
+    message.meanUtilisation = object.meanUtilisation ?? 0;
+    message.costPerMillionRequests = object.costPerMillionRequests ?? 0;
+    message.sloRiskMinutes = object.sloRiskMinutes ?? 0;
+    message.peakReplicas = object.peakReplicas ?? 0;
+    message.meanReplicas = object.meanReplicas ?? 0;
+    return message;
+  },
+};
+
+function createBaseDeploymentResources(): DeploymentResources {
+  return { name: "", plan: undefined, strategies: [], recommendedAutoscaler: undefined, exports: undefined };
+}
+
+export const DeploymentResources: MessageFns<DeploymentResources> = {
+  encode(message: DeploymentResources, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.plan !== undefined) {
+      ServingPlan.encode(message.plan, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.strategies) {
+      StrategyResult.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.recommendedAutoscaler !== undefined) {
+      AutoscalerSettings.encode(message.recommendedAutoscaler, writer.uint32(34).fork()).join();
+    }
+    if (message.exports !== undefined) {
+      PlanExports.encode(message.exports, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeploymentResources {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeploymentResources();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.plan = ServingPlan.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.strategies.push(StrategyResult.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.recommendedAutoscaler = AutoscalerSettings.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.exports = PlanExports.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeploymentResources {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      plan: isSet(object.plan) ? ServingPlan.fromJSON(object.plan) : undefined,
+      strategies: globalThis.Array.isArray(object?.strategies)
+        ? object.strategies.map((e: any) => StrategyResult.fromJSON(e))
+        : [],
+      recommendedAutoscaler: isSet(object.recommendedAutoscaler)
+        ? AutoscalerSettings.fromJSON(object.recommendedAutoscaler)
+        : isSet(object.recommended_autoscaler)
+        ? AutoscalerSettings.fromJSON(object.recommended_autoscaler)
+        : undefined,
+      exports: isSet(object.exports) ? PlanExports.fromJSON(object.exports) : undefined,
+    };
+  },
+
+  toJSON(message: DeploymentResources): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.plan !== undefined) {
+      obj.plan = ServingPlan.toJSON(message.plan);
+    }
+    if (message.strategies?.length) {
+      obj.strategies = message.strategies.map((e) => StrategyResult.toJSON(e));
+    }
+    if (message.recommendedAutoscaler !== undefined) {
+      obj.recommendedAutoscaler = AutoscalerSettings.toJSON(message.recommendedAutoscaler);
+    }
+    if (message.exports !== undefined) {
+      obj.exports = PlanExports.toJSON(message.exports);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeploymentResources>, I>>(base?: I): DeploymentResources {
+    return DeploymentResources.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeploymentResources>, I>>(object: I): DeploymentResources {
+    const message = createBaseDeploymentResources();
+    message.name = object.name ?? "";
+    message.plan = (object.plan !== undefined && object.plan !== null)
+      ? ServingPlan.fromPartial(object.plan)
+      : undefined;
+    message.strategies = object.strategies?.map((e) => StrategyResult.fromPartial(e)) || [];
+    message.recommendedAutoscaler =
+      (object.recommendedAutoscaler !== undefined && object.recommendedAutoscaler !== null)
+        ? AutoscalerSettings.fromPartial(object.recommendedAutoscaler)
+        : undefined;
+    message.exports = (object.exports !== undefined && object.exports !== null)
+      ? PlanExports.fromPartial(object.exports)
+      : undefined;
     return message;
   },
 };
 
 function createBasePlanResourcesRequest(): PlanResourcesRequest {
-  return {};
+  return {
+    deployments: [],
+    autoscaler: undefined,
+    limits: undefined,
+    serviceTimeBasis: 0,
+    seed: 0n,
+    sharedInstanceMemoryBytes: 0n,
+  };
 }
 
 export const PlanResourcesRequest: MessageFns<PlanResourcesRequest> = {
-  encode(_: PlanResourcesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: PlanResourcesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.deployments) {
+      DeploymentSpec.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.autoscaler !== undefined) {
+      AutoscalerSettings.encode(message.autoscaler, writer.uint32(18).fork()).join();
+    }
+    if (message.limits !== undefined) {
+      SearchLimits.encode(message.limits, writer.uint32(26).fork()).join();
+    }
+    if (message.serviceTimeBasis !== 0) {
+      writer.uint32(32).int32(message.serviceTimeBasis);
+    }
+    if (message.seed !== 0n) {
+      if (BigInt.asUintN(64, message.seed) !== message.seed) {
+        throw new globalThis.Error("value provided for field message.seed of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.seed);
+    }
+    if (message.sharedInstanceMemoryBytes !== 0n) {
+      if (BigInt.asUintN(64, message.sharedInstanceMemoryBytes) !== message.sharedInstanceMemoryBytes) {
+        throw new globalThis.Error(
+          "value provided for field message.sharedInstanceMemoryBytes of type uint64 too large",
+        );
+      }
+      writer.uint32(48).uint64(message.sharedInstanceMemoryBytes);
+    }
     return writer;
   },
 
@@ -1216,6 +3381,54 @@ export const PlanResourcesRequest: MessageFns<PlanResourcesRequest> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deployments.push(DeploymentSpec.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.autoscaler = AutoscalerSettings.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.limits = SearchLimits.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.serviceTimeBasis = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.seed = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.sharedInstanceMemoryBytes = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1228,30 +3441,93 @@ export const PlanResourcesRequest: MessageFns<PlanResourcesRequest> = {
     }
   },
 
-  fromJSON(_: any): PlanResourcesRequest {
-    return {};
+  fromJSON(object: any): PlanResourcesRequest {
+    return {
+      deployments: globalThis.Array.isArray(object?.deployments)
+        ? object.deployments.map((e: any) => DeploymentSpec.fromJSON(e))
+        : [],
+      autoscaler: isSet(object.autoscaler) ? AutoscalerSettings.fromJSON(object.autoscaler) : undefined,
+      limits: isSet(object.limits) ? SearchLimits.fromJSON(object.limits) : undefined,
+      serviceTimeBasis: isSet(object.serviceTimeBasis)
+        ? serviceTimeBasisFromJSON(object.serviceTimeBasis)
+        : isSet(object.service_time_basis)
+        ? serviceTimeBasisFromJSON(object.service_time_basis)
+        : 0,
+      seed: isSet(object.seed) ? BigInt(object.seed) : 0n,
+      sharedInstanceMemoryBytes: isSet(object.sharedInstanceMemoryBytes)
+        ? BigInt(object.sharedInstanceMemoryBytes)
+        : isSet(object.shared_instance_memory_bytes)
+        ? BigInt(object.shared_instance_memory_bytes)
+        : 0n,
+    };
   },
 
-  toJSON(_: PlanResourcesRequest): unknown {
+  toJSON(message: PlanResourcesRequest): unknown {
     const obj: any = {};
+    if (message.deployments?.length) {
+      obj.deployments = message.deployments.map((e) => DeploymentSpec.toJSON(e));
+    }
+    if (message.autoscaler !== undefined) {
+      obj.autoscaler = AutoscalerSettings.toJSON(message.autoscaler);
+    }
+    if (message.limits !== undefined) {
+      obj.limits = SearchLimits.toJSON(message.limits);
+    }
+    if (message.serviceTimeBasis !== 0) {
+      obj.serviceTimeBasis = serviceTimeBasisToJSON(message.serviceTimeBasis);
+    }
+    if (message.seed !== 0n) {
+      obj.seed = message.seed.toString();
+    }
+    if (message.sharedInstanceMemoryBytes !== 0n) {
+      obj.sharedInstanceMemoryBytes = message.sharedInstanceMemoryBytes.toString();
+    }
     return obj;
   },
 
   create<I extends Exact<DeepPartial<PlanResourcesRequest>, I>>(base?: I): PlanResourcesRequest {
     return PlanResourcesRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial<I extends Exact<DeepPartial<PlanResourcesRequest>, I>>(_: I): PlanResourcesRequest {
+  fromPartial<I extends Exact<DeepPartial<PlanResourcesRequest>, I>>(object: I): PlanResourcesRequest {
     const message = createBasePlanResourcesRequest();
+    message.deployments = object.deployments?.map((e) => DeploymentSpec.fromPartial(e)) || [];
+    message.autoscaler = (object.autoscaler !== undefined && object.autoscaler !== null)
+      ? AutoscalerSettings.fromPartial(object.autoscaler)
+      : undefined;
+    message.limits = (object.limits !== undefined && object.limits !== null)
+      ? SearchLimits.fromPartial(object.limits)
+      : undefined;
+    message.serviceTimeBasis = object.serviceTimeBasis ?? 0;
+    message.seed = (object.seed !== undefined && object.seed !== null) ? BigInt(object.seed) : 0n;
+    message.sharedInstanceMemoryBytes =
+      (object.sharedInstanceMemoryBytes !== undefined && object.sharedInstanceMemoryBytes !== null)
+        ? BigInt(object.sharedInstanceMemoryBytes)
+        : 0n;
     return message;
   },
 };
 
 function createBasePlanResourcesResponse(): PlanResourcesResponse {
-  return {};
+  return { deployments: [], recommendedStrategy: 0, totals: [], reasons: [], notes: [] };
 }
 
 export const PlanResourcesResponse: MessageFns<PlanResourcesResponse> = {
-  encode(_: PlanResourcesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: PlanResourcesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.deployments) {
+      DeploymentResources.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.recommendedStrategy !== 0) {
+      writer.uint32(16).int32(message.recommendedStrategy);
+    }
+    for (const v of message.totals) {
+      StrategyResult.encode(v!, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.reasons) {
+      writer.uint32(34).string(v!);
+    }
+    for (const v of message.notes) {
+      writer.uint32(42).string(v!);
+    }
     return writer;
   },
 
@@ -1268,6 +3544,46 @@ export const PlanResourcesResponse: MessageFns<PlanResourcesResponse> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deployments.push(DeploymentResources.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.recommendedStrategy = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.totals.push(StrategyResult.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.reasons.push(reader.string());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.notes.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1280,20 +3596,52 @@ export const PlanResourcesResponse: MessageFns<PlanResourcesResponse> = {
     }
   },
 
-  fromJSON(_: any): PlanResourcesResponse {
-    return {};
+  fromJSON(object: any): PlanResourcesResponse {
+    return {
+      deployments: globalThis.Array.isArray(object?.deployments)
+        ? object.deployments.map((e: any) => DeploymentResources.fromJSON(e))
+        : [],
+      recommendedStrategy: isSet(object.recommendedStrategy)
+        ? resourceStrategyFromJSON(object.recommendedStrategy)
+        : isSet(object.recommended_strategy)
+        ? resourceStrategyFromJSON(object.recommended_strategy)
+        : 0,
+      totals: globalThis.Array.isArray(object?.totals) ? object.totals.map((e: any) => StrategyResult.fromJSON(e)) : [],
+      reasons: globalThis.Array.isArray(object?.reasons) ? object.reasons.map((e: any) => globalThis.String(e)) : [],
+      notes: globalThis.Array.isArray(object?.notes) ? object.notes.map((e: any) => globalThis.String(e)) : [],
+    };
   },
 
-  toJSON(_: PlanResourcesResponse): unknown {
+  toJSON(message: PlanResourcesResponse): unknown {
     const obj: any = {};
+    if (message.deployments?.length) {
+      obj.deployments = message.deployments.map((e) => DeploymentResources.toJSON(e));
+    }
+    if (message.recommendedStrategy !== 0) {
+      obj.recommendedStrategy = resourceStrategyToJSON(message.recommendedStrategy);
+    }
+    if (message.totals?.length) {
+      obj.totals = message.totals.map((e) => StrategyResult.toJSON(e));
+    }
+    if (message.reasons?.length) {
+      obj.reasons = message.reasons;
+    }
+    if (message.notes?.length) {
+      obj.notes = message.notes;
+    }
     return obj;
   },
 
   create<I extends Exact<DeepPartial<PlanResourcesResponse>, I>>(base?: I): PlanResourcesResponse {
     return PlanResourcesResponse.fromPartial(base ?? ({} as any));
   },
-  fromPartial<I extends Exact<DeepPartial<PlanResourcesResponse>, I>>(_: I): PlanResourcesResponse {
+  fromPartial<I extends Exact<DeepPartial<PlanResourcesResponse>, I>>(object: I): PlanResourcesResponse {
     const message = createBasePlanResourcesResponse();
+    message.deployments = object.deployments?.map((e) => DeploymentResources.fromPartial(e)) || [];
+    message.recommendedStrategy = object.recommendedStrategy ?? 0;
+    message.totals = object.totals?.map((e) => StrategyResult.fromPartial(e)) || [];
+    message.reasons = object.reasons?.map((e) => e) || [];
+    message.notes = object.notes?.map((e) => e) || [];
     return message;
   },
 };

@@ -167,6 +167,111 @@ export function bindingConstraintToJSON(object: BindingConstraint): string {
   }
 }
 
+/** How a model's traffic is served. */
+export enum ServingMode {
+  SERVING_MODE_UNSPECIFIED = 0,
+  /** SERVING_MODE_REALTIME - Every request on its own: B = 1, T = 0. */
+  SERVING_MODE_REALTIME = 1,
+  /** SERVING_MODE_DYNAMIC_BATCHING - Online dynamic batching with a batch size and batching delay. */
+  SERVING_MODE_DYNAMIC_BATCHING = 2,
+  /** SERVING_MODE_OFFLINE_BATCH - Deferrable work run as a batch job, throughput-optimal, finishing before a deadline. */
+  SERVING_MODE_OFFLINE_BATCH = 3,
+  /** SERVING_MODE_HYBRID - Each traffic class on the pool that serves it cheapest; pools sized together. */
+  SERVING_MODE_HYBRID = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function servingModeFromJSON(object: any): ServingMode {
+  switch (object) {
+    case 0:
+    case "SERVING_MODE_UNSPECIFIED":
+      return ServingMode.SERVING_MODE_UNSPECIFIED;
+    case 1:
+    case "SERVING_MODE_REALTIME":
+      return ServingMode.SERVING_MODE_REALTIME;
+    case 2:
+    case "SERVING_MODE_DYNAMIC_BATCHING":
+      return ServingMode.SERVING_MODE_DYNAMIC_BATCHING;
+    case 3:
+    case "SERVING_MODE_OFFLINE_BATCH":
+      return ServingMode.SERVING_MODE_OFFLINE_BATCH;
+    case 4:
+    case "SERVING_MODE_HYBRID":
+      return ServingMode.SERVING_MODE_HYBRID;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ServingMode.UNRECOGNIZED;
+  }
+}
+
+export function servingModeToJSON(object: ServingMode): string {
+  switch (object) {
+    case ServingMode.SERVING_MODE_UNSPECIFIED:
+      return "SERVING_MODE_UNSPECIFIED";
+    case ServingMode.SERVING_MODE_REALTIME:
+      return "SERVING_MODE_REALTIME";
+    case ServingMode.SERVING_MODE_DYNAMIC_BATCHING:
+      return "SERVING_MODE_DYNAMIC_BATCHING";
+    case ServingMode.SERVING_MODE_OFFLINE_BATCH:
+      return "SERVING_MODE_OFFLINE_BATCH";
+    case ServingMode.SERVING_MODE_HYBRID:
+      return "SERVING_MODE_HYBRID";
+    case ServingMode.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** A resource strategy over a day whose traffic rises and falls. */
+export enum ResourceStrategy {
+  RESOURCE_STRATEGY_UNSPECIFIED = 0,
+  /** RESOURCE_STRATEGY_DEDICATED - Replicas for the peak, all day. */
+  RESOURCE_STRATEGY_DEDICATED = 1,
+  /** RESOURCE_STRATEGY_AUTOSCALED - An autoscaler follows the rate, with stabilisation windows and cold starts. */
+  RESOURCE_STRATEGY_AUTOSCALED = 2,
+  /** RESOURCE_STRATEGY_SHARED - Several deployments packed onto the same instances. */
+  RESOURCE_STRATEGY_SHARED = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function resourceStrategyFromJSON(object: any): ResourceStrategy {
+  switch (object) {
+    case 0:
+    case "RESOURCE_STRATEGY_UNSPECIFIED":
+      return ResourceStrategy.RESOURCE_STRATEGY_UNSPECIFIED;
+    case 1:
+    case "RESOURCE_STRATEGY_DEDICATED":
+      return ResourceStrategy.RESOURCE_STRATEGY_DEDICATED;
+    case 2:
+    case "RESOURCE_STRATEGY_AUTOSCALED":
+      return ResourceStrategy.RESOURCE_STRATEGY_AUTOSCALED;
+    case 3:
+    case "RESOURCE_STRATEGY_SHARED":
+      return ResourceStrategy.RESOURCE_STRATEGY_SHARED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ResourceStrategy.UNRECOGNIZED;
+  }
+}
+
+export function resourceStrategyToJSON(object: ResourceStrategy): string {
+  switch (object) {
+    case ResourceStrategy.RESOURCE_STRATEGY_UNSPECIFIED:
+      return "RESOURCE_STRATEGY_UNSPECIFIED";
+    case ResourceStrategy.RESOURCE_STRATEGY_DEDICATED:
+      return "RESOURCE_STRATEGY_DEDICATED";
+    case ResourceStrategy.RESOURCE_STRATEGY_AUTOSCALED:
+      return "RESOURCE_STRATEGY_AUTOSCALED";
+    case ResourceStrategy.RESOURCE_STRATEGY_SHARED:
+      return "RESOURCE_STRATEGY_SHARED";
+    case ResourceStrategy.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** One measured point of a latency profile: a batch of batch_size requests takes latency_ms. */
 export interface ProfilePoint {
   batchSize: number;
@@ -212,7 +317,15 @@ export interface InstanceType {
     | MemoryModel
     | undefined;
   /** Seconds from starting a replica to serving its first request. */
-  coldStartS?: number | undefined;
+  coldStartS?:
+    | number
+    | undefined;
+  /** Spot / preemptible price, when the type can run as spot capacity (offline work). */
+  spotPricePerHour?:
+    | number
+    | undefined;
+  /** Expected spot interruptions per hour of a replica, with spot_price_per_hour. */
+  spotInterruptionsPerHour?: number | undefined;
 }
 
 /** An instance type with the model's latency profile measured on it. */
@@ -323,6 +436,40 @@ export interface FrontierPoint {
   /** Predicted latency at the SLO percentile. */
   latencyMs: number;
   meetsSlo: boolean;
+}
+
+/** One point of a rate profile: from time_s on, the rate is rate_per_s. */
+export interface RatePoint {
+  timeS: number;
+  ratePerS: number;
+}
+
+/** Autoscaler settings (inputs to simulate, or the recommended ones). */
+export interface AutoscalerSettings {
+  minReplicas: number;
+  maxReplicas: number;
+  /** Target of rate / capacity per replica, in (0, 1]. */
+  targetUtilisation: number;
+  /** Seconds a higher desired count must hold before scaling up. */
+  scaleUpWindowS: number;
+  /** Seconds a lower desired count must hold before scaling down. */
+  scaleDownWindowS: number;
+  /** Seconds from ordering a replica to it serving (cold start). */
+  startupDelayS: number;
+  /** Seconds after a scaling action before the next one. */
+  cooldownS: number;
+}
+
+/** Configuration files a team can apply for a plan. */
+export interface PlanExports {
+  /** Triton model config: dynamic_batching block, max_batch_size, instance_group. */
+  tritonConfigPbtxt: string;
+  /** Ray Serve deployment config (YAML) with @serve.batch settings. */
+  rayServeYaml: string;
+  /** TorchServe batch_size / max_batch_delay (config.properties). */
+  torchserveProperties: string;
+  /** Kubernetes autoscaling/v2 HorizontalPodAutoscaler (YAML). */
+  hpaYaml: string;
 }
 
 function createBaseProfilePoint(): ProfilePoint {
@@ -838,7 +985,15 @@ export const MemoryModel: MessageFns<MemoryModel> = {
 };
 
 function createBaseInstanceType(): InstanceType {
-  return { name: "", pricePerHour: 0, maxBatchSize: undefined, memory: undefined, coldStartS: undefined };
+  return {
+    name: "",
+    pricePerHour: 0,
+    maxBatchSize: undefined,
+    memory: undefined,
+    coldStartS: undefined,
+    spotPricePerHour: undefined,
+    spotInterruptionsPerHour: undefined,
+  };
 }
 
 export const InstanceType: MessageFns<InstanceType> = {
@@ -857,6 +1012,12 @@ export const InstanceType: MessageFns<InstanceType> = {
     }
     if (message.coldStartS !== undefined) {
       writer.uint32(41).double(message.coldStartS);
+    }
+    if (message.spotPricePerHour !== undefined) {
+      writer.uint32(49).double(message.spotPricePerHour);
+    }
+    if (message.spotInterruptionsPerHour !== undefined) {
+      writer.uint32(57).double(message.spotInterruptionsPerHour);
     }
     return writer;
   },
@@ -914,6 +1075,22 @@ export const InstanceType: MessageFns<InstanceType> = {
             message.coldStartS = reader.double();
             continue;
           }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.spotPricePerHour = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.spotInterruptionsPerHour = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -945,6 +1122,16 @@ export const InstanceType: MessageFns<InstanceType> = {
         : isSet(object.cold_start_s)
         ? globalThis.Number(object.cold_start_s)
         : undefined,
+      spotPricePerHour: isSet(object.spotPricePerHour)
+        ? globalThis.Number(object.spotPricePerHour)
+        : isSet(object.spot_price_per_hour)
+        ? globalThis.Number(object.spot_price_per_hour)
+        : undefined,
+      spotInterruptionsPerHour: isSet(object.spotInterruptionsPerHour)
+        ? globalThis.Number(object.spotInterruptionsPerHour)
+        : isSet(object.spot_interruptions_per_hour)
+        ? globalThis.Number(object.spot_interruptions_per_hour)
+        : undefined,
     };
   },
 
@@ -965,6 +1152,12 @@ export const InstanceType: MessageFns<InstanceType> = {
     if (message.coldStartS !== undefined) {
       obj.coldStartS = floatToJson(message.coldStartS);
     }
+    if (message.spotPricePerHour !== undefined) {
+      obj.spotPricePerHour = floatToJson(message.spotPricePerHour);
+    }
+    if (message.spotInterruptionsPerHour !== undefined) {
+      obj.spotInterruptionsPerHour = floatToJson(message.spotInterruptionsPerHour);
+    }
     return obj;
   },
 
@@ -980,6 +1173,8 @@ export const InstanceType: MessageFns<InstanceType> = {
       ? MemoryModel.fromPartial(object.memory)
       : undefined;
     message.coldStartS = object.coldStartS ?? undefined;
+    message.spotPricePerHour = object.spotPricePerHour ?? undefined;
+    message.spotInterruptionsPerHour = object.spotInterruptionsPerHour ?? undefined;
     return message;
   },
 };
@@ -2369,6 +2564,433 @@ export const FrontierPoint: MessageFns<FrontierPoint> = {
     message.costPerHour = object.costPerHour ?? 0;
     message.latencyMs = object.latencyMs ?? 0;
     message.meetsSlo = object.meetsSlo ?? false;
+    return message;
+  },
+};
+
+function createBaseRatePoint(): RatePoint {
+  return { timeS: 0, ratePerS: 0 };
+}
+
+export const RatePoint: MessageFns<RatePoint> = {
+  encode(message: RatePoint, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.timeS !== 0) {
+      writer.uint32(9).double(message.timeS);
+    }
+    if (message.ratePerS !== 0) {
+      writer.uint32(17).double(message.ratePerS);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RatePoint {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRatePoint();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 9) {
+              break;
+            }
+
+            message.timeS = reader.double();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.ratePerS = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RatePoint {
+    return {
+      timeS: isSet(object.timeS)
+        ? globalThis.Number(object.timeS)
+        : isSet(object.time_s)
+        ? globalThis.Number(object.time_s)
+        : 0,
+      ratePerS: isSet(object.ratePerS)
+        ? globalThis.Number(object.ratePerS)
+        : isSet(object.rate_per_s)
+        ? globalThis.Number(object.rate_per_s)
+        : 0,
+    };
+  },
+
+  toJSON(message: RatePoint): unknown {
+    const obj: any = {};
+    if (message.timeS !== 0) {
+      obj.timeS = floatToJson(message.timeS);
+    }
+    if (message.ratePerS !== 0) {
+      obj.ratePerS = floatToJson(message.ratePerS);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RatePoint>, I>>(base?: I): RatePoint {
+    return RatePoint.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RatePoint>, I>>(object: I): RatePoint {
+    const message = createBaseRatePoint();
+    message.timeS = object.timeS ?? 0;
+    message.ratePerS = object.ratePerS ?? 0;
+    return message;
+  },
+};
+
+function createBaseAutoscalerSettings(): AutoscalerSettings {
+  return {
+    minReplicas: 0,
+    maxReplicas: 0,
+    targetUtilisation: 0,
+    scaleUpWindowS: 0,
+    scaleDownWindowS: 0,
+    startupDelayS: 0,
+    cooldownS: 0,
+  };
+}
+
+export const AutoscalerSettings: MessageFns<AutoscalerSettings> = {
+  encode(message: AutoscalerSettings, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.minReplicas !== 0) {
+      writer.uint32(8).uint32(message.minReplicas);
+    }
+    if (message.maxReplicas !== 0) {
+      writer.uint32(16).uint32(message.maxReplicas);
+    }
+    if (message.targetUtilisation !== 0) {
+      writer.uint32(25).double(message.targetUtilisation);
+    }
+    if (message.scaleUpWindowS !== 0) {
+      writer.uint32(33).double(message.scaleUpWindowS);
+    }
+    if (message.scaleDownWindowS !== 0) {
+      writer.uint32(41).double(message.scaleDownWindowS);
+    }
+    if (message.startupDelayS !== 0) {
+      writer.uint32(49).double(message.startupDelayS);
+    }
+    if (message.cooldownS !== 0) {
+      writer.uint32(57).double(message.cooldownS);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AutoscalerSettings {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAutoscalerSettings();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.minReplicas = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.maxReplicas = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.targetUtilisation = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.scaleUpWindowS = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.scaleDownWindowS = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.startupDelayS = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.cooldownS = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AutoscalerSettings {
+    return {
+      minReplicas: isSet(object.minReplicas)
+        ? globalThis.Number(object.minReplicas)
+        : isSet(object.min_replicas)
+        ? globalThis.Number(object.min_replicas)
+        : 0,
+      maxReplicas: isSet(object.maxReplicas)
+        ? globalThis.Number(object.maxReplicas)
+        : isSet(object.max_replicas)
+        ? globalThis.Number(object.max_replicas)
+        : 0,
+      targetUtilisation: isSet(object.targetUtilisation)
+        ? globalThis.Number(object.targetUtilisation)
+        : isSet(object.target_utilisation)
+        ? globalThis.Number(object.target_utilisation)
+        : 0,
+      scaleUpWindowS: isSet(object.scaleUpWindowS)
+        ? globalThis.Number(object.scaleUpWindowS)
+        : isSet(object.scale_up_window_s)
+        ? globalThis.Number(object.scale_up_window_s)
+        : 0,
+      scaleDownWindowS: isSet(object.scaleDownWindowS)
+        ? globalThis.Number(object.scaleDownWindowS)
+        : isSet(object.scale_down_window_s)
+        ? globalThis.Number(object.scale_down_window_s)
+        : 0,
+      startupDelayS: isSet(object.startupDelayS)
+        ? globalThis.Number(object.startupDelayS)
+        : isSet(object.startup_delay_s)
+        ? globalThis.Number(object.startup_delay_s)
+        : 0,
+      cooldownS: isSet(object.cooldownS)
+        ? globalThis.Number(object.cooldownS)
+        : isSet(object.cooldown_s)
+        ? globalThis.Number(object.cooldown_s)
+        : 0,
+    };
+  },
+
+  toJSON(message: AutoscalerSettings): unknown {
+    const obj: any = {};
+    if (message.minReplicas !== 0) {
+      obj.minReplicas = Math.round(message.minReplicas);
+    }
+    if (message.maxReplicas !== 0) {
+      obj.maxReplicas = Math.round(message.maxReplicas);
+    }
+    if (message.targetUtilisation !== 0) {
+      obj.targetUtilisation = floatToJson(message.targetUtilisation);
+    }
+    if (message.scaleUpWindowS !== 0) {
+      obj.scaleUpWindowS = floatToJson(message.scaleUpWindowS);
+    }
+    if (message.scaleDownWindowS !== 0) {
+      obj.scaleDownWindowS = floatToJson(message.scaleDownWindowS);
+    }
+    if (message.startupDelayS !== 0) {
+      obj.startupDelayS = floatToJson(message.startupDelayS);
+    }
+    if (message.cooldownS !== 0) {
+      obj.cooldownS = floatToJson(message.cooldownS);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AutoscalerSettings>, I>>(base?: I): AutoscalerSettings {
+    return AutoscalerSettings.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AutoscalerSettings>, I>>(object: I): AutoscalerSettings {
+    const message = createBaseAutoscalerSettings();
+    message.minReplicas = object.minReplicas ?? 0;
+    message.maxReplicas = object.maxReplicas ?? 0;
+    message.targetUtilisation = object.targetUtilisation ?? 0;
+    message.scaleUpWindowS = object.scaleUpWindowS ?? 0;
+    message.scaleDownWindowS = object.scaleDownWindowS ?? 0;
+    message.startupDelayS = object.startupDelayS ?? 0;
+    message.cooldownS = object.cooldownS ?? 0;
+    return message;
+  },
+};
+
+function createBasePlanExports(): PlanExports {
+  return { tritonConfigPbtxt: "", rayServeYaml: "", torchserveProperties: "", hpaYaml: "" };
+}
+
+export const PlanExports: MessageFns<PlanExports> = {
+  encode(message: PlanExports, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tritonConfigPbtxt !== "") {
+      writer.uint32(10).string(message.tritonConfigPbtxt);
+    }
+    if (message.rayServeYaml !== "") {
+      writer.uint32(18).string(message.rayServeYaml);
+    }
+    if (message.torchserveProperties !== "") {
+      writer.uint32(26).string(message.torchserveProperties);
+    }
+    if (message.hpaYaml !== "") {
+      writer.uint32(34).string(message.hpaYaml);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PlanExports {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePlanExports();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tritonConfigPbtxt = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.rayServeYaml = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.torchserveProperties = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.hpaYaml = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PlanExports {
+    return {
+      tritonConfigPbtxt: isSet(object.tritonConfigPbtxt)
+        ? globalThis.String(object.tritonConfigPbtxt)
+        : isSet(object.triton_config_pbtxt)
+        ? globalThis.String(object.triton_config_pbtxt)
+        : "",
+      rayServeYaml: isSet(object.rayServeYaml)
+        ? globalThis.String(object.rayServeYaml)
+        : isSet(object.ray_serve_yaml)
+        ? globalThis.String(object.ray_serve_yaml)
+        : "",
+      torchserveProperties: isSet(object.torchserveProperties)
+        ? globalThis.String(object.torchserveProperties)
+        : isSet(object.torchserve_properties)
+        ? globalThis.String(object.torchserve_properties)
+        : "",
+      hpaYaml: isSet(object.hpaYaml)
+        ? globalThis.String(object.hpaYaml)
+        : isSet(object.hpa_yaml)
+        ? globalThis.String(object.hpa_yaml)
+        : "",
+    };
+  },
+
+  toJSON(message: PlanExports): unknown {
+    const obj: any = {};
+    if (message.tritonConfigPbtxt !== "") {
+      obj.tritonConfigPbtxt = message.tritonConfigPbtxt;
+    }
+    if (message.rayServeYaml !== "") {
+      obj.rayServeYaml = message.rayServeYaml;
+    }
+    if (message.torchserveProperties !== "") {
+      obj.torchserveProperties = message.torchserveProperties;
+    }
+    if (message.hpaYaml !== "") {
+      obj.hpaYaml = message.hpaYaml;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PlanExports>, I>>(base?: I): PlanExports {
+    return PlanExports.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PlanExports>, I>>(object: I): PlanExports {
+    const message = createBasePlanExports();
+    message.tritonConfigPbtxt = object.tritonConfigPbtxt ?? "";
+    message.rayServeYaml = object.rayServeYaml ?? "";
+    message.torchserveProperties = object.torchserveProperties ?? "";
+    message.hpaYaml = object.hpaYaml ?? "";
     return message;
   },
 };
