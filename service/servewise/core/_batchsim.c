@@ -344,7 +344,20 @@ static void model_plan(const tables_t *t, Py_ssize_t k, int64_t b_int, double de
     double alpha = cv2 > 1e-12 ? 1.0 / cv2 : 0.0;
     double wait_p;
     if (alpha == 0.0 || alpha > 1e6) wait_p = n / lam < s_busy ? 1.0 : 0.0; /* even gaps */
-    else wait_p = gamma_p(n * alpha, lam * alpha * s_busy);
+    else {
+        /* With a batching delay, a clump of arrivals within the window leaves as one batch, so
+         * keeping N replicas busy takes N clumps: the arrivals a batch gathers after its first
+         * request, given that one just arrived, are the renewal function M(w) = sum_k
+         * P(S_k <= w), which for bursty traffic far exceeds lambda * w. */
+        double clump = 1.0;
+        for (int j = 1; j < (int)big_b; j++) {
+            double term = gamma_p(j * alpha, lam * alpha * window);
+            clump += term;
+            if (term < 1e-3) break;
+        }
+        if (clump > big_b) clump = big_b;
+        wait_p = gamma_p(n * clump * alpha, lam * alpha * s_busy);
+    }
     if (wait_p > 1.0) wait_p = 1.0;
     mixture_t *m = &out->m;
     m->window = window; m->b_idle = b_idle; m->n = n; m->wait_p = wait_p;
