@@ -58,8 +58,10 @@ def test_throughput_optimal_batch_is_the_best_requests_per_ms() -> None:
     best = throughput_optimal_batch(cand, math.inf)
     rates = [b / T4_AMP.service_time_ms(b) for b in range(1, 257)]
     assert best == int(np.argmax(rates)) + 1
-    fits = [b / T4_AMP.service_time_ms(b) if T4_AMP.service_time_ms(b) <= 19.0 else 0 for b in
-            range(1, 257)]
+    fits = [
+        b / T4_AMP.service_time_ms(b) if T4_AMP.service_time_ms(b) <= 19.0 else 0
+        for b in range(1, 257)
+    ]
     assert throughput_optimal_batch(cand, 19.0) == int(np.argmax(fits)) + 1
     assert throughput_optimal_batch(cand, 10.0) is None
 

@@ -1,0 +1,934 @@
+"""Mode selection: real-time, dynamic batching, offline batch or hybrid, with a plan for each.
+
+How each mode serves the traffic classes (every figure is derived from the request):
+
+* REALTIME and DYNAMIC_BATCHING run one pool for every class (one FIFO queue, so every class
+  sees the same latency distribution). The pool must meet every class's requirement. A
+  deferrable class (deadline D) joins with the requirement "p99.9 <= D" (DEADLINE_PERCENTILE):
+  the deadline is meant for every request, and p99.9 is the highest percentile a confirming
+  simulation resolves reliably. The pool is optimised for the non-dominated requirement with
+  the lowest bound; the others are checked on a simulation of the plan at their own
+  percentile, and when one fails, the pool is re-optimised for the combined requirement (the
+  highest percentile at the lowest bound), which implies all of them. One optimize() call
+  answers both modes: its recommendation is the dynamic-batching plan, its real-time baseline
+  (B = 1, T = 0) the real-time plan. The pool's arrivals are the superposition of the classes:
+  rate sum(lambda_k) and CV^2 = sum(lambda_k cv_k^2) / sum(lambda_k) (the variance rate of the
+  superposed counts). A one-off backlog cannot be served by an online pool (it is not a rate).
+* OFFLINE_BATCH runs every class as an offline job (servewise.core.offline): a backlog as one
+  job, a rate-based class as periodic jobs. Any class with a latency SLO makes it infeasible.
+* HYBRID splits the classes: urgent classes (with an SLO) share one online pool (when all
+  classes are urgent, each class gets its own pool); each deferrable class goes to whichever
+  serves it cheaper, an offline job or a batching pool of its own sized for its deadline. Pools
+  and jobs are independent (separate queues), so sizing each for its own classes sizes the
+  split jointly; the mode's cost is the sum. It needs at least two classes.
+
+The choice minimises cost per million requests plus CostSensitivity's price per ms times the
+mode's latency (request-weighted over classes: a pool's simulated latency at its SLO
+percentile, a job's longest wait plus makespan). Ties go to the simpler mode (the order of
+Mode). Costs per hour of backlog jobs are their cost spread over their deadline window.
+
+Break-even rates: every rate-based class is scaled by a common factor on a log grid from
+BREAK_EVEN_RANGE[0] to BREAK_EVEN_RANGE[1] times today's rates; each mode is scored by a cheap
+estimate (the analytic predictor's fewest replicas for pools, the closed form on demand for
+jobs), the factors where the cheapest mode changes are bisected on the estimate, and each
+flip is then confirmed by the full evaluation (optimizer and simulations) just below and
+above it. Unconfirmed flips are reported in the notes, not as break-evens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+import numpy as np
+import numpy.typing as npt
+
+from servewise.core import queueing
+from servewise.core.model import Plan, Slo, Workload
+from servewise.core.offline import (
+    OfflineJob,
+    OfflineJobPlan,
+    OfflineOptions,
+    OfflineResult,
+    SpotOffer,
+    periodic_job,
+    plan_job,
+)
+from servewise.core.optimizer import (
+    Binding,
+    OptimizeResult,
+    PlanAssessment,
+    SearchLimits,
+    optimize,
+)
+from servewise.core.profiles import Candidate
+from servewise.core.simulator import (
+    DEFAULT_SEED,
+    capacity_per_s,
+    order_statistics,
+    simulate,
+    simulate_with_latencies,
+)
+
+DEADLINE_PERCENTILE = 99.9
+# Requests simulated to check a pool's plan against a class requirement it was not optimised for.
+CHECK_REQUESTS = 40_000
+BREAK_EVEN_RANGE = (0.1, 10.0)
+BREAK_EVEN_GRID = 9  # log-spaced factors (plus 1, today's rates)
+BREAK_EVEN_BISECTIONS = 5
+# A flip is confirmed at the break-even rate times (1 -/+ this).
+BREAK_EVEN_CONFIRM = 0.15
+# Replicas the confirming simulation may add to a screened plan.
+CONFIRM_EXTRA_REPLICAS = 3
+# Flips confirmed by simulation (nearest today's rate first); the rest are noted.
+MAX_CONFIRMED_FLIPS = 3
+# Delays the break-even screen tries, as fractions of the SLO's slack.
+SCREEN_DELAY_FRACTIONS = (0.05, 0.2, 0.5)
+SECONDS_PER_HOUR = 3600.0
+
+
+class Mode(Enum):
+    REALTIME = "real-time"
+    DYNAMIC_BATCHING = "dynamic batching"
+    OFFLINE_BATCH = "offline batch"
+    HYBRID = "hybrid"
+
+
+MODE_ORDER = (Mode.REALTIME, Mode.DYNAMIC_BATCHING, Mode.OFFLINE_BATCH, Mode.HYBRID)
+
+
+@dataclass(frozen=True)
+class TrafficClass:
+    """One class of traffic: a steady rate or a one-off backlog, and an SLO or a deadline."""
+
+    name: str
+    rate_per_s: float | None = None
+    backlog_requests: int | None = None
+    slo: Slo | None = None
+    deadline_s: float | None = None
+    arrival_cv: float = 1.0
+    priority: int = 0
+
+    @property
+    def deferrable(self) -> bool:
+        return self.deadline_s is not None
+
+    def requirement(self) -> Slo:
+        """The latency requirement an online pool must meet for this class."""
+        if self.slo is not None:
+            return self.slo
+        assert self.deadline_s is not None
+        return Slo(self.deadline_s * 1000.0, DEADLINE_PERCENTILE)
+
+    def requests_per_hour(self) -> float:
+        if self.rate_per_s is not None:
+            return self.rate_per_s * SECONDS_PER_HOUR
+        assert self.backlog_requests is not None
+        assert self.deadline_s is not None
+        return self.backlog_requests * SECONDS_PER_HOUR / self.deadline_s
+
+    def scaled(self, factor: float) -> TrafficClass:
+        if self.rate_per_s is None:
+            return self
+        return replace(self, rate_per_s=self.rate_per_s * factor)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """An online pool and the classes it serves."""
+
+    assessment: PlanAssessment
+    classes: tuple[str, ...]
+    slo: Slo
+
+    @property
+    def latency_ms(self) -> float:
+        sim = self.assessment.simulated
+        value = sim.latency.slo_percentile_ms if sim is not None else None
+        return math.inf if value is None else value
+
+
+@dataclass(frozen=True)
+class Job:
+    plan: OfflineJobPlan
+    traffic_class: str
+
+
+@dataclass(frozen=True)
+class ModeOutcome:
+    mode: Mode
+    feasible: bool
+    binding: Binding | None
+    reason: str
+    cost_per_hour: float = 0.0
+    cost_per_million_requests: float = 0.0
+    pools: tuple[Pool, ...] = ()
+    jobs: tuple[Job, ...] = ()
+    objective_per_million_requests: float = math.inf
+    latency_ms: float = math.inf
+
+
+@dataclass(frozen=True)
+class BreakEvenPoint:
+    below: Mode
+    above: Mode
+    rate_per_s: float
+
+
+@dataclass(frozen=True)
+class SelectResult:
+    chosen: Mode | None
+    modes: list[ModeOutcome]
+    reasons: list[str]
+    break_evens: list[BreakEvenPoint]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SelectInputs:
+    candidates: list[Candidate]
+    limits: SearchLimits = field(default_factory=SearchLimits)
+    spot_offers: dict[str, SpotOffer] = field(default_factory=dict)
+    offline: OfflineOptions = field(default_factory=OfflineOptions)
+    price_per_ms_per_million: float = 0.0
+    seed: int = 0
+    break_even: bool = True
+
+
+# --- Pools -----------------------------------------------------------------------------------
+
+
+def _dominates(a: Slo, b: Slo) -> bool:
+    return a != b and a.percentile >= b.percentile and a.latency_ms <= b.latency_ms
+
+
+def pool_requirements(classes: list[TrafficClass]) -> tuple[Slo, list[Slo]]:
+    """(requirement to optimise for, other non-dominated requirements to check)."""
+    reqs = list(dict.fromkeys(c.requirement() for c in classes))
+    kept = [s for s in reqs if not any(_dominates(o, s) for o in reqs)]
+    primary = min(kept, key=lambda s: (s.latency_ms, -s.percentile))
+    return primary, [s for s in kept if s != primary]
+
+
+def pool_workload(classes: list[TrafficClass]) -> Workload:
+    """Superposition of the classes' renewal processes (rate and variance rate add)."""
+    rates = [c.rate_per_s or 0.0 for c in classes]
+    total = sum(rates)
+    cv2 = sum(r * c.arrival_cv**2 for r, c in zip(rates, classes, strict=True)) / total
+    return Workload(total, math.sqrt(cv2))
+
+
+@dataclass(frozen=True)
+class PoolEvaluation:
+    """optimize() for one set of classes: the dynamic-batching and real-time pools."""
+
+    result: OptimizeResult
+    slo: Slo
+    dynamic_ok: bool
+    realtime_ok: bool
+    note: str
+
+
+def _meets_all(
+    candidates: dict[str, Candidate],
+    assessment: PlanAssessment | None,
+    workload: Workload,
+    others: list[Slo],
+    seed: int,
+) -> bool:
+    if assessment is None or not assessment.meets_slo:
+        return False
+    if not others:
+        return True
+    plan = assessment.plan
+    _, latencies = simulate_with_latencies(
+        candidates[plan.instance_type].profile, plan, workload, CHECK_REQUESTS, seed + 7
+    )
+    values = order_statistics(latencies, [s.percentile for s in others])
+    return all(float(v) <= s.latency_ms for v, s in zip(values, others, strict=True))
+
+
+def evaluate_pool(classes: list[TrafficClass], inputs: SelectInputs, seed: int) -> PoolEvaluation:
+    by_name = {c.instance.name: c for c in inputs.candidates}
+    workload = pool_workload(classes)
+    primary, others = pool_requirements(classes)
+    result = optimize(inputs.candidates, workload, primary, inputs.limits, seed=seed)
+    dyn_ok = _meets_all(
+        by_name, result.recommended if result.feasible else None, workload, others, seed
+    )
+    rt_ok = _meets_all(by_name, result.realtime_baseline, workload, others, seed)
+    note = ""
+    if others and (
+        (result.feasible and not dyn_ok) or (result.realtime_baseline is not None and not rt_ok)
+    ):
+        combined = Slo(
+            min(s.latency_ms for s in [primary, *others]),
+            max(s.percentile for s in [primary, *others]),
+        )
+        note = (
+            f"pool for {', '.join(c.name for c in classes)}: the plan for p{primary.percentile:g} "
+            f"<= {primary.latency_ms:g} ms missed another class's requirement; re-optimised for "
+            f"p{combined.percentile:g} <= {combined.latency_ms:g} ms"
+        )
+        result = optimize(inputs.candidates, workload, combined, inputs.limits, seed=seed)
+        primary = combined
+        dyn_ok = result.feasible
+        rt_ok = result.realtime_baseline is not None
+    return PoolEvaluation(result, primary, dyn_ok and result.feasible, rt_ok, note)
+
+
+def _class_names(classes: list[TrafficClass]) -> tuple[str, ...]:
+    return tuple(c.name for c in classes)
+
+
+# --- Mode outcomes ---------------------------------------------------------------------------
+
+
+def _describe_plan(plan: Plan) -> str:
+    if plan.max_batch_size == 1 and plan.max_queue_delay_ms == 0:
+        return f"{plan.instance_type} N={plan.replicas}"
+    return (
+        f"{plan.instance_type} B={plan.max_batch_size} T={plan.max_queue_delay_ms:.3g} ms "
+        f"N={plan.replicas}"
+    )
+
+
+def _latency_text(pool: Pool) -> str:
+    return f"p{pool.slo.percentile:g} {pool.latency_ms:.3g} ms within {pool.slo.latency_ms:g} ms"
+
+
+def _job_text(job: Job) -> str:
+    p = job.plan
+    kind = " spot" if p.spot else ""
+    return (
+        f"{p.instance_type}{kind} B={p.batch_size} N={p.replicas}, {p.requests} requests "
+        f"per job, makespan {p.expected_makespan_s:.4g} s"
+    )
+
+
+def _compose(
+    mode: Mode,
+    classes: list[TrafficClass],
+    pools: list[Pool],
+    jobs: list[Job],
+    inputs: SelectInputs,
+    reason: str,
+    binding: Binding | None,
+) -> ModeOutcome:
+    cost = sum(p.assessment.cost_per_hour for p in pools) + sum(j.plan.cost_per_hour for j in jobs)
+    per_hour = {c.name: c.requests_per_hour() for c in classes}
+    total = sum(per_hour.values())
+    latency_of: dict[str, float] = {}
+    for pool in pools:
+        for name in pool.classes:
+            latency_of[name] = pool.latency_ms
+    for job in jobs:
+        latency_of[job.traffic_class] = job.plan.latency_ms
+    latency = sum(per_hour[n] * latency_of[n] for n in per_hour) / total
+    cpm = cost / total * 1e6
+    return ModeOutcome(
+        mode=mode,
+        feasible=True,
+        binding=binding,
+        reason=reason,
+        cost_per_hour=cost,
+        cost_per_million_requests=cpm,
+        pools=tuple(pools),
+        jobs=tuple(jobs),
+        objective_per_million_requests=cpm + inputs.price_per_ms_per_million * latency,
+        latency_ms=latency,
+    )
+
+
+def _realtime_binding(candidates: list[Candidate], slo: Slo) -> Binding:
+    fastest = min(c.profile.service_time_ms(1) for c in candidates)
+    return Binding.SERVICE_TIME if fastest > slo.latency_ms else Binding.MAX_REPLICAS
+
+
+def _online_modes(
+    classes: list[TrafficClass], inputs: SelectInputs, evaluation: PoolEvaluation | None
+) -> tuple[ModeOutcome, ModeOutcome]:
+    """REALTIME and DYNAMIC_BATCHING from one pool evaluation of every class."""
+    backlog = [c for c in classes if c.rate_per_s is None]
+    if evaluation is None:
+        names = ", ".join(c.name for c in backlog)
+        text = (
+            f"class {names} is a one-off backlog; an online pool serves a steady rate "
+            f"(offline batch or hybrid can run it as a job)"
+        )
+        return (
+            ModeOutcome(Mode.REALTIME, False, None, text),
+            ModeOutcome(Mode.DYNAMIC_BATCHING, False, None, text),
+        )
+    result = evaluation.result
+    served = _class_names(classes)
+    if evaluation.realtime_ok and result.realtime_baseline is not None:
+        pool = Pool(result.realtime_baseline, served, evaluation.slo)
+        realtime = _compose(
+            Mode.REALTIME,
+            classes,
+            [pool],
+            [],
+            inputs,
+            f"{_describe_plan(pool.assessment.plan)}; {_latency_text(pool)}",
+            None,
+        )
+    else:
+        note = result.realtime_baseline_note or "no real-time plan meets every class's requirement"
+        realtime = ModeOutcome(
+            Mode.REALTIME, False, _realtime_binding(inputs.candidates, evaluation.slo), note
+        )
+    if evaluation.dynamic_ok and result.recommended is not None:
+        pool = Pool(result.recommended, served, evaluation.slo)
+        dynamic = _compose(
+            Mode.DYNAMIC_BATCHING,
+            classes,
+            [pool],
+            [],
+            inputs,
+            f"{_describe_plan(pool.assessment.plan)}; {_latency_text(pool)}; "
+            f"{result.binding_reason}",
+            result.binding,
+        )
+    else:
+        dynamic = ModeOutcome(Mode.DYNAMIC_BATCHING, False, result.binding, result.binding_reason)
+    return realtime, dynamic
+
+
+def offline_job_for(cls: TrafficClass) -> OfflineJob:
+    assert cls.deadline_s is not None
+    if cls.rate_per_s is not None:
+        return periodic_job(cls.rate_per_s, cls.deadline_s, cls.arrival_cv)
+    assert cls.backlog_requests is not None
+    return OfflineJob(cls.backlog_requests, cls.deadline_s)
+
+
+def _offline_results(
+    classes: list[TrafficClass], inputs: SelectInputs, seed: int
+) -> dict[str, OfflineResult]:
+    out: dict[str, OfflineResult] = {}
+    for i, cls in enumerate(classes):
+        if cls.deferrable:
+            out[cls.name] = plan_job(
+                inputs.candidates,
+                offline_job_for(cls),
+                inputs.spot_offers,
+                inputs.offline,
+                inputs.limits.max_replicas,
+                seed + 101 * (i + 1),
+            )
+    return out
+
+
+def _offline_mode(
+    classes: list[TrafficClass], inputs: SelectInputs, offline: dict[str, OfflineResult]
+) -> ModeOutcome:
+    urgent = [c for c in classes if not c.deferrable]
+    if urgent:
+        c = urgent[0]
+        assert c.slo is not None
+        return ModeOutcome(
+            Mode.OFFLINE_BATCH,
+            False,
+            Binding.LATENCY_SLO,
+            f"class {c.name} needs p{c.slo.percentile:g} <= {c.slo.latency_ms:g} ms; an offline "
+            f"job only promises completion within a deadline",
+        )
+    jobs: list[Job] = []
+    for cls in classes:
+        res = offline[cls.name]
+        if res.plan is None:
+            binding = Binding.SERVICE_TIME if res.service_time_bound else Binding.MAX_REPLICAS
+            return ModeOutcome(
+                Mode.OFFLINE_BATCH, False, binding, f"class {cls.name}: {res.reason}"
+            )
+        jobs.append(Job(res.plan, cls.name))
+    text = "; ".join(f"{j.traffic_class}: {_job_text(j)}" for j in jobs)
+    return _compose(Mode.OFFLINE_BATCH, classes, [], jobs, inputs, text, None)
+
+
+def _pool_lower_bound_per_hour(cls: TrafficClass, candidates: list[Candidate]) -> float:
+    """Cost of the fewest replicas with enough capacity at their best batch (a lower bound)."""
+    assert cls.rate_per_s is not None
+    best = math.inf
+    for c in candidates:
+        table = c.profile.table_ms(c.max_batch_size)[1:]
+        per_replica = float((np.arange(1, len(table) + 1) / table).max()) * 1000.0
+        n = math.floor(cls.rate_per_s / per_replica) + 1
+        best = min(best, n * c.instance.price_per_hour)
+    return best
+
+
+def _hybrid_mode(
+    classes: list[TrafficClass],
+    inputs: SelectInputs,
+    offline: dict[str, OfflineResult],
+    pool_of: dict[tuple[str, ...], PoolEvaluation],
+    seed: int,
+) -> ModeOutcome:
+    if len(classes) < 2:
+        return ModeOutcome(
+            Mode.HYBRID, False, None, "one traffic class: there is nothing to split between pools"
+        )
+    urgent = [c for c in classes if not c.deferrable]
+    deferrable = [c for c in classes if c.deferrable]
+    groups = [urgent] if deferrable else [[c] for c in urgent]
+    groups = [g for g in groups if g]
+    pending_pools = [g for g in groups if _class_names(g) not in pool_of]
+    deferrable_pools: list[TrafficClass] = []
+    for cls in deferrable:
+        job = offline[cls.name].plan
+        if cls.rate_per_s is not None and (
+            job is None or job.cost_per_hour > _pool_lower_bound_per_hour(cls, inputs.candidates)
+        ):
+            deferrable_pools.append(cls)
+            if (cls.name,) not in pool_of:
+                pending_pools.append([cls])
+    _evaluate_pools(pending_pools, inputs, pool_of, seed)
+    pools: list[Pool] = []
+    jobs: list[Job] = []
+    for g in groups:
+        ev = pool_of[_class_names(g)]
+        if not ev.dynamic_ok or ev.result.recommended is None:
+            return ModeOutcome(
+                Mode.HYBRID,
+                False,
+                ev.result.binding,
+                f"pool for {', '.join(_class_names(g))}: {ev.result.binding_reason}",
+            )
+        pools.append(Pool(ev.result.recommended, _class_names(g), ev.slo))
+    for cls in deferrable:
+        job = offline[cls.name].plan
+        pool: Pool | None = None
+        if cls in deferrable_pools:
+            ev = pool_of[(cls.name,)]
+            if ev.dynamic_ok and ev.result.recommended is not None:
+                pool = Pool(ev.result.recommended, (cls.name,), ev.slo)
+        if pool is not None and (job is None or pool.assessment.cost_per_hour < job.cost_per_hour):
+            pools.append(pool)
+        elif job is not None:
+            jobs.append(Job(job, cls.name))
+        else:
+            return ModeOutcome(
+                Mode.HYBRID,
+                False,
+                Binding.MAX_REPLICAS,
+                f"class {cls.name}: neither a job nor a pool meets its deadline "
+                f"({offline[cls.name].reason})",
+            )
+    parts = [
+        f"{', '.join(p.classes)} on {_describe_plan(p.assessment.plan)} ({_latency_text(p)})"
+        for p in pools
+    ]
+    parts += [f"{j.traffic_class} as a job on {_job_text(j)}" for j in jobs]
+    return _compose(Mode.HYBRID, classes, pools, jobs, inputs, "; ".join(parts), None)
+
+
+def _evaluate_pools(
+    groups: list[list[TrafficClass]],
+    inputs: SelectInputs,
+    pool_of: dict[tuple[str, ...], PoolEvaluation],
+    seed: int,
+) -> None:
+    """Evaluate pools not yet known, two at a time (the simulator releases the GIL)."""
+    todo = [g for g in groups if _class_names(g) not in pool_of]
+    unique = list({_class_names(g): g for g in todo}.values())
+    if len(unique) <= 1:
+        for g in unique:
+            pool_of[_class_names(g)] = evaluate_pool(g, inputs, seed)
+        return
+    with ThreadPoolExecutor(max_workers=2) as executor:
+        futures = {_class_names(g): executor.submit(evaluate_pool, g, inputs, seed) for g in unique}
+        for key, future in futures.items():
+            pool_of[key] = future.result()
+
+
+def evaluate_modes(
+    classes: list[TrafficClass], inputs: SelectInputs, modes: tuple[Mode, ...] = MODE_ORDER
+) -> list[ModeOutcome]:
+    """A full outcome for each of ``modes`` (feasible or not, with the reason)."""
+    seed = inputs.seed
+    pool_of: dict[tuple[str, ...], PoolEvaluation] = {}
+    all_rates = all(c.rate_per_s is not None for c in classes)
+    wanted_pools: list[list[TrafficClass]] = []
+    if all_rates and ({Mode.REALTIME, Mode.DYNAMIC_BATCHING} & set(modes)):
+        wanted_pools.append(classes)
+    if Mode.HYBRID in modes and len(classes) >= 2:
+        urgent = [c for c in classes if not c.deferrable]
+        if urgent and len(urgent) < len(classes):
+            wanted_pools.append(urgent)
+        elif urgent:
+            wanted_pools.extend([c] for c in urgent)
+    _evaluate_pools(wanted_pools, inputs, pool_of, seed)
+    offline = (
+        _offline_results(classes, inputs, seed)
+        if {Mode.OFFLINE_BATCH, Mode.HYBRID} & set(modes)
+        else {}
+    )
+    outcomes: dict[Mode, ModeOutcome] = {}
+    if {Mode.REALTIME, Mode.DYNAMIC_BATCHING} & set(modes):
+        realtime, dynamic = _online_modes(
+            classes, inputs, pool_of.get(_class_names(classes)) if all_rates else None
+        )
+        outcomes[Mode.REALTIME] = realtime
+        outcomes[Mode.DYNAMIC_BATCHING] = dynamic
+    if Mode.OFFLINE_BATCH in modes:
+        outcomes[Mode.OFFLINE_BATCH] = _offline_mode(classes, inputs, offline)
+    if Mode.HYBRID in modes:
+        outcomes[Mode.HYBRID] = _hybrid_mode(classes, inputs, offline, pool_of, seed)
+    return [outcomes[m] for m in MODE_ORDER if m in modes]
+
+
+def cheapest(outcomes: list[ModeOutcome]) -> ModeOutcome | None:
+    """Lowest objective among feasible outcomes; ties go to the earlier mode of MODE_ORDER."""
+    feasible = [o for o in outcomes if o.feasible]
+    if not feasible:
+        return None
+    return min(
+        feasible,
+        key=lambda o: (o.objective_per_million_requests * (1 - 1e-12), MODE_ORDER.index(o.mode)),
+    )
+
+
+# --- Reasons ---------------------------------------------------------------------------------
+
+
+def _reasons(
+    chosen: ModeOutcome | None, outcomes: list[ModeOutcome], inputs: SelectInputs
+) -> list[str]:
+    reasons: list[str] = []
+    if chosen is None:
+        reasons.append("no mode meets every class's requirement within the limits")
+    else:
+        others = [o for o in outcomes if o.feasible and o.mode is not chosen.mode]
+        versus = ", ".join(f"{o.mode.value} ${o.cost_per_million_requests:.3g}/M" for o in others)
+        head = (
+            f"{chosen.mode.value} {chosen.reason}: ${chosen.cost_per_million_requests:.3g}/M "
+            f"(${chosen.cost_per_hour:.4g}/h)"
+        )
+        reasons.append(head + (f" vs {versus}" if versus else ""))
+        if inputs.price_per_ms_per_million > 0:
+            reasons.append(
+                f"objective with ${inputs.price_per_ms_per_million:g}/M per ms of latency: "
+                + ", ".join(
+                    f"{o.mode.value} {o.objective_per_million_requests:.4g} ({o.latency_ms:.4g} ms)"
+                    for o in outcomes
+                    if o.feasible
+                )
+            )
+    reasons.extend(f"{o.mode.value} infeasible: {o.reason}" for o in outcomes if not o.feasible)
+    return reasons
+
+
+# --- Break-even search -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ScreenedPool:
+    candidate: Candidate
+    plan: Plan
+    workload: Workload
+    slo: Slo
+    latency_ms: float
+
+    @property
+    def cost_per_hour(self) -> float:
+        return self.plan.replicas * self.candidate.instance.price_per_hour
+
+
+def _screen_grid(
+    cands: list[Candidate], slo: Slo, limits: SearchLimits, realtime: bool
+) -> tuple[list[int], list[int], list[float]]:
+    """(candidate index, B, T) of every plan the break-even screen scores."""
+    kinds: list[int] = []
+    sizes: list[int] = []
+    delays: list[float] = []
+    for k, c in enumerate(cands):
+        top = c.max_batch_size
+        if realtime:
+            grid = [1] if not limits.allowed_batch_sizes or 1 in limits.allowed_batch_sizes else []
+        elif limits.allowed_batch_sizes:
+            grid = [b for b in limits.allowed_batch_sizes if b <= top]
+        else:
+            grid = sorted({1 << i for i in range(top.bit_length())} | {top})
+        slack = max(slo.latency_ms - c.profile.service_time_ms(1), 0.0)
+        ts = {0.0} | {f * slack for f in SCREEN_DELAY_FRACTIONS}
+        if limits.max_queue_delay_ms is not None:
+            ts = {t for t in ts if t <= limits.max_queue_delay_ms}
+        for b in grid:
+            for t in sorted(ts) if b > 1 else [0.0]:
+                kinds.append(k)
+                sizes.append(b)
+                delays.append(t)
+    return kinds, sizes, delays
+
+
+def _screen_pool(
+    classes: list[TrafficClass], inputs: SelectInputs, realtime: bool
+) -> _ScreenedPool | None:
+    """The analytic screen's cheapest pool for the classes (fewest replicas the predictor
+    says meet the requirement, over a grid of types, batch sizes and delays), or None."""
+    workload = pool_workload(classes)
+    slo, _ = pool_requirements(classes)
+    cands = inputs.candidates
+    kinds, sizes, delays = _screen_grid(cands, slo, inputs.limits, realtime)
+    ceiling = inputs.limits.max_replicas
+    if not kinds:
+        return None
+    tables = queueing.ServiceTables.build(
+        [c.profile for c in cands], [c.max_batch_size for c in cands]
+    )
+    kind = np.array(kinds, dtype=np.int64)
+    big_b = np.array(sizes, dtype=np.int64)
+    delay = np.array(delays, dtype=np.float64)
+    floor = np.floor(workload.rate_per_s * tables.service_ms[kind, big_b] / (big_b * 1000.0))
+    low = floor.astype(np.int64)  # at or below capacity: fails
+    high = np.full(len(kinds), ceiling, dtype=np.int64)
+
+    def ok(rows: npt.NDArray[np.int64], n: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        tail = queueing.tail_probability(
+            tables,
+            kind[rows],
+            workload.rate_per_s,
+            workload.arrival_cv,
+            big_b[rows],
+            delay[rows],
+            n,
+            slo.latency_ms,
+        )
+        return np.asarray(tail <= 1.0 - slo.percentile / 100.0)
+
+    everything = np.arange(len(kinds), dtype=np.int64)
+    usable = (low < ceiling) & ok(everything, high)
+    while np.any(usable & (high - low > 1)):
+        rows = np.flatnonzero(usable & (high - low > 1))
+        mid = (high[rows] + low[rows]) // 2
+        good = ok(rows, mid)
+        high[rows] = np.where(good, mid, high[rows])
+        low[rows] = np.where(good, low[rows], mid)
+    if not np.any(usable):
+        return None
+    prices = np.array([cands[k].instance.price_per_hour for k in kinds])
+    cost = np.where(usable, high * prices, np.inf)
+    best = int(np.argmin(cost))
+    latency = 0.0
+    if inputs.price_per_ms_per_million > 0:
+        pred = queueing.predict_many(
+            tables,
+            kind[best : best + 1],
+            workload.rate_per_s,
+            workload.arrival_cv,
+            big_b[best : best + 1],
+            delay[best : best + 1],
+            high[best : best + 1],
+            slo.percentile,
+        )
+        latency = float(pred.latency_ms[0])
+    candidate = cands[kinds[best]]
+    plan = Plan(candidate.instance.name, sizes[best], delays[best], int(high[best]))
+    return _ScreenedPool(candidate, plan, workload, slo, latency)
+
+
+def _confirmed_pool(pool: _ScreenedPool, seed: int) -> tuple[float, float] | None:
+    """(cost per hour, simulated latency) of the screened plan, with replicas added until a
+    simulation meets the requirement (at most CONFIRM_EXTRA_REPLICAS)."""
+    plan = pool.plan
+    for _ in range(CONFIRM_EXTRA_REPLICAS + 1):
+        if capacity_per_s(pool.candidate.profile, plan.max_batch_size, plan.replicas) > (
+            pool.workload.rate_per_s
+        ):
+            result = simulate(
+                pool.candidate.profile, plan, pool.workload, CHECK_REQUESTS, seed, slo=pool.slo
+            )
+            observed = result.latency.slo_percentile_ms
+            if result.stable and observed is not None and observed <= pool.slo.latency_ms:
+                return plan.replicas * pool.candidate.instance.price_per_hour, observed
+        plan = replace(plan, replicas=plan.replicas + 1)
+    return None
+
+
+def _estimate(
+    mode: Mode, classes: list[TrafficClass], inputs: SelectInputs, confirm: bool = False
+) -> float:
+    """A mode's objective per million requests (inf when infeasible): from the analytic
+    screen, or with ``confirm`` from simulations of the screened plans (jobs: closed form,
+    on demand)."""
+    on_demand = replace(inputs.offline, allow_spot=False)
+    per_hour = {c.name: c.requests_per_hour() for c in classes}
+    total = sum(per_hour.values())
+
+    def job(cls: TrafficClass) -> tuple[float, float] | None:
+        res = plan_job(
+            inputs.candidates,
+            offline_job_for(cls),
+            {},
+            on_demand,
+            inputs.limits.max_replicas,
+            inputs.seed,
+        )
+        return None if res.plan is None else (res.plan.cost_per_hour, res.plan.latency_ms)
+
+    def pool(group: list[TrafficClass], realtime: bool) -> tuple[float, float] | None:
+        screened = _screen_pool(group, inputs, realtime)
+        if screened is None:
+            return None
+        if confirm:
+            return _confirmed_pool(screened, inputs.seed or DEFAULT_SEED)
+        return screened.cost_per_hour, screened.latency_ms
+
+    parts = _parts(mode, classes, per_hour, job, pool)
+    if parts is None:
+        return math.inf
+    cost = sum(p[0] for p in parts)
+    latency = sum(p[1] * p[2] for p in parts) / total
+    return cost / total * 1e6 + inputs.price_per_ms_per_million * latency
+
+
+_Figure = tuple[float, float]  # (cost per hour, latency ms)
+
+
+def _parts(
+    mode: Mode,
+    classes: list[TrafficClass],
+    per_hour: dict[str, float],
+    job: Callable[[TrafficClass], _Figure | None],
+    pool: Callable[[list[TrafficClass], bool], _Figure | None],
+) -> list[tuple[float, float, float]] | None:
+    """(cost per hour, latency, requests per hour) of each pool or job of the mode; None when
+    the mode cannot serve the classes."""
+    if mode in (Mode.REALTIME, Mode.DYNAMIC_BATCHING):
+        online = (
+            None
+            if any(c.rate_per_s is None for c in classes)
+            else pool(classes, mode is Mode.REALTIME)
+        )
+        return None if online is None else [(*online, sum(per_hour.values()))]
+    if mode is Mode.OFFLINE_BATCH:
+        jobs = [job(c) if c.deferrable else None for c in classes]
+        if any(j is None for j in jobs):
+            return None
+        return [(*j, per_hour[c.name]) for j, c in zip(jobs, classes, strict=True) if j]
+    return None if len(classes) < 2 else _hybrid_parts(classes, per_hour, job, pool)
+
+
+def _hybrid_parts(
+    classes: list[TrafficClass],
+    per_hour: dict[str, float],
+    job: Callable[[TrafficClass], _Figure | None],
+    pool: Callable[[list[TrafficClass], bool], _Figure | None],
+) -> list[tuple[float, float, float]] | None:
+    parts: list[tuple[float, float, float]] = []
+    urgent = [c for c in classes if not c.deferrable]
+    deferrable = [c for c in classes if c.deferrable]
+    groups = [urgent] if deferrable else [[c] for c in urgent]
+    for g in [g for g in groups if g]:
+        online = pool(g, False)
+        if online is None:
+            return None
+        parts.append((*online, sum(per_hour[c.name] for c in g)))
+    for cls in deferrable:
+        options = [j for j in (job(cls),) if j is not None]
+        if cls.rate_per_s is not None:
+            options += [p for p in (pool([cls], False),) if p is not None]
+        if not options:
+            return None
+        parts.append((*min(options), per_hour[cls.name]))
+    return parts
+
+
+def _estimated_choice(
+    classes: list[TrafficClass], inputs: SelectInputs, factor: float, confirm: bool = False
+) -> Mode | None:
+    scaled = [c.scaled(factor) for c in classes]
+    scores = [(_estimate(m, scaled, inputs, confirm), i, m) for i, m in enumerate(MODE_ORDER)]
+    best = min(scores)
+    return None if math.isinf(best[0]) else best[2]
+
+
+def break_evens(
+    classes: list[TrafficClass], inputs: SelectInputs, notes: list[str]
+) -> list[BreakEvenPoint]:
+    """Total rates where the cheapest mode flips, each confirmed by simulation just below
+    and above it."""
+    base_rate = sum(c.rate_per_s or 0.0 for c in classes)
+    if base_rate <= 0:
+        notes.append("break-even: no rate-based class to scale")
+        return []
+    low, high = BREAK_EVEN_RANGE
+    factors = sorted(set(np.geomspace(low, high, BREAK_EVEN_GRID).tolist()) | {1.0})
+    choices = [_estimated_choice(classes, inputs, f) for f in factors]
+    flips: list[tuple[float, Mode, Mode]] = []
+    for i in range(len(factors) - 1):
+        below, above = choices[i], choices[i + 1]
+        if below is None or above is None or below is above:
+            continue
+        lo, hi = math.log(factors[i]), math.log(factors[i + 1])
+        for _ in range(BREAK_EVEN_BISECTIONS):
+            mid = (lo + hi) / 2
+            m = _estimated_choice(classes, inputs, math.exp(mid))
+            if m is below:
+                lo = mid
+            elif m is above:
+                hi = mid
+            else:
+                break
+        flips.append((math.exp((lo + hi) / 2), below, above))
+    # Confirm the flips nearest today's rate first.
+    flips.sort(key=lambda f: abs(math.log(f[0])))
+    points: list[BreakEvenPoint] = []
+    for index, (factor, below, above) in enumerate(flips):
+        rate = base_rate * factor
+        if index >= MAX_CONFIRMED_FLIPS:
+            notes.append(
+                f"break-even: a further flip from {below.value} to {above.value} near "
+                f"{rate:.4g} req/s (analytic screen, not confirmed)"
+            )
+            continue
+        under = _estimated_choice(classes, inputs, factor * (1 - BREAK_EVEN_CONFIRM), True)
+        over = _estimated_choice(classes, inputs, factor * (1 + BREAK_EVEN_CONFIRM), True)
+        if under is below and over is above:
+            points.append(BreakEvenPoint(below, above, rate))
+        else:
+            notes.append(
+                f"break-even: the analytic screen puts a flip from {below.value} to "
+                f"{above.value} near {rate:.4g} req/s; simulation did not confirm it"
+            )
+    points.sort(key=lambda p: p.rate_per_s)
+    return points
+
+
+# --- Entry point -----------------------------------------------------------------------------
+
+
+def select_mode(classes: list[TrafficClass], inputs: SelectInputs) -> SelectResult:
+    """A plan for every mode, the chosen one, the reasons and the break-even rates.
+
+    Parameters
+    ----------
+    classes:
+        Validated traffic classes (unique names, at least one).
+    inputs:
+        Candidates, limits, spot offers, offline options, cost sensitivity and seed.
+
+    Returns
+    -------
+    SelectResult
+        ``chosen`` is None when no mode is feasible (every mode then carries its reason).
+    """
+    outcomes = evaluate_modes(classes, inputs)
+    chosen = cheapest(outcomes)
+    notes: list[str] = []
+    for o in outcomes:
+        for job in o.jobs:
+            notes.extend(job.plan.notes)
+    points = break_evens(classes, inputs, notes) if inputs.break_even else []
+    return SelectResult(
+        chosen=None if chosen is None else chosen.mode,
+        modes=outcomes,
+        reasons=_reasons(chosen, outcomes, inputs),
+        break_evens=points,
+        notes=list(dict.fromkeys(notes)),
+    )

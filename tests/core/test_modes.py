@@ -1,0 +1,148 @@
+"""Mode selection: each mode's plan, the choice, hybrid pools and break-even rates."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from servewise.core.model import Slo
+from servewise.core.modes import (
+    Mode,
+    SelectInputs,
+    TrafficClass,
+    evaluate_modes,
+    pool_requirements,
+    pool_workload,
+    select_mode,
+)
+from servewise.core.optimizer import Binding, optimize
+from servewise.core.profiles import Candidate, InstanceType, LatencyProfile
+
+# ResNet-50 v1.5 on T4, AMP (NVIDIA DeepLearningExamples, p99 per batch); g4dn.xlarge price.
+T4_AMP = LatencyProfile(
+    (1, 2, 4, 8, 16, 32, 64, 128, 256),
+    (20.0, 18.73, 19.05, 19.43, 20.62, 28.97, 56.11, 110.41, 222.94),
+)
+G4DN = Candidate(InstanceType("g4dn.xlarge", 0.526), T4_AMP)
+
+
+def _by_mode(outcomes: list) -> dict:
+    return {o.mode: o for o in outcomes}
+
+
+def test_one_optimize_answers_realtime_and_dynamic_batching() -> None:
+    """REALTIME is optimize()'s real-time baseline and DYNAMIC its recommendation."""
+    cls = TrafficClass("web", rate_per_s=400.0, slo=Slo(120.0))
+    outcomes = _by_mode(evaluate_modes([cls], SelectInputs([G4DN], seed=3)))
+    reference = optimize([G4DN], pool_workload([cls]), Slo(120.0), seed=3)
+    assert reference.realtime_baseline is not None
+    assert reference.recommended is not None
+    rt, dyn = outcomes[Mode.REALTIME], outcomes[Mode.DYNAMIC_BATCHING]
+    assert rt.pools[0].assessment.plan == reference.realtime_baseline.plan
+    assert dyn.pools[0].assessment.plan == reference.recommended.plan
+    assert dyn.cost_per_million_requests < rt.cost_per_million_requests
+    assert dyn.cost_per_million_requests == pytest.approx(dyn.cost_per_hour / (400.0 * 3600) * 1e6)
+    assert not outcomes[Mode.OFFLINE_BATCH].feasible
+    assert outcomes[Mode.OFFLINE_BATCH].binding is Binding.LATENCY_SLO
+    assert not outcomes[Mode.HYBRID].feasible
+
+
+def test_choice_is_the_cheapest_feasible_mode_and_reasons_quote_numbers() -> None:
+    """Batching wins at high rate with slack in the SLO; the reason names $/M of both."""
+    cls = TrafficClass("web", rate_per_s=400.0, slo=Slo(120.0))
+    result = select_mode([cls], SelectInputs([G4DN], seed=3, break_even=False))
+    assert result.chosen is Mode.DYNAMIC_BATCHING
+    assert "dynamic batching" in result.reasons[0]
+    assert "/M" in result.reasons[0]
+    assert "real-time $" in result.reasons[0]
+
+
+def test_service_time_above_the_slo_makes_realtime_infeasible_with_its_binding() -> None:
+    """An SLO below a single request's service time: every online mode is infeasible."""
+    cls = TrafficClass("web", rate_per_s=10.0, slo=Slo(15.0))
+    outcomes = _by_mode(evaluate_modes([cls], SelectInputs([G4DN])))
+    assert outcomes[Mode.REALTIME].binding is Binding.SERVICE_TIME
+    assert not outcomes[Mode.DYNAMIC_BATCHING].feasible
+
+
+def test_deferrable_rate_class_goes_offline_when_cheaper() -> None:
+    """A class with an hour's deadline runs as periodic jobs far cheaper than a pool."""
+    cls = TrafficClass("nightly", rate_per_s=50.0, deadline_s=3600.0)
+    result = select_mode([cls], SelectInputs([G4DN], break_even=False))
+    offline = _by_mode(result.modes)[Mode.OFFLINE_BATCH]
+    assert result.chosen is Mode.OFFLINE_BATCH
+    assert offline.jobs[0].plan.latency_ms <= 3600.0 * 1000
+    assert offline.cost_per_hour < _by_mode(result.modes)[Mode.DYNAMIC_BATCHING].cost_per_hour
+
+
+def test_backlog_cannot_be_served_online() -> None:
+    """A one-off backlog makes real-time and dynamic batching infeasible, with the reason."""
+    cls = TrafficClass("backfill", backlog_requests=500_000, deadline_s=7200.0)
+    outcomes = _by_mode(evaluate_modes([cls], SelectInputs([G4DN])))
+    assert not outcomes[Mode.REALTIME].feasible
+    assert "backlog" in outcomes[Mode.REALTIME].reason
+    assert outcomes[Mode.OFFLINE_BATCH].feasible
+
+
+def test_hybrid_puts_urgent_online_and_deferrable_offline_and_adds_costs() -> None:
+    """Urgent traffic on a pool, deferrable work as jobs; hybrid cost is the sum."""
+    # Batching costs per item here (s(b) = 10 + 2b ms), so a 20 ms SLO allows only small
+    # batches; deferrable work does far better in large batches off the urgent pool.
+    linear = Candidate(InstanceType("g4dn.xlarge", 0.526), LatencyProfile.linear(10.0, 2.0, 64))
+    urgent = TrafficClass("chat", rate_per_s=30.0, slo=Slo(20.0))
+    batch = TrafficClass("embed", rate_per_s=2000.0, deadline_s=1800.0)
+    result = select_mode([urgent, batch], SelectInputs([linear], break_even=False))
+    hybrid = _by_mode(result.modes)[Mode.HYBRID]
+    assert hybrid.feasible
+    assert [p.classes for p in hybrid.pools] == [("chat",)]
+    assert [j.traffic_class for j in hybrid.jobs] == ["embed"]
+    total = hybrid.pools[0].assessment.cost_per_hour + hybrid.jobs[0].plan.cost_per_hour
+    assert hybrid.cost_per_hour == pytest.approx(total)
+    assert result.chosen is Mode.HYBRID
+
+
+def test_pool_requirement_keeps_the_binding_classes() -> None:
+    """Dominated requirements drop out; the lowest bound is optimised for."""
+    a = TrafficClass("a", rate_per_s=1.0, slo=Slo(50.0, 99.0))
+    b = TrafficClass("b", rate_per_s=1.0, slo=Slo(80.0, 95.0))  # dominated by a
+    c = TrafficClass("c", rate_per_s=1.0, deadline_s=2.0)  # p99.9 <= 2000 ms
+    primary, others = pool_requirements([a, b, c])
+    assert primary == Slo(50.0, 99.0)
+    assert others == [Slo(2000.0, 99.9)]
+    workload = pool_workload([a, TrafficClass("d", rate_per_s=3.0, slo=a.slo, arrival_cv=3.0)])
+    assert workload.rate_per_s == 4.0
+    assert workload.arrival_cv == pytest.approx(math.sqrt((1 + 3 * 9) / 4))
+
+
+def test_latency_price_enters_the_objective() -> None:
+    """With a price per ms, the choice minimises cost per million + price * latency."""
+    cls = TrafficClass("web", rate_per_s=400.0, slo=Slo(120.0))
+    price = 1000.0
+    result = select_mode(
+        [cls], SelectInputs([G4DN], seed=3, price_per_ms_per_million=price, break_even=False)
+    )
+    feasible = [o for o in result.modes if o.feasible]
+    for o in feasible:
+        assert o.objective_per_million_requests == pytest.approx(
+            o.cost_per_million_requests + price * o.latency_ms
+        )
+    best = min(feasible, key=lambda o: o.objective_per_million_requests)
+    assert result.chosen is best.mode
+    assert any("per ms of latency" in r for r in result.reasons)
+
+
+def test_break_even_is_where_the_choice_flips() -> None:
+    """Below the reported rate the lower mode wins, above it the upper one (full evaluation)."""
+    cls = TrafficClass("web", rate_per_s=20.0, slo=Slo(60.0))
+    result = select_mode([cls], SelectInputs([G4DN], seed=5))
+    assert result.break_evens, result.notes
+    point = result.break_evens[0]
+    below = select_mode(
+        [cls.scaled(point.rate_per_s * 0.7 / 20.0)], SelectInputs([G4DN], seed=5, break_even=False)
+    )
+    above = select_mode(
+        [cls.scaled(point.rate_per_s * 1.4 / 20.0)], SelectInputs([G4DN], seed=5, break_even=False)
+    )
+    assert below.chosen is point.below
+    assert above.chosen is point.above
