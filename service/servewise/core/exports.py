@@ -44,7 +44,9 @@ from servewise.core.model import Plan
 
 __all__ = [
     "EXPORT_FILES",
+    "AutoscalerExport",
     "ExportSettings",
+    "dns_label",
     "hpa_manifest",
     "ray_serve_config",
     "ray_serve_decorator",
@@ -61,6 +63,51 @@ HPA_METRICS: Final[tuple[HpaMetric, ...]] = ("requests_per_second", "cpu")
 EXPORT_FILES: Final = ("config.pbtxt", "ray_serve.yaml", "torchserve.properties", "hpa.yaml")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class AutoscalerExport:
+    """Autoscaling a plan's replicas (PlanResources' recommended autoscaler).
+
+    ``target_rate_per_replica_s`` is one replica's capacity times the target utilisation: the
+    per-pod rate the HPA holds; ``mean_latency_ms`` (at the peak) turns it into Ray Serve's
+    ``target_ongoing_requests`` by Little's law (rate x latency).
+    """
+
+    min_replicas: int
+    max_replicas: int
+    target_rate_per_replica_s: float
+    scale_up_window_s: float = 0.0
+    scale_down_window_s: float = 300.0
+    mean_latency_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
+            raise ValueError(
+                f"need 0 <= min_replicas <= max_replicas and max_replicas >= 1, got "
+                f"{self.min_replicas} and {self.max_replicas}"
+            )
+        if not (
+            math.isfinite(self.target_rate_per_replica_s) and self.target_rate_per_replica_s > 0
+        ):
+            raise ValueError("target_rate_per_replica_s must be finite and > 0")
+        for name in ("scale_up_window_s", "scale_down_window_s", "mean_latency_ms"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+
+    @property
+    def target_ongoing_requests(self) -> float:
+        """Requests in flight per replica at the target rate (Little's law), at least 1."""
+        ongoing = self.target_rate_per_replica_s * self.mean_latency_ms / 1000.0
+        return max(1.0, round(ongoing, 2))
+
+
+def dns_label(name: str) -> str:
+    """A DNS-1123 label for ``name``: lower case, runs of other characters as ``-``, at most
+    63 characters; ``model`` when nothing is left."""
+    label = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:63].strip("-")
+    return label or "model"
 
 
 def _check_plan(plan: Plan) -> None:
@@ -157,13 +204,16 @@ def ray_serve_config(
     deployment_name: str = "Model",
     import_path: str = "app:app",
     route_prefix: str = "/",
+    autoscaler: AutoscalerExport | None = None,
 ) -> str:
     """A Ray Serve config file (``serve deploy ray_serve.yaml``).
 
-    ``num_replicas`` is N; the batch settings travel as ``user_config`` so a ``reconfigure``
-    method can apply them to the ``@serve.batch`` handler without redeploying (the comment at
-    the top shows the deployment code). ``max_ongoing_requests`` is 2·B so a replica can queue
-    the next batch while one runs.
+    ``num_replicas`` is N, or with ``autoscaler`` an ``autoscaling_config`` (min/max replicas,
+    ``target_ongoing_requests`` by Little's law, ``upscale_delay_s`` / ``downscale_delay_s``
+    from the stabilisation windows, ``initial_replicas`` N); the batch settings travel as
+    ``user_config`` so a ``reconfigure`` method can apply them to the ``@serve.batch`` handler
+    without redeploying (the comment at the top shows the deployment code).
+    ``max_ongoing_requests`` is 2·B so a replica can queue the next batch while one runs.
     """
     _check_plan(plan)
     if not app_name or not deployment_name or ":" not in import_path:
@@ -182,23 +232,32 @@ def ray_serve_config(
         '          self.__call__.set_max_batch_size(config["max_batch_size"])',
         '          self.__call__.set_batch_wait_timeout_s(config["batch_wait_timeout_s"])',
     )
+    deployment: dict[str, Any] = {"name": deployment_name}
+    if autoscaler is None:
+        deployment["num_replicas"] = plan.replicas
+    else:
+        deployment["autoscaling_config"] = {
+            "min_replicas": autoscaler.min_replicas,
+            "initial_replicas": min(
+                max(plan.replicas, autoscaler.min_replicas), autoscaler.max_replicas
+            ),
+            "max_replicas": autoscaler.max_replicas,
+            "target_ongoing_requests": autoscaler.target_ongoing_requests,
+            "upscale_delay_s": autoscaler.scale_up_window_s,
+            "downscale_delay_s": autoscaler.scale_down_window_s,
+        }
+    deployment["max_ongoing_requests"] = 2 * plan.max_batch_size
+    deployment["user_config"] = {
+        "max_batch_size": plan.max_batch_size,
+        "batch_wait_timeout_s": plan.max_queue_delay_ms / 1000.0,
+    }
     config = {
         "applications": [
             {
                 "name": app_name,
                 "route_prefix": route_prefix,
                 "import_path": import_path,
-                "deployments": [
-                    {
-                        "name": deployment_name,
-                        "num_replicas": plan.replicas,
-                        "max_ongoing_requests": 2 * plan.max_batch_size,
-                        "user_config": {
-                            "max_batch_size": plan.max_batch_size,
-                            "batch_wait_timeout_s": plan.max_queue_delay_ms / 1000.0,
-                        },
-                    }
-                ],
+                "deployments": [deployment],
             }
         ]
     }
@@ -268,6 +327,7 @@ def hpa_manifest(
     metric_name: str = "requests_per_second",
     scale_up_window_s: int = 0,
     scale_down_window_s: int = 300,
+    target_per_pod_per_s: float | None = None,
 ) -> str:
     """A Kubernetes ``autoscaling/v2`` HorizontalPodAutoscaler for the Deployment ``name``.
 
@@ -287,6 +347,10 @@ def hpa_manifest(
         rounded down) as the target.
     scale_up_window_s, scale_down_window_s:
         Stabilisation windows (Kubernetes' defaults: 0 and 300).
+    target_per_pod_per_s:
+        The per-pod rate to hold (an autoscaler's target: one replica's capacity times the
+        target utilisation) instead of rate / N; for ``metric="cpu"`` the utilisation is then
+        this over one replica's capacity, which ``utilisation`` must give (rate / capacity).
     """
     _check_plan(plan)
     if not _DNS_LABEL.match(name):
@@ -303,8 +367,16 @@ def hpa_manifest(
     if scale_up_window_s < 0 or scale_down_window_s < 0:
         raise ValueError("stabilisation windows must be >= 0")
     target: dict[str, Any]
+    if target_per_pod_per_s is not None and not (
+        math.isfinite(target_per_pod_per_s) and target_per_pod_per_s > 0
+    ):
+        raise ValueError(
+            f"target_per_pod_per_s must be finite and > 0, got {target_per_pod_per_s!r}"
+        )
     if metric == "requests_per_second":
-        per_pod = rate_per_s / plan.replicas
+        per_pod = (
+            rate_per_s / plan.replicas if target_per_pod_per_s is None else target_per_pod_per_s
+        )
         target = {
             "type": "Pods",
             "pods": {
@@ -312,10 +384,17 @@ def hpa_manifest(
                 "target": {"type": "AverageValue", "averageValue": _quantity(per_pod)},
             },
         }
-        why = f"target {per_pod:.4g} requests/s per pod: the load each replica was planned for"
+        why = (
+            f"target {per_pod:.4g} requests/s per pod: the load each replica was planned for"
+            if target_per_pod_per_s is None
+            else f"target {per_pod:.4g} requests/s per pod: the autoscaler's target load"
+        )
     elif metric == "cpu":
         if utilisation is None or not (0 < utilisation <= 1):
             raise ValueError(f"metric='cpu' needs utilisation in (0, 1], got {utilisation!r}")
+        if target_per_pod_per_s is not None:
+            capacity = rate_per_s / utilisation / plan.replicas
+            utilisation = min(1.0, target_per_pod_per_s / capacity)
         percent = max(1, math.floor(utilisation * 100))
         target = {
             "type": "Resource",
@@ -362,6 +441,8 @@ class ExportSettings:
     hpa_metric: HpaMetric = "requests_per_second"
     hpa_max_replicas: int | None = None
     namespace: str | None = None
+    # Autoscaling (PlanResources): Ray's autoscaling_config and the HPA's min/max/target/windows.
+    autoscaler: AutoscalerExport | None = None
 
 
 def render_exports(
@@ -380,9 +461,18 @@ def render_exports(
             app_name=s.name,
             deployment_name=_class_name(s.name),
             import_path=s.ray_import_path,
+            autoscaler=s.autoscaler,
         ),
         "torchserve.properties": torchserve_config(plan, model_name=s.name),
-        "hpa.yaml": hpa_manifest(
+        "hpa.yaml": _hpa(plan, rate_per_s, utilisation, s),
+    }
+    return {name: files[name] for name in EXPORT_FILES}
+
+
+def _hpa(plan: Plan, rate_per_s: float, utilisation: float | None, s: ExportSettings) -> str:
+    auto = s.autoscaler
+    if auto is None:
+        return hpa_manifest(
             plan,
             name=s.name,
             rate_per_s=rate_per_s,
@@ -390,9 +480,22 @@ def render_exports(
             namespace=s.namespace,
             max_replicas=s.hpa_max_replicas,
             metric=s.hpa_metric,
-        ),
-    }
-    return {name: files[name] for name in EXPORT_FILES}
+        )
+    return hpa_manifest(
+        plan,
+        name=s.name,
+        rate_per_s=rate_per_s,
+        utilisation=utilisation,
+        namespace=s.namespace,
+        min_replicas=max(1, auto.min_replicas),  # the HPA's minReplicas is at least 1
+        max_replicas=max(auto.max_replicas, 1)
+        if s.hpa_max_replicas is None
+        else s.hpa_max_replicas,
+        metric=s.hpa_metric,
+        scale_up_window_s=math.ceil(auto.scale_up_window_s),
+        scale_down_window_s=math.ceil(auto.scale_down_window_s),
+        target_per_pod_per_s=auto.target_rate_per_replica_s,
+    )
 
 
 def _class_name(name: str) -> str:
