@@ -14,7 +14,9 @@ from google.protobuf.message import Message
 
 from servewise.core.exports import (
     EXPORT_FILES,
+    AutoscalerExport,
     ExportSettings,
+    dns_label,
     hpa_manifest,
     ray_serve_config,
     ray_serve_decorator,
@@ -271,3 +273,86 @@ def test_render_exports_gives_every_file() -> None:
     hpa = yaml.safe_load(files["hpa.yaml"])
     assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
     assert all(text.startswith("# Servewise plan: g5.xlarge B=32") for text in files.values())
+
+
+# --- Autoscaling (PlanResources' recommended autoscaler) ------------------------------------
+
+
+AUTOSCALER = AutoscalerExport(
+    min_replicas=2,
+    max_replicas=12,
+    target_rate_per_replica_s=250.0,
+    scale_up_window_s=60.0,
+    scale_down_window_s=300.0,
+    mean_latency_ms=40.0,
+)
+
+
+def test_render_exports_with_an_autoscaler() -> None:
+    """With an autoscaler: Ray has autoscaling_config instead of num_replicas (target in-flight
+    requests by Little's law, 250/s x 40 ms = 10), the HPA its min/max, per-pod target and
+    windows; Triton and TorchServe keep the peak plan and still parse."""
+    plan = Plan("g4dn.xlarge", 16, 10.0, 7)
+    files = render_exports(
+        plan, rate_per_s=1500.0, settings=ExportSettings(name="chat", autoscaler=AUTOSCALER)
+    )
+    deployment = yaml.safe_load(files["ray_serve.yaml"])["applications"][0]["deployments"][0]
+    assert "num_replicas" not in deployment
+    assert deployment["autoscaling_config"] == {
+        "min_replicas": 2,
+        "initial_replicas": 7,
+        "max_replicas": 12,
+        "target_ongoing_requests": 10.0,
+        "upscale_delay_s": 60.0,
+        "downscale_delay_s": 300.0,
+    }
+    assert deployment["user_config"]["max_batch_size"] == 16
+    spec = yaml.safe_load(files["hpa.yaml"])["spec"]
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (2, 12)
+    assert spec["metrics"][0]["pods"]["target"]["averageValue"] == "250"
+    assert spec["behavior"]["scaleUp"]["stabilizationWindowSeconds"] == 60
+    assert spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    triton = _parse_triton(files["config.pbtxt"])
+    assert triton.dynamic_batching.max_queue_delay_microseconds == 10_000
+    assert triton.instance_group[0].count == 7
+    assert _torchserve_models(files["torchserve.properties"])["chat"]["1.0"]["batchSize"] == 16
+
+
+def test_hpa_cpu_target_from_the_autoscaler() -> None:
+    """metric=cpu with an autoscaler targets its utilisation: 250/s of a 500/s replica = 50%."""
+    plan = Plan("cpu", 4, 1.0, 2)  # rate 600 at utilisation 0.6: 1000/s for 2, 500/s each
+    text = hpa_manifest(
+        plan, rate_per_s=600.0, utilisation=0.6, metric="cpu", target_per_pod_per_s=250.0
+    )
+    target = yaml.safe_load(text)["spec"]["metrics"][0]["resource"]["target"]
+    assert target == {"type": "Utilization", "averageUtilization": 50}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"min_replicas": 3, "max_replicas": 2}, "min_replicas"),
+        ({"max_replicas": 0, "min_replicas": 0}, "max_replicas"),
+        ({"target_rate_per_replica_s": 0.0}, "target_rate_per_replica_s"),
+        ({"scale_up_window_s": math.nan}, "scale_up_window_s"),
+    ],
+)
+def test_autoscaler_export_rejects_bad_settings(kwargs: dict[str, Any], message: str) -> None:
+    """Bad autoscaler settings are ValueErrors naming the setting."""
+    arguments: dict[str, Any] = {
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "target_rate_per_replica_s": 10.0,
+        **kwargs,
+    }
+    with pytest.raises(ValueError, match=message):
+        AutoscalerExport(**arguments)
+
+
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [("Chat Model v2", "chat-model-v2"), ("__", "model"), ("a" * 80, "a" * 63)],
+)
+def test_dns_label(name: str, label: str) -> None:
+    """Deployment names become DNS-1123 labels for the exports."""
+    assert dns_label(name) == label

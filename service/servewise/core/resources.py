@@ -39,7 +39,6 @@ month = per day * :data:`DAYS_PER_MONTH` (365.25 / 12).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -107,7 +106,7 @@ class RateProfile:
 
     @classmethod
     def of(
-        cls, times_s: Sequence[float], rates_per_s: Sequence[float], arrival_cv: float = 1.0
+        cls, times_s: npt.ArrayLike, rates_per_s: npt.ArrayLike, arrival_cv: float = 1.0
     ) -> RateProfile:
         times = np.asarray(times_s, dtype=np.float64)
         rates = np.asarray(rates_per_s, dtype=np.float64)
