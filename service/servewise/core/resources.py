@@ -662,10 +662,11 @@ def recommend_autoscaler(
     bound = risk_bound_minutes(profile)
     best: tuple[AutoscalerSettings, StrategyOutcome] | None = None
     tried = 0
-    # Floors tried: the lowest rate's need, and the need at the 25th percentile rate (a higher
-    # floor lets the target fit only the busier part of the day).
-    quartile = float(np.quantile(profile.rates_per_s, 0.25))
-    floors = sorted({min_replicas, min(int(curve.need(np.array([quartile]))[0]), curve.ceiling)})
+    # Floors tried: the lowest rate's need and the needs at the 25th and 50th percentile rates
+    # (a higher floor lets the target fit only the busier part of the day, and rides out
+    # spikes shorter than a cold start).
+    quantiles = np.quantile(profile.rates_per_s, [0.25, 0.5])
+    floors = sorted({min_replicas} | {min(int(n), curve.ceiling) for n in curve.need(quantiles)})
     for floor, window in ((f, w) for f in floors for w in SCALE_UP_WINDOWS_S):
         top = fitting_target(profile, curve, floor)
         for factor in TARGET_FACTORS:
@@ -700,12 +701,14 @@ def recommend_autoscaler(
 
 
 def _better_autoscaled(a: StrategyOutcome, b: StrategyOutcome, bound: float) -> bool:
+    """Within the bound: cheaper. Outside: less risk by more than one sync period (a minute's
+    risk counted in ticks), else cheaper."""
     a_ok, b_ok = a.slo_risk_minutes <= bound, b.slo_risk_minutes <= bound
     if a_ok != b_ok:
         return a_ok
-    if a_ok:
-        return a.cost < b.cost
-    return (a.slo_risk_minutes, a.cost) < (b.slo_risk_minutes, b.cost)
+    if not a_ok and abs(a.slo_risk_minutes - b.slo_risk_minutes) > SYNC_PERIOD_S / 60.0:
+        return a.slo_risk_minutes < b.slo_risk_minutes
+    return a.cost < b.cost
 
 
 # --- Shared packing ------------------------------------------------------------------------
