@@ -29,7 +29,6 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 # RPCs no issue has implemented yet: they must answer UNIMPLEMENTED, not crash.
 UNIMPLEMENTED_UNARY = [
-    ("SelectMode", servewise_pb2.SelectModeRequest()),
     ("PlanResources", servewise_pb2.PlanResourcesRequest()),
     ("EvaluateSwitch", servewise_pb2.EvaluateSwitchRequest(deployment_id="dep-1")),
     ("Route", servewise_pb2.RouteRequest(deployment_id="dep-1", request_key="r1")),
@@ -226,12 +225,14 @@ async def test_metrics_count_handled_rpcs() -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = servewise_pb2_grpc.ServewiseServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError):
-                await stub.SelectMode(servewise_pb2.SelectModeRequest(), timeout=5)
+                await stub.EvaluateSwitch(
+                    servewise_pb2.EvaluateSwitchRequest(deployment_id="dep-1"), timeout=5
+                )
         after = await asyncio.to_thread(_scrape, running.metrics_port)
     finally:
         await running.stop(None)
-    assert _handled(after, "SelectMode", "UNIMPLEMENTED") == (
-        _handled(before, "SelectMode", "UNIMPLEMENTED") + 1
+    assert _handled(after, "EvaluateSwitch", "UNIMPLEMENTED") == (
+        _handled(before, "EvaluateSwitch", "UNIMPLEMENTED") + 1
     )
     names = {name for name, _ in after}
     assert {
@@ -408,7 +409,9 @@ def test_serve_logs_each_rpc_and_exits_0_on_signal(
         assert line["code"] == "UNIMPLEMENTED"
         assert isinstance(line["duration_ms"], float)
         assert line["level"] == "info"
-    assert [line.get("deployment_id") for line in rpc_lines] == [None, None, "dep-1", "dep-1"]
+    assert [line.get("deployment_id") for line in rpc_lines] == [
+        getattr(request, "deployment_id", None) or None for _, request in UNIMPLEMENTED_UNARY
+    ]
     events = [line["event"] for line in lines]
     assert events[0] == "server_started"
     assert events[-2:] == ["server_draining", "server_stopped"]

@@ -91,7 +91,6 @@ def test_unimplemented_passthrough_is_an_error_not_retried(
     """Passthrough methods reach the server; UNIMPLEMENTED is raised at once (no retry)."""
     with recording_server() as (address, _), ServewiseClient(address, retry=FAST_RETRY) as client:
         for call, request in [
-            (client.select_mode, servewise_pb2.SelectModeRequest()),
             (client.plan_resources, servewise_pb2.PlanResourcesRequest()),
             (client.evaluate_switch, servewise_pb2.EvaluateSwitchRequest(deployment_id="d")),
             (client.route, servewise_pb2.RouteRequest(deployment_id="d")),

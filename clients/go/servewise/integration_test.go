@@ -405,13 +405,47 @@ func TestDeadlineExceeded(t *testing.T) {
 	}
 }
 
+// TestSelectMode pins that SelectMode answers a plan for every mode and chooses the cheapest
+// feasible one: an urgent class and a backlog are served by a hybrid of a pool and a job.
+func TestSelectMode(t *testing.T) {
+	client, ctx := dialServer(t)
+	resp, err := client.SelectMode(ctx, &pb.SelectModeRequest{
+		TrafficClasses: []*pb.TrafficClass{
+			{Name: "chat", Volume: &pb.TrafficClass_RatePerS{RatePerS: 40}, Requirement: &pb.TrafficClass_Slo{Slo: &pb.Slo{LatencyMs: 60}}},
+			{Name: "backfill", Volume: &pb.TrafficClass_BacklogRequests{BacklogRequests: 100_000}, Requirement: &pb.TrafficClass_DeadlineS{DeadlineS: 3600}},
+		},
+		Candidates: []*pb.Candidate{candidate("g4dn.xlarge"), candidate("p3.2xlarge")},
+		Seed:       5,
+	})
+	if err != nil {
+		t.Fatalf("SelectMode: %v", err)
+	}
+	if len(resp.GetModes()) != 4 {
+		t.Fatalf("got %d mode plans, want 4", len(resp.GetModes()))
+	}
+	best := math.Inf(1)
+	var chosen *pb.ModePlan
+	for _, m := range resp.GetModes() {
+		if m.GetFeasible() {
+			best = math.Min(best, m.GetObjectivePerMillionRequests())
+		} else if m.GetReason() == "" {
+			t.Errorf("%v is infeasible without a reason", m.GetMode())
+		}
+		if m.GetMode() == resp.GetChosenMode() {
+			chosen = m
+		}
+	}
+	if chosen == nil || !chosen.GetFeasible() || chosen.GetObjectivePerMillionRequests() != best {
+		t.Fatalf("chosen %v is not the cheapest feasible mode (best objective %g)", resp.GetChosenMode(), best)
+	}
+	if resp.GetChosenMode() != pb.ServingMode_SERVING_MODE_HYBRID {
+		t.Errorf("chosen %v, want SERVING_MODE_HYBRID; reasons: %v", resp.GetChosenMode(), resp.GetReasons())
+	}
+}
+
 // unimplemented lists the RPCs the server does not implement yet. When an issue implements
 // one, delete its entry here and give it a test of its own like TestSimulate.
 var unimplemented = map[string]func(context.Context, *servewise.Client) error{
-	"SelectMode": func(ctx context.Context, c *servewise.Client) error {
-		_, err := c.SelectMode(ctx, &pb.SelectModeRequest{})
-		return err
-	},
 	"PlanResources": func(ctx context.Context, c *servewise.Client) error {
 		_, err := c.PlanResources(ctx, &pb.PlanResourcesRequest{})
 		return err

@@ -17,6 +17,7 @@ import {
   ServewiseError,
   ServewiseServiceService,
   ServiceTimeBasis,
+  ServingMode,
   Status,
 } from "../src/index.js";
 import {
@@ -248,13 +249,49 @@ describe("against the live server", { skip: NEEDS_SERVER }, () => {
     assert.deepEqual(new Set(error.fields), new Set(["candidate.profile.points.points[2].latency_ms", "slo.latency_ms"]));
   });
 
+  test("SelectMode answers a plan for every mode and chooses the cheapest feasible one", async () => {
+    const response = await client.selectMode({
+      trafficClasses: [
+        { name: "chat", ratePerS: 40, slo: { latencyMs: 60 } },
+        { name: "backfill", backlogRequests: 100_000, deadlineS: 3600 },
+      ],
+      candidates: [v100Candidate(), t4LinearCandidate()],
+      seed: 5,
+    });
+    assert.deepEqual(
+      response.modes.map((m) => m.mode),
+      [
+        ServingMode.SERVING_MODE_REALTIME,
+        ServingMode.SERVING_MODE_DYNAMIC_BATCHING,
+        ServingMode.SERVING_MODE_OFFLINE_BATCH,
+        ServingMode.SERVING_MODE_HYBRID,
+      ],
+    );
+    const feasible = response.modes.filter((m) => m.feasible);
+    const chosen = response.modes.find((m) => m.mode === response.chosenMode);
+    assert.ok(chosen?.feasible, "the chosen mode is feasible");
+    assert.equal(chosen.objectivePerMillionRequests, Math.min(...feasible.map((m) => m.objectivePerMillionRequests)));
+    for (const m of response.modes.filter((m) => !m.feasible)) assert.ok(m.reason.length > 0, "infeasible modes say why");
+    assert.equal(response.chosenMode, ServingMode.SERVING_MODE_HYBRID);
+  });
+
+  test("SelectMode rejects a bad traffic class naming its path", async () => {
+    const error = await rejection(
+      client.selectMode({
+        trafficClasses: [{ name: "chat", ratePerS: -1, slo: { latencyMs: 60 } }],
+        candidates: [v100Candidate()],
+      }),
+    );
+    assert.equal(error.code, Status.INVALID_ARGUMENT);
+    assert.deepEqual(error.fields, ["traffic_classes[0].rate_per_s"]);
+  });
+
   // -------------------------------------------------------------------------------------------
   // Not implemented yet. When an RPC lands, move it from here to IMPLEMENTED with a test of its
   // answer above; the coverage test below keeps the two lists equal to the service's RPCs.
 
-  const IMPLEMENTED = ["OptimizeBatch", "Simulate"];
+  const IMPLEMENTED = ["OptimizeBatch", "Simulate", "SelectMode"];
   const NOT_YET_IMPLEMENTED: Record<string, (c: ServewiseClient) => Promise<unknown>> = {
-    SelectMode: (c) => c.selectMode({}),
     PlanResources: (c) => c.planResources({}),
     EvaluateSwitch: (c) => c.evaluateSwitch({ deploymentId: "dep-1" }),
     Route: (c) => c.route({ deploymentId: "dep-1", requestKey: "req-1", trafficClass: "interactive" }),

@@ -19,6 +19,7 @@ from servewise.api.converters import (
     simulate_response_to_pb,
 )
 from servewise.api.errors import maps_errors
+from servewise.api.select_mode import select_mode
 from servewise.core.optimizer import optimize
 from servewise.core.simulator import capacity_per_s, simulate
 from servewise.v1 import servewise_pb2, servewise_pb2_grpc
@@ -63,3 +64,9 @@ class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
             seed=args.seed,
         )
         return optimize_response_to_pb(args, result)
+
+    @maps_errors
+    async def SelectMode(
+        self, request: servewise_pb2.SelectModeRequest, context: Context
+    ) -> servewise_pb2.SelectModeResponse:
+        return await select_mode(request)
