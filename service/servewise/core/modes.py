@@ -31,8 +31,10 @@ Break-even rates: every rate-based class is scaled by a common factor on a log g
 BREAK_EVEN_RANGE[0] to BREAK_EVEN_RANGE[1] times today's rates; each mode is scored by a cheap
 estimate (the analytic predictor's fewest replicas for pools, the closed form on demand for
 jobs), the factors where the cheapest mode changes are bisected on the estimate, and each
-flip is then confirmed by the full evaluation (optimizer and simulations) just below and
-above it. Unconfirmed flips are reported in the notes, not as break-evens.
+flip is then confirmed just below and above it by simulating the two modes' screened pools
+(adding replicas until each meets its requirement; jobs are closed form). At most
+MAX_CONFIRMED_FLIPS flips, nearest today's rate, are confirmed; unconfirmed flips are
+reported in the notes, not as break-evens.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ BREAK_EVEN_CONFIRM = 0.15
 # Replicas the confirming simulation may add to a screened plan.
 CONFIRM_EXTRA_REPLICAS = 3
 # Flips confirmed by simulation (nearest today's rate first); the rest are noted.
-MAX_CONFIRMED_FLIPS = 3
+MAX_CONFIRMED_FLIPS = 2
 # Delays the break-even screen tries, as fractions of the SLO's slack.
 SCREEN_DELAY_FRACTIONS = (0.05, 0.2, 0.5)
 SECONDS_PER_HOUR = 3600.0
@@ -840,10 +842,15 @@ def _hybrid_parts(
 
 
 def _estimated_choice(
-    classes: list[TrafficClass], inputs: SelectInputs, factor: float, confirm: bool = False
+    classes: list[TrafficClass],
+    inputs: SelectInputs,
+    factor: float,
+    confirm: tuple[Mode, ...] = (),
 ) -> Mode | None:
+    """Cheapest mode at ``factor`` times today's rates by the screen; the ``confirm`` modes'
+    pools are checked by simulation instead."""
     scaled = [c.scaled(factor) for c in classes]
-    scores = [(_estimate(m, scaled, inputs, confirm), i, m) for i, m in enumerate(MODE_ORDER)]
+    scores = [(_estimate(m, scaled, inputs, m in confirm), i, m) for i, m in enumerate(MODE_ORDER)]
     best = min(scores)
     return None if math.isinf(best[0]) else best[2]
 
@@ -887,8 +894,9 @@ def break_evens(
                 f"{rate:.4g} req/s (analytic screen, not confirmed)"
             )
             continue
-        under = _estimated_choice(classes, inputs, factor * (1 - BREAK_EVEN_CONFIRM), True)
-        over = _estimated_choice(classes, inputs, factor * (1 + BREAK_EVEN_CONFIRM), True)
+        pair = (below, above)
+        under = _estimated_choice(classes, inputs, factor * (1 - BREAK_EVEN_CONFIRM), pair)
+        over = _estimated_choice(classes, inputs, factor * (1 + BREAK_EVEN_CONFIRM), pair)
         if under is below and over is above:
             points.append(BreakEvenPoint(below, above, rate))
         else:
