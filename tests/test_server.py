@@ -29,7 +29,6 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 # RPCs no issue has implemented yet: they must answer UNIMPLEMENTED, not crash.
 UNIMPLEMENTED_UNARY = [
-    ("PlanResources", servewise_pb2.PlanResourcesRequest()),
     ("EvaluateSwitch", servewise_pb2.EvaluateSwitchRequest(deployment_id="dep-1")),
     ("Route", servewise_pb2.RouteRequest(deployment_id="dep-1", request_key="r1")),
 ]

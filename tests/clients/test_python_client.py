@@ -91,7 +91,6 @@ def test_unimplemented_passthrough_is_an_error_not_retried(
     """Passthrough methods reach the server; UNIMPLEMENTED is raised at once (no retry)."""
     with recording_server() as (address, _), ServewiseClient(address, retry=FAST_RETRY) as client:
         for call, request in [
-            (client.plan_resources, servewise_pb2.PlanResourcesRequest()),
             (client.evaluate_switch, servewise_pb2.EvaluateSwitchRequest(deployment_id="d")),
             (client.route, servewise_pb2.RouteRequest(deployment_id="d")),
         ]:
@@ -102,6 +101,10 @@ def test_unimplemented_passthrough_is_an_error_not_retried(
             list(client.control(iter([servewise_pb2.ControlRequest(deployment_id="d")])))
         assert caught.value.code is grpc.StatusCode.UNIMPLEMENTED
         assert caught.value.method == "Control"
+        # PlanResources is implemented: an empty request is an error naming the missing field.
+        with pytest.raises(ServewiseError) as caught:
+            client.plan_resources(servewise_pb2.PlanResourcesRequest())
+        assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_retries_unavailable_then_succeeds(

@@ -9,10 +9,12 @@ package servewise_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -443,13 +445,55 @@ func TestSelectMode(t *testing.T) {
 	}
 }
 
+// TestPlanResources pins that PlanResources compares dedicated and autoscaled replicas over a
+// rate profile (a day in four steps), recommends the cheaper within the SLO-risk bound and
+// exports an autoscaling/v2 HPA with the recommended autoscaler's bounds.
+func TestPlanResources(t *testing.T) {
+	client, ctx := dialServer(t)
+	var profile []*pb.RatePoint
+	for i, rate := range []float64{60, 340, 200, 100} {
+		profile = append(profile, &pb.RatePoint{TimeS: float64(i) * 21600, RatePerS: rate})
+	}
+	resp, err := client.PlanResources(ctx, &pb.PlanResourcesRequest{
+		Deployments: []*pb.DeploymentSpec{{
+			Name:        "resnet",
+			Candidates:  []*pb.Candidate{candidate("g4dn.xlarge")},
+			Slo:         &pb.Slo{LatencyMs: 100},
+			RateProfile: profile,
+		}},
+		Seed: 5,
+	})
+	if err != nil {
+		t.Fatalf("PlanResources: %v", err)
+	}
+	d := resp.GetDeployments()[0]
+	if len(d.GetStrategies()) != 2 {
+		t.Fatalf("got %d strategies, want dedicated and autoscaled", len(d.GetStrategies()))
+	}
+	dedicated, autoscaled := d.GetStrategies()[0], d.GetStrategies()[1]
+	if dedicated.GetStrategy() != pb.ResourceStrategy_RESOURCE_STRATEGY_DEDICATED ||
+		autoscaled.GetStrategy() != pb.ResourceStrategy_RESOURCE_STRATEGY_AUTOSCALED {
+		t.Fatalf("strategies %v, %v", dedicated.GetStrategy(), autoscaled.GetStrategy())
+	}
+	want := float64(dedicated.GetPeakReplicas()) * prices["g4dn.xlarge"] * 24
+	if math.Abs(dedicated.GetCostPerDay()-want) > 1e-9*want {
+		t.Errorf("dedicated cost per day %g, want peak replicas x price x 24 = %g", dedicated.GetCostPerDay(), want)
+	}
+	a := d.GetRecommendedAutoscaler()
+	if a.GetMinReplicas() < 1 || a.GetMaxReplicas() < a.GetMinReplicas() {
+		t.Errorf("recommended autoscaler min %d max %d", a.GetMinReplicas(), a.GetMaxReplicas())
+	}
+	if !strings.Contains(d.GetExports().GetHpaYaml(), fmt.Sprintf("maxReplicas: %d", a.GetMaxReplicas())) {
+		t.Errorf("HPA export lacks maxReplicas %d:\n%s", a.GetMaxReplicas(), d.GetExports().GetHpaYaml())
+	}
+	if resp.GetRecommendedStrategy() == pb.ResourceStrategy_RESOURCE_STRATEGY_UNSPECIFIED {
+		t.Errorf("no recommended strategy; reasons %v", resp.GetReasons())
+	}
+}
+
 // unimplemented lists the RPCs the server does not implement yet. When an issue implements
 // one, delete its entry here and give it a test of its own like TestSimulate.
 var unimplemented = map[string]func(context.Context, *servewise.Client) error{
-	"PlanResources": func(ctx context.Context, c *servewise.Client) error {
-		_, err := c.PlanResources(ctx, &pb.PlanResourcesRequest{})
-		return err
-	},
 	"EvaluateSwitch": func(ctx context.Context, c *servewise.Client) error {
 		_, err := c.EvaluateSwitch(ctx, &pb.EvaluateSwitchRequest{DeploymentId: "go-client-test"})
 		return err

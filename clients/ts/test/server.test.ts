@@ -13,6 +13,7 @@ import {
   type DeepPartial,
   type OptimizeBatchResponse,
   type PlanAssessment,
+  ResourceStrategy,
   ServewiseClient,
   ServewiseError,
   ServewiseServiceService,
@@ -286,13 +287,58 @@ describe("against the live server", { skip: NEEDS_SERVER }, () => {
     assert.deepEqual(error.fields, ["traffic_classes[0].rate_per_s"]);
   });
 
+  test("PlanResources compares dedicated and autoscaled replicas and exports the HPA", async () => {
+    const response = await client.planResources({
+      deployments: [
+        {
+          name: "resnet",
+          candidates: [t4LinearCandidate()],
+          slo: { latencyMs: 300 },
+          rateProfile: [300, 1700, 1000, 500].map((ratePerS, i) => ({ timeS: i * 21600, ratePerS })),
+        },
+      ],
+      seed: 5,
+    });
+    const [deployment] = response.deployments;
+    assert.ok(deployment);
+    assert.deepEqual(
+      deployment.strategies.map((s) => s.strategy),
+      [ResourceStrategy.RESOURCE_STRATEGY_DEDICATED, ResourceStrategy.RESOURCE_STRATEGY_AUTOSCALED],
+    );
+    const dedicated = deployment.strategies[0]!;
+    assert.ok(Math.abs(dedicated.costPerDay - dedicated.peakReplicas * 0.526 * 24) < 1e-9);
+    const autoscaler = deployment.recommendedAutoscaler!;
+    assert.ok(autoscaler.minReplicas >= 1 && autoscaler.maxReplicas >= autoscaler.minReplicas);
+    assert.match(deployment.exports!.hpaYaml, new RegExp(`maxReplicas: ${autoscaler.maxReplicas}\\b`));
+    assert.notEqual(response.recommendedStrategy, ResourceStrategy.RESOURCE_STRATEGY_UNSPECIFIED);
+  });
+
+  test("PlanResources rejects a time that does not increase, naming its path", async () => {
+    const error = await rejection(
+      client.planResources({
+        deployments: [
+          {
+            name: "resnet",
+            candidates: [t4LinearCandidate()],
+            slo: { latencyMs: 300 },
+            rateProfile: [
+              { timeS: 60, ratePerS: 10 },
+              { timeS: 60, ratePerS: 20 },
+            ],
+          },
+        ],
+      }),
+    );
+    assert.equal(error.code, Status.INVALID_ARGUMENT);
+    assert.deepEqual(error.fields, ["deployments[0].rate_profile[1].time_s"]);
+  });
+
   // -------------------------------------------------------------------------------------------
   // Not implemented yet. When an RPC lands, move it from here to IMPLEMENTED with a test of its
   // answer above; the coverage test below keeps the two lists equal to the service's RPCs.
 
-  const IMPLEMENTED = ["OptimizeBatch", "Simulate", "SelectMode"];
+  const IMPLEMENTED = ["OptimizeBatch", "Simulate", "SelectMode", "PlanResources"];
   const NOT_YET_IMPLEMENTED: Record<string, (c: ServewiseClient) => Promise<unknown>> = {
-    PlanResources: (c) => c.planResources({}),
     EvaluateSwitch: (c) => c.evaluateSwitch({ deploymentId: "dep-1" }),
     Route: (c) => c.route({ deploymentId: "dep-1", requestKey: "req-1", trafficClass: "interactive" }),
     // The bidirectional stream: write a request, half-close, read until the status.

@@ -19,6 +19,7 @@ from servewise.api.converters import (
     simulate_response_to_pb,
 )
 from servewise.api.errors import maps_errors
+from servewise.api.plan_resources import plan_resources
 from servewise.api.select_mode import select_mode
 from servewise.core.optimizer import optimize
 from servewise.core.simulator import capacity_per_s, simulate
@@ -70,3 +71,9 @@ class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
         self, request: servewise_pb2.SelectModeRequest, context: Context
     ) -> servewise_pb2.SelectModeResponse:
         return await select_mode(request)
+
+    @maps_errors
+    async def PlanResources(
+        self, request: servewise_pb2.PlanResourcesRequest, context: Context
+    ) -> servewise_pb2.PlanResourcesResponse:
+        return await plan_resources(request)
