@@ -580,3 +580,74 @@ def test_cli_import_stays_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]"
+
+
+# --- resources (PlanResources) --------------------------------------------------------------
+
+
+def _resources_file(tmp_path: Path) -> Path:
+    """A day in four steps for one deployment on a T4 (linear fit of the published table)."""
+    spec = {
+        "deployments": [
+            {
+                "name": "Chat Model",
+                "candidates": [
+                    {
+                        "instance_type": {
+                            "name": "g4dn.xlarge",
+                            "price_per_hour": 0.526,
+                            "max_batch_size": 64,
+                            "cold_start_s": 45,
+                        },
+                        "profile": {
+                            "linear": {"base_ms": 5.24, "per_item_ms": 2.288, "max_batch_size": 64}
+                        },
+                    }
+                ],
+                "slo": {"latency_ms": 300},
+                "rate_profile": [
+                    {"time_s": 0, "rate_per_s": 300},
+                    {"time_s": 21600, "rate_per_s": 1700},
+                    {"time_s": 43200, "rate_per_s": 1000},
+                    {"time_s": 64800, "rate_per_s": 500},
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "day.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_resources_prints_strategies_and_writes_exports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`servewise resources --local -f day.yaml --export-dir` prints dedicated and autoscaled
+    costs with the recommendation, and writes the four exports under the deployment's label."""
+    out = tmp_path / "exports"
+    code = cli.main(
+        ["resources", "--local", "-f", str(_resources_file(tmp_path)), "--export-dir", str(out)]
+    )
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "dedicated" in text
+    assert "autoscaled" in text
+    assert "recommended: " in text
+    files = sorted(p.name for p in (out / "chat-model").iterdir())
+    assert files == ["config.pbtxt", "hpa.yaml", "ray_serve.yaml", "torchserve.properties"]
+    hpa = yaml.safe_load((out / "chat-model" / "hpa.yaml").read_text())
+    assert hpa["metadata"]["name"] == "chat-model"
+
+
+def test_resources_json_and_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--json prints the response; a file that is not a request exits 1 with one line."""
+    assert cli.main(["resources", "--local", "--json", "-f", str(_resources_file(tmp_path))]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["recommended_strategy"] in {
+        "RESOURCE_STRATEGY_DEDICATED",
+        "RESOURCE_STRATEGY_AUTOSCALED",
+    }
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("deployments: [{nonsense: 1}]\n")
+    assert cli.main(["resources", "--local", "-f", str(bad)]) == 1
+    assert "not a PlanResourcesRequest" in capsys.readouterr().err

@@ -915,6 +915,121 @@ def _run_plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return EXIT_OK
 
 
+# --- resources -------------------------------------------------------------------------------
+
+_STRATEGY_NAMES: Final = {1: "dedicated", 2: "autoscaled", 3: "shared"}
+
+
+def _add_resources(subparsers: argparse._SubParsersAction[_Parser]) -> None:
+    resources = subparsers.add_parser(
+        "resources",
+        help="replicas over a day: dedicated vs autoscaled vs shared (PlanResources), exports",
+        description=(
+            "Ask PlanResources to compare dedicated, autoscaled and (with two or more "
+            "deployments and shared_instance_memory_bytes) shared strategies over each "
+            "deployment's rate profile, with the recommended autoscaler. The request is a "
+            "PlanResourcesRequest in YAML or JSON (proto field names). Example: servewise "
+            "resources --local -f day.yaml --export-dir out/"
+        ),
+    )
+    resources.add_argument(
+        "-f", "--file", metavar="FILE", required=True, help="PlanResourcesRequest as YAML/JSON"
+    )
+    out = resources.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print the response as JSON")
+    out.add_argument(
+        "--export-dir",
+        metavar="DIR",
+        help=(
+            "write DIR/<deployment>/ config.pbtxt, ray_serve.yaml, torchserve.properties and "
+            "hpa.yaml (the peak plan with the recommended autoscaler)"
+        ),
+    )
+    _add_connection(resources)
+    resources.set_defaults(handler=_run_resources)
+
+
+def _resources_request(path: str) -> Any:
+    import yaml  # noqa: PLC0415
+    from google.protobuf import json_format  # noqa: PLC0415
+
+    from servewise.v1 import servewise_pb2  # noqa: PLC0415
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise _Failure(f"cannot read {path}: {exc}") from None
+    try:
+        return json_format.ParseDict(data or {}, servewise_pb2.PlanResourcesRequest())
+    except json_format.ParseError as exc:
+        raise _Failure(f"{path} is not a PlanResourcesRequest: {exc}") from None
+
+
+def format_resources(response: Any) -> str:
+    """The strategies per deployment and in total, the recommendation and its reasons."""
+
+    def row(s: Any) -> str:
+        return (
+            f"{_STRATEGY_NAMES.get(s.strategy, '?'):<11}{_money(s.cost_per_day):>12}/day "
+            f"{_money(s.cost_per_month):>12}/month  util {_percent(s.mean_utilisation):>6}  "
+            f"{_money(s.cost_per_million_requests)}/M  risk {s.slo_risk_minutes:.3g} min  "
+            f"peak {s.peak_replicas}, mean {s.mean_replicas:.2f}"
+        )
+
+    lines: list[str] = []
+    for d in response.deployments:
+        lines.append(f"{d.name}: {_plan_text(d.plan)} at the peak")
+        lines += [f"  {row(s)}" for s in d.strategies]
+        a = d.recommended_autoscaler
+        lines.append(
+            f"  recommended autoscaler: min {a.min_replicas}, max {a.max_replicas}, target "
+            f"{_percent(a.target_utilisation)}, windows up {a.scale_up_window_s:g} s / down "
+            f"{a.scale_down_window_s:g} s, start-up {a.startup_delay_s:g} s, cooldown "
+            f"{a.cooldown_s:g} s"
+        )
+    lines.append("total:")
+    lines += [f"  {row(t)}" for t in response.totals]
+    chosen = _STRATEGY_NAMES.get(response.recommended_strategy, "none")
+    lines.append(f"recommended: {chosen}")
+    lines += [f"  {reason}" for reason in response.reasons]
+    if response.notes:
+        lines.append("notes:")
+        lines += [f"  - {note}" for note in response.notes]
+    return "\n".join(lines)
+
+
+def _run_resources(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    request = _resources_request(args.file)
+    response = _call(args, "plan_resources", request)
+    if args.json:
+        _print_json(response)
+    else:
+        print(format_resources(response))
+    if args.export_dir:
+        from servewise.core.exports import dns_label  # noqa: PLC0415
+
+        written: list[Path] = []
+        try:
+            for d in response.deployments:
+                directory = Path(args.export_dir) / dns_label(d.name)
+                directory.mkdir(parents=True, exist_ok=True)
+                e = d.exports
+                for name, text in (
+                    ("config.pbtxt", e.triton_config_pbtxt),
+                    ("ray_serve.yaml", e.ray_serve_yaml),
+                    ("torchserve.properties", e.torchserve_properties),
+                    ("hpa.yaml", e.hpa_yaml),
+                ):
+                    if text:
+                        (directory / name).write_text(text, encoding="utf-8")
+                        written.append(directory / name)
+        except OSError as exc:
+            raise _Failure(f"cannot write exports: {exc.strerror or exc}") from None
+        stream = sys.stderr if args.json else sys.stdout
+        print(f"\nexports: {', '.join(str(p) for p in written)}", file=stream)
+    return EXIT_OK
+
+
 # --- simulate --------------------------------------------------------------------------------
 
 
@@ -1226,6 +1341,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     _add_serve(subparsers)
     _add_plan(subparsers)
+    _add_resources(subparsers)
     _add_simulate(subparsers)
     _add_profile(subparsers)
     _add_plot(subparsers)
