@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
@@ -123,29 +123,33 @@ def simulate_args(request: servewise_pb2.SimulateRequest) -> SimulateArgs:
     )
 
 
-def _candidates_to_core(
-    v: Violations, request: servewise_pb2.OptimizeBatchRequest, use_p99: bool
+def candidates_to_core(
+    v: Violations,
+    candidates: Sequence[types_pb2.Candidate],
+    use_p99: bool,
+    field: str = "candidates",
 ) -> list[ConvertedCandidate] | None:
-    """Every candidate, or None when any is invalid (or the list is empty or too large)."""
-    count = len(request.candidates)
+    """Every candidate of a repeated Candidate field (at path ``field``), or None when any is
+    invalid (or the list is empty or too large); names must be unique within the list."""
+    count = len(candidates)
     if count == 0:
-        v.add("candidates", "at least one candidate is required")
+        v.add(field, "at least one candidate is required")
         return None
     if count > MAX_CANDIDATES:
-        v.add("candidates", f"at most {MAX_CANDIDATES} candidates (got {count})")
+        v.add(field, f"at most {MAX_CANDIDATES} candidates (got {count})")
         return None
-    if _too_many_points(v, "candidates", sum(map(count_profile_points, request.candidates))):
+    if _too_many_points(v, field, sum(map(count_profile_points, candidates))):
         return None
     start = len(v)
     converted: list[ConvertedCandidate] = []
     first_index: dict[str, int] = {}
-    for i, pb in enumerate(request.candidates):
-        path = f"candidates[{i}]"
+    for i, pb in enumerate(candidates):
+        path = f"{field}[{i}]"
         name = pb.instance_type.name
         if name and name in first_index:
             v.add(
                 f"{path}.instance_type.name",
-                f"duplicates candidates[{first_index[name]}].instance_type.name ({name!r})",
+                f"duplicates {field}[{first_index[name]}].instance_type.name ({name!r})",
             )
         elif name:
             first_index[name] = i
@@ -159,7 +163,7 @@ def optimize_args(request: servewise_pb2.OptimizeBatchRequest) -> OptimizeArgs:
     """Validate an OptimizeBatchRequest; raises InvalidInputError naming every invalid field."""
     v = Violations()
     use_p99 = use_p99_basis(v, "service_time_basis", request.service_time_basis)
-    converted = _candidates_to_core(v, request, use_p99)
+    converted = candidates_to_core(v, request.candidates, use_p99)
     by_name = (
         None if converted is None else {c.candidate.instance.name: c.candidate for c in converted}
     )
@@ -200,7 +204,7 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-def _response_builder(build: Callable[_P, _R]) -> Callable[_P, _R]:
+def response_builder(build: Callable[_P, _R]) -> Callable[_P, _R]:
     """Re-raise protobuf's ValueError/TypeError from building a response as an internal error."""
 
     @functools.wraps(build)
@@ -290,19 +294,19 @@ def frontier_point_to_pb(point: FrontierPoint) -> types_pb2.FrontierPoint:
     )
 
 
-def _unique(notes: list[str]) -> list[str]:
+def unique(notes: list[str]) -> list[str]:
     """Notes in order, without repeats (the optimizer may restate a profile's notes)."""
     return list(dict.fromkeys(notes))
 
 
-@_response_builder
+@response_builder
 def simulate_response_to_pb(
     args: SimulateArgs, result: SimulationResult, capacity_per_s: float
 ) -> servewise_pb2.SimulateResponse:
     response = servewise_pb2.SimulateResponse(
         result=simulation_to_pb(result),
         capacity_per_s=capacity_per_s,
-        notes=_unique(list(args.notes)),
+        notes=unique(list(args.notes)),
     )
     slo_latency = result.latency.slo_percentile_ms
     if args.slo is not None and slo_latency is not None:
@@ -310,7 +314,7 @@ def simulate_response_to_pb(
     return response
 
 
-@_response_builder
+@response_builder
 def optimize_response_to_pb(
     args: OptimizeArgs, result: OptimizeResult
 ) -> servewise_pb2.OptimizeBatchResponse:
@@ -320,7 +324,7 @@ def optimize_response_to_pb(
         binding_reason=result.binding_reason,
         realtime_baseline_note=result.realtime_baseline_note,
         frontier=[frontier_point_to_pb(p) for p in result.frontier],
-        notes=_unique([*args.notes, *result.notes]),
+        notes=unique([*args.notes, *result.notes]),
         plans_considered=result.plans_considered,
     )
     if result.recommended is not None:

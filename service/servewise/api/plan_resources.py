@@ -25,19 +25,15 @@ import math
 
 import numpy as np
 
-from servewise.api.converters import ResponseConversionError, plan_to_pb
+from servewise.api.converters import ResponseConversionError, candidates_to_core, plan_to_pb
 from servewise.api.validation import (
     DEFAULT_ARRIVAL_CV,
     MAX_ARRIVAL_CV,
     MAX_ARRIVAL_TIME_S,
-    MAX_CANDIDATES,
     MAX_RATE_PER_S,
     MAX_REPLICAS,
-    MAX_TOTAL_PROFILE_POINTS,
     Violations,
-    candidate_to_core,
     check_some_batch_size_fits,
-    count_profile_points,
     limits_to_core,
     plan_to_core,
     slo_to_core,
@@ -99,34 +95,12 @@ def _candidates(
     v: Violations, spec: servewise_pb2.DeploymentSpec, path: str, use_p99: bool, notes: list[str]
 ) -> dict[str, Candidate] | None:
     """The deployment's candidates by name (as OptimizeBatch checks them), or None if invalid."""
-    field = f"{path}.candidates"
-    if not spec.candidates:
-        v.add(field, "at least one candidate is required")
+    converted = candidates_to_core(v, spec.candidates, use_p99, f"{path}.candidates")
+    if converted is None:
         return None
-    if len(spec.candidates) > MAX_CANDIDATES:
-        v.add(field, f"at most {MAX_CANDIDATES} candidates (got {len(spec.candidates)})")
-        return None
-    points = sum(map(count_profile_points, spec.candidates))
-    if points > MAX_TOTAL_PROFILE_POINTS:
-        v.add(field, f"at most {MAX_TOTAL_PROFILE_POINTS} profile points in total (got {points})")
-        return None
-    start = len(v)
-    by_name: dict[str, Candidate] = {}
-    first: dict[str, int] = {}
-    for j, pb in enumerate(spec.candidates):
-        name = pb.instance_type.name
-        if name and name in first:
-            v.add(
-                f"{field}[{j}].instance_type.name",
-                f"duplicates {field}[{first[name]}].instance_type.name ({name!r})",
-            )
-        elif name:
-            first[name] = j
-        item = candidate_to_core(v, pb, f"{field}[{j}]", use_p99)
-        if item is not None:
-            by_name[item.candidate.instance.name] = item.candidate
-            notes.extend(item.notes)
-    return by_name if len(v) == start else None
+    for item in converted:
+        notes.extend(item.notes)
+    return {item.candidate.instance.name: item.candidate for item in converted}
 
 
 def _first_indices(mask: np.ndarray[tuple[int], np.dtype[np.bool_]]) -> list[int]:

@@ -13,11 +13,11 @@ import math
 from dataclasses import dataclass
 
 from servewise.api.converters import (
-    _candidates_to_core,
-    _response_builder,
-    _unique,
     assessment_to_pb,
     binding_to_pb,
+    candidates_to_core,
+    response_builder,
+    unique,
 )
 from servewise.api.validation import (
     DEFAULT_ARRIVAL_CV,
@@ -236,10 +236,7 @@ def select_mode_args(request: servewise_pb2.SelectModeRequest) -> SelectModeArgs
     """Validate a SelectModeRequest; raises InvalidInputError naming every invalid field."""
     v = Violations()
     use_p99 = use_p99_basis(v, "service_time_basis", request.service_time_basis)
-    # The candidates' validator reads only .candidates, which both requests spell alike.
-    converted = _candidates_to_core(
-        v, servewise_pb2.OptimizeBatchRequest(candidates=request.candidates), use_p99
-    )
+    converted = candidates_to_core(v, request.candidates, use_p99)
     offers = _spot_offers(v, request)
     classes = _classes_to_core(v, request)
     limits = limits_to_core(v, request.limits, "limits")
@@ -303,7 +300,7 @@ def _mode_to_pb(outcome: modes.ModeOutcome) -> servewise_pb2.ModePlan:
     return pb
 
 
-@_response_builder
+@response_builder
 def select_mode_response_to_pb(
     args: SelectModeArgs, result: modes.SelectResult
 ) -> servewise_pb2.SelectModeResponse:
@@ -319,7 +316,7 @@ def select_mode_response_to_pb(
             )
             for b in result.break_evens
         ],
-        notes=_unique([*args.notes, *result.notes]),
+        notes=unique([*args.notes, *result.notes]),
     )
 
 

@@ -29,7 +29,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
-    """Implements Simulate and OptimizeBatch; every other RPC stays UNIMPLEMENTED (inherited)."""
+    """Implements Simulate, OptimizeBatch, SelectMode and PlanResources; EvaluateSwitch, Control
+    and Route stay UNIMPLEMENTED (inherited) until the live-control issue lands."""
 
     @maps_errors
     async def Simulate(
