@@ -59,7 +59,7 @@ REFINE_CANDIDATES = 12
 # Requests in the shared search sample, and bounds on the confirmation run; both grow with
 # the square of the arrival CV (bursty traffic needs more requests for the same precision).
 SEARCH_REQUESTS = 12_000
-SEARCH_MAX_REQUESTS = 48_000
+SEARCH_MAX_REQUESTS = 24_000
 CONFIRM_MIN_REQUESTS = 20_000
 CONFIRM_MAX_REQUESTS = 1_000_000
 # A plan's tail is trusted only from a run spanning this many heavy-traffic relaxation times.
