@@ -25,6 +25,7 @@ from prometheus_client import start_http_server
 
 from servewise.obs import ObservabilityInterceptor
 from servewise.v1 import servewise_pb2, servewise_pb2_grpc
+from servewise.wire import MalformedRequestInterceptor
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -200,7 +201,8 @@ async def start_server(
         except OSError as exc:
             raise OSError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
     server = grpc.aio.server(
-        interceptors=[ObservabilityInterceptor()],
+        # Observability outermost, so undecodable requests are logged and counted too.
+        interceptors=[ObservabilityInterceptor(), MalformedRequestInterceptor()],
         options=[
             # Without this, Linux lets a second server share the port and fails nothing.
             ("grpc.so_reuseport", 0),

@@ -32,7 +32,7 @@ SUMMARY_FIELDS = 3
 INTERNAL_MESSAGE = "internal error; the server logged the details"
 
 
-class _AbortsWithStatus(Protocol):
+class AbortsWithStatus(Protocol):
     async def abort_with_status(self, status: grpc.Status) -> NoReturn: ...
 
 
@@ -79,7 +79,7 @@ async def abort_for(exc: Exception, context: grpc.aio.ServicerContext[Any, Any])
     """End the RPC with the status for ``exc``; unexpected errors are logged with a traceback."""
     if not isinstance(exc, ValueError):
         logger.error("unexpected error while serving a request", exc_info=exc)
-    await cast(_AbortsWithStatus, context).abort_with_status(status_for(exc))
+    await cast(AbortsWithStatus, context).abort_with_status(status_for(exc))
 
 
 SelfT = TypeVar("SelfT")
