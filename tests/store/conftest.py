@@ -8,6 +8,8 @@ own key namespace on that server and deletes it afterwards.
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,9 +56,37 @@ def _sqlite(tmp_path: Path) -> tuple[Callable[[], StateStore], dict[str, Any]]:
     return (lambda: SqliteStore(path)), {"kind": "sqlite", "path": str(path)}
 
 
+def _redis(tmp_path: Path) -> tuple[Callable[[], StateStore], dict[str, Any]]:
+    url = os.environ.get(REDIS_URL_ENV)
+    if not url:
+        pytest.skip(
+            f"{REDIS_URL_ENV} is unset: no Redis to test against (scripts/test starts a "
+            "redis-server and sets it; or point it at a Redis the tests may write to)"
+        )
+    from servewise.store.redis import RedisStore  # noqa: PLC0415
+
+    namespace = f"servewise-test-{uuid.uuid4().hex[:12]}"  # this test's keys only
+    return (
+        lambda: RedisStore(url, namespace=namespace),
+        {"kind": "redis", "url": url, "namespace": namespace},
+    )
+
+
+def _drop_redis_namespace(url: str, namespace: str) -> None:
+    import redis  # noqa: PLC0415
+
+    client = redis.Redis.from_url(url)
+    try:
+        for key in client.scan_iter(match=f"{{{namespace}}}:*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
 BACKENDS: dict[str, Callable[[Path], tuple[Callable[[], StateStore], dict[str, Any] | None]]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "redis": _redis,
 }
 
 
@@ -69,6 +99,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     finally:
         for store in backend.opened:
             store.close()
+        if worker_spec is not None and worker_spec["kind"] == "redis":
+            _drop_redis_namespace(worker_spec["url"], worker_spec["namespace"])
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from servewise.store.factory import default_sqlite_path, open_store
 from servewise.store.memory import MemoryStore
 from servewise.store.sqlite import SqliteStore
+
+from .conftest import REDIS_URL_ENV
 
 
 def test_unset_or_sqlite_opens_sqlite_at_sqlite_path(
@@ -63,3 +66,15 @@ def test_an_unknown_store_is_refused_with_the_accepted_ones(url: str) -> None:
     with pytest.raises(ValueError, match="expected 'sqlite'") as raised:
         open_store(url)
     assert url in str(raised.value)
+
+
+def test_a_redis_url_opens_redis() -> None:
+    url = os.environ.get(REDIS_URL_ENV)
+    if not url:
+        pytest.skip(f"{REDIS_URL_ENV} is unset: no Redis to test against")
+    from servewise.store.redis import RedisStore  # noqa: PLC0415
+
+    store = open_store(url)
+    assert isinstance(store, RedisStore)
+    store.get("servewise-test/factory-probe")  # it talks to the server
+    store.close()

@@ -42,6 +42,10 @@ def open_store(url: str | None = None) -> StateStore:
         if not path:
             path = os.environ.get(SQLITE_PATH_ENV, "").strip() or str(default_sqlite_path())
         return SqliteStore(path)
+    if scheme in ("redis", "rediss"):
+        from servewise.store.redis import RedisStore  # noqa: PLC0415
+
+        return RedisStore(spec)
     if scheme == "memory" and "://" not in spec:
         from servewise.store.memory import MemoryStore  # noqa: PLC0415
 

@@ -1,0 +1,96 @@
+"""Redis StateStore: several service replicas sharing deployment state and decision logs.
+
+Layout, under a namespace (default ``servewise``) in braces, so that in a Redis Cluster every
+key hashes to one slot and the scripts below may touch several of them:
+
+- ``{ns}:v:KEY``  a hash with ``value`` and ``version``, written together by one HSET;
+- ``{ns}:keys``   a sorted set of every KEY (all scores 0), so ``keys(prefix)`` is one
+  ZRANGEBYLEX instead of a SCAN of the keyspace;
+- ``{ns}:d:KEY``  a list, the decision log: entry ``seq`` is at index ``seq - 1``.
+
+compare_and_set is one Lua script (one round trip; Redis runs a script atomically), so the
+version check and the write cannot interleave with another replica's. append_decision is one
+RPUSH, atomic on its own: the new length it returns is the sequence number, gap-free because
+the list is never trimmed.
+
+Durability is the server's: an acknowledged write is in the server's memory, and survives a
+server restart only as far as its persistence (``appendonly yes``, ``appendfsync``) goes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import redis
+
+from servewise.store import Decision, StaleVersionError, Versioned
+
+DEFAULT_NAMESPACE = "servewise"
+
+# KEYS[1] the value hash, KEYS[2] the key index; ARGV: expected version, value, key.
+# Returns {1, new version} or {0, actual version}.
+_COMPARE_AND_SET = """
+local current = redis.call('HGET', KEYS[1], 'version')
+local actual = 0
+if current then actual = tonumber(current) end
+if actual ~= tonumber(ARGV[1]) then return {0, actual} end
+redis.call('HSET', KEYS[1], 'value', ARGV[2], 'version', actual + 1)
+if actual == 0 then redis.call('ZADD', KEYS[2], 0, ARGV[3]) end
+return {1, actual + 1}
+"""
+
+
+class RedisStore:
+    """A StateStore on the Redis server at ``url`` (``redis://[:PASSWORD@]HOST:PORT/DB``,
+    ``rediss://`` for TLS). Stores with the same url and namespace share their state."""
+
+    def __init__(self, url: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+        self._client: redis.Redis = redis.Redis.from_url(url, decode_responses=False)
+        self._ns = "{" + namespace + "}"
+        self._index = f"{self._ns}:keys"
+        self._cas = self._client.register_script(_COMPARE_AND_SET)
+
+    def _value_key(self, key: str) -> str:
+        return f"{self._ns}:v:{key}"
+
+    def _log_key(self, key: str) -> str:
+        return f"{self._ns}:d:{key}"
+
+    def get(self, key: str) -> Versioned | None:
+        value, version = cast(
+            "list[bytes | None]", self._client.hmget(self._value_key(key), ["value", "version"])
+        )
+        if value is None or version is None:
+            return None
+        return Versioned(bytes(value), int(version))
+
+    def compare_and_set(self, key: str, expected_version: int, value: bytes) -> int:
+        ok, version = cast(
+            "list[int]",
+            self._cas(
+                keys=[self._value_key(key), self._index],
+                args=[expected_version, bytes(value), key.encode()],
+            ),
+        )
+        if not ok:
+            raise StaleVersionError(key, expected_version, int(version))
+        return int(version)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        # Members compare as bytes; in UTF-8 that is code point order (Python's str order), and
+        # no UTF-8 string has a 0xff byte, so "(prefix\xff" ends the prefix's run exactly.
+        low = b"[" + prefix.encode()
+        high = b"(" + prefix.encode() + b"\xff"
+        members = cast("list[bytes]", self._client.zrangebylex(self._index, low, high))
+        return [member.decode() for member in members]
+
+    def append_decision(self, key: str, record: bytes) -> int:
+        return int(cast(Any, self._client.rpush(self._log_key(key), bytes(record))))
+
+    def decisions(self, key: str, after_seq: int = 0) -> list[Decision]:
+        start = max(after_seq, 0)
+        records = cast("list[bytes]", self._client.lrange(self._log_key(key), start, -1))
+        return [Decision(start + i + 1, bytes(record)) for i, record in enumerate(records)]
+
+    def close(self) -> None:
+        self._client.close()
