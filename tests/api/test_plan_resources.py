@@ -234,6 +234,11 @@ CASES: list[tuple[str, Callable[[Req], None], tuple[str, ...]]] = [
     ("rate-nan", _point(2, rate_per_s=NAN), ("deployments[0].rate_profile[2].rate_per_s",)),
     ("rate-negative", _point(2, rate_per_s=-1.0), ("deployments[0].rate_profile[2].rate_per_s",)),
     ("rate-inf", _point(2, rate_per_s=INF), ("deployments[0].rate_profile[2].rate_per_s",)),
+    (
+        "rate-subnormal",
+        _point(2, rate_per_s=5e-324),
+        ("deployments[0].rate_profile[2].rate_per_s",),
+    ),
     ("rates-all-zero", _all_zero, ("deployments[0].rate_profile",)),
     (
         "arrival-cv-high",
@@ -329,3 +334,14 @@ def test_single_deployment_ignores_shared_memory() -> None:
     req.deployments[0].memory_bytes = 0
     args = plan_resources_args(req)
     assert any("ignored" in note for note in args.notes)
+
+
+async def test_peak_beyond_max_replicas_is_answered_not_internal(api: Api) -> None:
+    """A peak that needs more replicas than limits.max_replicas allows gets an answer whose
+    strategies say so, without exports (regression: the unstable peak plan's infinite mean
+    latency reached the Ray Serve export and the call failed with INTERNAL)."""
+    req = Req(deployments=[deployment("chat")], limits=types_pb2.SearchLimits(max_replicas=1))
+    response = await api.stub.PlanResources(req, timeout=60)
+    item = response.deployments[0]
+    assert item.exports.hpa_yaml == ""
+    assert any(s.slo_risk_minutes > 0 or not s.feasible for s in item.strategies)

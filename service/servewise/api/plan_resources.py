@@ -32,6 +32,7 @@ from servewise.api.validation import (
     MAX_ARRIVAL_TIME_S,
     MAX_RATE_PER_S,
     MAX_REPLICAS,
+    MIN_RATE_PER_S,
     Violations,
     check_some_batch_size_fits,
     limits_to_core,
@@ -139,8 +140,16 @@ def _rate_profile(
                 f"{field}[{i + 1}].time_s",
                 f"must be later than {field}[{i}].time_s ({times[i]!r}): times strictly increase",
             )
-    for i in _first_indices(~np.isfinite(rates) | (rates < 0) | (rates > MAX_RATE_PER_S)):
-        v.add(f"{field}[{i}].rate_per_s", f"must be finite and in [0, {MAX_RATE_PER_S:g}]")
+    # 0 is an idle interval; otherwise the rate must be one the simulator can represent (a
+    # 5e-324/s interval made the replica-vs-rate grid infinitely long).
+    too_small = (rates > 0) & (rates < MIN_RATE_PER_S)
+    for i in _first_indices(
+        ~np.isfinite(rates) | (rates < 0) | (rates > MAX_RATE_PER_S) | too_small
+    ):
+        v.add(
+            f"{field}[{i}].rate_per_s",
+            f"must be 0 or finite in [{MIN_RATE_PER_S:g}, {MAX_RATE_PER_S:g}]",
+        )
     if len(v) == start and not np.any(rates > 0):
         v.add(field, "some rate_per_s must be > 0")
     if len(v) > start:
@@ -289,6 +298,10 @@ def exports_for(planned: DeploymentPlan) -> dict[str, str]:
     """The deployment's exports: its peak plan, autoscaled by its recommended settings."""
     plan, curve, settings = planned.plan, planned.curve, planned.recommended_autoscaler
     if plan is None or curve is None or settings is None:
+        return {}
+    if not math.isfinite(planned.mean_latency_at_peak_ms):
+        # The peak needs more replicas than limits.max_replicas allows: no plan to export
+        # (the strategies already say the deployment cannot meet its SLO at the peak).
         return {}
     autoscaler = AutoscalerExport(
         min_replicas=settings.min_replicas,
