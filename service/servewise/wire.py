@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 from google.protobuf.message import DecodeError
 
-from servewise.api.errors import AbortsWithStatus, bad_request_status
 from servewise.core.errors import FieldViolation, InvalidInputError
+
+if TYPE_CHECKING:
+    from servewise.api.errors import AbortsWithStatus
 
 
 class _Malformed:
@@ -40,6 +42,10 @@ def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]
 
 
 def _status(marker: _Malformed) -> grpc.Status:
+    # Imported here: servewise.api pulls in the servicer and the whole core, which the server
+    # module (and `servewise --help`) must not load at import time.
+    from servewise.api.errors import bad_request_status  # noqa: PLC0415
+
     return bad_request_status(
         InvalidInputError(
             [FieldViolation("request", f"is not a valid message of this method: {marker.error}")]
@@ -50,7 +56,7 @@ def _status(marker: _Malformed) -> grpc.Status:
 def _guard_unary(behaviour: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, _Malformed):
-            await cast(AbortsWithStatus, context).abort_with_status(_status(request))
+            await cast("AbortsWithStatus", context).abort_with_status(_status(request))
         return await behaviour(request, context)
 
     return handle
@@ -63,7 +69,7 @@ def _guard_stream(behaviour: Callable[..., Any]) -> Callable[..., AsyncIterator[
         async def checked() -> AsyncIterator[Any]:
             async for request in requests:
                 if isinstance(request, _Malformed):
-                    await cast(AbortsWithStatus, context).abort_with_status(_status(request))
+                    await cast("AbortsWithStatus", context).abort_with_status(_status(request))
                 yield request
 
         async for response in behaviour(checked(), context):
