@@ -33,6 +33,9 @@ def _shared_data_dir() -> Path:
 
 # Test modules read it at import time (after this conftest), so it is set here once.
 os.environ["SERVEWISE_DATA_DIR"] = str(_shared_data_dir())
+# Servers started by tests keep deployments in memory unless a test asks for a durable store
+# (the default, SQLite under the user's state directory, must not collect test deployments).
+os.environ.setdefault("SERVEWISE_STORE", "memory")
 
 
 @pytest_asyncio.fixture

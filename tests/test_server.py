@@ -29,7 +29,6 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 # RPCs no issue has implemented yet: they must answer UNIMPLEMENTED, not crash.
 UNIMPLEMENTED_UNARY = [
-    ("EvaluateSwitch", servewise_pb2.EvaluateSwitchRequest(deployment_id="dep-1")),
     ("Route", servewise_pb2.RouteRequest(deployment_id="dep-1", request_key="r1")),
 ]
 
@@ -224,14 +223,14 @@ async def test_metrics_count_handled_rpcs() -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = servewise_pb2_grpc.ServewiseServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError):
-                await stub.EvaluateSwitch(
-                    servewise_pb2.EvaluateSwitchRequest(deployment_id="dep-1"), timeout=5
+                await stub.Route(
+                    servewise_pb2.RouteRequest(deployment_id="dep-1", request_key="r1"), timeout=5
                 )
         after = await asyncio.to_thread(_scrape, running.metrics_port)
     finally:
         await running.stop(None)
-    assert _handled(after, "EvaluateSwitch", "UNIMPLEMENTED") == (
-        _handled(before, "EvaluateSwitch", "UNIMPLEMENTED") + 1
+    assert _handled(after, "Route", "UNIMPLEMENTED") == (
+        _handled(before, "Route", "UNIMPLEMENTED") + 1
     )
     names = {name for name, _ in after}
     assert {

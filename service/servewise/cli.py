@@ -117,6 +117,13 @@ def _add_serve(subparsers: argparse._SubParsersAction[_Parser]) -> None:
         default=_grace_default(),
         help="how long in-flight RPCs may finish after SIGTERM (env SERVEWISE_GRACE_S)",
     )
+    serve.add_argument(
+        "--store",
+        metavar="URL",
+        default=_env("SERVEWISE_STORE", ""),
+        help="deployment state (env SERVEWISE_STORE): sqlite (default, at SERVEWISE_SQLITE_PATH), "
+        "sqlite://PATH, redis://HOST:PORT/DB or memory",
+    )
     serve.set_defaults(handler=_run_serve)
 
 
@@ -1373,7 +1380,7 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
     configure_logging(args.log_level)
     try:
-        asyncio.run(serve(args.address, metrics_address, args.grace_s))
+        asyncio.run(serve(args.address, metrics_address, args.grace_s, store_url=args.store))
     except OSError as exc:  # an address that cannot be bound
         _fail(str(exc))
         return EXIT_FAILURE

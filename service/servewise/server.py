@@ -24,6 +24,8 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from servewise.obs import ObservabilityInterceptor
+from servewise.store import StateStore
+from servewise.store.factory import open_store
 from servewise.v1 import servewise_pb2, servewise_pb2_grpc
 from servewise.wire import MalformedRequestInterceptor
 
@@ -92,6 +94,8 @@ class RunningServer:
     _metrics_httpd: WSGIServer | None = None
     _metrics_thread: threading.Thread | None = None
     _stopped: bool = field(default=False)
+    # The store start_server opened itself (closed on stop); None when the caller passed one.
+    _store: StateStore | None = None
 
     async def stop(self, grace_s: float | None = DEFAULT_GRACE_S) -> None:
         """Drain and stop: health NOT_SERVING, refuse new RPCs, let running ones finish.
@@ -109,6 +113,8 @@ class RunningServer:
             self._metrics_httpd.server_close()
         if self._metrics_thread is not None:
             await asyncio.to_thread(self._metrics_thread.join, 5.0)
+        if self._store is not None:
+            self._store.close()
         _log.info("server_stopped", port=self.port)
 
     async def wait_for_termination(self) -> None:
@@ -140,15 +146,27 @@ def check_bindable(host: str, port: int) -> None:
         raise first_error
 
 
-def _default_servicer() -> servewise_pb2_grpc.ServewiseServiceServicer:
+def _default_servicer(store: StateStore) -> servewise_pb2_grpc.ServewiseServiceServicer:
     # Imported here so that importing servewise.server (for parse_host_port, constants, the CLI's
     # --help) does not pull in the servicer's whole dependency tree.
     from servewise.api.servicer import ServewiseServicer  # noqa: PLC0415
 
     # mypy-protobuf marks every generated servicer method abstract, so a servicer that inherits
     # the UNIMPLEMENTED defaults looks abstract to mypy although it is instantiable at run time.
-    factory = cast("Callable[[], servewise_pb2_grpc.ServewiseServiceServicer]", ServewiseServicer)
-    return factory()
+    factory = cast(
+        "Callable[[StateStore], servewise_pb2_grpc.ServewiseServiceServicer]", ServewiseServicer
+    )
+    return factory(store)
+
+
+def _servicer_and_store(
+    servicer: servewise_pb2_grpc.ServewiseServiceServicer | None, store: StateStore | None
+) -> tuple[servewise_pb2_grpc.ServewiseServiceServicer, StateStore | None]:
+    """The servicer to serve, and the store opened here (to close on stop), if any."""
+    if servicer is not None:
+        return servicer, None
+    owned = open_store() if store is None else None
+    return _default_servicer(store if store is not None else cast(StateStore, owned)), owned
 
 
 def _start_metrics(metrics_address: str) -> tuple[WSGIServer, threading.Thread, int]:
@@ -162,6 +180,7 @@ async def start_server(
     metrics_address: str | None = DEFAULT_METRICS_ADDRESS,
     *,
     servicer: servewise_pb2_grpc.ServewiseServiceServicer | None = None,
+    store: StateStore | None = None,
     enable_reflection: bool = True,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> RunningServer:
@@ -175,8 +194,12 @@ async def start_server(
         ``HOST:PORT`` for Prometheus text over HTTP (``/metrics``); ``None``, ``""`` or ``"off"``
         disables it. Port 0 picks a free port (see ``RunningServer.metrics_port``).
     servicer:
-        The ServewiseService implementation; ``servewise.api.servicer.ServewiseServicer()`` when
-        omitted.
+        The ServewiseService implementation; ``servewise.api.servicer.ServewiseServicer(store)``
+        when omitted.
+    store:
+        Deployment state for the default servicer; when omitted, the store ``SERVEWISE_STORE``
+        names (:func:`servewise.store.factory.open_store`), closed by ``RunningServer.stop``.
+        Ignored when ``servicer`` is given.
     enable_reflection:
         Serve ``grpc.reflection.v1alpha`` so ``grpcurl list`` / ``describe`` work.
     max_message_bytes:
@@ -210,9 +233,8 @@ async def start_server(
             ("grpc.max_send_message_length", max_message_bytes),
         ],
     )
-    servewise_pb2_grpc.add_ServewiseServiceServicer_to_server(
-        servicer if servicer is not None else _default_servicer(), server
-    )
+    servicer, owned_store = _servicer_and_store(servicer, store)
+    servewise_pb2_grpc.add_ServewiseServiceServicer_to_server(servicer, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
@@ -225,11 +247,16 @@ async def start_server(
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:
+        if owned_store is not None:
+            owned_store.close()
         raise OSError(f"cannot listen on {address}: {exc}") from exc
     if port == 0:  # older grpcio versions report a failed bind this way
+        if owned_store is not None:
+            owned_store.close()
         raise OSError(f"cannot listen on {address}")
 
     running = RunningServer(server=server, port=port, health=health_servicer)
+    running._store = owned_store
     if metrics_address and metrics_address.lower() != "off":
         try:
             httpd, thread, metrics_port = _start_metrics(metrics_address)
@@ -260,9 +287,19 @@ async def serve(
     address: str = DEFAULT_ADDRESS,
     metrics_address: str | None = DEFAULT_METRICS_ADDRESS,
     grace_s: float = DEFAULT_GRACE_S,
+    *,
+    store_url: str | None = None,
 ) -> None:
-    """Run the server until SIGTERM or SIGINT, then drain for up to ``grace_s`` seconds."""
-    running = await start_server(address, metrics_address)
+    """Run the server until SIGTERM or SIGINT, then drain for up to ``grace_s`` seconds.
+
+    ``store_url`` picks the deployment store (:func:`servewise.store.factory.open_store`; None or
+    "" reads ``SERVEWISE_STORE``)."""
+    store = open_store(store_url or None)
+    try:
+        running = await start_server(address, metrics_address, store=store)
+    except BaseException:
+        store.close()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -274,3 +311,4 @@ async def serve(
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        store.close()

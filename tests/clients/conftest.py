@@ -106,6 +106,7 @@ class RecordingServicer(ServewiseServicer):
     """
 
     def __init__(self, failures: list[grpc.StatusCode] | None = None, delay_s: float = 0.0):
+        super().__init__()
         self.failures = list(failures or [])
         self.delay_s = delay_s
         self.calls = 0

@@ -90,13 +90,23 @@ def test_unimplemented_passthrough_is_an_error_not_retried(
 ) -> None:
     """Passthrough methods reach the server; UNIMPLEMENTED is raised at once (no retry)."""
     with recording_server() as (address, _), ServewiseClient(address, retry=FAST_RETRY) as client:
+        with pytest.raises(ServewiseError) as caught:
+            client.route(servewise_pb2.RouteRequest(deployment_id="d"))
+        assert caught.value.code is grpc.StatusCode.UNIMPLEMENTED
+        # The deployment RPCs are implemented: an unknown deployment is NOT_FOUND, not retried.
         for call, request in [
-            (client.evaluate_switch, servewise_pb2.EvaluateSwitchRequest(deployment_id="d")),
-            (client.route, servewise_pb2.RouteRequest(deployment_id="d")),
+            (
+                client.evaluate_switch,
+                servewise_pb2.EvaluateSwitchRequest(
+                    deployment_id="d", samples=[servewise_pb2.MetricSample(rate_per_s=1.0)]
+                ),
+            ),
+            (client.get_deployment, servewise_pb2.GetDeploymentRequest(deployment_id="d")),
         ]:
             with pytest.raises(ServewiseError) as caught:
                 call(request)  # type: ignore[operator]
-            assert caught.value.code is grpc.StatusCode.UNIMPLEMENTED
+            assert caught.value.code is grpc.StatusCode.NOT_FOUND
+        assert not client.list_deployments(servewise_pb2.ListDeploymentsRequest()).deployments
         with pytest.raises(ServewiseError) as caught:
             list(client.control(iter([servewise_pb2.ControlRequest(deployment_id="d")])))
         assert caught.value.code is grpc.StatusCode.UNIMPLEMENTED

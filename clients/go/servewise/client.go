@@ -100,6 +100,25 @@ func (c *Client) EvaluateSwitch(ctx context.Context, req *pb.EvaluateSwitchReque
 	return resp, wrapError(err)
 }
 
+// RegisterDeployment creates a deployment (state version 0) or updates it at its current
+// state version; a stale version fails with codes.FailedPrecondition.
+func (c *Client) RegisterDeployment(ctx context.Context, req *pb.RegisterDeploymentRequest, opts ...grpc.CallOption) (*pb.RegisterDeploymentResponse, error) {
+	resp, err := c.rpc.RegisterDeployment(ctx, req, opts...)
+	return resp, wrapError(err)
+}
+
+// GetDeployment reads one deployment with its state version; codes.NotFound when unknown.
+func (c *Client) GetDeployment(ctx context.Context, req *pb.GetDeploymentRequest, opts ...grpc.CallOption) (*pb.GetDeploymentResponse, error) {
+	resp, err := c.rpc.GetDeployment(ctx, req, opts...)
+	return resp, wrapError(err)
+}
+
+// ListDeployments lists deployments by id, a page at a time.
+func (c *Client) ListDeployments(ctx context.Context, req *pb.ListDeploymentsRequest, opts ...grpc.CallOption) (*pb.ListDeploymentsResponse, error) {
+	resp, err := c.rpc.ListDeployments(ctx, req, opts...)
+	return resp, wrapError(err)
+}
+
 // Route returns the pool a request goes to.
 func (c *Client) Route(ctx context.Context, req *pb.RouteRequest, opts ...grpc.CallOption) (*pb.RouteResponse, error) {
 	resp, err := c.rpc.Route(ctx, req, opts...)

@@ -491,13 +491,66 @@ func TestPlanResources(t *testing.T) {
 	}
 }
 
+// TestDeployments registers a deployment, reads it back, rejects a stale update, and asks
+// EvaluateSwitch about it: a rate inside the hysteresis band holds and is logged.
+func TestDeployments(t *testing.T) {
+	client, ctx := dialServer(t)
+	id := fmt.Sprintf("go-client-%d", time.Now().UnixNano())
+	dep := &pb.Deployment{
+		DeploymentId: id,
+		Candidates: []*pb.Candidate{{
+			InstanceType: &pb.InstanceType{Name: "g4dn.xlarge", PricePerHour: 0.526, MemoryCap: &pb.InstanceType_MaxBatchSize{MaxBatchSize: 64}},
+			Profile:      &pb.LatencyProfile{Kind: &pb.LatencyProfile_Linear{Linear: &pb.LinearProfile{BaseMs: 5.24, PerItemMs: 2.288}}},
+		}},
+		Slo:             &pb.Slo{LatencyMs: 100},
+		CurrentPlan:     &pb.ServingPlan{InstanceType: "g4dn.xlarge", MaxBatchSize: 8, MaxQueueDelayMs: 5, Replicas: 2},
+		PlannedRatePerS: 200,
+	}
+	created, err := client.RegisterDeployment(ctx, &pb.RegisterDeploymentRequest{Deployment: dep})
+	if err != nil {
+		t.Fatalf("RegisterDeployment: %v", err)
+	}
+	if created.GetDeployment().GetStateVersion() != 1 {
+		t.Fatalf("state version %d, want 1", created.GetDeployment().GetStateVersion())
+	}
+	if created.GetDeployment().GetCurrentMode() != pb.ServingMode_SERVING_MODE_DYNAMIC_BATCHING {
+		t.Errorf("mode %v, want derived DYNAMIC_BATCHING", created.GetDeployment().GetCurrentMode())
+	}
+	got, err := client.GetDeployment(ctx, &pb.GetDeploymentRequest{DeploymentId: id})
+	if err != nil || got.GetDeployment().GetPlannedRatePerS() != 200 {
+		t.Fatalf("GetDeployment: %v, %v", got, err)
+	}
+	// Creating it again names version 0, which is stale now.
+	if _, err := client.RegisterDeployment(ctx, &pb.RegisterDeploymentRequest{Deployment: dep}); servewise.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("stale register: err = %v, want FAILED_PRECONDITION", err)
+	}
+	if _, err := client.GetDeployment(ctx, &pb.GetDeploymentRequest{DeploymentId: id + "-missing"}); servewise.Code(err) != codes.NotFound {
+		t.Fatalf("unknown deployment: err = %v, want NOT_FOUND", err)
+	}
+	samples := []*pb.MetricSample{{TimestampS: 0, RatePerS: 205}, {TimestampS: 60, RatePerS: 195}}
+	eval, err := client.EvaluateSwitch(ctx, &pb.EvaluateSwitchRequest{DeploymentId: id, Samples: samples})
+	if err != nil {
+		t.Fatalf("EvaluateSwitch: %v", err)
+	}
+	if eval.GetDecision() != pb.SwitchDecision_SWITCH_DECISION_HOLD || eval.GetDecisionSeq() != 1 {
+		t.Errorf("decision %v seq %d (%s), want HOLD logged as 1", eval.GetDecision(), eval.GetDecisionSeq(), eval.GetReason())
+	}
+	list, err := client.ListDeployments(ctx, &pb.ListDeploymentsRequest{PageSize: 1000})
+	if err != nil {
+		t.Fatalf("ListDeployments: %v", err)
+	}
+	found := false
+	for _, d := range list.GetDeployments() {
+		found = found || d.GetDeploymentId() == id
+	}
+	if !found {
+		t.Errorf("ListDeployments lacks %s", id)
+	}
+}
+
 // unimplemented lists the RPCs the server does not implement yet. When an issue implements
 // one, delete its entry here and give it a test of its own like TestSimulate.
 var unimplemented = map[string]func(context.Context, *servewise.Client) error{
-	"EvaluateSwitch": func(ctx context.Context, c *servewise.Client) error {
-		_, err := c.EvaluateSwitch(ctx, &pb.EvaluateSwitchRequest{DeploymentId: "go-client-test"})
-		return err
-	},
 	"Route": func(ctx context.Context, c *servewise.Client) error {
 		_, err := c.Route(ctx, &pb.RouteRequest{DeploymentId: "go-client-test", RequestKey: "r1"})
 		return err

@@ -21,6 +21,56 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Whether the controller holds the current plan or switches.
+type SwitchDecision int32
+
+const (
+	SwitchDecision_SWITCH_DECISION_UNSPECIFIED SwitchDecision = 0
+	SwitchDecision_SWITCH_DECISION_HOLD        SwitchDecision = 1
+	SwitchDecision_SWITCH_DECISION_SWITCH      SwitchDecision = 2
+)
+
+// Enum value maps for SwitchDecision.
+var (
+	SwitchDecision_name = map[int32]string{
+		0: "SWITCH_DECISION_UNSPECIFIED",
+		1: "SWITCH_DECISION_HOLD",
+		2: "SWITCH_DECISION_SWITCH",
+	}
+	SwitchDecision_value = map[string]int32{
+		"SWITCH_DECISION_UNSPECIFIED": 0,
+		"SWITCH_DECISION_HOLD":        1,
+		"SWITCH_DECISION_SWITCH":      2,
+	}
+)
+
+func (x SwitchDecision) Enum() *SwitchDecision {
+	p := new(SwitchDecision)
+	*p = x
+	return p
+}
+
+func (x SwitchDecision) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SwitchDecision) Descriptor() protoreflect.EnumDescriptor {
+	return file_servewise_v1_servewise_proto_enumTypes[0].Descriptor()
+}
+
+func (SwitchDecision) Type() protoreflect.EnumType {
+	return &file_servewise_v1_servewise_proto_enumTypes[0]
+}
+
+func (x SwitchDecision) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SwitchDecision.Descriptor instead.
+func (SwitchDecision) EnumDescriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{0}
+}
+
 // Pool a routed request goes to.
 type Pool int32
 
@@ -55,11 +105,11 @@ func (x Pool) String() string {
 }
 
 func (Pool) Descriptor() protoreflect.EnumDescriptor {
-	return file_servewise_v1_servewise_proto_enumTypes[0].Descriptor()
+	return file_servewise_v1_servewise_proto_enumTypes[1].Descriptor()
 }
 
 func (Pool) Type() protoreflect.EnumType {
-	return &file_servewise_v1_servewise_proto_enumTypes[0]
+	return &file_servewise_v1_servewise_proto_enumTypes[1]
 }
 
 func (x Pool) Number() protoreflect.EnumNumber {
@@ -68,7 +118,7 @@ func (x Pool) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Pool.Descriptor instead.
 func (Pool) EnumDescriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{0}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{1}
 }
 
 type OptimizeBatchRequest struct {
@@ -1784,12 +1834,18 @@ func (x *PlanResourcesResponse) GetNotes() []string {
 	return nil
 }
 
-// Fields land with the live-control issue.
+// Hold or switch a deployment, given a window of its recent metrics. The decision is appended to
+// the deployment's decision log; the deployment's current plan is not changed (the Control stream
+// carries a switch out).
 type EvaluateSwitchRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	DeploymentId  string                 `protobuf:"bytes,1,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	DeploymentId string                 `protobuf:"bytes,1,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
+	// Recent samples of this deployment, oldest first, timestamps non-decreasing (at most 10,000).
+	Samples []*MetricSample `protobuf:"bytes,2,rep,name=samples,proto3" json:"samples,omitempty"`
+	// Settings for this evaluation only; each field set replaces the deployment's.
+	SettingsOverride *DeploymentSettings `protobuf:"bytes,3,opt,name=settings_override,json=settingsOverride,proto3" json:"settings_override,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *EvaluateSwitchRequest) Reset() {
@@ -1829,15 +1885,125 @@ func (x *EvaluateSwitchRequest) GetDeploymentId() string {
 	return ""
 }
 
+func (x *EvaluateSwitchRequest) GetSamples() []*MetricSample {
+	if x != nil {
+		return x.Samples
+	}
+	return nil
+}
+
+func (x *EvaluateSwitchRequest) GetSettingsOverride() *DeploymentSettings {
+	if x != nil {
+		return x.SettingsOverride
+	}
+	return nil
+}
+
+// One step of a gradual traffic shift to the target plan.
+type TransitionStep struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Fraction of traffic sent to the target plan during the step, in (0, 1].
+	Weight float64 `protobuf:"fixed64,1,opt,name=weight,proto3" json:"weight,omitempty"`
+	// How long the step lasts: long enough for the target's share of traffic to yield the requests
+	// an estimate of the SLO percentile needs (100 / (1 - q) of them), at least a floor.
+	DwellS float64 `protobuf:"fixed64,2,opt,name=dwell_s,json=dwellS,proto3" json:"dwell_s,omitempty"`
+	// Requests the target plan receives during the step at the smoothed rate.
+	ExpectedRequests float64 `protobuf:"fixed64,3,opt,name=expected_requests,json=expectedRequests,proto3" json:"expected_requests,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *TransitionStep) Reset() {
+	*x = TransitionStep{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransitionStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransitionStep) ProtoMessage() {}
+
+func (x *TransitionStep) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransitionStep.ProtoReflect.Descriptor instead.
+func (*TransitionStep) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *TransitionStep) GetWeight() float64 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+func (x *TransitionStep) GetDwellS() float64 {
+	if x != nil {
+		return x.DwellS
+	}
+	return 0
+}
+
+func (x *TransitionStep) GetExpectedRequests() float64 {
+	if x != nil {
+		return x.ExpectedRequests
+	}
+	return 0
+}
+
 type EvaluateSwitchResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Decision SwitchDecision         `protobuf:"varint,1,opt,name=decision,proto3,enum=servewise.v1.SwitchDecision" json:"decision,omitempty"`
+	// The optimizer's best plan at the smoothed rate (what a switch would move to); set on SWITCH and,
+	// when one was computed, on HOLD.
+	TargetMode ServingMode  `protobuf:"varint,2,opt,name=target_mode,json=targetMode,proto3,enum=servewise.v1.ServingMode" json:"target_mode,omitempty"`
+	TargetPlan *ServingPlan `protobuf:"bytes,3,opt,name=target_plan,json=targetPlan,proto3" json:"target_plan,omitempty"`
+	// Dollars per hour of the current plan and of the target plan.
+	CurrentCostPerHour float64 `protobuf:"fixed64,4,opt,name=current_cost_per_hour,json=currentCostPerHour,proto3" json:"current_cost_per_hour,omitempty"`
+	TargetCostPerHour  float64 `protobuf:"fixed64,5,opt,name=target_cost_per_hour,json=targetCostPerHour,proto3" json:"target_cost_per_hour,omitempty"`
+	// current_cost_per_hour - target_cost_per_hour (negative when the target costs more).
+	SavingPerHour float64 `protobuf:"fixed64,6,opt,name=saving_per_hour,json=savingPerHour,proto3" json:"saving_per_hour,omitempty"`
+	// Dollars the switch itself costs: the current capacity kept running while the target's
+	// replicas cold-start and traffic shifts step by step (the overlap of old and new capacity).
+	SwitchCost float64 `protobuf:"fixed64,7,opt,name=switch_cost,json=switchCost,proto3" json:"switch_cost,omitempty"`
+	// (saving_per_hour * expected dwell - switch_cost) / expected dwell, per hour.
+	NetSavingPerHour float64 `protobuf:"fixed64,8,opt,name=net_saving_per_hour,json=netSavingPerHour,proto3" json:"net_saving_per_hour,omitempty"`
+	// Rate after EWMA smoothing of the samples.
+	SmoothedRatePerS float64 `protobuf:"fixed64,9,opt,name=smoothed_rate_per_s,json=smoothedRatePerS,proto3" json:"smoothed_rate_per_s,omitempty"`
+	// Why, with the numbers.
+	Reason string `protobuf:"bytes,10,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The gradual shift a switch would follow (weights ending at 1).
+	Steps []*TransitionStep `protobuf:"bytes,11,rep,name=steps,proto3" json:"steps,omitempty"`
+	// Whether observed latency or errors broke the limits for consecutive samples (panic mode).
+	Panic bool `protobuf:"varint,12,opt,name=panic,proto3" json:"panic,omitempty"`
+	// State version of the deployment the decision was made against.
+	StateVersion uint64 `protobuf:"varint,13,opt,name=state_version,json=stateVersion,proto3" json:"state_version,omitempty"`
+	// Sequence number of this decision in the deployment's decision log.
+	DecisionSeq uint64 `protobuf:"varint,14,opt,name=decision_seq,json=decisionSeq,proto3" json:"decision_seq,omitempty"`
+	// Timestamp of the newest sample (the controller's "now").
+	EvaluatedAtS float64 `protobuf:"fixed64,15,opt,name=evaluated_at_s,json=evaluatedAtS,proto3" json:"evaluated_at_s,omitempty"`
+	// The settings the decision used (the deployment's, with overrides and defaults applied).
+	Settings      *DeploymentSettings `protobuf:"bytes,16,opt,name=settings,proto3" json:"settings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EvaluateSwitchResponse) Reset() {
 	*x = EvaluateSwitchResponse{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[19]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1849,7 +2015,7 @@ func (x *EvaluateSwitchResponse) String() string {
 func (*EvaluateSwitchResponse) ProtoMessage() {}
 
 func (x *EvaluateSwitchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[19]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1862,7 +2028,119 @@ func (x *EvaluateSwitchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvaluateSwitchResponse.ProtoReflect.Descriptor instead.
 func (*EvaluateSwitchResponse) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{19}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *EvaluateSwitchResponse) GetDecision() SwitchDecision {
+	if x != nil {
+		return x.Decision
+	}
+	return SwitchDecision_SWITCH_DECISION_UNSPECIFIED
+}
+
+func (x *EvaluateSwitchResponse) GetTargetMode() ServingMode {
+	if x != nil {
+		return x.TargetMode
+	}
+	return ServingMode_SERVING_MODE_UNSPECIFIED
+}
+
+func (x *EvaluateSwitchResponse) GetTargetPlan() *ServingPlan {
+	if x != nil {
+		return x.TargetPlan
+	}
+	return nil
+}
+
+func (x *EvaluateSwitchResponse) GetCurrentCostPerHour() float64 {
+	if x != nil {
+		return x.CurrentCostPerHour
+	}
+	return 0
+}
+
+func (x *EvaluateSwitchResponse) GetTargetCostPerHour() float64 {
+	if x != nil {
+		return x.TargetCostPerHour
+	}
+	return 0
+}
+
+func (x *EvaluateSwitchResponse) GetSavingPerHour() float64 {
+	if x != nil {
+		return x.SavingPerHour
+	}
+	return 0
+}
+
+func (x *EvaluateSwitchResponse) GetSwitchCost() float64 {
+	if x != nil {
+		return x.SwitchCost
+	}
+	return 0
+}
+
+func (x *EvaluateSwitchResponse) GetNetSavingPerHour() float64 {
+	if x != nil {
+		return x.NetSavingPerHour
+	}
+	return 0
+}
+
+func (x *EvaluateSwitchResponse) GetSmoothedRatePerS() float64 {
+	if x != nil {
+		return x.SmoothedRatePerS
+	}
+	return 0
+}
+
+func (x *EvaluateSwitchResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *EvaluateSwitchResponse) GetSteps() []*TransitionStep {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+func (x *EvaluateSwitchResponse) GetPanic() bool {
+	if x != nil {
+		return x.Panic
+	}
+	return false
+}
+
+func (x *EvaluateSwitchResponse) GetStateVersion() uint64 {
+	if x != nil {
+		return x.StateVersion
+	}
+	return 0
+}
+
+func (x *EvaluateSwitchResponse) GetDecisionSeq() uint64 {
+	if x != nil {
+		return x.DecisionSeq
+	}
+	return 0
+}
+
+func (x *EvaluateSwitchResponse) GetEvaluatedAtS() float64 {
+	if x != nil {
+		return x.EvaluatedAtS
+	}
+	return 0
+}
+
+func (x *EvaluateSwitchResponse) GetSettings() *DeploymentSettings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
 }
 
 // Fields land with the live-control issue.
@@ -1875,7 +2153,7 @@ type ControlRequest struct {
 
 func (x *ControlRequest) Reset() {
 	*x = ControlRequest{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[20]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1887,7 +2165,7 @@ func (x *ControlRequest) String() string {
 func (*ControlRequest) ProtoMessage() {}
 
 func (x *ControlRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[20]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1900,7 +2178,7 @@ func (x *ControlRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlRequest.ProtoReflect.Descriptor instead.
 func (*ControlRequest) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{20}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ControlRequest) GetDeploymentId() string {
@@ -1918,7 +2196,7 @@ type ControlResponse struct {
 
 func (x *ControlResponse) Reset() {
 	*x = ControlResponse{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[21]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1930,7 +2208,7 @@ func (x *ControlResponse) String() string {
 func (*ControlResponse) ProtoMessage() {}
 
 func (x *ControlResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[21]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1943,7 +2221,7 @@ func (x *ControlResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlResponse.ProtoReflect.Descriptor instead.
 func (*ControlResponse) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{21}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{22}
 }
 
 type RouteRequest struct {
@@ -1959,7 +2237,7 @@ type RouteRequest struct {
 
 func (x *RouteRequest) Reset() {
 	*x = RouteRequest{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[22]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1971,7 +2249,7 @@ func (x *RouteRequest) String() string {
 func (*RouteRequest) ProtoMessage() {}
 
 func (x *RouteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[22]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1984,7 +2262,7 @@ func (x *RouteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteRequest.ProtoReflect.Descriptor instead.
 func (*RouteRequest) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{22}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RouteRequest) GetDeploymentId() string {
@@ -2025,7 +2303,7 @@ type RouteResponse struct {
 
 func (x *RouteResponse) Reset() {
 	*x = RouteResponse{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[23]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2037,7 +2315,7 @@ func (x *RouteResponse) String() string {
 func (*RouteResponse) ProtoMessage() {}
 
 func (x *RouteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[23]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2050,7 +2328,7 @@ func (x *RouteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteResponse.ProtoReflect.Descriptor instead.
 func (*RouteResponse) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{23}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RouteResponse) GetPool() Pool {
@@ -2065,6 +2343,732 @@ func (x *RouteResponse) GetStateVersion() uint64 {
 		return x.StateVersion
 	}
 	return 0
+}
+
+// How the live controller treats one deployment. Every field is optional; an unset field takes the
+// default named in its comment.
+type DeploymentSettings struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How long the signal must hold before a move toward safety (more capacity); default 30.
+	SafetyStabilisationWindowS *float64 `protobuf:"fixed64,1,opt,name=safety_stabilisation_window_s,json=safetyStabilisationWindowS,proto3,oneof" json:"safety_stabilisation_window_s,omitempty"`
+	// How long the signal must hold before a move toward savings (less capacity); default 300.
+	SavingsStabilisationWindowS *float64 `protobuf:"fixed64,2,opt,name=savings_stabilisation_window_s,json=savingsStabilisationWindowS,proto3,oneof" json:"savings_stabilisation_window_s,omitempty"`
+	// The smoothed rate must leave planned_rate_per_s * (1 +- band) before a switch is considered,
+	// in [0, 1); default 0.1.
+	HysteresisBandFraction *float64 `protobuf:"fixed64,3,opt,name=hysteresis_band_fraction,json=hysteresisBandFraction,proto3,oneof" json:"hysteresis_band_fraction,omitempty"`
+	// Shortest time a plan stays in force before a switch toward savings; default 600.
+	MinDwellS *float64 `protobuf:"fixed64,4,opt,name=min_dwell_s,json=minDwellS,proto3,oneof" json:"min_dwell_s,omitempty"`
+	// How long a new plan is expected to stay in force, over which the saving must repay the
+	// switch; default 3600.
+	ExpectedDwellS *float64 `protobuf:"fixed64,5,opt,name=expected_dwell_s,json=expectedDwellS,proto3,oneof" json:"expected_dwell_s,omitempty"`
+	// Half-life of the EWMA that smooths the sampled rate; default 60.
+	EwmaHalfLifeS *float64 `protobuf:"fixed64,6,opt,name=ewma_half_life_s,json=ewmaHalfLifeS,proto3,oneof" json:"ewma_half_life_s,omitempty"`
+	// Consecutive samples breaking the SLO (observed p99) or the error-rate limit that trigger panic
+	// mode; default 3.
+	PanicConsecutiveSamples *uint32 `protobuf:"varint,7,opt,name=panic_consecutive_samples,json=panicConsecutiveSamples,proto3,oneof" json:"panic_consecutive_samples,omitempty"`
+	// Largest acceptable fraction of failed requests, in (0, 1]; default 0.01.
+	ErrorRateLimit *float64 `protobuf:"fixed64,8,opt,name=error_rate_limit,json=errorRateLimit,proto3,oneof" json:"error_rate_limit,omitempty"`
+	// Traffic fractions of the transition steps, increasing, in (0, 1], ending at 1; default
+	// 0.1, 0.25, 0.5, 1.
+	TransitionWeights []float64 `protobuf:"fixed64,9,rep,packed,name=transition_weights,json=transitionWeights,proto3" json:"transition_weights,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *DeploymentSettings) Reset() {
+	*x = DeploymentSettings{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeploymentSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeploymentSettings) ProtoMessage() {}
+
+func (x *DeploymentSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeploymentSettings.ProtoReflect.Descriptor instead.
+func (*DeploymentSettings) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *DeploymentSettings) GetSafetyStabilisationWindowS() float64 {
+	if x != nil && x.SafetyStabilisationWindowS != nil {
+		return *x.SafetyStabilisationWindowS
+	}
+	return 0
+}
+
+func (x *DeploymentSettings) GetSavingsStabilisationWindowS() float64 {
+	if x != nil && x.SavingsStabilisationWindowS != nil {
+		return *x.SavingsStabilisationWindowS
+	}
+	return 0
+}
+
+func (x *DeploymentSettings) GetHysteresisBandFraction() float64 {
+	if x != nil && x.HysteresisBandFraction != nil {
+		return *x.HysteresisBandFraction
+	}
+	return 0
+}
+
+func (x *DeploymentSettings) GetMinDwellS() float64 {
+	if x != nil && x.MinDwellS != nil {
+		return *x.MinDwellS
+	}
+	return 0
+}
+
+func (x *DeploymentSettings) GetExpectedDwellS() float64 {
+	if x != nil && x.ExpectedDwellS != nil {
+		return *x.ExpectedDwellS
+	}
+	return 0
+}
+
+func (x *DeploymentSettings) GetEwmaHalfLifeS() float64 {
+	if x != nil && x.EwmaHalfLifeS != nil {
+		return *x.EwmaHalfLifeS
+	}
+	return 0
+}
+
+func (x *DeploymentSettings) GetPanicConsecutiveSamples() uint32 {
+	if x != nil && x.PanicConsecutiveSamples != nil {
+		return *x.PanicConsecutiveSamples
+	}
+	return 0
+}
+
+func (x *DeploymentSettings) GetErrorRateLimit() float64 {
+	if x != nil && x.ErrorRateLimit != nil {
+		return *x.ErrorRateLimit
+	}
+	return 0
+}
+
+func (x *DeploymentSettings) GetTransitionWeights() []float64 {
+	if x != nil {
+		return x.TransitionWeights
+	}
+	return nil
+}
+
+// A model served live, with the plan in force and how the controller treats it.
+type Deployment struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1 to 128 characters of [A-Za-z0-9._-].
+	DeploymentId string       `protobuf:"bytes,1,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
+	Candidates   []*Candidate `protobuf:"bytes,2,rep,name=candidates,proto3" json:"candidates,omitempty"`
+	Slo          *Slo         `protobuf:"bytes,3,opt,name=slo,proto3" json:"slo,omitempty"`
+	// Classes of traffic the deployment serves (for routing); optional.
+	TrafficClasses []*TrafficClass `protobuf:"bytes,4,rep,name=traffic_classes,json=trafficClasses,proto3" json:"traffic_classes,omitempty"`
+	// REALTIME or DYNAMIC_BATCHING; derived from current_plan when unspecified.
+	CurrentMode ServingMode `protobuf:"varint,5,opt,name=current_mode,json=currentMode,proto3,enum=servewise.v1.ServingMode" json:"current_mode,omitempty"`
+	// The plan in force.
+	CurrentPlan *ServingPlan        `protobuf:"bytes,6,opt,name=current_plan,json=currentPlan,proto3" json:"current_plan,omitempty"`
+	Settings    *DeploymentSettings `protobuf:"bytes,7,opt,name=settings,proto3" json:"settings,omitempty"`
+	// Output, and the expected version on RegisterDeployment: 0 creates, N updates version N.
+	StateVersion uint64 `protobuf:"varint,8,opt,name=state_version,json=stateVersion,proto3" json:"state_version,omitempty"`
+	// Output: Unix seconds of the last write.
+	UpdatedAtS float64 `protobuf:"fixed64,9,opt,name=updated_at_s,json=updatedAtS,proto3" json:"updated_at_s,omitempty"`
+	// The rate the current plan was chosen for; the hysteresis band is around it.
+	PlannedRatePerS float64 `protobuf:"fixed64,10,opt,name=planned_rate_per_s,json=plannedRatePerS,proto3" json:"planned_rate_per_s,omitempty"`
+	// Unix seconds since the current plan has been in force (for the minimum dwell); unset: long ago.
+	CurrentPlanSinceS *float64         `protobuf:"fixed64,11,opt,name=current_plan_since_s,json=currentPlanSinceS,proto3,oneof" json:"current_plan_since_s,omitempty"`
+	ServiceTimeBasis  ServiceTimeBasis `protobuf:"varint,12,opt,name=service_time_basis,json=serviceTimeBasis,proto3,enum=servewise.v1.ServiceTimeBasis" json:"service_time_basis,omitempty"`
+	Limits            *SearchLimits    `protobuf:"bytes,13,opt,name=limits,proto3" json:"limits,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *Deployment) Reset() {
+	*x = Deployment{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Deployment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Deployment) ProtoMessage() {}
+
+func (x *Deployment) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Deployment.ProtoReflect.Descriptor instead.
+func (*Deployment) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *Deployment) GetDeploymentId() string {
+	if x != nil {
+		return x.DeploymentId
+	}
+	return ""
+}
+
+func (x *Deployment) GetCandidates() []*Candidate {
+	if x != nil {
+		return x.Candidates
+	}
+	return nil
+}
+
+func (x *Deployment) GetSlo() *Slo {
+	if x != nil {
+		return x.Slo
+	}
+	return nil
+}
+
+func (x *Deployment) GetTrafficClasses() []*TrafficClass {
+	if x != nil {
+		return x.TrafficClasses
+	}
+	return nil
+}
+
+func (x *Deployment) GetCurrentMode() ServingMode {
+	if x != nil {
+		return x.CurrentMode
+	}
+	return ServingMode_SERVING_MODE_UNSPECIFIED
+}
+
+func (x *Deployment) GetCurrentPlan() *ServingPlan {
+	if x != nil {
+		return x.CurrentPlan
+	}
+	return nil
+}
+
+func (x *Deployment) GetSettings() *DeploymentSettings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
+func (x *Deployment) GetStateVersion() uint64 {
+	if x != nil {
+		return x.StateVersion
+	}
+	return 0
+}
+
+func (x *Deployment) GetUpdatedAtS() float64 {
+	if x != nil {
+		return x.UpdatedAtS
+	}
+	return 0
+}
+
+func (x *Deployment) GetPlannedRatePerS() float64 {
+	if x != nil {
+		return x.PlannedRatePerS
+	}
+	return 0
+}
+
+func (x *Deployment) GetCurrentPlanSinceS() float64 {
+	if x != nil && x.CurrentPlanSinceS != nil {
+		return *x.CurrentPlanSinceS
+	}
+	return 0
+}
+
+func (x *Deployment) GetServiceTimeBasis() ServiceTimeBasis {
+	if x != nil {
+		return x.ServiceTimeBasis
+	}
+	return ServiceTimeBasis_SERVICE_TIME_BASIS_UNSPECIFIED
+}
+
+func (x *Deployment) GetLimits() *SearchLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+// One sample of a deployment's live metrics.
+type MetricSample struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	DeploymentId string                 `protobuf:"bytes,1,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
+	// Seconds (any epoch, typically Unix time); non-decreasing within a window.
+	TimestampS float64 `protobuf:"fixed64,2,opt,name=timestamp_s,json=timestampS,proto3" json:"timestamp_s,omitempty"`
+	// Requests per second arriving.
+	RatePerS float64 `protobuf:"fixed64,3,opt,name=rate_per_s,json=ratePerS,proto3" json:"rate_per_s,omitempty"`
+	// Observed latencies; 0 when unknown.
+	P50Ms      float64 `protobuf:"fixed64,4,opt,name=p50_ms,json=p50Ms,proto3" json:"p50_ms,omitempty"`
+	P99Ms      float64 `protobuf:"fixed64,5,opt,name=p99_ms,json=p99Ms,proto3" json:"p99_ms,omitempty"`
+	QueueDepth uint64  `protobuf:"varint,6,opt,name=queue_depth,json=queueDepth,proto3" json:"queue_depth,omitempty"`
+	// Busy fraction of the replicas, in [0, 1].
+	Utilisation float64 `protobuf:"fixed64,7,opt,name=utilisation,proto3" json:"utilisation,omitempty"`
+	// Fraction of requests that failed, in [0, 1].
+	ErrorRate     float64 `protobuf:"fixed64,8,opt,name=error_rate,json=errorRate,proto3" json:"error_rate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetricSample) Reset() {
+	*x = MetricSample{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetricSample) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetricSample) ProtoMessage() {}
+
+func (x *MetricSample) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetricSample.ProtoReflect.Descriptor instead.
+func (*MetricSample) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *MetricSample) GetDeploymentId() string {
+	if x != nil {
+		return x.DeploymentId
+	}
+	return ""
+}
+
+func (x *MetricSample) GetTimestampS() float64 {
+	if x != nil {
+		return x.TimestampS
+	}
+	return 0
+}
+
+func (x *MetricSample) GetRatePerS() float64 {
+	if x != nil {
+		return x.RatePerS
+	}
+	return 0
+}
+
+func (x *MetricSample) GetP50Ms() float64 {
+	if x != nil {
+		return x.P50Ms
+	}
+	return 0
+}
+
+func (x *MetricSample) GetP99Ms() float64 {
+	if x != nil {
+		return x.P99Ms
+	}
+	return 0
+}
+
+func (x *MetricSample) GetQueueDepth() uint64 {
+	if x != nil {
+		return x.QueueDepth
+	}
+	return 0
+}
+
+func (x *MetricSample) GetUtilisation() float64 {
+	if x != nil {
+		return x.Utilisation
+	}
+	return 0
+}
+
+func (x *MetricSample) GetErrorRate() float64 {
+	if x != nil {
+		return x.ErrorRate
+	}
+	return 0
+}
+
+// One entry of a deployment's decision log.
+type DecisionRecord struct {
+	state        protoimpl.MessageState  `protogen:"open.v1"`
+	DeploymentId string                  `protobuf:"bytes,1,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
+	Evaluation   *EvaluateSwitchResponse `protobuf:"bytes,2,opt,name=evaluation,proto3" json:"evaluation,omitempty"`
+	// Unix seconds when the server recorded it.
+	RecordedAtS   float64 `protobuf:"fixed64,3,opt,name=recorded_at_s,json=recordedAtS,proto3" json:"recorded_at_s,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecisionRecord) Reset() {
+	*x = DecisionRecord{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecisionRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecisionRecord) ProtoMessage() {}
+
+func (x *DecisionRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecisionRecord.ProtoReflect.Descriptor instead.
+func (*DecisionRecord) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *DecisionRecord) GetDeploymentId() string {
+	if x != nil {
+		return x.DeploymentId
+	}
+	return ""
+}
+
+func (x *DecisionRecord) GetEvaluation() *EvaluateSwitchResponse {
+	if x != nil {
+		return x.Evaluation
+	}
+	return nil
+}
+
+func (x *DecisionRecord) GetRecordedAtS() float64 {
+	if x != nil {
+		return x.RecordedAtS
+	}
+	return 0
+}
+
+type RegisterDeploymentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// deployment.state_version is the expected current version (0: the deployment must not exist).
+	Deployment    *Deployment `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterDeploymentRequest) Reset() {
+	*x = RegisterDeploymentRequest{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterDeploymentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterDeploymentRequest) ProtoMessage() {}
+
+func (x *RegisterDeploymentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterDeploymentRequest.ProtoReflect.Descriptor instead.
+func (*RegisterDeploymentRequest) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *RegisterDeploymentRequest) GetDeployment() *Deployment {
+	if x != nil {
+		return x.Deployment
+	}
+	return nil
+}
+
+type RegisterDeploymentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As stored, with its new state_version, updated_at_s and resolved settings.
+	Deployment    *Deployment `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterDeploymentResponse) Reset() {
+	*x = RegisterDeploymentResponse{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterDeploymentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterDeploymentResponse) ProtoMessage() {}
+
+func (x *RegisterDeploymentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterDeploymentResponse.ProtoReflect.Descriptor instead.
+func (*RegisterDeploymentResponse) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *RegisterDeploymentResponse) GetDeployment() *Deployment {
+	if x != nil {
+		return x.Deployment
+	}
+	return nil
+}
+
+type GetDeploymentRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeploymentId  string                 `protobuf:"bytes,1,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDeploymentRequest) Reset() {
+	*x = GetDeploymentRequest{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDeploymentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDeploymentRequest) ProtoMessage() {}
+
+func (x *GetDeploymentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDeploymentRequest.ProtoReflect.Descriptor instead.
+func (*GetDeploymentRequest) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *GetDeploymentRequest) GetDeploymentId() string {
+	if x != nil {
+		return x.DeploymentId
+	}
+	return ""
+}
+
+type GetDeploymentResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Deployment    *Deployment            `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDeploymentResponse) Reset() {
+	*x = GetDeploymentResponse{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDeploymentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDeploymentResponse) ProtoMessage() {}
+
+func (x *GetDeploymentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDeploymentResponse.ProtoReflect.Descriptor instead.
+func (*GetDeploymentResponse) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *GetDeploymentResponse) GetDeployment() *Deployment {
+	if x != nil {
+		return x.Deployment
+	}
+	return nil
+}
+
+type ListDeploymentsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1 to 1,000; 0 means 100.
+	PageSize uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page; empty for the first page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeploymentsRequest) Reset() {
+	*x = ListDeploymentsRequest{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeploymentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeploymentsRequest) ProtoMessage() {}
+
+func (x *ListDeploymentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeploymentsRequest.ProtoReflect.Descriptor instead.
+func (*ListDeploymentsRequest) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ListDeploymentsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListDeploymentsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListDeploymentsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Ordered by deployment_id.
+	Deployments []*Deployment `protobuf:"bytes,1,rep,name=deployments,proto3" json:"deployments,omitempty"`
+	// Empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeploymentsResponse) Reset() {
+	*x = ListDeploymentsResponse{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeploymentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeploymentsResponse) ProtoMessage() {}
+
+func (x *ListDeploymentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeploymentsResponse.ProtoReflect.Descriptor instead.
+func (*ListDeploymentsResponse) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ListDeploymentsResponse) GetDeployments() []*Deployment {
+	if x != nil {
+		return x.Deployments
+	}
+	return nil
+}
+
+func (x *ListDeploymentsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 var File_servewise_v1_servewise_proto protoreflect.FileDescriptor
@@ -2243,10 +3247,36 @@ const file_servewise_v1_servewise_proto_rawDesc = "" +
 	"\x14recommended_strategy\x18\x02 \x01(\x0e2\x1e.servewise.v1.ResourceStrategyR\x13recommendedStrategy\x124\n" +
 	"\x06totals\x18\x03 \x03(\v2\x1c.servewise.v1.StrategyResultR\x06totals\x12\x18\n" +
 	"\areasons\x18\x04 \x03(\tR\areasons\x12\x14\n" +
-	"\x05notes\x18\x05 \x03(\tR\x05notes\"<\n" +
+	"\x05notes\x18\x05 \x03(\tR\x05notes\"\xc1\x01\n" +
 	"\x15EvaluateSwitchRequest\x12#\n" +
-	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\"\x18\n" +
-	"\x16EvaluateSwitchResponse\"5\n" +
+	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x124\n" +
+	"\asamples\x18\x02 \x03(\v2\x1a.servewise.v1.MetricSampleR\asamples\x12M\n" +
+	"\x11settings_override\x18\x03 \x01(\v2 .servewise.v1.DeploymentSettingsR\x10settingsOverride\"n\n" +
+	"\x0eTransitionStep\x12\x16\n" +
+	"\x06weight\x18\x01 \x01(\x01R\x06weight\x12\x17\n" +
+	"\adwell_s\x18\x02 \x01(\x01R\x06dwellS\x12+\n" +
+	"\x11expected_requests\x18\x03 \x01(\x01R\x10expectedRequests\"\xe3\x05\n" +
+	"\x16EvaluateSwitchResponse\x128\n" +
+	"\bdecision\x18\x01 \x01(\x0e2\x1c.servewise.v1.SwitchDecisionR\bdecision\x12:\n" +
+	"\vtarget_mode\x18\x02 \x01(\x0e2\x19.servewise.v1.ServingModeR\n" +
+	"targetMode\x12:\n" +
+	"\vtarget_plan\x18\x03 \x01(\v2\x19.servewise.v1.ServingPlanR\n" +
+	"targetPlan\x121\n" +
+	"\x15current_cost_per_hour\x18\x04 \x01(\x01R\x12currentCostPerHour\x12/\n" +
+	"\x14target_cost_per_hour\x18\x05 \x01(\x01R\x11targetCostPerHour\x12&\n" +
+	"\x0fsaving_per_hour\x18\x06 \x01(\x01R\rsavingPerHour\x12\x1f\n" +
+	"\vswitch_cost\x18\a \x01(\x01R\n" +
+	"switchCost\x12-\n" +
+	"\x13net_saving_per_hour\x18\b \x01(\x01R\x10netSavingPerHour\x12-\n" +
+	"\x13smoothed_rate_per_s\x18\t \x01(\x01R\x10smoothedRatePerS\x12\x16\n" +
+	"\x06reason\x18\n" +
+	" \x01(\tR\x06reason\x122\n" +
+	"\x05steps\x18\v \x03(\v2\x1c.servewise.v1.TransitionStepR\x05steps\x12\x14\n" +
+	"\x05panic\x18\f \x01(\bR\x05panic\x12#\n" +
+	"\rstate_version\x18\r \x01(\x04R\fstateVersion\x12!\n" +
+	"\fdecision_seq\x18\x0e \x01(\x04R\vdecisionSeq\x12$\n" +
+	"\x0eevaluated_at_s\x18\x0f \x01(\x01R\fevaluatedAtS\x12<\n" +
+	"\bsettings\x18\x10 \x01(\v2 .servewise.v1.DeploymentSettingsR\bsettings\"5\n" +
 	"\x0eControlRequest\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\"\x11\n" +
 	"\x0fControlResponse\"\xaf\x01\n" +
@@ -2260,12 +3290,94 @@ const file_servewise_v1_servewise_proto_rawDesc = "" +
 	"\f_deadline_ms\"\\\n" +
 	"\rRouteResponse\x12&\n" +
 	"\x04pool\x18\x01 \x01(\x0e2\x12.servewise.v1.PoolR\x04pool\x12#\n" +
-	"\rstate_version\x18\x02 \x01(\x04R\fstateVersion*?\n" +
+	"\rstate_version\x18\x02 \x01(\x04R\fstateVersion\"\xd5\x05\n" +
+	"\x12DeploymentSettings\x12F\n" +
+	"\x1dsafety_stabilisation_window_s\x18\x01 \x01(\x01H\x00R\x1asafetyStabilisationWindowS\x88\x01\x01\x12H\n" +
+	"\x1esavings_stabilisation_window_s\x18\x02 \x01(\x01H\x01R\x1bsavingsStabilisationWindowS\x88\x01\x01\x12=\n" +
+	"\x18hysteresis_band_fraction\x18\x03 \x01(\x01H\x02R\x16hysteresisBandFraction\x88\x01\x01\x12#\n" +
+	"\vmin_dwell_s\x18\x04 \x01(\x01H\x03R\tminDwellS\x88\x01\x01\x12-\n" +
+	"\x10expected_dwell_s\x18\x05 \x01(\x01H\x04R\x0eexpectedDwellS\x88\x01\x01\x12,\n" +
+	"\x10ewma_half_life_s\x18\x06 \x01(\x01H\x05R\rewmaHalfLifeS\x88\x01\x01\x12?\n" +
+	"\x19panic_consecutive_samples\x18\a \x01(\rH\x06R\x17panicConsecutiveSamples\x88\x01\x01\x12-\n" +
+	"\x10error_rate_limit\x18\b \x01(\x01H\aR\x0eerrorRateLimit\x88\x01\x01\x12-\n" +
+	"\x12transition_weights\x18\t \x03(\x01R\x11transitionWeightsB \n" +
+	"\x1e_safety_stabilisation_window_sB!\n" +
+	"\x1f_savings_stabilisation_window_sB\x1b\n" +
+	"\x19_hysteresis_band_fractionB\x0e\n" +
+	"\f_min_dwell_sB\x13\n" +
+	"\x11_expected_dwell_sB\x13\n" +
+	"\x11_ewma_half_life_sB\x1c\n" +
+	"\x1a_panic_consecutive_samplesB\x13\n" +
+	"\x11_error_rate_limit\"\xd3\x05\n" +
+	"\n" +
+	"Deployment\x12#\n" +
+	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x127\n" +
+	"\n" +
+	"candidates\x18\x02 \x03(\v2\x17.servewise.v1.CandidateR\n" +
+	"candidates\x12#\n" +
+	"\x03slo\x18\x03 \x01(\v2\x11.servewise.v1.SloR\x03slo\x12C\n" +
+	"\x0ftraffic_classes\x18\x04 \x03(\v2\x1a.servewise.v1.TrafficClassR\x0etrafficClasses\x12<\n" +
+	"\fcurrent_mode\x18\x05 \x01(\x0e2\x19.servewise.v1.ServingModeR\vcurrentMode\x12<\n" +
+	"\fcurrent_plan\x18\x06 \x01(\v2\x19.servewise.v1.ServingPlanR\vcurrentPlan\x12<\n" +
+	"\bsettings\x18\a \x01(\v2 .servewise.v1.DeploymentSettingsR\bsettings\x12#\n" +
+	"\rstate_version\x18\b \x01(\x04R\fstateVersion\x12 \n" +
+	"\fupdated_at_s\x18\t \x01(\x01R\n" +
+	"updatedAtS\x12+\n" +
+	"\x12planned_rate_per_s\x18\n" +
+	" \x01(\x01R\x0fplannedRatePerS\x124\n" +
+	"\x14current_plan_since_s\x18\v \x01(\x01H\x00R\x11currentPlanSinceS\x88\x01\x01\x12L\n" +
+	"\x12service_time_basis\x18\f \x01(\x0e2\x1e.servewise.v1.ServiceTimeBasisR\x10serviceTimeBasis\x122\n" +
+	"\x06limits\x18\r \x01(\v2\x1a.servewise.v1.SearchLimitsR\x06limitsB\x17\n" +
+	"\x15_current_plan_since_s\"\x82\x02\n" +
+	"\fMetricSample\x12#\n" +
+	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12\x1f\n" +
+	"\vtimestamp_s\x18\x02 \x01(\x01R\n" +
+	"timestampS\x12\x1c\n" +
+	"\n" +
+	"rate_per_s\x18\x03 \x01(\x01R\bratePerS\x12\x15\n" +
+	"\x06p50_ms\x18\x04 \x01(\x01R\x05p50Ms\x12\x15\n" +
+	"\x06p99_ms\x18\x05 \x01(\x01R\x05p99Ms\x12\x1f\n" +
+	"\vqueue_depth\x18\x06 \x01(\x04R\n" +
+	"queueDepth\x12 \n" +
+	"\vutilisation\x18\a \x01(\x01R\vutilisation\x12\x1d\n" +
+	"\n" +
+	"error_rate\x18\b \x01(\x01R\terrorRate\"\x9f\x01\n" +
+	"\x0eDecisionRecord\x12#\n" +
+	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12D\n" +
+	"\n" +
+	"evaluation\x18\x02 \x01(\v2$.servewise.v1.EvaluateSwitchResponseR\n" +
+	"evaluation\x12\"\n" +
+	"\rrecorded_at_s\x18\x03 \x01(\x01R\vrecordedAtS\"U\n" +
+	"\x19RegisterDeploymentRequest\x128\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\v2\x18.servewise.v1.DeploymentR\n" +
+	"deployment\"V\n" +
+	"\x1aRegisterDeploymentResponse\x128\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\v2\x18.servewise.v1.DeploymentR\n" +
+	"deployment\";\n" +
+	"\x14GetDeploymentRequest\x12#\n" +
+	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\"Q\n" +
+	"\x15GetDeploymentResponse\x128\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\v2\x18.servewise.v1.DeploymentR\n" +
+	"deployment\"T\n" +
+	"\x16ListDeploymentsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"}\n" +
+	"\x17ListDeploymentsResponse\x12:\n" +
+	"\vdeployments\x18\x01 \x03(\v2\x18.servewise.v1.DeploymentR\vdeployments\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*g\n" +
+	"\x0eSwitchDecision\x12\x1f\n" +
+	"\x1bSWITCH_DECISION_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14SWITCH_DECISION_HOLD\x10\x01\x12\x1a\n" +
+	"\x16SWITCH_DECISION_SWITCH\x10\x02*?\n" +
 	"\x04Pool\x12\x14\n" +
 	"\x10POOL_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rPOOL_REALTIME\x10\x01\x12\x0e\n" +
 	"\n" +
-	"POOL_BATCH\x10\x022\xcd\x04\n" +
+	"POOL_BATCH\x10\x022\xf0\x06\n" +
 	"\x10ServewiseService\x12X\n" +
 	"\rOptimizeBatch\x12\".servewise.v1.OptimizeBatchRequest\x1a#.servewise.v1.OptimizeBatchResponse\x12O\n" +
 	"\n" +
@@ -2274,7 +3386,10 @@ const file_servewise_v1_servewise_proto_rawDesc = "" +
 	"\x0eEvaluateSwitch\x12#.servewise.v1.EvaluateSwitchRequest\x1a$.servewise.v1.EvaluateSwitchResponse\x12J\n" +
 	"\aControl\x12\x1c.servewise.v1.ControlRequest\x1a\x1d.servewise.v1.ControlResponse(\x010\x01\x12@\n" +
 	"\x05Route\x12\x1a.servewise.v1.RouteRequest\x1a\x1b.servewise.v1.RouteResponse\x12I\n" +
-	"\bSimulate\x12\x1d.servewise.v1.SimulateRequest\x1a\x1e.servewise.v1.SimulateResponseB\xaa\x01\n" +
+	"\bSimulate\x12\x1d.servewise.v1.SimulateRequest\x1a\x1e.servewise.v1.SimulateResponse\x12g\n" +
+	"\x12RegisterDeployment\x12'.servewise.v1.RegisterDeploymentRequest\x1a(.servewise.v1.RegisterDeploymentResponse\x12X\n" +
+	"\rGetDeployment\x12\".servewise.v1.GetDeploymentRequest\x1a#.servewise.v1.GetDeploymentResponse\x12^\n" +
+	"\x0fListDeployments\x12$.servewise.v1.ListDeploymentsRequest\x1a%.servewise.v1.ListDeploymentsResponseB\xaa\x01\n" +
 	"\x10com.servewise.v1B\x0eServewiseProtoP\x01Z5github.com/servewise/servewise/clients/go/servewisev1\xa2\x02\x03SXX\xaa\x02\fServewise.V1\xca\x02\fServewise\\V1\xe2\x02\x18Servewise\\V1\\GPBMetadata\xea\x02\rServewise::V1b\x06proto3"
 
 var (
@@ -2289,123 +3404,161 @@ func file_servewise_v1_servewise_proto_rawDescGZIP() []byte {
 	return file_servewise_v1_servewise_proto_rawDescData
 }
 
-var file_servewise_v1_servewise_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_servewise_v1_servewise_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_servewise_v1_servewise_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_servewise_v1_servewise_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_servewise_v1_servewise_proto_goTypes = []any{
-	(Pool)(0),                      // 0: servewise.v1.Pool
-	(*OptimizeBatchRequest)(nil),   // 1: servewise.v1.OptimizeBatchRequest
-	(*OptimizeBatchResponse)(nil),  // 2: servewise.v1.OptimizeBatchResponse
-	(*SimulateRequest)(nil),        // 3: servewise.v1.SimulateRequest
-	(*SimulateResponse)(nil),       // 4: servewise.v1.SimulateResponse
-	(*TrafficClass)(nil),           // 5: servewise.v1.TrafficClass
-	(*OfflineOptions)(nil),         // 6: servewise.v1.OfflineOptions
-	(*CostSensitivity)(nil),        // 7: servewise.v1.CostSensitivity
-	(*SelectModeRequest)(nil),      // 8: servewise.v1.SelectModeRequest
-	(*PoolPlan)(nil),               // 9: servewise.v1.PoolPlan
-	(*OfflinePlan)(nil),            // 10: servewise.v1.OfflinePlan
-	(*ModePlan)(nil),               // 11: servewise.v1.ModePlan
-	(*BreakEven)(nil),              // 12: servewise.v1.BreakEven
-	(*SelectModeResponse)(nil),     // 13: servewise.v1.SelectModeResponse
-	(*DeploymentSpec)(nil),         // 14: servewise.v1.DeploymentSpec
-	(*StrategyResult)(nil),         // 15: servewise.v1.StrategyResult
-	(*DeploymentResources)(nil),    // 16: servewise.v1.DeploymentResources
-	(*PlanResourcesRequest)(nil),   // 17: servewise.v1.PlanResourcesRequest
-	(*PlanResourcesResponse)(nil),  // 18: servewise.v1.PlanResourcesResponse
-	(*EvaluateSwitchRequest)(nil),  // 19: servewise.v1.EvaluateSwitchRequest
-	(*EvaluateSwitchResponse)(nil), // 20: servewise.v1.EvaluateSwitchResponse
-	(*ControlRequest)(nil),         // 21: servewise.v1.ControlRequest
-	(*ControlResponse)(nil),        // 22: servewise.v1.ControlResponse
-	(*RouteRequest)(nil),           // 23: servewise.v1.RouteRequest
-	(*RouteResponse)(nil),          // 24: servewise.v1.RouteResponse
-	(*Candidate)(nil),              // 25: servewise.v1.Candidate
-	(*Workload)(nil),               // 26: servewise.v1.Workload
-	(*Slo)(nil),                    // 27: servewise.v1.Slo
-	(*SearchLimits)(nil),           // 28: servewise.v1.SearchLimits
-	(ServiceTimeBasis)(0),          // 29: servewise.v1.ServiceTimeBasis
-	(*ServingPlan)(nil),            // 30: servewise.v1.ServingPlan
-	(*PlanAssessment)(nil),         // 31: servewise.v1.PlanAssessment
-	(BindingConstraint)(0),         // 32: servewise.v1.BindingConstraint
-	(*FrontierPoint)(nil),          // 33: servewise.v1.FrontierPoint
-	(ServiceTimeDistribution)(0),   // 34: servewise.v1.ServiceTimeDistribution
-	(*SimulationResult)(nil),       // 35: servewise.v1.SimulationResult
-	(ServingMode)(0),               // 36: servewise.v1.ServingMode
-	(*RatePoint)(nil),              // 37: servewise.v1.RatePoint
-	(ResourceStrategy)(0),          // 38: servewise.v1.ResourceStrategy
-	(*AutoscalerSettings)(nil),     // 39: servewise.v1.AutoscalerSettings
-	(*PlanExports)(nil),            // 40: servewise.v1.PlanExports
+	(SwitchDecision)(0),                // 0: servewise.v1.SwitchDecision
+	(Pool)(0),                          // 1: servewise.v1.Pool
+	(*OptimizeBatchRequest)(nil),       // 2: servewise.v1.OptimizeBatchRequest
+	(*OptimizeBatchResponse)(nil),      // 3: servewise.v1.OptimizeBatchResponse
+	(*SimulateRequest)(nil),            // 4: servewise.v1.SimulateRequest
+	(*SimulateResponse)(nil),           // 5: servewise.v1.SimulateResponse
+	(*TrafficClass)(nil),               // 6: servewise.v1.TrafficClass
+	(*OfflineOptions)(nil),             // 7: servewise.v1.OfflineOptions
+	(*CostSensitivity)(nil),            // 8: servewise.v1.CostSensitivity
+	(*SelectModeRequest)(nil),          // 9: servewise.v1.SelectModeRequest
+	(*PoolPlan)(nil),                   // 10: servewise.v1.PoolPlan
+	(*OfflinePlan)(nil),                // 11: servewise.v1.OfflinePlan
+	(*ModePlan)(nil),                   // 12: servewise.v1.ModePlan
+	(*BreakEven)(nil),                  // 13: servewise.v1.BreakEven
+	(*SelectModeResponse)(nil),         // 14: servewise.v1.SelectModeResponse
+	(*DeploymentSpec)(nil),             // 15: servewise.v1.DeploymentSpec
+	(*StrategyResult)(nil),             // 16: servewise.v1.StrategyResult
+	(*DeploymentResources)(nil),        // 17: servewise.v1.DeploymentResources
+	(*PlanResourcesRequest)(nil),       // 18: servewise.v1.PlanResourcesRequest
+	(*PlanResourcesResponse)(nil),      // 19: servewise.v1.PlanResourcesResponse
+	(*EvaluateSwitchRequest)(nil),      // 20: servewise.v1.EvaluateSwitchRequest
+	(*TransitionStep)(nil),             // 21: servewise.v1.TransitionStep
+	(*EvaluateSwitchResponse)(nil),     // 22: servewise.v1.EvaluateSwitchResponse
+	(*ControlRequest)(nil),             // 23: servewise.v1.ControlRequest
+	(*ControlResponse)(nil),            // 24: servewise.v1.ControlResponse
+	(*RouteRequest)(nil),               // 25: servewise.v1.RouteRequest
+	(*RouteResponse)(nil),              // 26: servewise.v1.RouteResponse
+	(*DeploymentSettings)(nil),         // 27: servewise.v1.DeploymentSettings
+	(*Deployment)(nil),                 // 28: servewise.v1.Deployment
+	(*MetricSample)(nil),               // 29: servewise.v1.MetricSample
+	(*DecisionRecord)(nil),             // 30: servewise.v1.DecisionRecord
+	(*RegisterDeploymentRequest)(nil),  // 31: servewise.v1.RegisterDeploymentRequest
+	(*RegisterDeploymentResponse)(nil), // 32: servewise.v1.RegisterDeploymentResponse
+	(*GetDeploymentRequest)(nil),       // 33: servewise.v1.GetDeploymentRequest
+	(*GetDeploymentResponse)(nil),      // 34: servewise.v1.GetDeploymentResponse
+	(*ListDeploymentsRequest)(nil),     // 35: servewise.v1.ListDeploymentsRequest
+	(*ListDeploymentsResponse)(nil),    // 36: servewise.v1.ListDeploymentsResponse
+	(*Candidate)(nil),                  // 37: servewise.v1.Candidate
+	(*Workload)(nil),                   // 38: servewise.v1.Workload
+	(*Slo)(nil),                        // 39: servewise.v1.Slo
+	(*SearchLimits)(nil),               // 40: servewise.v1.SearchLimits
+	(ServiceTimeBasis)(0),              // 41: servewise.v1.ServiceTimeBasis
+	(*ServingPlan)(nil),                // 42: servewise.v1.ServingPlan
+	(*PlanAssessment)(nil),             // 43: servewise.v1.PlanAssessment
+	(BindingConstraint)(0),             // 44: servewise.v1.BindingConstraint
+	(*FrontierPoint)(nil),              // 45: servewise.v1.FrontierPoint
+	(ServiceTimeDistribution)(0),       // 46: servewise.v1.ServiceTimeDistribution
+	(*SimulationResult)(nil),           // 47: servewise.v1.SimulationResult
+	(ServingMode)(0),                   // 48: servewise.v1.ServingMode
+	(*RatePoint)(nil),                  // 49: servewise.v1.RatePoint
+	(ResourceStrategy)(0),              // 50: servewise.v1.ResourceStrategy
+	(*AutoscalerSettings)(nil),         // 51: servewise.v1.AutoscalerSettings
+	(*PlanExports)(nil),                // 52: servewise.v1.PlanExports
 }
 var file_servewise_v1_servewise_proto_depIdxs = []int32{
-	25, // 0: servewise.v1.OptimizeBatchRequest.candidates:type_name -> servewise.v1.Candidate
-	26, // 1: servewise.v1.OptimizeBatchRequest.workload:type_name -> servewise.v1.Workload
-	27, // 2: servewise.v1.OptimizeBatchRequest.slo:type_name -> servewise.v1.Slo
-	28, // 3: servewise.v1.OptimizeBatchRequest.limits:type_name -> servewise.v1.SearchLimits
-	29, // 4: servewise.v1.OptimizeBatchRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
-	30, // 5: servewise.v1.OptimizeBatchRequest.current_plan:type_name -> servewise.v1.ServingPlan
-	31, // 6: servewise.v1.OptimizeBatchResponse.recommended:type_name -> servewise.v1.PlanAssessment
-	32, // 7: servewise.v1.OptimizeBatchResponse.binding_constraint:type_name -> servewise.v1.BindingConstraint
-	31, // 8: servewise.v1.OptimizeBatchResponse.realtime_baseline:type_name -> servewise.v1.PlanAssessment
-	31, // 9: servewise.v1.OptimizeBatchResponse.current_plan:type_name -> servewise.v1.PlanAssessment
-	33, // 10: servewise.v1.OptimizeBatchResponse.frontier:type_name -> servewise.v1.FrontierPoint
-	25, // 11: servewise.v1.SimulateRequest.candidate:type_name -> servewise.v1.Candidate
-	30, // 12: servewise.v1.SimulateRequest.plan:type_name -> servewise.v1.ServingPlan
-	26, // 13: servewise.v1.SimulateRequest.workload:type_name -> servewise.v1.Workload
-	29, // 14: servewise.v1.SimulateRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
-	34, // 15: servewise.v1.SimulateRequest.service_time_distribution:type_name -> servewise.v1.ServiceTimeDistribution
-	27, // 16: servewise.v1.SimulateRequest.slo:type_name -> servewise.v1.Slo
-	35, // 17: servewise.v1.SimulateResponse.result:type_name -> servewise.v1.SimulationResult
-	27, // 18: servewise.v1.TrafficClass.slo:type_name -> servewise.v1.Slo
-	5,  // 19: servewise.v1.SelectModeRequest.traffic_classes:type_name -> servewise.v1.TrafficClass
-	25, // 20: servewise.v1.SelectModeRequest.candidates:type_name -> servewise.v1.Candidate
-	28, // 21: servewise.v1.SelectModeRequest.limits:type_name -> servewise.v1.SearchLimits
-	29, // 22: servewise.v1.SelectModeRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
-	7,  // 23: servewise.v1.SelectModeRequest.cost_sensitivity:type_name -> servewise.v1.CostSensitivity
-	6,  // 24: servewise.v1.SelectModeRequest.offline:type_name -> servewise.v1.OfflineOptions
-	31, // 25: servewise.v1.PoolPlan.assessment:type_name -> servewise.v1.PlanAssessment
-	36, // 26: servewise.v1.ModePlan.mode:type_name -> servewise.v1.ServingMode
-	32, // 27: servewise.v1.ModePlan.binding_constraint:type_name -> servewise.v1.BindingConstraint
-	9,  // 28: servewise.v1.ModePlan.pools:type_name -> servewise.v1.PoolPlan
-	10, // 29: servewise.v1.ModePlan.offline_jobs:type_name -> servewise.v1.OfflinePlan
-	36, // 30: servewise.v1.BreakEven.below_mode:type_name -> servewise.v1.ServingMode
-	36, // 31: servewise.v1.BreakEven.above_mode:type_name -> servewise.v1.ServingMode
-	36, // 32: servewise.v1.SelectModeResponse.chosen_mode:type_name -> servewise.v1.ServingMode
-	11, // 33: servewise.v1.SelectModeResponse.modes:type_name -> servewise.v1.ModePlan
-	12, // 34: servewise.v1.SelectModeResponse.break_evens:type_name -> servewise.v1.BreakEven
-	25, // 35: servewise.v1.DeploymentSpec.candidates:type_name -> servewise.v1.Candidate
-	27, // 36: servewise.v1.DeploymentSpec.slo:type_name -> servewise.v1.Slo
-	30, // 37: servewise.v1.DeploymentSpec.plan:type_name -> servewise.v1.ServingPlan
-	37, // 38: servewise.v1.DeploymentSpec.rate_profile:type_name -> servewise.v1.RatePoint
-	38, // 39: servewise.v1.StrategyResult.strategy:type_name -> servewise.v1.ResourceStrategy
-	30, // 40: servewise.v1.DeploymentResources.plan:type_name -> servewise.v1.ServingPlan
-	15, // 41: servewise.v1.DeploymentResources.strategies:type_name -> servewise.v1.StrategyResult
-	39, // 42: servewise.v1.DeploymentResources.recommended_autoscaler:type_name -> servewise.v1.AutoscalerSettings
-	40, // 43: servewise.v1.DeploymentResources.exports:type_name -> servewise.v1.PlanExports
-	14, // 44: servewise.v1.PlanResourcesRequest.deployments:type_name -> servewise.v1.DeploymentSpec
-	39, // 45: servewise.v1.PlanResourcesRequest.autoscaler:type_name -> servewise.v1.AutoscalerSettings
-	28, // 46: servewise.v1.PlanResourcesRequest.limits:type_name -> servewise.v1.SearchLimits
-	29, // 47: servewise.v1.PlanResourcesRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
-	16, // 48: servewise.v1.PlanResourcesResponse.deployments:type_name -> servewise.v1.DeploymentResources
-	38, // 49: servewise.v1.PlanResourcesResponse.recommended_strategy:type_name -> servewise.v1.ResourceStrategy
-	15, // 50: servewise.v1.PlanResourcesResponse.totals:type_name -> servewise.v1.StrategyResult
-	0,  // 51: servewise.v1.RouteResponse.pool:type_name -> servewise.v1.Pool
-	1,  // 52: servewise.v1.ServewiseService.OptimizeBatch:input_type -> servewise.v1.OptimizeBatchRequest
-	8,  // 53: servewise.v1.ServewiseService.SelectMode:input_type -> servewise.v1.SelectModeRequest
-	17, // 54: servewise.v1.ServewiseService.PlanResources:input_type -> servewise.v1.PlanResourcesRequest
-	19, // 55: servewise.v1.ServewiseService.EvaluateSwitch:input_type -> servewise.v1.EvaluateSwitchRequest
-	21, // 56: servewise.v1.ServewiseService.Control:input_type -> servewise.v1.ControlRequest
-	23, // 57: servewise.v1.ServewiseService.Route:input_type -> servewise.v1.RouteRequest
-	3,  // 58: servewise.v1.ServewiseService.Simulate:input_type -> servewise.v1.SimulateRequest
-	2,  // 59: servewise.v1.ServewiseService.OptimizeBatch:output_type -> servewise.v1.OptimizeBatchResponse
-	13, // 60: servewise.v1.ServewiseService.SelectMode:output_type -> servewise.v1.SelectModeResponse
-	18, // 61: servewise.v1.ServewiseService.PlanResources:output_type -> servewise.v1.PlanResourcesResponse
-	20, // 62: servewise.v1.ServewiseService.EvaluateSwitch:output_type -> servewise.v1.EvaluateSwitchResponse
-	22, // 63: servewise.v1.ServewiseService.Control:output_type -> servewise.v1.ControlResponse
-	24, // 64: servewise.v1.ServewiseService.Route:output_type -> servewise.v1.RouteResponse
-	4,  // 65: servewise.v1.ServewiseService.Simulate:output_type -> servewise.v1.SimulateResponse
-	59, // [59:66] is the sub-list for method output_type
-	52, // [52:59] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	37, // 0: servewise.v1.OptimizeBatchRequest.candidates:type_name -> servewise.v1.Candidate
+	38, // 1: servewise.v1.OptimizeBatchRequest.workload:type_name -> servewise.v1.Workload
+	39, // 2: servewise.v1.OptimizeBatchRequest.slo:type_name -> servewise.v1.Slo
+	40, // 3: servewise.v1.OptimizeBatchRequest.limits:type_name -> servewise.v1.SearchLimits
+	41, // 4: servewise.v1.OptimizeBatchRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
+	42, // 5: servewise.v1.OptimizeBatchRequest.current_plan:type_name -> servewise.v1.ServingPlan
+	43, // 6: servewise.v1.OptimizeBatchResponse.recommended:type_name -> servewise.v1.PlanAssessment
+	44, // 7: servewise.v1.OptimizeBatchResponse.binding_constraint:type_name -> servewise.v1.BindingConstraint
+	43, // 8: servewise.v1.OptimizeBatchResponse.realtime_baseline:type_name -> servewise.v1.PlanAssessment
+	43, // 9: servewise.v1.OptimizeBatchResponse.current_plan:type_name -> servewise.v1.PlanAssessment
+	45, // 10: servewise.v1.OptimizeBatchResponse.frontier:type_name -> servewise.v1.FrontierPoint
+	37, // 11: servewise.v1.SimulateRequest.candidate:type_name -> servewise.v1.Candidate
+	42, // 12: servewise.v1.SimulateRequest.plan:type_name -> servewise.v1.ServingPlan
+	38, // 13: servewise.v1.SimulateRequest.workload:type_name -> servewise.v1.Workload
+	41, // 14: servewise.v1.SimulateRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
+	46, // 15: servewise.v1.SimulateRequest.service_time_distribution:type_name -> servewise.v1.ServiceTimeDistribution
+	39, // 16: servewise.v1.SimulateRequest.slo:type_name -> servewise.v1.Slo
+	47, // 17: servewise.v1.SimulateResponse.result:type_name -> servewise.v1.SimulationResult
+	39, // 18: servewise.v1.TrafficClass.slo:type_name -> servewise.v1.Slo
+	6,  // 19: servewise.v1.SelectModeRequest.traffic_classes:type_name -> servewise.v1.TrafficClass
+	37, // 20: servewise.v1.SelectModeRequest.candidates:type_name -> servewise.v1.Candidate
+	40, // 21: servewise.v1.SelectModeRequest.limits:type_name -> servewise.v1.SearchLimits
+	41, // 22: servewise.v1.SelectModeRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
+	8,  // 23: servewise.v1.SelectModeRequest.cost_sensitivity:type_name -> servewise.v1.CostSensitivity
+	7,  // 24: servewise.v1.SelectModeRequest.offline:type_name -> servewise.v1.OfflineOptions
+	43, // 25: servewise.v1.PoolPlan.assessment:type_name -> servewise.v1.PlanAssessment
+	48, // 26: servewise.v1.ModePlan.mode:type_name -> servewise.v1.ServingMode
+	44, // 27: servewise.v1.ModePlan.binding_constraint:type_name -> servewise.v1.BindingConstraint
+	10, // 28: servewise.v1.ModePlan.pools:type_name -> servewise.v1.PoolPlan
+	11, // 29: servewise.v1.ModePlan.offline_jobs:type_name -> servewise.v1.OfflinePlan
+	48, // 30: servewise.v1.BreakEven.below_mode:type_name -> servewise.v1.ServingMode
+	48, // 31: servewise.v1.BreakEven.above_mode:type_name -> servewise.v1.ServingMode
+	48, // 32: servewise.v1.SelectModeResponse.chosen_mode:type_name -> servewise.v1.ServingMode
+	12, // 33: servewise.v1.SelectModeResponse.modes:type_name -> servewise.v1.ModePlan
+	13, // 34: servewise.v1.SelectModeResponse.break_evens:type_name -> servewise.v1.BreakEven
+	37, // 35: servewise.v1.DeploymentSpec.candidates:type_name -> servewise.v1.Candidate
+	39, // 36: servewise.v1.DeploymentSpec.slo:type_name -> servewise.v1.Slo
+	42, // 37: servewise.v1.DeploymentSpec.plan:type_name -> servewise.v1.ServingPlan
+	49, // 38: servewise.v1.DeploymentSpec.rate_profile:type_name -> servewise.v1.RatePoint
+	50, // 39: servewise.v1.StrategyResult.strategy:type_name -> servewise.v1.ResourceStrategy
+	42, // 40: servewise.v1.DeploymentResources.plan:type_name -> servewise.v1.ServingPlan
+	16, // 41: servewise.v1.DeploymentResources.strategies:type_name -> servewise.v1.StrategyResult
+	51, // 42: servewise.v1.DeploymentResources.recommended_autoscaler:type_name -> servewise.v1.AutoscalerSettings
+	52, // 43: servewise.v1.DeploymentResources.exports:type_name -> servewise.v1.PlanExports
+	15, // 44: servewise.v1.PlanResourcesRequest.deployments:type_name -> servewise.v1.DeploymentSpec
+	51, // 45: servewise.v1.PlanResourcesRequest.autoscaler:type_name -> servewise.v1.AutoscalerSettings
+	40, // 46: servewise.v1.PlanResourcesRequest.limits:type_name -> servewise.v1.SearchLimits
+	41, // 47: servewise.v1.PlanResourcesRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
+	17, // 48: servewise.v1.PlanResourcesResponse.deployments:type_name -> servewise.v1.DeploymentResources
+	50, // 49: servewise.v1.PlanResourcesResponse.recommended_strategy:type_name -> servewise.v1.ResourceStrategy
+	16, // 50: servewise.v1.PlanResourcesResponse.totals:type_name -> servewise.v1.StrategyResult
+	29, // 51: servewise.v1.EvaluateSwitchRequest.samples:type_name -> servewise.v1.MetricSample
+	27, // 52: servewise.v1.EvaluateSwitchRequest.settings_override:type_name -> servewise.v1.DeploymentSettings
+	0,  // 53: servewise.v1.EvaluateSwitchResponse.decision:type_name -> servewise.v1.SwitchDecision
+	48, // 54: servewise.v1.EvaluateSwitchResponse.target_mode:type_name -> servewise.v1.ServingMode
+	42, // 55: servewise.v1.EvaluateSwitchResponse.target_plan:type_name -> servewise.v1.ServingPlan
+	21, // 56: servewise.v1.EvaluateSwitchResponse.steps:type_name -> servewise.v1.TransitionStep
+	27, // 57: servewise.v1.EvaluateSwitchResponse.settings:type_name -> servewise.v1.DeploymentSettings
+	1,  // 58: servewise.v1.RouteResponse.pool:type_name -> servewise.v1.Pool
+	37, // 59: servewise.v1.Deployment.candidates:type_name -> servewise.v1.Candidate
+	39, // 60: servewise.v1.Deployment.slo:type_name -> servewise.v1.Slo
+	6,  // 61: servewise.v1.Deployment.traffic_classes:type_name -> servewise.v1.TrafficClass
+	48, // 62: servewise.v1.Deployment.current_mode:type_name -> servewise.v1.ServingMode
+	42, // 63: servewise.v1.Deployment.current_plan:type_name -> servewise.v1.ServingPlan
+	27, // 64: servewise.v1.Deployment.settings:type_name -> servewise.v1.DeploymentSettings
+	41, // 65: servewise.v1.Deployment.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
+	40, // 66: servewise.v1.Deployment.limits:type_name -> servewise.v1.SearchLimits
+	22, // 67: servewise.v1.DecisionRecord.evaluation:type_name -> servewise.v1.EvaluateSwitchResponse
+	28, // 68: servewise.v1.RegisterDeploymentRequest.deployment:type_name -> servewise.v1.Deployment
+	28, // 69: servewise.v1.RegisterDeploymentResponse.deployment:type_name -> servewise.v1.Deployment
+	28, // 70: servewise.v1.GetDeploymentResponse.deployment:type_name -> servewise.v1.Deployment
+	28, // 71: servewise.v1.ListDeploymentsResponse.deployments:type_name -> servewise.v1.Deployment
+	2,  // 72: servewise.v1.ServewiseService.OptimizeBatch:input_type -> servewise.v1.OptimizeBatchRequest
+	9,  // 73: servewise.v1.ServewiseService.SelectMode:input_type -> servewise.v1.SelectModeRequest
+	18, // 74: servewise.v1.ServewiseService.PlanResources:input_type -> servewise.v1.PlanResourcesRequest
+	20, // 75: servewise.v1.ServewiseService.EvaluateSwitch:input_type -> servewise.v1.EvaluateSwitchRequest
+	23, // 76: servewise.v1.ServewiseService.Control:input_type -> servewise.v1.ControlRequest
+	25, // 77: servewise.v1.ServewiseService.Route:input_type -> servewise.v1.RouteRequest
+	4,  // 78: servewise.v1.ServewiseService.Simulate:input_type -> servewise.v1.SimulateRequest
+	31, // 79: servewise.v1.ServewiseService.RegisterDeployment:input_type -> servewise.v1.RegisterDeploymentRequest
+	33, // 80: servewise.v1.ServewiseService.GetDeployment:input_type -> servewise.v1.GetDeploymentRequest
+	35, // 81: servewise.v1.ServewiseService.ListDeployments:input_type -> servewise.v1.ListDeploymentsRequest
+	3,  // 82: servewise.v1.ServewiseService.OptimizeBatch:output_type -> servewise.v1.OptimizeBatchResponse
+	14, // 83: servewise.v1.ServewiseService.SelectMode:output_type -> servewise.v1.SelectModeResponse
+	19, // 84: servewise.v1.ServewiseService.PlanResources:output_type -> servewise.v1.PlanResourcesResponse
+	22, // 85: servewise.v1.ServewiseService.EvaluateSwitch:output_type -> servewise.v1.EvaluateSwitchResponse
+	24, // 86: servewise.v1.ServewiseService.Control:output_type -> servewise.v1.ControlResponse
+	26, // 87: servewise.v1.ServewiseService.Route:output_type -> servewise.v1.RouteResponse
+	5,  // 88: servewise.v1.ServewiseService.Simulate:output_type -> servewise.v1.SimulateResponse
+	32, // 89: servewise.v1.ServewiseService.RegisterDeployment:output_type -> servewise.v1.RegisterDeploymentResponse
+	34, // 90: servewise.v1.ServewiseService.GetDeployment:output_type -> servewise.v1.GetDeploymentResponse
+	36, // 91: servewise.v1.ServewiseService.ListDeployments:output_type -> servewise.v1.ListDeploymentsResponse
+	82, // [82:92] is the sub-list for method output_type
+	72, // [72:82] is the sub-list for method input_type
+	72, // [72:72] is the sub-list for extension type_name
+	72, // [72:72] is the sub-list for extension extendee
+	0,  // [0:72] is the sub-list for field type_name
 }
 
 func init() { file_servewise_v1_servewise_proto_init() }
@@ -2424,14 +3577,16 @@ func file_servewise_v1_servewise_proto_init() {
 		(*TrafficClass_DeadlineS)(nil),
 	}
 	file_servewise_v1_servewise_proto_msgTypes[13].OneofWrappers = []any{}
-	file_servewise_v1_servewise_proto_msgTypes[22].OneofWrappers = []any{}
+	file_servewise_v1_servewise_proto_msgTypes[23].OneofWrappers = []any{}
+	file_servewise_v1_servewise_proto_msgTypes[25].OneofWrappers = []any{}
+	file_servewise_v1_servewise_proto_msgTypes[26].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_servewise_v1_servewise_proto_rawDesc), len(file_servewise_v1_servewise_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   24,
+			NumEnums:      2,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,13 +19,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ServewiseService_OptimizeBatch_FullMethodName  = "/servewise.v1.ServewiseService/OptimizeBatch"
-	ServewiseService_SelectMode_FullMethodName     = "/servewise.v1.ServewiseService/SelectMode"
-	ServewiseService_PlanResources_FullMethodName  = "/servewise.v1.ServewiseService/PlanResources"
-	ServewiseService_EvaluateSwitch_FullMethodName = "/servewise.v1.ServewiseService/EvaluateSwitch"
-	ServewiseService_Control_FullMethodName        = "/servewise.v1.ServewiseService/Control"
-	ServewiseService_Route_FullMethodName          = "/servewise.v1.ServewiseService/Route"
-	ServewiseService_Simulate_FullMethodName       = "/servewise.v1.ServewiseService/Simulate"
+	ServewiseService_OptimizeBatch_FullMethodName      = "/servewise.v1.ServewiseService/OptimizeBatch"
+	ServewiseService_SelectMode_FullMethodName         = "/servewise.v1.ServewiseService/SelectMode"
+	ServewiseService_PlanResources_FullMethodName      = "/servewise.v1.ServewiseService/PlanResources"
+	ServewiseService_EvaluateSwitch_FullMethodName     = "/servewise.v1.ServewiseService/EvaluateSwitch"
+	ServewiseService_Control_FullMethodName            = "/servewise.v1.ServewiseService/Control"
+	ServewiseService_Route_FullMethodName              = "/servewise.v1.ServewiseService/Route"
+	ServewiseService_Simulate_FullMethodName           = "/servewise.v1.ServewiseService/Simulate"
+	ServewiseService_RegisterDeployment_FullMethodName = "/servewise.v1.ServewiseService/RegisterDeployment"
+	ServewiseService_GetDeployment_FullMethodName      = "/servewise.v1.ServewiseService/GetDeployment"
+	ServewiseService_ListDeployments_FullMethodName    = "/servewise.v1.ServewiseService/ListDeployments"
 )
 
 // ServewiseServiceClient is the client API for ServewiseService service.
@@ -48,6 +51,13 @@ type ServewiseServiceClient interface {
 	Route(ctx context.Context, in *RouteRequest, opts ...grpc.CallOption) (*RouteResponse, error)
 	// Discrete-event simulation of exactly one plan and workload.
 	Simulate(ctx context.Context, in *SimulateRequest, opts ...grpc.CallOption) (*SimulateResponse, error)
+	// Create a deployment (state_version 0), or update it at its current state_version; a stale
+	// version is FAILED_PRECONDITION.
+	RegisterDeployment(ctx context.Context, in *RegisterDeploymentRequest, opts ...grpc.CallOption) (*RegisterDeploymentResponse, error)
+	// One deployment with its state version; NOT_FOUND when unknown.
+	GetDeployment(ctx context.Context, in *GetDeploymentRequest, opts ...grpc.CallOption) (*GetDeploymentResponse, error)
+	// Every deployment, by id, a page at a time.
+	ListDeployments(ctx context.Context, in *ListDeploymentsRequest, opts ...grpc.CallOption) (*ListDeploymentsResponse, error)
 }
 
 type servewiseServiceClient struct {
@@ -131,6 +141,36 @@ func (c *servewiseServiceClient) Simulate(ctx context.Context, in *SimulateReque
 	return out, nil
 }
 
+func (c *servewiseServiceClient) RegisterDeployment(ctx context.Context, in *RegisterDeploymentRequest, opts ...grpc.CallOption) (*RegisterDeploymentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RegisterDeploymentResponse)
+	err := c.cc.Invoke(ctx, ServewiseService_RegisterDeployment_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *servewiseServiceClient) GetDeployment(ctx context.Context, in *GetDeploymentRequest, opts ...grpc.CallOption) (*GetDeploymentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetDeploymentResponse)
+	err := c.cc.Invoke(ctx, ServewiseService_GetDeployment_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *servewiseServiceClient) ListDeployments(ctx context.Context, in *ListDeploymentsRequest, opts ...grpc.CallOption) (*ListDeploymentsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDeploymentsResponse)
+	err := c.cc.Invoke(ctx, ServewiseService_ListDeployments_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ServewiseServiceServer is the server API for ServewiseService service.
 // All implementations must embed UnimplementedServewiseServiceServer
 // for forward compatibility.
@@ -151,6 +191,13 @@ type ServewiseServiceServer interface {
 	Route(context.Context, *RouteRequest) (*RouteResponse, error)
 	// Discrete-event simulation of exactly one plan and workload.
 	Simulate(context.Context, *SimulateRequest) (*SimulateResponse, error)
+	// Create a deployment (state_version 0), or update it at its current state_version; a stale
+	// version is FAILED_PRECONDITION.
+	RegisterDeployment(context.Context, *RegisterDeploymentRequest) (*RegisterDeploymentResponse, error)
+	// One deployment with its state version; NOT_FOUND when unknown.
+	GetDeployment(context.Context, *GetDeploymentRequest) (*GetDeploymentResponse, error)
+	// Every deployment, by id, a page at a time.
+	ListDeployments(context.Context, *ListDeploymentsRequest) (*ListDeploymentsResponse, error)
 	mustEmbedUnimplementedServewiseServiceServer()
 }
 
@@ -181,6 +228,15 @@ func (UnimplementedServewiseServiceServer) Route(context.Context, *RouteRequest)
 }
 func (UnimplementedServewiseServiceServer) Simulate(context.Context, *SimulateRequest) (*SimulateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Simulate not implemented")
+}
+func (UnimplementedServewiseServiceServer) RegisterDeployment(context.Context, *RegisterDeploymentRequest) (*RegisterDeploymentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RegisterDeployment not implemented")
+}
+func (UnimplementedServewiseServiceServer) GetDeployment(context.Context, *GetDeploymentRequest) (*GetDeploymentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetDeployment not implemented")
+}
+func (UnimplementedServewiseServiceServer) ListDeployments(context.Context, *ListDeploymentsRequest) (*ListDeploymentsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDeployments not implemented")
 }
 func (UnimplementedServewiseServiceServer) mustEmbedUnimplementedServewiseServiceServer() {}
 func (UnimplementedServewiseServiceServer) testEmbeddedByValue()                          {}
@@ -318,6 +374,60 @@ func _ServewiseService_Simulate_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ServewiseService_RegisterDeployment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RegisterDeploymentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ServewiseServiceServer).RegisterDeployment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ServewiseService_RegisterDeployment_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ServewiseServiceServer).RegisterDeployment(ctx, req.(*RegisterDeploymentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ServewiseService_GetDeployment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDeploymentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ServewiseServiceServer).GetDeployment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ServewiseService_GetDeployment_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ServewiseServiceServer).GetDeployment(ctx, req.(*GetDeploymentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ServewiseService_ListDeployments_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDeploymentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ServewiseServiceServer).ListDeployments(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ServewiseService_ListDeployments_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ServewiseServiceServer).ListDeployments(ctx, req.(*ListDeploymentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ServewiseService_ServiceDesc is the grpc.ServiceDesc for ServewiseService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -348,6 +458,18 @@ var ServewiseService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Simulate",
 			Handler:    _ServewiseService_Simulate_Handler,
+		},
+		{
+			MethodName: "RegisterDeployment",
+			Handler:    _ServewiseService_RegisterDeployment_Handler,
+		},
+		{
+			MethodName: "GetDeployment",
+			Handler:    _ServewiseService_GetDeployment_Handler,
+		},
+		{
+			MethodName: "ListDeployments",
+			Handler:    _ServewiseService_ListDeployments_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

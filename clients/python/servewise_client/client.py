@@ -220,6 +220,24 @@ class ServewiseClient:
         """Passthrough to ``EvaluateSwitch``."""
         return self._unary("EvaluateSwitch", self._stub.EvaluateSwitch, request, timeout_s)
 
+    def register_deployment(
+        self, request: servewise_pb2.RegisterDeploymentRequest, *, timeout_s: float | None = None
+    ) -> servewise_pb2.RegisterDeploymentResponse:
+        """Passthrough to ``RegisterDeployment`` (state_version 0 creates; N updates version N)."""
+        return self._unary("RegisterDeployment", self._stub.RegisterDeployment, request, timeout_s)
+
+    def get_deployment(
+        self, request: servewise_pb2.GetDeploymentRequest, *, timeout_s: float | None = None
+    ) -> servewise_pb2.GetDeploymentResponse:
+        """Passthrough to ``GetDeployment``."""
+        return self._unary("GetDeployment", self._stub.GetDeployment, request, timeout_s)
+
+    def list_deployments(
+        self, request: servewise_pb2.ListDeploymentsRequest, *, timeout_s: float | None = None
+    ) -> servewise_pb2.ListDeploymentsResponse:
+        """Passthrough to ``ListDeployments``."""
+        return self._unary("ListDeployments", self._stub.ListDeployments, request, timeout_s)
+
     def route(
         self, request: servewise_pb2.RouteRequest, *, timeout_s: float | None = None
     ) -> servewise_pb2.RouteResponse:

@@ -24,11 +24,17 @@ import {
   type DeepPartial,
   EvaluateSwitchRequest,
   type EvaluateSwitchResponse,
+  GetDeploymentRequest,
+  type GetDeploymentResponse,
+  ListDeploymentsRequest,
+  type ListDeploymentsResponse,
   type MessageFns,
   OptimizeBatchRequest,
   type OptimizeBatchResponse,
   PlanResourcesRequest,
   type PlanResourcesResponse,
+  RegisterDeploymentRequest,
+  type RegisterDeploymentResponse,
   RouteRequest,
   type RouteResponse,
   SelectModeRequest,
@@ -203,6 +209,21 @@ export class ServewiseClient {
   /** Given recent metrics, hold or switch. */
   evaluateSwitch(request: DeepPartial<EvaluateSwitchRequest>, options?: CallOptions): Promise<EvaluateSwitchResponse> {
     return this.unary(ServewiseServiceService.evaluateSwitch, EvaluateSwitchRequest, request, options);
+  }
+
+  /** Create a deployment (stateVersion 0) or update it at its current state version; a stale version fails with FAILED_PRECONDITION. */
+  registerDeployment(request: DeepPartial<RegisterDeploymentRequest>, options?: CallOptions): Promise<RegisterDeploymentResponse> {
+    return this.unary(ServewiseServiceService.registerDeployment, RegisterDeploymentRequest, request, options);
+  }
+
+  /** One deployment with its state version; NOT_FOUND when unknown. */
+  getDeployment(request: DeepPartial<GetDeploymentRequest>, options?: CallOptions): Promise<GetDeploymentResponse> {
+    return this.unary(ServewiseServiceService.getDeployment, GetDeploymentRequest, request, options);
+  }
+
+  /** Every deployment, by id, a page at a time. */
+  listDeployments(request: DeepPartial<ListDeploymentsRequest>, options?: CallOptions): Promise<ListDeploymentsResponse> {
+    return this.unary(ServewiseServiceService.listDeployments, ListDeploymentsRequest, request, options);
   }
 
   /** Which pool a request goes to. */

@@ -20,6 +20,7 @@ import {
   ServiceTimeBasis,
   ServingMode,
   Status,
+  SwitchDecision,
 } from "../src/index.js";
 import {
   close,
@@ -334,12 +335,58 @@ describe("against the live server", { skip: NEEDS_SERVER }, () => {
   });
 
   // -------------------------------------------------------------------------------------------
+  // Deployments and EvaluateSwitch.
+
+  test("a registered deployment reads back, rejects a stale write and answers EvaluateSwitch", async () => {
+    const deploymentId = `ts-client-${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
+    const deployment = {
+      deploymentId,
+      candidates: [
+        {
+          instanceType: { name: "g4dn.xlarge", pricePerHour: 0.526, maxBatchSize: 64 },
+          profile: { linear: { baseMs: 5.24, perItemMs: 2.288 } },
+        },
+      ],
+      slo: { latencyMs: 100 },
+      currentPlan: { instanceType: "g4dn.xlarge", maxBatchSize: 8, maxQueueDelayMs: 5, replicas: 2 },
+      plannedRatePerS: 200,
+    };
+    const created = await client.registerDeployment({ deployment });
+    assert.equal(Number(created.deployment?.stateVersion), 1);
+    const got = await client.getDeployment({ deploymentId });
+    assert.equal(got.deployment?.plannedRatePerS, 200);
+    const stale = await rejection(client.registerDeployment({ deployment }));
+    assert.equal(stale.code, Status.FAILED_PRECONDITION, stale.message);
+    const missing = await rejection(client.getDeployment({ deploymentId: `${deploymentId}-missing` }));
+    assert.equal(missing.code, Status.NOT_FOUND, missing.message);
+    const answer = await client.evaluateSwitch({
+      deploymentId,
+      samples: [
+        { timestampS: 0, ratePerS: 205 },
+        { timestampS: 60, ratePerS: 195 },
+      ],
+    });
+    assert.equal(answer.decision, SwitchDecision.SWITCH_DECISION_HOLD, answer.reason);
+    assert.equal(Number(answer.decisionSeq), 1);
+    const listed = await client.listDeployments({ pageSize: 1000 });
+    assert.ok(listed.deployments.some((d) => d.deploymentId === deploymentId));
+  });
+
+  // -------------------------------------------------------------------------------------------
   // Not implemented yet. When an RPC lands, move it from here to IMPLEMENTED with a test of its
   // answer above; the coverage test below keeps the two lists equal to the service's RPCs.
 
-  const IMPLEMENTED = ["OptimizeBatch", "Simulate", "SelectMode", "PlanResources"];
+  const IMPLEMENTED = [
+    "OptimizeBatch",
+    "Simulate",
+    "SelectMode",
+    "PlanResources",
+    "RegisterDeployment",
+    "GetDeployment",
+    "ListDeployments",
+    "EvaluateSwitch",
+  ];
   const NOT_YET_IMPLEMENTED: Record<string, (c: ServewiseClient) => Promise<unknown>> = {
-    EvaluateSwitch: (c) => c.evaluateSwitch({ deploymentId: "dep-1" }),
     Route: (c) => c.route({ deploymentId: "dep-1", requestKey: "req-1", trafficClass: "interactive" }),
     // The bidirectional stream: write a request, half-close, read until the status.
     Control: async (c) => {

@@ -3,6 +3,8 @@
 - :class:`InvalidInputError` -> ``INVALID_ARGUMENT`` with ``google.rpc.BadRequest`` details, one
   field violation per problem, so clients can point at every bad field at once.
 - any other ``ValueError`` from the core -> ``INVALID_ARGUMENT`` with its message.
+- :class:`NotFoundError` (an unknown deployment) -> ``NOT_FOUND``.
+- :class:`servewise.store.StaleVersionError` -> ``FAILED_PRECONDITION`` naming both versions.
 - anything else -> ``INTERNAL`` with a generic message; the exception is logged, not leaked.
 """
 
@@ -23,6 +25,7 @@ from google.rpc import (  # type: ignore[import-untyped]  # no stubs for googlea
 from grpc_status import rpc_status
 
 from servewise.core.errors import InvalidInputError
+from servewise.store import StaleVersionError
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +33,14 @@ logger = logging.getLogger(__name__)
 SUMMARY_FIELDS = 3
 
 INTERNAL_MESSAGE = "internal error; the server logged the details"
+
+
+class NotFoundError(LookupError):
+    """An unknown deployment (NOT_FOUND)."""
+
+
+# Exceptions that are the caller's doing: mapped to a status, not logged as server errors.
+_EXPECTED = (ValueError, NotFoundError, StaleVersionError)
 
 
 class AbortsWithStatus(Protocol):
@@ -67,6 +78,15 @@ def status_for(exc: Exception) -> grpc.Status:
     """The status an exception raised while serving a request becomes."""
     if isinstance(exc, InvalidInputError):
         return bad_request_status(exc)
+    if isinstance(exc, NotFoundError):
+        return rpc_status.to_status(status_pb2.Status(code=code_pb2.NOT_FOUND, message=str(exc)))
+    if isinstance(exc, StaleVersionError):
+        return rpc_status.to_status(
+            status_pb2.Status(
+                code=code_pb2.FAILED_PRECONDITION,
+                message=f"stale state_version: expected {exc.expected}, current is {exc.actual}",
+            )
+        )
     if isinstance(exc, ValueError):
         message = str(exc).splitlines()[0] if str(exc) else "invalid request"
         return rpc_status.to_status(
@@ -77,7 +97,7 @@ def status_for(exc: Exception) -> grpc.Status:
 
 async def abort_for(exc: Exception, context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
     """End the RPC with the status for ``exc``; unexpected errors are logged with a traceback."""
-    if not isinstance(exc, ValueError):
+    if not isinstance(exc, _EXPECTED):
         logger.error("unexpected error while serving a request", exc_info=exc)
     await cast(AbortsWithStatus, context).abort_with_status(status_for(exc))
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from servewise.api import deployments
 from servewise.api.converters import (
     optimize_args,
     optimize_response_to_pb,
@@ -23,14 +24,24 @@ from servewise.api.plan_resources import plan_resources
 from servewise.api.select_mode import select_mode
 from servewise.core.optimizer import optimize
 from servewise.core.simulator import capacity_per_s, simulate
+from servewise.store import StateStore
+from servewise.store.memory import MemoryStore
 from servewise.v1 import servewise_pb2, servewise_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
-    """Implements Simulate, OptimizeBatch, SelectMode and PlanResources; EvaluateSwitch, Control
-    and Route stay UNIMPLEMENTED (inherited) until the live-control issue lands."""
+    """Implements Simulate, OptimizeBatch, SelectMode, PlanResources, the deployment RPCs and
+    EvaluateSwitch; Control and Route stay UNIMPLEMENTED (inherited) until they land.
+
+    ``store`` holds deployments and decision logs; a MemoryStore when omitted (the server passes
+    the one ``SERVEWISE_STORE`` names).
+    """
+
+    def __init__(self, store: StateStore | None = None) -> None:
+        self.store: StateStore = store if store is not None else MemoryStore()
+        self.switches = deployments.SwitchEvaluator(self.store)
 
     @maps_errors
     async def Simulate(
@@ -78,3 +89,27 @@ class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
         self, request: servewise_pb2.PlanResourcesRequest, context: Context
     ) -> servewise_pb2.PlanResourcesResponse:
         return await plan_resources(request)
+
+    @maps_errors
+    async def RegisterDeployment(
+        self, request: servewise_pb2.RegisterDeploymentRequest, context: Context
+    ) -> servewise_pb2.RegisterDeploymentResponse:
+        return await asyncio.to_thread(deployments.register, self.store, request)
+
+    @maps_errors
+    async def GetDeployment(
+        self, request: servewise_pb2.GetDeploymentRequest, context: Context
+    ) -> servewise_pb2.GetDeploymentResponse:
+        return await asyncio.to_thread(deployments.get, self.store, request)
+
+    @maps_errors
+    async def ListDeployments(
+        self, request: servewise_pb2.ListDeploymentsRequest, context: Context
+    ) -> servewise_pb2.ListDeploymentsResponse:
+        return await asyncio.to_thread(deployments.list_deployments, self.store, request)
+
+    @maps_errors
+    async def EvaluateSwitch(
+        self, request: servewise_pb2.EvaluateSwitchRequest, context: Context
+    ) -> servewise_pb2.EvaluateSwitchResponse:
+        return await asyncio.to_thread(self.switches.evaluate, request)

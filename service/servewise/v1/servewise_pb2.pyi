@@ -20,6 +20,24 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _SwitchDecision:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SwitchDecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SwitchDecision.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SWITCH_DECISION_UNSPECIFIED: _SwitchDecision.ValueType  # 0
+    SWITCH_DECISION_HOLD: _SwitchDecision.ValueType  # 1
+    SWITCH_DECISION_SWITCH: _SwitchDecision.ValueType  # 2
+
+class SwitchDecision(_SwitchDecision, metaclass=_SwitchDecisionEnumTypeWrapper):
+    """Whether the controller holds the current plan or switches."""
+
+SWITCH_DECISION_UNSPECIFIED: SwitchDecision.ValueType  # 0
+SWITCH_DECISION_HOLD: SwitchDecision.ValueType  # 1
+SWITCH_DECISION_SWITCH: SwitchDecision.ValueType  # 2
+Global___SwitchDecision: _TypeAlias = SwitchDecision  # noqa: Y015
+
 class _Pool:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -847,35 +865,153 @@ Global___PlanResourcesResponse: _TypeAlias = PlanResourcesResponse  # noqa: Y015
 
 @_typing.final
 class EvaluateSwitchRequest(_message.Message):
-    """Fields land with the live-control issue."""
+    """Hold or switch a deployment, given a window of its recent metrics. The decision is appended to
+    the deployment's decision log; the deployment's current plan is not changed (the Control stream
+    carries a switch out).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    SETTINGS_OVERRIDE_FIELD_NUMBER: _builtins.int
     deployment_id: _builtins.str
+    @_builtins.property
+    def samples(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricSample]:
+        """Recent samples of this deployment, oldest first, timestamps non-decreasing (at most 10,000)."""
+
+    @_builtins.property
+    def settings_override(self) -> Global___DeploymentSettings:
+        """Settings for this evaluation only; each field set replaces the deployment's."""
+
     def __init__(
         self,
         *,
         deployment_id: _builtins.str = ...,
+        samples: _abc.Iterable[Global___MetricSample] | None = ...,
+        settings_override: Global___DeploymentSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings_override", b"settings_override"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_id", b"deployment_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_id", b"deployment_id", "samples", b"samples", "settings_override", b"settings_override"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EvaluateSwitchRequest: _TypeAlias = EvaluateSwitchRequest  # noqa: Y015
 
 @_typing.final
-class EvaluateSwitchResponse(_message.Message):
+class TransitionStep(_message.Message):
+    """One step of a gradual traffic shift to the target plan."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    DWELL_S_FIELD_NUMBER: _builtins.int
+    EXPECTED_REQUESTS_FIELD_NUMBER: _builtins.int
+    weight: _builtins.float
+    """Fraction of traffic sent to the target plan during the step, in (0, 1]."""
+    dwell_s: _builtins.float
+    """How long the step lasts: long enough for the target's share of traffic to yield the requests
+    an estimate of the SLO percentile needs (100 / (1 - q) of them), at least a floor.
+    """
+    expected_requests: _builtins.float
+    """Requests the target plan receives during the step at the smoothed rate."""
     def __init__(
         self,
+        *,
+        weight: _builtins.float = ...,
+        dwell_s: _builtins.float = ...,
+        expected_requests: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dwell_s", b"dwell_s", "expected_requests", b"expected_requests", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransitionStep: _TypeAlias = TransitionStep  # noqa: Y015
+
+@_typing.final
+class EvaluateSwitchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_FIELD_NUMBER: _builtins.int
+    TARGET_MODE_FIELD_NUMBER: _builtins.int
+    TARGET_PLAN_FIELD_NUMBER: _builtins.int
+    CURRENT_COST_PER_HOUR_FIELD_NUMBER: _builtins.int
+    TARGET_COST_PER_HOUR_FIELD_NUMBER: _builtins.int
+    SAVING_PER_HOUR_FIELD_NUMBER: _builtins.int
+    SWITCH_COST_FIELD_NUMBER: _builtins.int
+    NET_SAVING_PER_HOUR_FIELD_NUMBER: _builtins.int
+    SMOOTHED_RATE_PER_S_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    PANIC_FIELD_NUMBER: _builtins.int
+    STATE_VERSION_FIELD_NUMBER: _builtins.int
+    DECISION_SEQ_FIELD_NUMBER: _builtins.int
+    EVALUATED_AT_S_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    decision: Global___SwitchDecision.ValueType
+    target_mode: _types_pb2.ServingMode.ValueType
+    """The optimizer's best plan at the smoothed rate (what a switch would move to); set on SWITCH and,
+    when one was computed, on HOLD.
+    """
+    current_cost_per_hour: _builtins.float
+    """Dollars per hour of the current plan and of the target plan."""
+    target_cost_per_hour: _builtins.float
+    saving_per_hour: _builtins.float
+    """current_cost_per_hour - target_cost_per_hour (negative when the target costs more)."""
+    switch_cost: _builtins.float
+    """Dollars the switch itself costs: the current capacity kept running while the target's
+    replicas cold-start and traffic shifts step by step (the overlap of old and new capacity).
+    """
+    net_saving_per_hour: _builtins.float
+    """(saving_per_hour * expected dwell - switch_cost) / expected dwell, per hour."""
+    smoothed_rate_per_s: _builtins.float
+    """Rate after EWMA smoothing of the samples."""
+    reason: _builtins.str
+    """Why, with the numbers."""
+    panic: _builtins.bool
+    """Whether observed latency or errors broke the limits for consecutive samples (panic mode)."""
+    state_version: _builtins.int
+    """State version of the deployment the decision was made against."""
+    decision_seq: _builtins.int
+    """Sequence number of this decision in the deployment's decision log."""
+    evaluated_at_s: _builtins.float
+    """Timestamp of the newest sample (the controller's "now")."""
+    @_builtins.property
+    def target_plan(self) -> _types_pb2.ServingPlan: ...
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransitionStep]:
+        """The gradual shift a switch would follow (weights ending at 1)."""
+
+    @_builtins.property
+    def settings(self) -> Global___DeploymentSettings:
+        """The settings the decision used (the deployment's, with overrides and defaults applied)."""
+
+    def __init__(
+        self,
+        *,
+        decision: Global___SwitchDecision.ValueType = ...,
+        target_mode: _types_pb2.ServingMode.ValueType = ...,
+        target_plan: _types_pb2.ServingPlan | None = ...,
+        current_cost_per_hour: _builtins.float = ...,
+        target_cost_per_hour: _builtins.float = ...,
+        saving_per_hour: _builtins.float = ...,
+        switch_cost: _builtins.float = ...,
+        net_saving_per_hour: _builtins.float = ...,
+        smoothed_rate_per_s: _builtins.float = ...,
+        reason: _builtins.str = ...,
+        steps: _abc.Iterable[Global___TransitionStep] | None = ...,
+        panic: _builtins.bool = ...,
+        state_version: _builtins.int = ...,
+        decision_seq: _builtins.int = ...,
+        evaluated_at_s: _builtins.float = ...,
+        settings: Global___DeploymentSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "target_plan", b"target_plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_cost_per_hour", b"current_cost_per_hour", "decision", b"decision", "decision_seq", b"decision_seq", "evaluated_at_s", b"evaluated_at_s", "net_saving_per_hour", b"net_saving_per_hour", "panic", b"panic", "reason", b"reason", "saving_per_hour", b"saving_per_hour", "settings", b"settings", "smoothed_rate_per_s", b"smoothed_rate_per_s", "state_version", b"state_version", "steps", b"steps", "switch_cost", b"switch_cost", "target_cost_per_hour", b"target_cost_per_hour", "target_mode", b"target_mode", "target_plan", b"target_plan"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -969,3 +1105,384 @@ class RouteResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RouteResponse: _TypeAlias = RouteResponse  # noqa: Y015
+
+@_typing.final
+class DeploymentSettings(_message.Message):
+    """How the live controller treats one deployment. Every field is optional; an unset field takes the
+    default named in its comment.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAFETY_STABILISATION_WINDOW_S_FIELD_NUMBER: _builtins.int
+    SAVINGS_STABILISATION_WINDOW_S_FIELD_NUMBER: _builtins.int
+    HYSTERESIS_BAND_FRACTION_FIELD_NUMBER: _builtins.int
+    MIN_DWELL_S_FIELD_NUMBER: _builtins.int
+    EXPECTED_DWELL_S_FIELD_NUMBER: _builtins.int
+    EWMA_HALF_LIFE_S_FIELD_NUMBER: _builtins.int
+    PANIC_CONSECUTIVE_SAMPLES_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_LIMIT_FIELD_NUMBER: _builtins.int
+    TRANSITION_WEIGHTS_FIELD_NUMBER: _builtins.int
+    safety_stabilisation_window_s: _builtins.float
+    """How long the signal must hold before a move toward safety (more capacity); default 30."""
+    savings_stabilisation_window_s: _builtins.float
+    """How long the signal must hold before a move toward savings (less capacity); default 300."""
+    hysteresis_band_fraction: _builtins.float
+    """The smoothed rate must leave planned_rate_per_s * (1 +- band) before a switch is considered,
+    in [0, 1); default 0.1.
+    """
+    min_dwell_s: _builtins.float
+    """Shortest time a plan stays in force before a switch toward savings; default 600."""
+    expected_dwell_s: _builtins.float
+    """How long a new plan is expected to stay in force, over which the saving must repay the
+    switch; default 3600.
+    """
+    ewma_half_life_s: _builtins.float
+    """Half-life of the EWMA that smooths the sampled rate; default 60."""
+    panic_consecutive_samples: _builtins.int
+    """Consecutive samples breaking the SLO (observed p99) or the error-rate limit that trigger panic
+    mode; default 3.
+    """
+    error_rate_limit: _builtins.float
+    """Largest acceptable fraction of failed requests, in (0, 1]; default 0.01."""
+    @_builtins.property
+    def transition_weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Traffic fractions of the transition steps, increasing, in (0, 1], ending at 1; default
+        0.1, 0.25, 0.5, 1.
+        """
+
+    def __init__(
+        self,
+        *,
+        safety_stabilisation_window_s: _builtins.float | None = ...,
+        savings_stabilisation_window_s: _builtins.float | None = ...,
+        hysteresis_band_fraction: _builtins.float | None = ...,
+        min_dwell_s: _builtins.float | None = ...,
+        expected_dwell_s: _builtins.float | None = ...,
+        ewma_half_life_s: _builtins.float | None = ...,
+        panic_consecutive_samples: _builtins.int | None = ...,
+        error_rate_limit: _builtins.float | None = ...,
+        transition_weights: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_error_rate_limit", b"_error_rate_limit", "_ewma_half_life_s", b"_ewma_half_life_s", "_expected_dwell_s", b"_expected_dwell_s", "_hysteresis_band_fraction", b"_hysteresis_band_fraction", "_min_dwell_s", b"_min_dwell_s", "_panic_consecutive_samples", b"_panic_consecutive_samples", "_safety_stabilisation_window_s", b"_safety_stabilisation_window_s", "_savings_stabilisation_window_s", b"_savings_stabilisation_window_s", "error_rate_limit", b"error_rate_limit", "ewma_half_life_s", b"ewma_half_life_s", "expected_dwell_s", b"expected_dwell_s", "hysteresis_band_fraction", b"hysteresis_band_fraction", "min_dwell_s", b"min_dwell_s", "panic_consecutive_samples", b"panic_consecutive_samples", "safety_stabilisation_window_s", b"safety_stabilisation_window_s", "savings_stabilisation_window_s", b"savings_stabilisation_window_s"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error_rate_limit", b"_error_rate_limit", "_ewma_half_life_s", b"_ewma_half_life_s", "_expected_dwell_s", b"_expected_dwell_s", "_hysteresis_band_fraction", b"_hysteresis_band_fraction", "_min_dwell_s", b"_min_dwell_s", "_panic_consecutive_samples", b"_panic_consecutive_samples", "_safety_stabilisation_window_s", b"_safety_stabilisation_window_s", "_savings_stabilisation_window_s", b"_savings_stabilisation_window_s", "error_rate_limit", b"error_rate_limit", "ewma_half_life_s", b"ewma_half_life_s", "expected_dwell_s", b"expected_dwell_s", "hysteresis_band_fraction", b"hysteresis_band_fraction", "min_dwell_s", b"min_dwell_s", "panic_consecutive_samples", b"panic_consecutive_samples", "safety_stabilisation_window_s", b"safety_stabilisation_window_s", "savings_stabilisation_window_s", b"savings_stabilisation_window_s", "transition_weights", b"transition_weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__error_rate_limit: _TypeAlias = _typing.Literal["error_rate_limit"]  # noqa: Y015
+    _WhichOneofArgType__error_rate_limit: _TypeAlias = _typing.Literal["_error_rate_limit", b"_error_rate_limit"]  # noqa: Y015
+    _WhichOneofReturnType__ewma_half_life_s: _TypeAlias = _typing.Literal["ewma_half_life_s"]  # noqa: Y015
+    _WhichOneofArgType__ewma_half_life_s: _TypeAlias = _typing.Literal["_ewma_half_life_s", b"_ewma_half_life_s"]  # noqa: Y015
+    _WhichOneofReturnType__expected_dwell_s: _TypeAlias = _typing.Literal["expected_dwell_s"]  # noqa: Y015
+    _WhichOneofArgType__expected_dwell_s: _TypeAlias = _typing.Literal["_expected_dwell_s", b"_expected_dwell_s"]  # noqa: Y015
+    _WhichOneofReturnType__hysteresis_band_fraction: _TypeAlias = _typing.Literal["hysteresis_band_fraction"]  # noqa: Y015
+    _WhichOneofArgType__hysteresis_band_fraction: _TypeAlias = _typing.Literal["_hysteresis_band_fraction", b"_hysteresis_band_fraction"]  # noqa: Y015
+    _WhichOneofReturnType__min_dwell_s: _TypeAlias = _typing.Literal["min_dwell_s"]  # noqa: Y015
+    _WhichOneofArgType__min_dwell_s: _TypeAlias = _typing.Literal["_min_dwell_s", b"_min_dwell_s"]  # noqa: Y015
+    _WhichOneofReturnType__panic_consecutive_samples: _TypeAlias = _typing.Literal["panic_consecutive_samples"]  # noqa: Y015
+    _WhichOneofArgType__panic_consecutive_samples: _TypeAlias = _typing.Literal["_panic_consecutive_samples", b"_panic_consecutive_samples"]  # noqa: Y015
+    _WhichOneofReturnType__safety_stabilisation_window_s: _TypeAlias = _typing.Literal["safety_stabilisation_window_s"]  # noqa: Y015
+    _WhichOneofArgType__safety_stabilisation_window_s: _TypeAlias = _typing.Literal["_safety_stabilisation_window_s", b"_safety_stabilisation_window_s"]  # noqa: Y015
+    _WhichOneofReturnType__savings_stabilisation_window_s: _TypeAlias = _typing.Literal["savings_stabilisation_window_s"]  # noqa: Y015
+    _WhichOneofArgType__savings_stabilisation_window_s: _TypeAlias = _typing.Literal["_savings_stabilisation_window_s", b"_savings_stabilisation_window_s"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__error_rate_limit) -> _WhichOneofReturnType__error_rate_limit | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ewma_half_life_s) -> _WhichOneofReturnType__ewma_half_life_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_dwell_s) -> _WhichOneofReturnType__expected_dwell_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__hysteresis_band_fraction) -> _WhichOneofReturnType__hysteresis_band_fraction | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_dwell_s) -> _WhichOneofReturnType__min_dwell_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__panic_consecutive_samples) -> _WhichOneofReturnType__panic_consecutive_samples | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__safety_stabilisation_window_s) -> _WhichOneofReturnType__safety_stabilisation_window_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__savings_stabilisation_window_s) -> _WhichOneofReturnType__savings_stabilisation_window_s | None: ...
+
+Global___DeploymentSettings: _TypeAlias = DeploymentSettings  # noqa: Y015
+
+@_typing.final
+class Deployment(_message.Message):
+    """A model served live, with the plan in force and how the controller treats it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    SLO_FIELD_NUMBER: _builtins.int
+    TRAFFIC_CLASSES_FIELD_NUMBER: _builtins.int
+    CURRENT_MODE_FIELD_NUMBER: _builtins.int
+    CURRENT_PLAN_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    STATE_VERSION_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_S_FIELD_NUMBER: _builtins.int
+    PLANNED_RATE_PER_S_FIELD_NUMBER: _builtins.int
+    CURRENT_PLAN_SINCE_S_FIELD_NUMBER: _builtins.int
+    SERVICE_TIME_BASIS_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    deployment_id: _builtins.str
+    """1 to 128 characters of [A-Za-z0-9._-]."""
+    current_mode: _types_pb2.ServingMode.ValueType
+    """REALTIME or DYNAMIC_BATCHING; derived from current_plan when unspecified."""
+    state_version: _builtins.int
+    """Output, and the expected version on RegisterDeployment: 0 creates, N updates version N."""
+    updated_at_s: _builtins.float
+    """Output: Unix seconds of the last write."""
+    planned_rate_per_s: _builtins.float
+    """The rate the current plan was chosen for; the hysteresis band is around it."""
+    current_plan_since_s: _builtins.float
+    """Unix seconds since the current plan has been in force (for the minimum dwell); unset: long ago."""
+    service_time_basis: _types_pb2.ServiceTimeBasis.ValueType
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Candidate]: ...
+    @_builtins.property
+    def slo(self) -> _types_pb2.Slo: ...
+    @_builtins.property
+    def traffic_classes(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrafficClass]:
+        """Classes of traffic the deployment serves (for routing); optional."""
+
+    @_builtins.property
+    def current_plan(self) -> _types_pb2.ServingPlan:
+        """The plan in force."""
+
+    @_builtins.property
+    def settings(self) -> Global___DeploymentSettings: ...
+    @_builtins.property
+    def limits(self) -> _types_pb2.SearchLimits: ...
+    def __init__(
+        self,
+        *,
+        deployment_id: _builtins.str = ...,
+        candidates: _abc.Iterable[_types_pb2.Candidate] | None = ...,
+        slo: _types_pb2.Slo | None = ...,
+        traffic_classes: _abc.Iterable[Global___TrafficClass] | None = ...,
+        current_mode: _types_pb2.ServingMode.ValueType = ...,
+        current_plan: _types_pb2.ServingPlan | None = ...,
+        settings: Global___DeploymentSettings | None = ...,
+        state_version: _builtins.int = ...,
+        updated_at_s: _builtins.float = ...,
+        planned_rate_per_s: _builtins.float = ...,
+        current_plan_since_s: _builtins.float | None = ...,
+        service_time_basis: _types_pb2.ServiceTimeBasis.ValueType = ...,
+        limits: _types_pb2.SearchLimits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_current_plan_since_s", b"_current_plan_since_s", "current_plan", b"current_plan", "current_plan_since_s", b"current_plan_since_s", "limits", b"limits", "settings", b"settings", "slo", b"slo"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_current_plan_since_s", b"_current_plan_since_s", "candidates", b"candidates", "current_mode", b"current_mode", "current_plan", b"current_plan", "current_plan_since_s", b"current_plan_since_s", "deployment_id", b"deployment_id", "limits", b"limits", "planned_rate_per_s", b"planned_rate_per_s", "service_time_basis", b"service_time_basis", "settings", b"settings", "slo", b"slo", "state_version", b"state_version", "traffic_classes", b"traffic_classes", "updated_at_s", b"updated_at_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__current_plan_since_s: _TypeAlias = _typing.Literal["current_plan_since_s"]  # noqa: Y015
+    _WhichOneofArgType__current_plan_since_s: _TypeAlias = _typing.Literal["_current_plan_since_s", b"_current_plan_since_s"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__current_plan_since_s) -> _WhichOneofReturnType__current_plan_since_s | None: ...
+
+Global___Deployment: _TypeAlias = Deployment  # noqa: Y015
+
+@_typing.final
+class MetricSample(_message.Message):
+    """One sample of a deployment's live metrics."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_S_FIELD_NUMBER: _builtins.int
+    RATE_PER_S_FIELD_NUMBER: _builtins.int
+    P50_MS_FIELD_NUMBER: _builtins.int
+    P99_MS_FIELD_NUMBER: _builtins.int
+    QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
+    UTILISATION_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_FIELD_NUMBER: _builtins.int
+    deployment_id: _builtins.str
+    timestamp_s: _builtins.float
+    """Seconds (any epoch, typically Unix time); non-decreasing within a window."""
+    rate_per_s: _builtins.float
+    """Requests per second arriving."""
+    p50_ms: _builtins.float
+    """Observed latencies; 0 when unknown."""
+    p99_ms: _builtins.float
+    queue_depth: _builtins.int
+    utilisation: _builtins.float
+    """Busy fraction of the replicas, in [0, 1]."""
+    error_rate: _builtins.float
+    """Fraction of requests that failed, in [0, 1]."""
+    def __init__(
+        self,
+        *,
+        deployment_id: _builtins.str = ...,
+        timestamp_s: _builtins.float = ...,
+        rate_per_s: _builtins.float = ...,
+        p50_ms: _builtins.float = ...,
+        p99_ms: _builtins.float = ...,
+        queue_depth: _builtins.int = ...,
+        utilisation: _builtins.float = ...,
+        error_rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_id", b"deployment_id", "error_rate", b"error_rate", "p50_ms", b"p50_ms", "p99_ms", b"p99_ms", "queue_depth", b"queue_depth", "rate_per_s", b"rate_per_s", "timestamp_s", b"timestamp_s", "utilisation", b"utilisation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricSample: _TypeAlias = MetricSample  # noqa: Y015
+
+@_typing.final
+class DecisionRecord(_message.Message):
+    """One entry of a deployment's decision log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    EVALUATION_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_S_FIELD_NUMBER: _builtins.int
+    deployment_id: _builtins.str
+    recorded_at_s: _builtins.float
+    """Unix seconds when the server recorded it."""
+    @_builtins.property
+    def evaluation(self) -> Global___EvaluateSwitchResponse: ...
+    def __init__(
+        self,
+        *,
+        deployment_id: _builtins.str = ...,
+        evaluation: Global___EvaluateSwitchResponse | None = ...,
+        recorded_at_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evaluation", b"evaluation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_id", b"deployment_id", "evaluation", b"evaluation", "recorded_at_s", b"recorded_at_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecisionRecord: _TypeAlias = DecisionRecord  # noqa: Y015
+
+@_typing.final
+class RegisterDeploymentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deployment(self) -> Global___Deployment:
+        """deployment.state_version is the expected current version (0: the deployment must not exist)."""
+
+    def __init__(
+        self,
+        *,
+        deployment: Global___Deployment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterDeploymentRequest: _TypeAlias = RegisterDeploymentRequest  # noqa: Y015
+
+@_typing.final
+class RegisterDeploymentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deployment(self) -> Global___Deployment:
+        """As stored, with its new state_version, updated_at_s and resolved settings."""
+
+    def __init__(
+        self,
+        *,
+        deployment: Global___Deployment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterDeploymentResponse: _TypeAlias = RegisterDeploymentResponse  # noqa: Y015
+
+@_typing.final
+class GetDeploymentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    deployment_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        deployment_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_id", b"deployment_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeploymentRequest: _TypeAlias = GetDeploymentRequest  # noqa: Y015
+
+@_typing.final
+class GetDeploymentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deployment(self) -> Global___Deployment: ...
+    def __init__(
+        self,
+        *,
+        deployment: Global___Deployment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeploymentResponse: _TypeAlias = GetDeploymentResponse  # noqa: Y015
+
+@_typing.final
+class ListDeploymentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """1 to 1,000; 0 means 100."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeploymentsRequest: _TypeAlias = ListDeploymentsRequest  # noqa: Y015
+
+@_typing.final
+class ListDeploymentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Deployment]:
+        """Ordered by deployment_id."""
+
+    def __init__(
+        self,
+        *,
+        deployments: _abc.Iterable[Global___Deployment] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployments", b"deployments", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeploymentsResponse: _TypeAlias = ListDeploymentsResponse  # noqa: Y015

@@ -70,6 +70,21 @@ class ServewiseServiceStub:
                 request_serializer=servewise_dot_v1_dot_servewise__pb2.SimulateRequest.SerializeToString,
                 response_deserializer=servewise_dot_v1_dot_servewise__pb2.SimulateResponse.FromString,
                 _registered_method=True)
+        self.RegisterDeployment = channel.unary_unary(
+                '/servewise.v1.ServewiseService/RegisterDeployment',
+                request_serializer=servewise_dot_v1_dot_servewise__pb2.RegisterDeploymentRequest.SerializeToString,
+                response_deserializer=servewise_dot_v1_dot_servewise__pb2.RegisterDeploymentResponse.FromString,
+                _registered_method=True)
+        self.GetDeployment = channel.unary_unary(
+                '/servewise.v1.ServewiseService/GetDeployment',
+                request_serializer=servewise_dot_v1_dot_servewise__pb2.GetDeploymentRequest.SerializeToString,
+                response_deserializer=servewise_dot_v1_dot_servewise__pb2.GetDeploymentResponse.FromString,
+                _registered_method=True)
+        self.ListDeployments = channel.unary_unary(
+                '/servewise.v1.ServewiseService/ListDeployments',
+                request_serializer=servewise_dot_v1_dot_servewise__pb2.ListDeploymentsRequest.SerializeToString,
+                response_deserializer=servewise_dot_v1_dot_servewise__pb2.ListDeploymentsResponse.FromString,
+                _registered_method=True)
 
 
 class ServewiseServiceServicer:
@@ -125,6 +140,28 @@ class ServewiseServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterDeployment(self, request, context):
+        """Create a deployment (state_version 0), or update it at its current state_version; a stale
+        version is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeployment(self, request, context):
+        """One deployment with its state version; NOT_FOUND when unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeployments(self, request, context):
+        """Every deployment, by id, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ServewiseServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +199,21 @@ def add_ServewiseServiceServicer_to_server(servicer, server):
                     servicer.Simulate,
                     request_deserializer=servewise_dot_v1_dot_servewise__pb2.SimulateRequest.FromString,
                     response_serializer=servewise_dot_v1_dot_servewise__pb2.SimulateResponse.SerializeToString,
+            ),
+            'RegisterDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterDeployment,
+                    request_deserializer=servewise_dot_v1_dot_servewise__pb2.RegisterDeploymentRequest.FromString,
+                    response_serializer=servewise_dot_v1_dot_servewise__pb2.RegisterDeploymentResponse.SerializeToString,
+            ),
+            'GetDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeployment,
+                    request_deserializer=servewise_dot_v1_dot_servewise__pb2.GetDeploymentRequest.FromString,
+                    response_serializer=servewise_dot_v1_dot_servewise__pb2.GetDeploymentResponse.SerializeToString,
+            ),
+            'ListDeployments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeployments,
+                    request_deserializer=servewise_dot_v1_dot_servewise__pb2.ListDeploymentsRequest.FromString,
+                    response_serializer=servewise_dot_v1_dot_servewise__pb2.ListDeploymentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +406,87 @@ class ServewiseService:
             '/servewise.v1.ServewiseService/Simulate',
             servewise_dot_v1_dot_servewise__pb2.SimulateRequest.SerializeToString,
             servewise_dot_v1_dot_servewise__pb2.SimulateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/servewise.v1.ServewiseService/RegisterDeployment',
+            servewise_dot_v1_dot_servewise__pb2.RegisterDeploymentRequest.SerializeToString,
+            servewise_dot_v1_dot_servewise__pb2.RegisterDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/servewise.v1.ServewiseService/GetDeployment',
+            servewise_dot_v1_dot_servewise__pb2.GetDeploymentRequest.SerializeToString,
+            servewise_dot_v1_dot_servewise__pb2.GetDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeployments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/servewise.v1.ServewiseService/ListDeployments',
+            servewise_dot_v1_dot_servewise__pb2.ListDeploymentsRequest.SerializeToString,
+            servewise_dot_v1_dot_servewise__pb2.ListDeploymentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

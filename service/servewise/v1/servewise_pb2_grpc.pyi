@@ -47,6 +47,14 @@ class ServewiseServiceStub:
     """Which pool a request goes to."""
     Simulate: _grpc.UnaryUnaryMultiCallable[_servewise_pb2.SimulateRequest, _servewise_pb2.SimulateResponse]
     """Discrete-event simulation of exactly one plan and workload."""
+    RegisterDeployment: _grpc.UnaryUnaryMultiCallable[_servewise_pb2.RegisterDeploymentRequest, _servewise_pb2.RegisterDeploymentResponse]
+    """Create a deployment (state_version 0), or update it at its current state_version; a stale
+    version is FAILED_PRECONDITION.
+    """
+    GetDeployment: _grpc.UnaryUnaryMultiCallable[_servewise_pb2.GetDeploymentRequest, _servewise_pb2.GetDeploymentResponse]
+    """One deployment with its state version; NOT_FOUND when unknown."""
+    ListDeployments: _grpc.UnaryUnaryMultiCallable[_servewise_pb2.ListDeploymentsRequest, _servewise_pb2.ListDeploymentsResponse]
+    """Every deployment, by id, a page at a time."""
 
 @_typing.type_check_only
 class ServewiseServiceAsyncStub(ServewiseServiceStub):
@@ -67,6 +75,14 @@ class ServewiseServiceAsyncStub(ServewiseServiceStub):
     """Which pool a request goes to."""
     Simulate: _aio.UnaryUnaryMultiCallable[_servewise_pb2.SimulateRequest, _servewise_pb2.SimulateResponse]  # type: ignore[assignment]
     """Discrete-event simulation of exactly one plan and workload."""
+    RegisterDeployment: _aio.UnaryUnaryMultiCallable[_servewise_pb2.RegisterDeploymentRequest, _servewise_pb2.RegisterDeploymentResponse]  # type: ignore[assignment]
+    """Create a deployment (state_version 0), or update it at its current state_version; a stale
+    version is FAILED_PRECONDITION.
+    """
+    GetDeployment: _aio.UnaryUnaryMultiCallable[_servewise_pb2.GetDeploymentRequest, _servewise_pb2.GetDeploymentResponse]  # type: ignore[assignment]
+    """One deployment with its state version; NOT_FOUND when unknown."""
+    ListDeployments: _aio.UnaryUnaryMultiCallable[_servewise_pb2.ListDeploymentsRequest, _servewise_pb2.ListDeploymentsResponse]  # type: ignore[assignment]
+    """Every deployment, by id, a page at a time."""
 
 class ServewiseServiceServicer(metaclass=_abc_1.ABCMeta):
     """Servewise: how to serve a model at the lowest cost that meets its latency SLO."""
@@ -126,5 +142,31 @@ class ServewiseServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_servewise_pb2.SimulateResponse, _abc.Awaitable[_servewise_pb2.SimulateResponse]]:
         """Discrete-event simulation of exactly one plan and workload."""
+
+    @_abc_1.abstractmethod
+    def RegisterDeployment(
+        self,
+        request: _servewise_pb2.RegisterDeploymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servewise_pb2.RegisterDeploymentResponse, _abc.Awaitable[_servewise_pb2.RegisterDeploymentResponse]]:
+        """Create a deployment (state_version 0), or update it at its current state_version; a stale
+        version is FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDeployment(
+        self,
+        request: _servewise_pb2.GetDeploymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servewise_pb2.GetDeploymentResponse, _abc.Awaitable[_servewise_pb2.GetDeploymentResponse]]:
+        """One deployment with its state version; NOT_FOUND when unknown."""
+
+    @_abc_1.abstractmethod
+    def ListDeployments(
+        self,
+        request: _servewise_pb2.ListDeploymentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_servewise_pb2.ListDeploymentsResponse, _abc.Awaitable[_servewise_pb2.ListDeploymentsResponse]]:
+        """Every deployment, by id, a page at a time."""
 
 def add_ServewiseServiceServicer_to_server(servicer: ServewiseServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -53,6 +53,46 @@ export const protobufPackage = "servewise.v1";
 
 export const protobufFileName = "servewise/v1/servewise.proto";
 
+/** Whether the controller holds the current plan or switches. */
+export enum SwitchDecision {
+  SWITCH_DECISION_UNSPECIFIED = 0,
+  SWITCH_DECISION_HOLD = 1,
+  SWITCH_DECISION_SWITCH = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function switchDecisionFromJSON(object: any): SwitchDecision {
+  switch (object) {
+    case 0:
+    case "SWITCH_DECISION_UNSPECIFIED":
+      return SwitchDecision.SWITCH_DECISION_UNSPECIFIED;
+    case 1:
+    case "SWITCH_DECISION_HOLD":
+      return SwitchDecision.SWITCH_DECISION_HOLD;
+    case 2:
+    case "SWITCH_DECISION_SWITCH":
+      return SwitchDecision.SWITCH_DECISION_SWITCH;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return SwitchDecision.UNRECOGNIZED;
+  }
+}
+
+export function switchDecisionToJSON(object: SwitchDecision): string {
+  switch (object) {
+    case SwitchDecision.SWITCH_DECISION_UNSPECIFIED:
+      return "SWITCH_DECISION_UNSPECIFIED";
+    case SwitchDecision.SWITCH_DECISION_HOLD:
+      return "SWITCH_DECISION_HOLD";
+    case SwitchDecision.SWITCH_DECISION_SWITCH:
+      return "SWITCH_DECISION_SWITCH";
+    case SwitchDecision.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** Pool a routed request goes to. */
 export enum Pool {
   POOL_UNSPECIFIED = 0,
@@ -366,12 +406,70 @@ export interface PlanResourcesResponse {
   notes: string[];
 }
 
-/** Fields land with the live-control issue. */
+/**
+ * Hold or switch a deployment, given a window of its recent metrics. The decision is appended to
+ * the deployment's decision log; the deployment's current plan is not changed (the Control stream
+ * carries a switch out).
+ */
 export interface EvaluateSwitchRequest {
   deploymentId: string;
+  /** Recent samples of this deployment, oldest first, timestamps non-decreasing (at most 10,000). */
+  samples: MetricSample[];
+  /** Settings for this evaluation only; each field set replaces the deployment's. */
+  settingsOverride?: DeploymentSettings | undefined;
+}
+
+/** One step of a gradual traffic shift to the target plan. */
+export interface TransitionStep {
+  /** Fraction of traffic sent to the target plan during the step, in (0, 1]. */
+  weight: number;
+  /**
+   * How long the step lasts: long enough for the target's share of traffic to yield the requests
+   * an estimate of the SLO percentile needs (100 / (1 - q) of them), at least a floor.
+   */
+  dwellS: number;
+  /** Requests the target plan receives during the step at the smoothed rate. */
+  expectedRequests: number;
 }
 
 export interface EvaluateSwitchResponse {
+  decision: SwitchDecision;
+  /**
+   * The optimizer's best plan at the smoothed rate (what a switch would move to); set on SWITCH and,
+   * when one was computed, on HOLD.
+   */
+  targetMode: ServingMode;
+  targetPlan?:
+    | ServingPlan
+    | undefined;
+  /** Dollars per hour of the current plan and of the target plan. */
+  currentCostPerHour: number;
+  targetCostPerHour: number;
+  /** current_cost_per_hour - target_cost_per_hour (negative when the target costs more). */
+  savingPerHour: number;
+  /**
+   * Dollars the switch itself costs: the current capacity kept running while the target's
+   * replicas cold-start and traffic shifts step by step (the overlap of old and new capacity).
+   */
+  switchCost: number;
+  /** (saving_per_hour * expected dwell - switch_cost) / expected dwell, per hour. */
+  netSavingPerHour: number;
+  /** Rate after EWMA smoothing of the samples. */
+  smoothedRatePerS: number;
+  /** Why, with the numbers. */
+  reason: string;
+  /** The gradual shift a switch would follow (weights ending at 1). */
+  steps: TransitionStep[];
+  /** Whether observed latency or errors broke the limits for consecutive samples (panic mode). */
+  panic: boolean;
+  /** State version of the deployment the decision was made against. */
+  stateVersion: bigint;
+  /** Sequence number of this decision in the deployment's decision log. */
+  decisionSeq: bigint;
+  /** Timestamp of the newest sample (the controller's "now"). */
+  evaluatedAtS: number;
+  /** The settings the decision used (the deployment's, with overrides and defaults applied). */
+  settings?: DeploymentSettings | undefined;
 }
 
 /** Fields land with the live-control issue. */
@@ -393,6 +491,147 @@ export interface RouteRequest {
 export interface RouteResponse {
   pool: Pool;
   stateVersion: bigint;
+}
+
+/**
+ * How the live controller treats one deployment. Every field is optional; an unset field takes the
+ * default named in its comment.
+ */
+export interface DeploymentSettings {
+  /** How long the signal must hold before a move toward safety (more capacity); default 30. */
+  safetyStabilisationWindowS?:
+    | number
+    | undefined;
+  /** How long the signal must hold before a move toward savings (less capacity); default 300. */
+  savingsStabilisationWindowS?:
+    | number
+    | undefined;
+  /**
+   * The smoothed rate must leave planned_rate_per_s * (1 +- band) before a switch is considered,
+   * in [0, 1); default 0.1.
+   */
+  hysteresisBandFraction?:
+    | number
+    | undefined;
+  /** Shortest time a plan stays in force before a switch toward savings; default 600. */
+  minDwellS?:
+    | number
+    | undefined;
+  /**
+   * How long a new plan is expected to stay in force, over which the saving must repay the
+   * switch; default 3600.
+   */
+  expectedDwellS?:
+    | number
+    | undefined;
+  /** Half-life of the EWMA that smooths the sampled rate; default 60. */
+  ewmaHalfLifeS?:
+    | number
+    | undefined;
+  /**
+   * Consecutive samples breaking the SLO (observed p99) or the error-rate limit that trigger panic
+   * mode; default 3.
+   */
+  panicConsecutiveSamples?:
+    | number
+    | undefined;
+  /** Largest acceptable fraction of failed requests, in (0, 1]; default 0.01. */
+  errorRateLimit?:
+    | number
+    | undefined;
+  /**
+   * Traffic fractions of the transition steps, increasing, in (0, 1], ending at 1; default
+   * 0.1, 0.25, 0.5, 1.
+   */
+  transitionWeights: number[];
+}
+
+/** A model served live, with the plan in force and how the controller treats it. */
+export interface Deployment {
+  /** 1 to 128 characters of [A-Za-z0-9._-]. */
+  deploymentId: string;
+  candidates: Candidate[];
+  slo?:
+    | Slo
+    | undefined;
+  /** Classes of traffic the deployment serves (for routing); optional. */
+  trafficClasses: TrafficClass[];
+  /** REALTIME or DYNAMIC_BATCHING; derived from current_plan when unspecified. */
+  currentMode: ServingMode;
+  /** The plan in force. */
+  currentPlan?: ServingPlan | undefined;
+  settings?:
+    | DeploymentSettings
+    | undefined;
+  /** Output, and the expected version on RegisterDeployment: 0 creates, N updates version N. */
+  stateVersion: bigint;
+  /** Output: Unix seconds of the last write. */
+  updatedAtS: number;
+  /** The rate the current plan was chosen for; the hysteresis band is around it. */
+  plannedRatePerS: number;
+  /** Unix seconds since the current plan has been in force (for the minimum dwell); unset: long ago. */
+  currentPlanSinceS?: number | undefined;
+  serviceTimeBasis: ServiceTimeBasis;
+  limits?: SearchLimits | undefined;
+}
+
+/** One sample of a deployment's live metrics. */
+export interface MetricSample {
+  deploymentId: string;
+  /** Seconds (any epoch, typically Unix time); non-decreasing within a window. */
+  timestampS: number;
+  /** Requests per second arriving. */
+  ratePerS: number;
+  /** Observed latencies; 0 when unknown. */
+  p50Ms: number;
+  p99Ms: number;
+  queueDepth: bigint;
+  /** Busy fraction of the replicas, in [0, 1]. */
+  utilisation: number;
+  /** Fraction of requests that failed, in [0, 1]. */
+  errorRate: number;
+}
+
+/** One entry of a deployment's decision log. */
+export interface DecisionRecord {
+  deploymentId: string;
+  evaluation?:
+    | EvaluateSwitchResponse
+    | undefined;
+  /** Unix seconds when the server recorded it. */
+  recordedAtS: number;
+}
+
+export interface RegisterDeploymentRequest {
+  /** deployment.state_version is the expected current version (0: the deployment must not exist). */
+  deployment?: Deployment | undefined;
+}
+
+export interface RegisterDeploymentResponse {
+  /** As stored, with its new state_version, updated_at_s and resolved settings. */
+  deployment?: Deployment | undefined;
+}
+
+export interface GetDeploymentRequest {
+  deploymentId: string;
+}
+
+export interface GetDeploymentResponse {
+  deployment?: Deployment | undefined;
+}
+
+export interface ListDeploymentsRequest {
+  /** 1 to 1,000; 0 means 100. */
+  pageSize: number;
+  /** next_page_token of the previous page; empty for the first page. */
+  pageToken: string;
+}
+
+export interface ListDeploymentsResponse {
+  /** Ordered by deployment_id. */
+  deployments: Deployment[];
+  /** Empty on the last page. */
+  nextPageToken: string;
 }
 
 function createBaseOptimizeBatchRequest(): OptimizeBatchRequest {
@@ -3647,13 +3886,19 @@ export const PlanResourcesResponse: MessageFns<PlanResourcesResponse> = {
 };
 
 function createBaseEvaluateSwitchRequest(): EvaluateSwitchRequest {
-  return { deploymentId: "" };
+  return { deploymentId: "", samples: [], settingsOverride: undefined };
 }
 
 export const EvaluateSwitchRequest: MessageFns<EvaluateSwitchRequest> = {
   encode(message: EvaluateSwitchRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.deploymentId !== "") {
       writer.uint32(10).string(message.deploymentId);
+    }
+    for (const v of message.samples) {
+      MetricSample.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.settingsOverride !== undefined) {
+      DeploymentSettings.encode(message.settingsOverride, writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -3679,6 +3924,22 @@ export const EvaluateSwitchRequest: MessageFns<EvaluateSwitchRequest> = {
             message.deploymentId = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.samples.push(MetricSample.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.settingsOverride = DeploymentSettings.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3698,6 +3959,14 @@ export const EvaluateSwitchRequest: MessageFns<EvaluateSwitchRequest> = {
         : isSet(object.deployment_id)
         ? globalThis.String(object.deployment_id)
         : "",
+      samples: globalThis.Array.isArray(object?.samples)
+        ? object.samples.map((e: any) => MetricSample.fromJSON(e))
+        : [],
+      settingsOverride: isSet(object.settingsOverride)
+        ? DeploymentSettings.fromJSON(object.settingsOverride)
+        : isSet(object.settings_override)
+        ? DeploymentSettings.fromJSON(object.settings_override)
+        : undefined,
     };
   },
 
@@ -3705,6 +3974,12 @@ export const EvaluateSwitchRequest: MessageFns<EvaluateSwitchRequest> = {
     const obj: any = {};
     if (message.deploymentId !== "") {
       obj.deploymentId = message.deploymentId;
+    }
+    if (message.samples?.length) {
+      obj.samples = message.samples.map((e) => MetricSample.toJSON(e));
+    }
+    if (message.settingsOverride !== undefined) {
+      obj.settingsOverride = DeploymentSettings.toJSON(message.settingsOverride);
     }
     return obj;
   },
@@ -3715,16 +3990,200 @@ export const EvaluateSwitchRequest: MessageFns<EvaluateSwitchRequest> = {
   fromPartial<I extends Exact<DeepPartial<EvaluateSwitchRequest>, I>>(object: I): EvaluateSwitchRequest {
     const message = createBaseEvaluateSwitchRequest();
     message.deploymentId = object.deploymentId ?? "";
+    message.samples = object.samples?.map((e) => MetricSample.fromPartial(e)) || [];
+    message.settingsOverride = (object.settingsOverride !== undefined && object.settingsOverride !== null)
+      ? DeploymentSettings.fromPartial(object.settingsOverride)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseTransitionStep(): TransitionStep {
+  return { weight: 0, dwellS: 0, expectedRequests: 0 };
+}
+
+export const TransitionStep: MessageFns<TransitionStep> = {
+  encode(message: TransitionStep, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.weight !== 0) {
+      writer.uint32(9).double(message.weight);
+    }
+    if (message.dwellS !== 0) {
+      writer.uint32(17).double(message.dwellS);
+    }
+    if (message.expectedRequests !== 0) {
+      writer.uint32(25).double(message.expectedRequests);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TransitionStep {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTransitionStep();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 9) {
+              break;
+            }
+
+            message.weight = reader.double();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.dwellS = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.expectedRequests = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TransitionStep {
+    return {
+      weight: isSet(object.weight) ? globalThis.Number(object.weight) : 0,
+      dwellS: isSet(object.dwellS)
+        ? globalThis.Number(object.dwellS)
+        : isSet(object.dwell_s)
+        ? globalThis.Number(object.dwell_s)
+        : 0,
+      expectedRequests: isSet(object.expectedRequests)
+        ? globalThis.Number(object.expectedRequests)
+        : isSet(object.expected_requests)
+        ? globalThis.Number(object.expected_requests)
+        : 0,
+    };
+  },
+
+  toJSON(message: TransitionStep): unknown {
+    const obj: any = {};
+    if (message.weight !== 0) {
+      obj.weight = floatToJson(message.weight);
+    }
+    if (message.dwellS !== 0) {
+      obj.dwellS = floatToJson(message.dwellS);
+    }
+    if (message.expectedRequests !== 0) {
+      obj.expectedRequests = floatToJson(message.expectedRequests);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TransitionStep>, I>>(base?: I): TransitionStep {
+    return TransitionStep.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TransitionStep>, I>>(object: I): TransitionStep {
+    const message = createBaseTransitionStep();
+    message.weight = object.weight ?? 0;
+    message.dwellS = object.dwellS ?? 0;
+    message.expectedRequests = object.expectedRequests ?? 0;
     return message;
   },
 };
 
 function createBaseEvaluateSwitchResponse(): EvaluateSwitchResponse {
-  return {};
+  return {
+    decision: 0,
+    targetMode: 0,
+    targetPlan: undefined,
+    currentCostPerHour: 0,
+    targetCostPerHour: 0,
+    savingPerHour: 0,
+    switchCost: 0,
+    netSavingPerHour: 0,
+    smoothedRatePerS: 0,
+    reason: "",
+    steps: [],
+    panic: false,
+    stateVersion: 0n,
+    decisionSeq: 0n,
+    evaluatedAtS: 0,
+    settings: undefined,
+  };
 }
 
 export const EvaluateSwitchResponse: MessageFns<EvaluateSwitchResponse> = {
-  encode(_: EvaluateSwitchResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: EvaluateSwitchResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.decision !== 0) {
+      writer.uint32(8).int32(message.decision);
+    }
+    if (message.targetMode !== 0) {
+      writer.uint32(16).int32(message.targetMode);
+    }
+    if (message.targetPlan !== undefined) {
+      ServingPlan.encode(message.targetPlan, writer.uint32(26).fork()).join();
+    }
+    if (message.currentCostPerHour !== 0) {
+      writer.uint32(33).double(message.currentCostPerHour);
+    }
+    if (message.targetCostPerHour !== 0) {
+      writer.uint32(41).double(message.targetCostPerHour);
+    }
+    if (message.savingPerHour !== 0) {
+      writer.uint32(49).double(message.savingPerHour);
+    }
+    if (message.switchCost !== 0) {
+      writer.uint32(57).double(message.switchCost);
+    }
+    if (message.netSavingPerHour !== 0) {
+      writer.uint32(65).double(message.netSavingPerHour);
+    }
+    if (message.smoothedRatePerS !== 0) {
+      writer.uint32(73).double(message.smoothedRatePerS);
+    }
+    if (message.reason !== "") {
+      writer.uint32(82).string(message.reason);
+    }
+    for (const v of message.steps) {
+      TransitionStep.encode(v!, writer.uint32(90).fork()).join();
+    }
+    if (message.panic !== false) {
+      writer.uint32(96).bool(message.panic);
+    }
+    if (message.stateVersion !== 0n) {
+      if (BigInt.asUintN(64, message.stateVersion) !== message.stateVersion) {
+        throw new globalThis.Error("value provided for field message.stateVersion of type uint64 too large");
+      }
+      writer.uint32(104).uint64(message.stateVersion);
+    }
+    if (message.decisionSeq !== 0n) {
+      if (BigInt.asUintN(64, message.decisionSeq) !== message.decisionSeq) {
+        throw new globalThis.Error("value provided for field message.decisionSeq of type uint64 too large");
+      }
+      writer.uint32(112).uint64(message.decisionSeq);
+    }
+    if (message.evaluatedAtS !== 0) {
+      writer.uint32(121).double(message.evaluatedAtS);
+    }
+    if (message.settings !== undefined) {
+      DeploymentSettings.encode(message.settings, writer.uint32(130).fork()).join();
+    }
     return writer;
   },
 
@@ -3741,6 +4200,134 @@ export const EvaluateSwitchResponse: MessageFns<EvaluateSwitchResponse> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.decision = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.targetMode = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.targetPlan = ServingPlan.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.currentCostPerHour = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.targetCostPerHour = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.savingPerHour = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.switchCost = reader.double();
+            continue;
+          }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.netSavingPerHour = reader.double();
+            continue;
+          }
+          case 9: {
+            if (tag !== 73) {
+              break;
+            }
+
+            message.smoothedRatePerS = reader.double();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.steps.push(TransitionStep.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.panic = reader.bool();
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.stateVersion = reader.uint64() as bigint;
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.decisionSeq = reader.uint64() as bigint;
+            continue;
+          }
+          case 15: {
+            if (tag !== 121) {
+              break;
+            }
+
+            message.evaluatedAtS = reader.double();
+            continue;
+          }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.settings = DeploymentSettings.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3753,20 +4340,155 @@ export const EvaluateSwitchResponse: MessageFns<EvaluateSwitchResponse> = {
     }
   },
 
-  fromJSON(_: any): EvaluateSwitchResponse {
-    return {};
+  fromJSON(object: any): EvaluateSwitchResponse {
+    return {
+      decision: isSet(object.decision) ? switchDecisionFromJSON(object.decision) : 0,
+      targetMode: isSet(object.targetMode)
+        ? servingModeFromJSON(object.targetMode)
+        : isSet(object.target_mode)
+        ? servingModeFromJSON(object.target_mode)
+        : 0,
+      targetPlan: isSet(object.targetPlan)
+        ? ServingPlan.fromJSON(object.targetPlan)
+        : isSet(object.target_plan)
+        ? ServingPlan.fromJSON(object.target_plan)
+        : undefined,
+      currentCostPerHour: isSet(object.currentCostPerHour)
+        ? globalThis.Number(object.currentCostPerHour)
+        : isSet(object.current_cost_per_hour)
+        ? globalThis.Number(object.current_cost_per_hour)
+        : 0,
+      targetCostPerHour: isSet(object.targetCostPerHour)
+        ? globalThis.Number(object.targetCostPerHour)
+        : isSet(object.target_cost_per_hour)
+        ? globalThis.Number(object.target_cost_per_hour)
+        : 0,
+      savingPerHour: isSet(object.savingPerHour)
+        ? globalThis.Number(object.savingPerHour)
+        : isSet(object.saving_per_hour)
+        ? globalThis.Number(object.saving_per_hour)
+        : 0,
+      switchCost: isSet(object.switchCost)
+        ? globalThis.Number(object.switchCost)
+        : isSet(object.switch_cost)
+        ? globalThis.Number(object.switch_cost)
+        : 0,
+      netSavingPerHour: isSet(object.netSavingPerHour)
+        ? globalThis.Number(object.netSavingPerHour)
+        : isSet(object.net_saving_per_hour)
+        ? globalThis.Number(object.net_saving_per_hour)
+        : 0,
+      smoothedRatePerS: isSet(object.smoothedRatePerS)
+        ? globalThis.Number(object.smoothedRatePerS)
+        : isSet(object.smoothed_rate_per_s)
+        ? globalThis.Number(object.smoothed_rate_per_s)
+        : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      steps: globalThis.Array.isArray(object?.steps)
+        ? object.steps.map((e: any) => TransitionStep.fromJSON(e))
+        : [],
+      panic: isSet(object.panic) ? globalThis.Boolean(object.panic) : false,
+      stateVersion: isSet(object.stateVersion)
+        ? BigInt(object.stateVersion)
+        : isSet(object.state_version)
+        ? BigInt(object.state_version)
+        : 0n,
+      decisionSeq: isSet(object.decisionSeq)
+        ? BigInt(object.decisionSeq)
+        : isSet(object.decision_seq)
+        ? BigInt(object.decision_seq)
+        : 0n,
+      evaluatedAtS: isSet(object.evaluatedAtS)
+        ? globalThis.Number(object.evaluatedAtS)
+        : isSet(object.evaluated_at_s)
+        ? globalThis.Number(object.evaluated_at_s)
+        : 0,
+      settings: isSet(object.settings) ? DeploymentSettings.fromJSON(object.settings) : undefined,
+    };
   },
 
-  toJSON(_: EvaluateSwitchResponse): unknown {
+  toJSON(message: EvaluateSwitchResponse): unknown {
     const obj: any = {};
+    if (message.decision !== 0) {
+      obj.decision = switchDecisionToJSON(message.decision);
+    }
+    if (message.targetMode !== 0) {
+      obj.targetMode = servingModeToJSON(message.targetMode);
+    }
+    if (message.targetPlan !== undefined) {
+      obj.targetPlan = ServingPlan.toJSON(message.targetPlan);
+    }
+    if (message.currentCostPerHour !== 0) {
+      obj.currentCostPerHour = floatToJson(message.currentCostPerHour);
+    }
+    if (message.targetCostPerHour !== 0) {
+      obj.targetCostPerHour = floatToJson(message.targetCostPerHour);
+    }
+    if (message.savingPerHour !== 0) {
+      obj.savingPerHour = floatToJson(message.savingPerHour);
+    }
+    if (message.switchCost !== 0) {
+      obj.switchCost = floatToJson(message.switchCost);
+    }
+    if (message.netSavingPerHour !== 0) {
+      obj.netSavingPerHour = floatToJson(message.netSavingPerHour);
+    }
+    if (message.smoothedRatePerS !== 0) {
+      obj.smoothedRatePerS = floatToJson(message.smoothedRatePerS);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.steps?.length) {
+      obj.steps = message.steps.map((e) => TransitionStep.toJSON(e));
+    }
+    if (message.panic !== false) {
+      obj.panic = message.panic;
+    }
+    if (message.stateVersion !== 0n) {
+      obj.stateVersion = message.stateVersion.toString();
+    }
+    if (message.decisionSeq !== 0n) {
+      obj.decisionSeq = message.decisionSeq.toString();
+    }
+    if (message.evaluatedAtS !== 0) {
+      obj.evaluatedAtS = floatToJson(message.evaluatedAtS);
+    }
+    if (message.settings !== undefined) {
+      obj.settings = DeploymentSettings.toJSON(message.settings);
+    }
     return obj;
   },
 
   create<I extends Exact<DeepPartial<EvaluateSwitchResponse>, I>>(base?: I): EvaluateSwitchResponse {
     return EvaluateSwitchResponse.fromPartial(base ?? ({} as any));
   },
-  fromPartial<I extends Exact<DeepPartial<EvaluateSwitchResponse>, I>>(_: I): EvaluateSwitchResponse {
+  fromPartial<I extends Exact<DeepPartial<EvaluateSwitchResponse>, I>>(object: I): EvaluateSwitchResponse {
     const message = createBaseEvaluateSwitchResponse();
+    message.decision = object.decision ?? 0;
+    message.targetMode = object.targetMode ?? 0;
+    message.targetPlan = (object.targetPlan !== undefined && object.targetPlan !== null)
+      ? ServingPlan.fromPartial(object.targetPlan)
+      : undefined;
+    message.currentCostPerHour = object.currentCostPerHour ?? 0;
+    message.targetCostPerHour = object.targetCostPerHour ?? 0;
+    message.savingPerHour = object.savingPerHour ?? 0;
+    message.switchCost = object.switchCost ?? 0;
+    message.netSavingPerHour = object.netSavingPerHour ?? 0;
+    message.smoothedRatePerS = object.smoothedRatePerS ?? 0;
+    message.reason = object.reason ?? "";
+    message.steps = object.steps?.map((e) => TransitionStep.fromPartial(e)) || [];
+    message.panic = object.panic ?? false;
+    message.stateVersion = (object.stateVersion !== undefined && object.stateVersion !== null)
+      ? BigInt(object.stateVersion)
+      : 0n;
+    message.decisionSeq = (object.decisionSeq !== undefined && object.decisionSeq !== null)
+      ? BigInt(object.decisionSeq)
+      : 0n;
+    message.evaluatedAtS = object.evaluatedAtS ?? 0;
+    message.settings = (object.settings !== undefined && object.settings !== null)
+      ? DeploymentSettings.fromPartial(object.settings)
+      : undefined;
     return message;
   },
 };
@@ -4123,6 +4845,1385 @@ export const RouteResponse: MessageFns<RouteResponse> = {
   },
 };
 
+function createBaseDeploymentSettings(): DeploymentSettings {
+  return {
+    safetyStabilisationWindowS: undefined,
+    savingsStabilisationWindowS: undefined,
+    hysteresisBandFraction: undefined,
+    minDwellS: undefined,
+    expectedDwellS: undefined,
+    ewmaHalfLifeS: undefined,
+    panicConsecutiveSamples: undefined,
+    errorRateLimit: undefined,
+    transitionWeights: [],
+  };
+}
+
+export const DeploymentSettings: MessageFns<DeploymentSettings> = {
+  encode(message: DeploymentSettings, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.safetyStabilisationWindowS !== undefined) {
+      writer.uint32(9).double(message.safetyStabilisationWindowS);
+    }
+    if (message.savingsStabilisationWindowS !== undefined) {
+      writer.uint32(17).double(message.savingsStabilisationWindowS);
+    }
+    if (message.hysteresisBandFraction !== undefined) {
+      writer.uint32(25).double(message.hysteresisBandFraction);
+    }
+    if (message.minDwellS !== undefined) {
+      writer.uint32(33).double(message.minDwellS);
+    }
+    if (message.expectedDwellS !== undefined) {
+      writer.uint32(41).double(message.expectedDwellS);
+    }
+    if (message.ewmaHalfLifeS !== undefined) {
+      writer.uint32(49).double(message.ewmaHalfLifeS);
+    }
+    if (message.panicConsecutiveSamples !== undefined) {
+      writer.uint32(56).uint32(message.panicConsecutiveSamples);
+    }
+    if (message.errorRateLimit !== undefined) {
+      writer.uint32(65).double(message.errorRateLimit);
+    }
+    if (message.transitionWeights.length !== 0) {
+      writer.uint32(74).fork();
+      for (const v of message.transitionWeights) {
+        writer.double(v);
+      }
+      writer.join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeploymentSettings {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeploymentSettings();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 9) {
+              break;
+            }
+
+            message.safetyStabilisationWindowS = reader.double();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.savingsStabilisationWindowS = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.hysteresisBandFraction = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.minDwellS = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.expectedDwellS = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.ewmaHalfLifeS = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.panicConsecutiveSamples = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.errorRateLimit = reader.double();
+            continue;
+          }
+          case 9: {
+            if (tag === 73) {
+              message.transitionWeights.push(reader.double());
+
+              continue;
+            }
+
+            if (tag === 74) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.transitionWeights.push(reader.double());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeploymentSettings {
+    return {
+      safetyStabilisationWindowS: isSet(object.safetyStabilisationWindowS)
+        ? globalThis.Number(object.safetyStabilisationWindowS)
+        : isSet(object.safety_stabilisation_window_s)
+        ? globalThis.Number(object.safety_stabilisation_window_s)
+        : undefined,
+      savingsStabilisationWindowS: isSet(object.savingsStabilisationWindowS)
+        ? globalThis.Number(object.savingsStabilisationWindowS)
+        : isSet(object.savings_stabilisation_window_s)
+        ? globalThis.Number(object.savings_stabilisation_window_s)
+        : undefined,
+      hysteresisBandFraction: isSet(object.hysteresisBandFraction)
+        ? globalThis.Number(object.hysteresisBandFraction)
+        : isSet(object.hysteresis_band_fraction)
+        ? globalThis.Number(object.hysteresis_band_fraction)
+        : undefined,
+      minDwellS: isSet(object.minDwellS)
+        ? globalThis.Number(object.minDwellS)
+        : isSet(object.min_dwell_s)
+        ? globalThis.Number(object.min_dwell_s)
+        : undefined,
+      expectedDwellS: isSet(object.expectedDwellS)
+        ? globalThis.Number(object.expectedDwellS)
+        : isSet(object.expected_dwell_s)
+        ? globalThis.Number(object.expected_dwell_s)
+        : undefined,
+      ewmaHalfLifeS: isSet(object.ewmaHalfLifeS)
+        ? globalThis.Number(object.ewmaHalfLifeS)
+        : isSet(object.ewma_half_life_s)
+        ? globalThis.Number(object.ewma_half_life_s)
+        : undefined,
+      panicConsecutiveSamples: isSet(object.panicConsecutiveSamples)
+        ? globalThis.Number(object.panicConsecutiveSamples)
+        : isSet(object.panic_consecutive_samples)
+        ? globalThis.Number(object.panic_consecutive_samples)
+        : undefined,
+      errorRateLimit: isSet(object.errorRateLimit)
+        ? globalThis.Number(object.errorRateLimit)
+        : isSet(object.error_rate_limit)
+        ? globalThis.Number(object.error_rate_limit)
+        : undefined,
+      transitionWeights: globalThis.Array.isArray(object?.transitionWeights)
+        ? object.transitionWeights.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.transition_weights)
+        ? object.transition_weights.map((e: any) => globalThis.Number(e))
+        : [],
+    };
+  },
+
+  toJSON(message: DeploymentSettings): unknown {
+    const obj: any = {};
+    if (message.safetyStabilisationWindowS !== undefined) {
+      obj.safetyStabilisationWindowS = floatToJson(message.safetyStabilisationWindowS);
+    }
+    if (message.savingsStabilisationWindowS !== undefined) {
+      obj.savingsStabilisationWindowS = floatToJson(message.savingsStabilisationWindowS);
+    }
+    if (message.hysteresisBandFraction !== undefined) {
+      obj.hysteresisBandFraction = floatToJson(message.hysteresisBandFraction);
+    }
+    if (message.minDwellS !== undefined) {
+      obj.minDwellS = floatToJson(message.minDwellS);
+    }
+    if (message.expectedDwellS !== undefined) {
+      obj.expectedDwellS = floatToJson(message.expectedDwellS);
+    }
+    if (message.ewmaHalfLifeS !== undefined) {
+      obj.ewmaHalfLifeS = floatToJson(message.ewmaHalfLifeS);
+    }
+    if (message.panicConsecutiveSamples !== undefined) {
+      obj.panicConsecutiveSamples = Math.round(message.panicConsecutiveSamples);
+    }
+    if (message.errorRateLimit !== undefined) {
+      obj.errorRateLimit = floatToJson(message.errorRateLimit);
+    }
+    if (message.transitionWeights?.length) {
+      obj.transitionWeights = message.transitionWeights.map((e) => floatToJson(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeploymentSettings>, I>>(base?: I): DeploymentSettings {
+    return DeploymentSettings.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeploymentSettings>, I>>(object: I): DeploymentSettings {
+    const message = createBaseDeploymentSettings();
+    message.safetyStabilisationWindowS = object.safetyStabilisationWindowS ?? undefined;
+    message.savingsStabilisationWindowS = object.savingsStabilisationWindowS ?? undefined;
+    message.hysteresisBandFraction = object.hysteresisBandFraction ?? undefined;
+    message.minDwellS = object.minDwellS ?? undefined;
+    message.expectedDwellS = object.expectedDwellS ?? undefined;
+    message.ewmaHalfLifeS = object.ewmaHalfLifeS ?? undefined;
+    message.panicConsecutiveSamples = object.panicConsecutiveSamples ?? undefined;
+    message.errorRateLimit = object.errorRateLimit ?? undefined;
+    message.transitionWeights = object.transitionWeights?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseDeployment(): Deployment {
+  return {
+    deploymentId: "",
+    candidates: [],
+    slo: undefined,
+    trafficClasses: [],
+    currentMode: 0,
+    currentPlan: undefined,
+    settings: undefined,
+    stateVersion: 0n,
+    updatedAtS: 0,
+    plannedRatePerS: 0,
+    currentPlanSinceS: undefined,
+    serviceTimeBasis: 0,
+    limits: undefined,
+  };
+}
+
+export const Deployment: MessageFns<Deployment> = {
+  encode(message: Deployment, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deploymentId !== "") {
+      writer.uint32(10).string(message.deploymentId);
+    }
+    for (const v of message.candidates) {
+      Candidate.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.slo !== undefined) {
+      Slo.encode(message.slo, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.trafficClasses) {
+      TrafficClass.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.currentMode !== 0) {
+      writer.uint32(40).int32(message.currentMode);
+    }
+    if (message.currentPlan !== undefined) {
+      ServingPlan.encode(message.currentPlan, writer.uint32(50).fork()).join();
+    }
+    if (message.settings !== undefined) {
+      DeploymentSettings.encode(message.settings, writer.uint32(58).fork()).join();
+    }
+    if (message.stateVersion !== 0n) {
+      if (BigInt.asUintN(64, message.stateVersion) !== message.stateVersion) {
+        throw new globalThis.Error("value provided for field message.stateVersion of type uint64 too large");
+      }
+      writer.uint32(64).uint64(message.stateVersion);
+    }
+    if (message.updatedAtS !== 0) {
+      writer.uint32(73).double(message.updatedAtS);
+    }
+    if (message.plannedRatePerS !== 0) {
+      writer.uint32(81).double(message.plannedRatePerS);
+    }
+    if (message.currentPlanSinceS !== undefined) {
+      writer.uint32(89).double(message.currentPlanSinceS);
+    }
+    if (message.serviceTimeBasis !== 0) {
+      writer.uint32(96).int32(message.serviceTimeBasis);
+    }
+    if (message.limits !== undefined) {
+      SearchLimits.encode(message.limits, writer.uint32(106).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Deployment {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeployment();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deploymentId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.candidates.push(Candidate.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.slo = Slo.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.trafficClasses.push(TrafficClass.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.currentMode = reader.int32() as any;
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.currentPlan = ServingPlan.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.settings = DeploymentSettings.decode(reader, reader.uint32());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.stateVersion = reader.uint64() as bigint;
+            continue;
+          }
+          case 9: {
+            if (tag !== 73) {
+              break;
+            }
+
+            message.updatedAtS = reader.double();
+            continue;
+          }
+          case 10: {
+            if (tag !== 81) {
+              break;
+            }
+
+            message.plannedRatePerS = reader.double();
+            continue;
+          }
+          case 11: {
+            if (tag !== 89) {
+              break;
+            }
+
+            message.currentPlanSinceS = reader.double();
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.serviceTimeBasis = reader.int32() as any;
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.limits = SearchLimits.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Deployment {
+    return {
+      deploymentId: isSet(object.deploymentId)
+        ? globalThis.String(object.deploymentId)
+        : isSet(object.deployment_id)
+        ? globalThis.String(object.deployment_id)
+        : "",
+      candidates: globalThis.Array.isArray(object?.candidates)
+        ? object.candidates.map((e: any) => Candidate.fromJSON(e))
+        : [],
+      slo: isSet(object.slo) ? Slo.fromJSON(object.slo) : undefined,
+      trafficClasses: globalThis.Array.isArray(object?.trafficClasses)
+        ? object.trafficClasses.map((e: any) => TrafficClass.fromJSON(e))
+        : globalThis.Array.isArray(object?.traffic_classes)
+        ? object.traffic_classes.map((e: any) => TrafficClass.fromJSON(e))
+        : [],
+      currentMode: isSet(object.currentMode)
+        ? servingModeFromJSON(object.currentMode)
+        : isSet(object.current_mode)
+        ? servingModeFromJSON(object.current_mode)
+        : 0,
+      currentPlan: isSet(object.currentPlan)
+        ? ServingPlan.fromJSON(object.currentPlan)
+        : isSet(object.current_plan)
+        ? ServingPlan.fromJSON(object.current_plan)
+        : undefined,
+      settings: isSet(object.settings) ? DeploymentSettings.fromJSON(object.settings) : undefined,
+      stateVersion: isSet(object.stateVersion)
+        ? BigInt(object.stateVersion)
+        : isSet(object.state_version)
+        ? BigInt(object.state_version)
+        : 0n,
+      updatedAtS: isSet(object.updatedAtS)
+        ? globalThis.Number(object.updatedAtS)
+        : isSet(object.updated_at_s)
+        ? globalThis.Number(object.updated_at_s)
+        : 0,
+      plannedRatePerS: isSet(object.plannedRatePerS)
+        ? globalThis.Number(object.plannedRatePerS)
+        : isSet(object.planned_rate_per_s)
+        ? globalThis.Number(object.planned_rate_per_s)
+        : 0,
+      currentPlanSinceS: isSet(object.currentPlanSinceS)
+        ? globalThis.Number(object.currentPlanSinceS)
+        : isSet(object.current_plan_since_s)
+        ? globalThis.Number(object.current_plan_since_s)
+        : undefined,
+      serviceTimeBasis: isSet(object.serviceTimeBasis)
+        ? serviceTimeBasisFromJSON(object.serviceTimeBasis)
+        : isSet(object.service_time_basis)
+        ? serviceTimeBasisFromJSON(object.service_time_basis)
+        : 0,
+      limits: isSet(object.limits) ? SearchLimits.fromJSON(object.limits) : undefined,
+    };
+  },
+
+  toJSON(message: Deployment): unknown {
+    const obj: any = {};
+    if (message.deploymentId !== "") {
+      obj.deploymentId = message.deploymentId;
+    }
+    if (message.candidates?.length) {
+      obj.candidates = message.candidates.map((e) => Candidate.toJSON(e));
+    }
+    if (message.slo !== undefined) {
+      obj.slo = Slo.toJSON(message.slo);
+    }
+    if (message.trafficClasses?.length) {
+      obj.trafficClasses = message.trafficClasses.map((e) => TrafficClass.toJSON(e));
+    }
+    if (message.currentMode !== 0) {
+      obj.currentMode = servingModeToJSON(message.currentMode);
+    }
+    if (message.currentPlan !== undefined) {
+      obj.currentPlan = ServingPlan.toJSON(message.currentPlan);
+    }
+    if (message.settings !== undefined) {
+      obj.settings = DeploymentSettings.toJSON(message.settings);
+    }
+    if (message.stateVersion !== 0n) {
+      obj.stateVersion = message.stateVersion.toString();
+    }
+    if (message.updatedAtS !== 0) {
+      obj.updatedAtS = floatToJson(message.updatedAtS);
+    }
+    if (message.plannedRatePerS !== 0) {
+      obj.plannedRatePerS = floatToJson(message.plannedRatePerS);
+    }
+    if (message.currentPlanSinceS !== undefined) {
+      obj.currentPlanSinceS = floatToJson(message.currentPlanSinceS);
+    }
+    if (message.serviceTimeBasis !== 0) {
+      obj.serviceTimeBasis = serviceTimeBasisToJSON(message.serviceTimeBasis);
+    }
+    if (message.limits !== undefined) {
+      obj.limits = SearchLimits.toJSON(message.limits);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Deployment>, I>>(base?: I): Deployment {
+    return Deployment.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Deployment>, I>>(object: I): Deployment {
+    const message = createBaseDeployment();
+    message.deploymentId = object.deploymentId ?? "";
+    message.candidates = object.candidates?.map((e) => Candidate.fromPartial(e)) || [];
+    message.slo = (object.slo !== undefined && object.slo !== null) ? Slo.fromPartial(object.slo) : undefined;
+    message.trafficClasses = object.trafficClasses?.map((e) => TrafficClass.fromPartial(e)) || [];
+    message.currentMode = object.currentMode ?? 0;
+    message.currentPlan = (object.currentPlan !== undefined && object.currentPlan !== null)
+      ? ServingPlan.fromPartial(object.currentPlan)
+      : undefined;
+    message.settings = (object.settings !== undefined && object.settings !== null)
+      ? DeploymentSettings.fromPartial(object.settings)
+      : undefined;
+    message.stateVersion = (object.stateVersion !== undefined && object.stateVersion !== null)
+      ? BigInt(object.stateVersion)
+      : 0n;
+    message.updatedAtS = object.updatedAtS ?? 0;
+    message.plannedRatePerS = object.plannedRatePerS ?? 0;
+    message.currentPlanSinceS = object.currentPlanSinceS ?? undefined;
+    message.serviceTimeBasis = object.serviceTimeBasis ?? 0;
+    message.limits = (object.limits !== undefined && object.limits !== null)
+      ? SearchLimits.fromPartial(object.limits)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseMetricSample(): MetricSample {
+  return {
+    deploymentId: "",
+    timestampS: 0,
+    ratePerS: 0,
+    p50Ms: 0,
+    p99Ms: 0,
+    queueDepth: 0n,
+    utilisation: 0,
+    errorRate: 0,
+  };
+}
+
+export const MetricSample: MessageFns<MetricSample> = {
+  encode(message: MetricSample, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deploymentId !== "") {
+      writer.uint32(10).string(message.deploymentId);
+    }
+    if (message.timestampS !== 0) {
+      writer.uint32(17).double(message.timestampS);
+    }
+    if (message.ratePerS !== 0) {
+      writer.uint32(25).double(message.ratePerS);
+    }
+    if (message.p50Ms !== 0) {
+      writer.uint32(33).double(message.p50Ms);
+    }
+    if (message.p99Ms !== 0) {
+      writer.uint32(41).double(message.p99Ms);
+    }
+    if (message.queueDepth !== 0n) {
+      if (BigInt.asUintN(64, message.queueDepth) !== message.queueDepth) {
+        throw new globalThis.Error("value provided for field message.queueDepth of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.queueDepth);
+    }
+    if (message.utilisation !== 0) {
+      writer.uint32(57).double(message.utilisation);
+    }
+    if (message.errorRate !== 0) {
+      writer.uint32(65).double(message.errorRate);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MetricSample {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMetricSample();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deploymentId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.timestampS = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.ratePerS = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.p50Ms = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.p99Ms = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.queueDepth = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.utilisation = reader.double();
+            continue;
+          }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.errorRate = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MetricSample {
+    return {
+      deploymentId: isSet(object.deploymentId)
+        ? globalThis.String(object.deploymentId)
+        : isSet(object.deployment_id)
+        ? globalThis.String(object.deployment_id)
+        : "",
+      timestampS: isSet(object.timestampS)
+        ? globalThis.Number(object.timestampS)
+        : isSet(object.timestamp_s)
+        ? globalThis.Number(object.timestamp_s)
+        : 0,
+      ratePerS: isSet(object.ratePerS)
+        ? globalThis.Number(object.ratePerS)
+        : isSet(object.rate_per_s)
+        ? globalThis.Number(object.rate_per_s)
+        : 0,
+      p50Ms: isSet(object.p50Ms)
+        ? globalThis.Number(object.p50Ms)
+        : isSet(object.p50_ms)
+        ? globalThis.Number(object.p50_ms)
+        : 0,
+      p99Ms: isSet(object.p99Ms)
+        ? globalThis.Number(object.p99Ms)
+        : isSet(object.p99_ms)
+        ? globalThis.Number(object.p99_ms)
+        : 0,
+      queueDepth: isSet(object.queueDepth)
+        ? BigInt(object.queueDepth)
+        : isSet(object.queue_depth)
+        ? BigInt(object.queue_depth)
+        : 0n,
+      utilisation: isSet(object.utilisation) ? globalThis.Number(object.utilisation) : 0,
+      errorRate: isSet(object.errorRate)
+        ? globalThis.Number(object.errorRate)
+        : isSet(object.error_rate)
+        ? globalThis.Number(object.error_rate)
+        : 0,
+    };
+  },
+
+  toJSON(message: MetricSample): unknown {
+    const obj: any = {};
+    if (message.deploymentId !== "") {
+      obj.deploymentId = message.deploymentId;
+    }
+    if (message.timestampS !== 0) {
+      obj.timestampS = floatToJson(message.timestampS);
+    }
+    if (message.ratePerS !== 0) {
+      obj.ratePerS = floatToJson(message.ratePerS);
+    }
+    if (message.p50Ms !== 0) {
+      obj.p50Ms = floatToJson(message.p50Ms);
+    }
+    if (message.p99Ms !== 0) {
+      obj.p99Ms = floatToJson(message.p99Ms);
+    }
+    if (message.queueDepth !== 0n) {
+      obj.queueDepth = message.queueDepth.toString();
+    }
+    if (message.utilisation !== 0) {
+      obj.utilisation = floatToJson(message.utilisation);
+    }
+    if (message.errorRate !== 0) {
+      obj.errorRate = floatToJson(message.errorRate);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MetricSample>, I>>(base?: I): MetricSample {
+    return MetricSample.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MetricSample>, I>>(object: I): MetricSample {
+    const message = createBaseMetricSample();
+    message.deploymentId = object.deploymentId ?? "";
+    message.timestampS = object.timestampS ?? 0;
+    message.ratePerS = object.ratePerS ?? 0;
+    message.p50Ms = object.p50Ms ?? 0;
+    message.p99Ms = object.p99Ms ?? 0;
+    message.queueDepth = (object.queueDepth !== undefined && object.queueDepth !== null)
+      ? BigInt(object.queueDepth)
+      : 0n;
+    message.utilisation = object.utilisation ?? 0;
+    message.errorRate = object.errorRate ?? 0;
+    return message;
+  },
+};
+
+function createBaseDecisionRecord(): DecisionRecord {
+  return { deploymentId: "", evaluation: undefined, recordedAtS: 0 };
+}
+
+export const DecisionRecord: MessageFns<DecisionRecord> = {
+  encode(message: DecisionRecord, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deploymentId !== "") {
+      writer.uint32(10).string(message.deploymentId);
+    }
+    if (message.evaluation !== undefined) {
+      EvaluateSwitchResponse.encode(message.evaluation, writer.uint32(18).fork()).join();
+    }
+    if (message.recordedAtS !== 0) {
+      writer.uint32(25).double(message.recordedAtS);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DecisionRecord {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDecisionRecord();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deploymentId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.evaluation = EvaluateSwitchResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.recordedAtS = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DecisionRecord {
+    return {
+      deploymentId: isSet(object.deploymentId)
+        ? globalThis.String(object.deploymentId)
+        : isSet(object.deployment_id)
+        ? globalThis.String(object.deployment_id)
+        : "",
+      evaluation: isSet(object.evaluation) ? EvaluateSwitchResponse.fromJSON(object.evaluation) : undefined,
+      recordedAtS: isSet(object.recordedAtS)
+        ? globalThis.Number(object.recordedAtS)
+        : isSet(object.recorded_at_s)
+        ? globalThis.Number(object.recorded_at_s)
+        : 0,
+    };
+  },
+
+  toJSON(message: DecisionRecord): unknown {
+    const obj: any = {};
+    if (message.deploymentId !== "") {
+      obj.deploymentId = message.deploymentId;
+    }
+    if (message.evaluation !== undefined) {
+      obj.evaluation = EvaluateSwitchResponse.toJSON(message.evaluation);
+    }
+    if (message.recordedAtS !== 0) {
+      obj.recordedAtS = floatToJson(message.recordedAtS);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DecisionRecord>, I>>(base?: I): DecisionRecord {
+    return DecisionRecord.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DecisionRecord>, I>>(object: I): DecisionRecord {
+    const message = createBaseDecisionRecord();
+    message.deploymentId = object.deploymentId ?? "";
+    message.evaluation = (object.evaluation !== undefined && object.evaluation !== null)
+      ? EvaluateSwitchResponse.fromPartial(object.evaluation)
+      : undefined;
+    message.recordedAtS = object.recordedAtS ?? 0;
+    return message;
+  },
+};
+
+function createBaseRegisterDeploymentRequest(): RegisterDeploymentRequest {
+  return { deployment: undefined };
+}
+
+export const RegisterDeploymentRequest: MessageFns<RegisterDeploymentRequest> = {
+  encode(message: RegisterDeploymentRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deployment !== undefined) {
+      Deployment.encode(message.deployment, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RegisterDeploymentRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRegisterDeploymentRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deployment = Deployment.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RegisterDeploymentRequest {
+    return { deployment: isSet(object.deployment) ? Deployment.fromJSON(object.deployment) : undefined };
+  },
+
+  toJSON(message: RegisterDeploymentRequest): unknown {
+    const obj: any = {};
+    if (message.deployment !== undefined) {
+      obj.deployment = Deployment.toJSON(message.deployment);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RegisterDeploymentRequest>, I>>(base?: I): RegisterDeploymentRequest {
+    return RegisterDeploymentRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RegisterDeploymentRequest>, I>>(object: I): RegisterDeploymentRequest {
+    const message = createBaseRegisterDeploymentRequest();
+    message.deployment = (object.deployment !== undefined && object.deployment !== null)
+      ? Deployment.fromPartial(object.deployment)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseRegisterDeploymentResponse(): RegisterDeploymentResponse {
+  return { deployment: undefined };
+}
+
+export const RegisterDeploymentResponse: MessageFns<RegisterDeploymentResponse> = {
+  encode(message: RegisterDeploymentResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deployment !== undefined) {
+      Deployment.encode(message.deployment, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RegisterDeploymentResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRegisterDeploymentResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deployment = Deployment.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RegisterDeploymentResponse {
+    return { deployment: isSet(object.deployment) ? Deployment.fromJSON(object.deployment) : undefined };
+  },
+
+  toJSON(message: RegisterDeploymentResponse): unknown {
+    const obj: any = {};
+    if (message.deployment !== undefined) {
+      obj.deployment = Deployment.toJSON(message.deployment);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RegisterDeploymentResponse>, I>>(base?: I): RegisterDeploymentResponse {
+    return RegisterDeploymentResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RegisterDeploymentResponse>, I>>(object: I): RegisterDeploymentResponse {
+    const message = createBaseRegisterDeploymentResponse();
+    message.deployment = (object.deployment !== undefined && object.deployment !== null)
+      ? Deployment.fromPartial(object.deployment)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseGetDeploymentRequest(): GetDeploymentRequest {
+  return { deploymentId: "" };
+}
+
+export const GetDeploymentRequest: MessageFns<GetDeploymentRequest> = {
+  encode(message: GetDeploymentRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deploymentId !== "") {
+      writer.uint32(10).string(message.deploymentId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDeploymentRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDeploymentRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deploymentId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDeploymentRequest {
+    return {
+      deploymentId: isSet(object.deploymentId)
+        ? globalThis.String(object.deploymentId)
+        : isSet(object.deployment_id)
+        ? globalThis.String(object.deployment_id)
+        : "",
+    };
+  },
+
+  toJSON(message: GetDeploymentRequest): unknown {
+    const obj: any = {};
+    if (message.deploymentId !== "") {
+      obj.deploymentId = message.deploymentId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDeploymentRequest>, I>>(base?: I): GetDeploymentRequest {
+    return GetDeploymentRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDeploymentRequest>, I>>(object: I): GetDeploymentRequest {
+    const message = createBaseGetDeploymentRequest();
+    message.deploymentId = object.deploymentId ?? "";
+    return message;
+  },
+};
+
+function createBaseGetDeploymentResponse(): GetDeploymentResponse {
+  return { deployment: undefined };
+}
+
+export const GetDeploymentResponse: MessageFns<GetDeploymentResponse> = {
+  encode(message: GetDeploymentResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deployment !== undefined) {
+      Deployment.encode(message.deployment, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetDeploymentResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetDeploymentResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deployment = Deployment.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetDeploymentResponse {
+    return { deployment: isSet(object.deployment) ? Deployment.fromJSON(object.deployment) : undefined };
+  },
+
+  toJSON(message: GetDeploymentResponse): unknown {
+    const obj: any = {};
+    if (message.deployment !== undefined) {
+      obj.deployment = Deployment.toJSON(message.deployment);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetDeploymentResponse>, I>>(base?: I): GetDeploymentResponse {
+    return GetDeploymentResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetDeploymentResponse>, I>>(object: I): GetDeploymentResponse {
+    const message = createBaseGetDeploymentResponse();
+    message.deployment = (object.deployment !== undefined && object.deployment !== null)
+      ? Deployment.fromPartial(object.deployment)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseListDeploymentsRequest(): ListDeploymentsRequest {
+  return { pageSize: 0, pageToken: "" };
+}
+
+export const ListDeploymentsRequest: MessageFns<ListDeploymentsRequest> = {
+  encode(message: ListDeploymentsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSize !== 0) {
+      writer.uint32(8).uint32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(18).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListDeploymentsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListDeploymentsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pageSize = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListDeploymentsRequest {
+    return {
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListDeploymentsRequest): unknown {
+    const obj: any = {};
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListDeploymentsRequest>, I>>(base?: I): ListDeploymentsRequest {
+    return ListDeploymentsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListDeploymentsRequest>, I>>(object: I): ListDeploymentsRequest {
+    const message = createBaseListDeploymentsRequest();
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseListDeploymentsResponse(): ListDeploymentsResponse {
+  return { deployments: [], nextPageToken: "" };
+}
+
+export const ListDeploymentsResponse: MessageFns<ListDeploymentsResponse> = {
+  encode(message: ListDeploymentsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.deployments) {
+      Deployment.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListDeploymentsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListDeploymentsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deployments.push(Deployment.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListDeploymentsResponse {
+    return {
+      deployments: globalThis.Array.isArray(object?.deployments)
+        ? object.deployments.map((e: any) => Deployment.fromJSON(e))
+        : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListDeploymentsResponse): unknown {
+    const obj: any = {};
+    if (message.deployments?.length) {
+      obj.deployments = message.deployments.map((e) => Deployment.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListDeploymentsResponse>, I>>(base?: I): ListDeploymentsResponse {
+    return ListDeploymentsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListDeploymentsResponse>, I>>(object: I): ListDeploymentsResponse {
+    const message = createBaseListDeploymentsResponse();
+    message.deployments = object.deployments?.map((e) => Deployment.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
 /** Servewise: how to serve a model at the lowest cost that meets its latency SLO. */
 export type ServewiseServiceService = typeof ServewiseServiceService;
 export const ServewiseServiceService = {
@@ -4200,6 +6301,44 @@ export const ServewiseServiceService = {
     responseSerialize: (value: SimulateResponse): Buffer => Buffer.from(SimulateResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): SimulateResponse => SimulateResponse.decode(value),
   },
+  /**
+   * Create a deployment (state_version 0), or update it at its current state_version; a stale
+   * version is FAILED_PRECONDITION.
+   */
+  registerDeployment: {
+    path: "/servewise.v1.ServewiseService/RegisterDeployment" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RegisterDeploymentRequest): Buffer =>
+      Buffer.from(RegisterDeploymentRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RegisterDeploymentRequest => RegisterDeploymentRequest.decode(value),
+    responseSerialize: (value: RegisterDeploymentResponse): Buffer =>
+      Buffer.from(RegisterDeploymentResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RegisterDeploymentResponse => RegisterDeploymentResponse.decode(value),
+  },
+  /** One deployment with its state version; NOT_FOUND when unknown. */
+  getDeployment: {
+    path: "/servewise.v1.ServewiseService/GetDeployment" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetDeploymentRequest): Buffer => Buffer.from(GetDeploymentRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetDeploymentRequest => GetDeploymentRequest.decode(value),
+    responseSerialize: (value: GetDeploymentResponse): Buffer =>
+      Buffer.from(GetDeploymentResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetDeploymentResponse => GetDeploymentResponse.decode(value),
+  },
+  /** Every deployment, by id, a page at a time. */
+  listDeployments: {
+    path: "/servewise.v1.ServewiseService/ListDeployments" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListDeploymentsRequest): Buffer =>
+      Buffer.from(ListDeploymentsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListDeploymentsRequest => ListDeploymentsRequest.decode(value),
+    responseSerialize: (value: ListDeploymentsResponse): Buffer =>
+      Buffer.from(ListDeploymentsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListDeploymentsResponse => ListDeploymentsResponse.decode(value),
+  },
 } as const;
 
 export interface ServewiseServiceServer extends UntypedServiceImplementation {
@@ -4217,6 +6356,15 @@ export interface ServewiseServiceServer extends UntypedServiceImplementation {
   route: handleUnaryCall<RouteRequest, RouteResponse>;
   /** Discrete-event simulation of exactly one plan and workload. */
   simulate: handleUnaryCall<SimulateRequest, SimulateResponse>;
+  /**
+   * Create a deployment (state_version 0), or update it at its current state_version; a stale
+   * version is FAILED_PRECONDITION.
+   */
+  registerDeployment: handleUnaryCall<RegisterDeploymentRequest, RegisterDeploymentResponse>;
+  /** One deployment with its state version; NOT_FOUND when unknown. */
+  getDeployment: handleUnaryCall<GetDeploymentRequest, GetDeploymentResponse>;
+  /** Every deployment, by id, a page at a time. */
+  listDeployments: handleUnaryCall<ListDeploymentsRequest, ListDeploymentsResponse>;
 }
 
 export interface ServewiseServiceClient extends Client {
@@ -4319,6 +6467,57 @@ export interface ServewiseServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: SimulateResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Create a deployment (state_version 0), or update it at its current state_version; a stale
+   * version is FAILED_PRECONDITION.
+   */
+  registerDeployment(
+    request: RegisterDeploymentRequest,
+    callback: (error: ServiceError | null, response: RegisterDeploymentResponse) => void,
+  ): ClientUnaryCall;
+  registerDeployment(
+    request: RegisterDeploymentRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RegisterDeploymentResponse) => void,
+  ): ClientUnaryCall;
+  registerDeployment(
+    request: RegisterDeploymentRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RegisterDeploymentResponse) => void,
+  ): ClientUnaryCall;
+  /** One deployment with its state version; NOT_FOUND when unknown. */
+  getDeployment(
+    request: GetDeploymentRequest,
+    callback: (error: ServiceError | null, response: GetDeploymentResponse) => void,
+  ): ClientUnaryCall;
+  getDeployment(
+    request: GetDeploymentRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetDeploymentResponse) => void,
+  ): ClientUnaryCall;
+  getDeployment(
+    request: GetDeploymentRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetDeploymentResponse) => void,
+  ): ClientUnaryCall;
+  /** Every deployment, by id, a page at a time. */
+  listDeployments(
+    request: ListDeploymentsRequest,
+    callback: (error: ServiceError | null, response: ListDeploymentsResponse) => void,
+  ): ClientUnaryCall;
+  listDeployments(
+    request: ListDeploymentsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListDeploymentsResponse) => void,
+  ): ClientUnaryCall;
+  listDeployments(
+    request: ListDeploymentsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListDeploymentsResponse) => void,
   ): ClientUnaryCall;
 }
 
