@@ -2492,8 +2492,10 @@ type Deployment struct {
 	CurrentPlanSinceS *float64         `protobuf:"fixed64,11,opt,name=current_plan_since_s,json=currentPlanSinceS,proto3,oneof" json:"current_plan_since_s,omitempty"`
 	ServiceTimeBasis  ServiceTimeBasis `protobuf:"varint,12,opt,name=service_time_basis,json=serviceTimeBasis,proto3,enum=servewise.v1.ServiceTimeBasis" json:"service_time_basis,omitempty"`
 	Limits            *SearchLimits    `protobuf:"bytes,13,opt,name=limits,proto3" json:"limits,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The traffic shift in progress, when there is one (written by the Control stream).
+	Transition    *Transition `protobuf:"bytes,14,opt,name=transition,proto3" json:"transition,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Deployment) Reset() {
@@ -2617,6 +2619,136 @@ func (x *Deployment) GetLimits() *SearchLimits {
 	return nil
 }
 
+func (x *Deployment) GetTransition() *Transition {
+	if x != nil {
+		return x.Transition
+	}
+	return nil
+}
+
+// A gradual traffic shift from the plan in force to a target plan, step by step.
+type Transition struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	FromMode ServingMode            `protobuf:"varint,1,opt,name=from_mode,json=fromMode,proto3,enum=servewise.v1.ServingMode" json:"from_mode,omitempty"`
+	FromPlan *ServingPlan           `protobuf:"bytes,2,opt,name=from_plan,json=fromPlan,proto3" json:"from_plan,omitempty"`
+	ToMode   ServingMode            `protobuf:"varint,3,opt,name=to_mode,json=toMode,proto3,enum=servewise.v1.ServingMode" json:"to_mode,omitempty"`
+	ToPlan   *ServingPlan           `protobuf:"bytes,4,opt,name=to_plan,json=toPlan,proto3" json:"to_plan,omitempty"`
+	// The steps; the last has weight 1.
+	Steps []*TransitionStep `protobuf:"bytes,5,rep,name=steps,proto3" json:"steps,omitempty"`
+	// Index into steps of the step in force.
+	StepIndex uint32 `protobuf:"varint,6,opt,name=step_index,json=stepIndex,proto3" json:"step_index,omitempty"`
+	// Seconds (the samples' clock) when the step in force began.
+	StepStartedAtS float64 `protobuf:"fixed64,7,opt,name=step_started_at_s,json=stepStartedAtS,proto3" json:"step_started_at_s,omitempty"`
+	// Why the shift started, with its numbers.
+	Reason string `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Whether it is a move to safety after the SLO broke (panic mode).
+	Panic bool `protobuf:"varint,9,opt,name=panic,proto3" json:"panic,omitempty"`
+	// Sequence number of the decision that started it, in the deployment's decision log.
+	DecisionSeq   uint64 `protobuf:"varint,10,opt,name=decision_seq,json=decisionSeq,proto3" json:"decision_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Transition) Reset() {
+	*x = Transition{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Transition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Transition) ProtoMessage() {}
+
+func (x *Transition) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Transition.ProtoReflect.Descriptor instead.
+func (*Transition) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *Transition) GetFromMode() ServingMode {
+	if x != nil {
+		return x.FromMode
+	}
+	return ServingMode_SERVING_MODE_UNSPECIFIED
+}
+
+func (x *Transition) GetFromPlan() *ServingPlan {
+	if x != nil {
+		return x.FromPlan
+	}
+	return nil
+}
+
+func (x *Transition) GetToMode() ServingMode {
+	if x != nil {
+		return x.ToMode
+	}
+	return ServingMode_SERVING_MODE_UNSPECIFIED
+}
+
+func (x *Transition) GetToPlan() *ServingPlan {
+	if x != nil {
+		return x.ToPlan
+	}
+	return nil
+}
+
+func (x *Transition) GetSteps() []*TransitionStep {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+func (x *Transition) GetStepIndex() uint32 {
+	if x != nil {
+		return x.StepIndex
+	}
+	return 0
+}
+
+func (x *Transition) GetStepStartedAtS() float64 {
+	if x != nil {
+		return x.StepStartedAtS
+	}
+	return 0
+}
+
+func (x *Transition) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Transition) GetPanic() bool {
+	if x != nil {
+		return x.Panic
+	}
+	return false
+}
+
+func (x *Transition) GetDecisionSeq() uint64 {
+	if x != nil {
+		return x.DecisionSeq
+	}
+	return 0
+}
+
 // One sample of a deployment's live metrics.
 type MetricSample struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -2639,7 +2771,7 @@ type MetricSample struct {
 
 func (x *MetricSample) Reset() {
 	*x = MetricSample{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[27]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2651,7 +2783,7 @@ func (x *MetricSample) String() string {
 func (*MetricSample) ProtoMessage() {}
 
 func (x *MetricSample) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[27]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2664,7 +2796,7 @@ func (x *MetricSample) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricSample.ProtoReflect.Descriptor instead.
 func (*MetricSample) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{27}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *MetricSample) GetDeploymentId() string {
@@ -2736,7 +2868,7 @@ type DecisionRecord struct {
 
 func (x *DecisionRecord) Reset() {
 	*x = DecisionRecord{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[28]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2748,7 +2880,7 @@ func (x *DecisionRecord) String() string {
 func (*DecisionRecord) ProtoMessage() {}
 
 func (x *DecisionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[28]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2761,7 +2893,7 @@ func (x *DecisionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecisionRecord.ProtoReflect.Descriptor instead.
 func (*DecisionRecord) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{28}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DecisionRecord) GetDeploymentId() string {
@@ -2795,7 +2927,7 @@ type RegisterDeploymentRequest struct {
 
 func (x *RegisterDeploymentRequest) Reset() {
 	*x = RegisterDeploymentRequest{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[29]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2807,7 +2939,7 @@ func (x *RegisterDeploymentRequest) String() string {
 func (*RegisterDeploymentRequest) ProtoMessage() {}
 
 func (x *RegisterDeploymentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[29]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2820,7 +2952,7 @@ func (x *RegisterDeploymentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterDeploymentRequest.ProtoReflect.Descriptor instead.
 func (*RegisterDeploymentRequest) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{29}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RegisterDeploymentRequest) GetDeployment() *Deployment {
@@ -2840,7 +2972,7 @@ type RegisterDeploymentResponse struct {
 
 func (x *RegisterDeploymentResponse) Reset() {
 	*x = RegisterDeploymentResponse{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[30]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2852,7 +2984,7 @@ func (x *RegisterDeploymentResponse) String() string {
 func (*RegisterDeploymentResponse) ProtoMessage() {}
 
 func (x *RegisterDeploymentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[30]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2865,7 +2997,7 @@ func (x *RegisterDeploymentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterDeploymentResponse.ProtoReflect.Descriptor instead.
 func (*RegisterDeploymentResponse) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{30}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RegisterDeploymentResponse) GetDeployment() *Deployment {
@@ -2884,7 +3016,7 @@ type GetDeploymentRequest struct {
 
 func (x *GetDeploymentRequest) Reset() {
 	*x = GetDeploymentRequest{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[31]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2896,7 +3028,7 @@ func (x *GetDeploymentRequest) String() string {
 func (*GetDeploymentRequest) ProtoMessage() {}
 
 func (x *GetDeploymentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[31]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2909,7 +3041,7 @@ func (x *GetDeploymentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeploymentRequest.ProtoReflect.Descriptor instead.
 func (*GetDeploymentRequest) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{31}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetDeploymentRequest) GetDeploymentId() string {
@@ -2928,7 +3060,7 @@ type GetDeploymentResponse struct {
 
 func (x *GetDeploymentResponse) Reset() {
 	*x = GetDeploymentResponse{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[32]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2940,7 +3072,7 @@ func (x *GetDeploymentResponse) String() string {
 func (*GetDeploymentResponse) ProtoMessage() {}
 
 func (x *GetDeploymentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[32]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2953,7 +3085,7 @@ func (x *GetDeploymentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeploymentResponse.ProtoReflect.Descriptor instead.
 func (*GetDeploymentResponse) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{32}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetDeploymentResponse) GetDeployment() *Deployment {
@@ -2975,7 +3107,7 @@ type ListDeploymentsRequest struct {
 
 func (x *ListDeploymentsRequest) Reset() {
 	*x = ListDeploymentsRequest{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[33]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2987,7 +3119,7 @@ func (x *ListDeploymentsRequest) String() string {
 func (*ListDeploymentsRequest) ProtoMessage() {}
 
 func (x *ListDeploymentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[33]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3000,7 +3132,7 @@ func (x *ListDeploymentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeploymentsRequest.ProtoReflect.Descriptor instead.
 func (*ListDeploymentsRequest) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{33}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListDeploymentsRequest) GetPageSize() uint32 {
@@ -3029,7 +3161,7 @@ type ListDeploymentsResponse struct {
 
 func (x *ListDeploymentsResponse) Reset() {
 	*x = ListDeploymentsResponse{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[34]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3041,7 +3173,7 @@ func (x *ListDeploymentsResponse) String() string {
 func (*ListDeploymentsResponse) ProtoMessage() {}
 
 func (x *ListDeploymentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[34]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3054,7 +3186,7 @@ func (x *ListDeploymentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeploymentsResponse.ProtoReflect.Descriptor instead.
 func (*ListDeploymentsResponse) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{34}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListDeploymentsResponse) GetDeployments() []*Deployment {
@@ -3308,7 +3440,7 @@ const file_servewise_v1_servewise_proto_rawDesc = "" +
 	"\x11_expected_dwell_sB\x13\n" +
 	"\x11_ewma_half_life_sB\x1c\n" +
 	"\x1a_panic_consecutive_samplesB\x13\n" +
-	"\x11_error_rate_limit\"\xd3\x05\n" +
+	"\x11_error_rate_limit\"\x8d\x06\n" +
 	"\n" +
 	"Deployment\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x127\n" +
@@ -3327,8 +3459,25 @@ const file_servewise_v1_servewise_proto_rawDesc = "" +
 	" \x01(\x01R\x0fplannedRatePerS\x124\n" +
 	"\x14current_plan_since_s\x18\v \x01(\x01H\x00R\x11currentPlanSinceS\x88\x01\x01\x12L\n" +
 	"\x12service_time_basis\x18\f \x01(\x0e2\x1e.servewise.v1.ServiceTimeBasisR\x10serviceTimeBasis\x122\n" +
-	"\x06limits\x18\r \x01(\v2\x1a.servewise.v1.SearchLimitsR\x06limitsB\x17\n" +
-	"\x15_current_plan_since_s\"\x82\x02\n" +
+	"\x06limits\x18\r \x01(\v2\x1a.servewise.v1.SearchLimitsR\x06limits\x128\n" +
+	"\n" +
+	"transition\x18\x0e \x01(\v2\x18.servewise.v1.TransitionR\n" +
+	"transitionB\x17\n" +
+	"\x15_current_plan_since_s\"\xb3\x03\n" +
+	"\n" +
+	"Transition\x126\n" +
+	"\tfrom_mode\x18\x01 \x01(\x0e2\x19.servewise.v1.ServingModeR\bfromMode\x126\n" +
+	"\tfrom_plan\x18\x02 \x01(\v2\x19.servewise.v1.ServingPlanR\bfromPlan\x122\n" +
+	"\ato_mode\x18\x03 \x01(\x0e2\x19.servewise.v1.ServingModeR\x06toMode\x122\n" +
+	"\ato_plan\x18\x04 \x01(\v2\x19.servewise.v1.ServingPlanR\x06toPlan\x122\n" +
+	"\x05steps\x18\x05 \x03(\v2\x1c.servewise.v1.TransitionStepR\x05steps\x12\x1d\n" +
+	"\n" +
+	"step_index\x18\x06 \x01(\rR\tstepIndex\x12)\n" +
+	"\x11step_started_at_s\x18\a \x01(\x01R\x0estepStartedAtS\x12\x16\n" +
+	"\x06reason\x18\b \x01(\tR\x06reason\x12\x14\n" +
+	"\x05panic\x18\t \x01(\bR\x05panic\x12!\n" +
+	"\fdecision_seq\x18\n" +
+	" \x01(\x04R\vdecisionSeq\"\x82\x02\n" +
 	"\fMetricSample\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12\x1f\n" +
 	"\vtimestamp_s\x18\x02 \x01(\x01R\n" +
@@ -3405,7 +3554,7 @@ func file_servewise_v1_servewise_proto_rawDescGZIP() []byte {
 }
 
 var file_servewise_v1_servewise_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_servewise_v1_servewise_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_servewise_v1_servewise_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_servewise_v1_servewise_proto_goTypes = []any{
 	(SwitchDecision)(0),                // 0: servewise.v1.SwitchDecision
 	(Pool)(0),                          // 1: servewise.v1.Pool
@@ -3436,129 +3585,136 @@ var file_servewise_v1_servewise_proto_goTypes = []any{
 	(*RouteResponse)(nil),              // 26: servewise.v1.RouteResponse
 	(*DeploymentSettings)(nil),         // 27: servewise.v1.DeploymentSettings
 	(*Deployment)(nil),                 // 28: servewise.v1.Deployment
-	(*MetricSample)(nil),               // 29: servewise.v1.MetricSample
-	(*DecisionRecord)(nil),             // 30: servewise.v1.DecisionRecord
-	(*RegisterDeploymentRequest)(nil),  // 31: servewise.v1.RegisterDeploymentRequest
-	(*RegisterDeploymentResponse)(nil), // 32: servewise.v1.RegisterDeploymentResponse
-	(*GetDeploymentRequest)(nil),       // 33: servewise.v1.GetDeploymentRequest
-	(*GetDeploymentResponse)(nil),      // 34: servewise.v1.GetDeploymentResponse
-	(*ListDeploymentsRequest)(nil),     // 35: servewise.v1.ListDeploymentsRequest
-	(*ListDeploymentsResponse)(nil),    // 36: servewise.v1.ListDeploymentsResponse
-	(*Candidate)(nil),                  // 37: servewise.v1.Candidate
-	(*Workload)(nil),                   // 38: servewise.v1.Workload
-	(*Slo)(nil),                        // 39: servewise.v1.Slo
-	(*SearchLimits)(nil),               // 40: servewise.v1.SearchLimits
-	(ServiceTimeBasis)(0),              // 41: servewise.v1.ServiceTimeBasis
-	(*ServingPlan)(nil),                // 42: servewise.v1.ServingPlan
-	(*PlanAssessment)(nil),             // 43: servewise.v1.PlanAssessment
-	(BindingConstraint)(0),             // 44: servewise.v1.BindingConstraint
-	(*FrontierPoint)(nil),              // 45: servewise.v1.FrontierPoint
-	(ServiceTimeDistribution)(0),       // 46: servewise.v1.ServiceTimeDistribution
-	(*SimulationResult)(nil),           // 47: servewise.v1.SimulationResult
-	(ServingMode)(0),                   // 48: servewise.v1.ServingMode
-	(*RatePoint)(nil),                  // 49: servewise.v1.RatePoint
-	(ResourceStrategy)(0),              // 50: servewise.v1.ResourceStrategy
-	(*AutoscalerSettings)(nil),         // 51: servewise.v1.AutoscalerSettings
-	(*PlanExports)(nil),                // 52: servewise.v1.PlanExports
+	(*Transition)(nil),                 // 29: servewise.v1.Transition
+	(*MetricSample)(nil),               // 30: servewise.v1.MetricSample
+	(*DecisionRecord)(nil),             // 31: servewise.v1.DecisionRecord
+	(*RegisterDeploymentRequest)(nil),  // 32: servewise.v1.RegisterDeploymentRequest
+	(*RegisterDeploymentResponse)(nil), // 33: servewise.v1.RegisterDeploymentResponse
+	(*GetDeploymentRequest)(nil),       // 34: servewise.v1.GetDeploymentRequest
+	(*GetDeploymentResponse)(nil),      // 35: servewise.v1.GetDeploymentResponse
+	(*ListDeploymentsRequest)(nil),     // 36: servewise.v1.ListDeploymentsRequest
+	(*ListDeploymentsResponse)(nil),    // 37: servewise.v1.ListDeploymentsResponse
+	(*Candidate)(nil),                  // 38: servewise.v1.Candidate
+	(*Workload)(nil),                   // 39: servewise.v1.Workload
+	(*Slo)(nil),                        // 40: servewise.v1.Slo
+	(*SearchLimits)(nil),               // 41: servewise.v1.SearchLimits
+	(ServiceTimeBasis)(0),              // 42: servewise.v1.ServiceTimeBasis
+	(*ServingPlan)(nil),                // 43: servewise.v1.ServingPlan
+	(*PlanAssessment)(nil),             // 44: servewise.v1.PlanAssessment
+	(BindingConstraint)(0),             // 45: servewise.v1.BindingConstraint
+	(*FrontierPoint)(nil),              // 46: servewise.v1.FrontierPoint
+	(ServiceTimeDistribution)(0),       // 47: servewise.v1.ServiceTimeDistribution
+	(*SimulationResult)(nil),           // 48: servewise.v1.SimulationResult
+	(ServingMode)(0),                   // 49: servewise.v1.ServingMode
+	(*RatePoint)(nil),                  // 50: servewise.v1.RatePoint
+	(ResourceStrategy)(0),              // 51: servewise.v1.ResourceStrategy
+	(*AutoscalerSettings)(nil),         // 52: servewise.v1.AutoscalerSettings
+	(*PlanExports)(nil),                // 53: servewise.v1.PlanExports
 }
 var file_servewise_v1_servewise_proto_depIdxs = []int32{
-	37, // 0: servewise.v1.OptimizeBatchRequest.candidates:type_name -> servewise.v1.Candidate
-	38, // 1: servewise.v1.OptimizeBatchRequest.workload:type_name -> servewise.v1.Workload
-	39, // 2: servewise.v1.OptimizeBatchRequest.slo:type_name -> servewise.v1.Slo
-	40, // 3: servewise.v1.OptimizeBatchRequest.limits:type_name -> servewise.v1.SearchLimits
-	41, // 4: servewise.v1.OptimizeBatchRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
-	42, // 5: servewise.v1.OptimizeBatchRequest.current_plan:type_name -> servewise.v1.ServingPlan
-	43, // 6: servewise.v1.OptimizeBatchResponse.recommended:type_name -> servewise.v1.PlanAssessment
-	44, // 7: servewise.v1.OptimizeBatchResponse.binding_constraint:type_name -> servewise.v1.BindingConstraint
-	43, // 8: servewise.v1.OptimizeBatchResponse.realtime_baseline:type_name -> servewise.v1.PlanAssessment
-	43, // 9: servewise.v1.OptimizeBatchResponse.current_plan:type_name -> servewise.v1.PlanAssessment
-	45, // 10: servewise.v1.OptimizeBatchResponse.frontier:type_name -> servewise.v1.FrontierPoint
-	37, // 11: servewise.v1.SimulateRequest.candidate:type_name -> servewise.v1.Candidate
-	42, // 12: servewise.v1.SimulateRequest.plan:type_name -> servewise.v1.ServingPlan
-	38, // 13: servewise.v1.SimulateRequest.workload:type_name -> servewise.v1.Workload
-	41, // 14: servewise.v1.SimulateRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
-	46, // 15: servewise.v1.SimulateRequest.service_time_distribution:type_name -> servewise.v1.ServiceTimeDistribution
-	39, // 16: servewise.v1.SimulateRequest.slo:type_name -> servewise.v1.Slo
-	47, // 17: servewise.v1.SimulateResponse.result:type_name -> servewise.v1.SimulationResult
-	39, // 18: servewise.v1.TrafficClass.slo:type_name -> servewise.v1.Slo
+	38, // 0: servewise.v1.OptimizeBatchRequest.candidates:type_name -> servewise.v1.Candidate
+	39, // 1: servewise.v1.OptimizeBatchRequest.workload:type_name -> servewise.v1.Workload
+	40, // 2: servewise.v1.OptimizeBatchRequest.slo:type_name -> servewise.v1.Slo
+	41, // 3: servewise.v1.OptimizeBatchRequest.limits:type_name -> servewise.v1.SearchLimits
+	42, // 4: servewise.v1.OptimizeBatchRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
+	43, // 5: servewise.v1.OptimizeBatchRequest.current_plan:type_name -> servewise.v1.ServingPlan
+	44, // 6: servewise.v1.OptimizeBatchResponse.recommended:type_name -> servewise.v1.PlanAssessment
+	45, // 7: servewise.v1.OptimizeBatchResponse.binding_constraint:type_name -> servewise.v1.BindingConstraint
+	44, // 8: servewise.v1.OptimizeBatchResponse.realtime_baseline:type_name -> servewise.v1.PlanAssessment
+	44, // 9: servewise.v1.OptimizeBatchResponse.current_plan:type_name -> servewise.v1.PlanAssessment
+	46, // 10: servewise.v1.OptimizeBatchResponse.frontier:type_name -> servewise.v1.FrontierPoint
+	38, // 11: servewise.v1.SimulateRequest.candidate:type_name -> servewise.v1.Candidate
+	43, // 12: servewise.v1.SimulateRequest.plan:type_name -> servewise.v1.ServingPlan
+	39, // 13: servewise.v1.SimulateRequest.workload:type_name -> servewise.v1.Workload
+	42, // 14: servewise.v1.SimulateRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
+	47, // 15: servewise.v1.SimulateRequest.service_time_distribution:type_name -> servewise.v1.ServiceTimeDistribution
+	40, // 16: servewise.v1.SimulateRequest.slo:type_name -> servewise.v1.Slo
+	48, // 17: servewise.v1.SimulateResponse.result:type_name -> servewise.v1.SimulationResult
+	40, // 18: servewise.v1.TrafficClass.slo:type_name -> servewise.v1.Slo
 	6,  // 19: servewise.v1.SelectModeRequest.traffic_classes:type_name -> servewise.v1.TrafficClass
-	37, // 20: servewise.v1.SelectModeRequest.candidates:type_name -> servewise.v1.Candidate
-	40, // 21: servewise.v1.SelectModeRequest.limits:type_name -> servewise.v1.SearchLimits
-	41, // 22: servewise.v1.SelectModeRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
+	38, // 20: servewise.v1.SelectModeRequest.candidates:type_name -> servewise.v1.Candidate
+	41, // 21: servewise.v1.SelectModeRequest.limits:type_name -> servewise.v1.SearchLimits
+	42, // 22: servewise.v1.SelectModeRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
 	8,  // 23: servewise.v1.SelectModeRequest.cost_sensitivity:type_name -> servewise.v1.CostSensitivity
 	7,  // 24: servewise.v1.SelectModeRequest.offline:type_name -> servewise.v1.OfflineOptions
-	43, // 25: servewise.v1.PoolPlan.assessment:type_name -> servewise.v1.PlanAssessment
-	48, // 26: servewise.v1.ModePlan.mode:type_name -> servewise.v1.ServingMode
-	44, // 27: servewise.v1.ModePlan.binding_constraint:type_name -> servewise.v1.BindingConstraint
+	44, // 25: servewise.v1.PoolPlan.assessment:type_name -> servewise.v1.PlanAssessment
+	49, // 26: servewise.v1.ModePlan.mode:type_name -> servewise.v1.ServingMode
+	45, // 27: servewise.v1.ModePlan.binding_constraint:type_name -> servewise.v1.BindingConstraint
 	10, // 28: servewise.v1.ModePlan.pools:type_name -> servewise.v1.PoolPlan
 	11, // 29: servewise.v1.ModePlan.offline_jobs:type_name -> servewise.v1.OfflinePlan
-	48, // 30: servewise.v1.BreakEven.below_mode:type_name -> servewise.v1.ServingMode
-	48, // 31: servewise.v1.BreakEven.above_mode:type_name -> servewise.v1.ServingMode
-	48, // 32: servewise.v1.SelectModeResponse.chosen_mode:type_name -> servewise.v1.ServingMode
+	49, // 30: servewise.v1.BreakEven.below_mode:type_name -> servewise.v1.ServingMode
+	49, // 31: servewise.v1.BreakEven.above_mode:type_name -> servewise.v1.ServingMode
+	49, // 32: servewise.v1.SelectModeResponse.chosen_mode:type_name -> servewise.v1.ServingMode
 	12, // 33: servewise.v1.SelectModeResponse.modes:type_name -> servewise.v1.ModePlan
 	13, // 34: servewise.v1.SelectModeResponse.break_evens:type_name -> servewise.v1.BreakEven
-	37, // 35: servewise.v1.DeploymentSpec.candidates:type_name -> servewise.v1.Candidate
-	39, // 36: servewise.v1.DeploymentSpec.slo:type_name -> servewise.v1.Slo
-	42, // 37: servewise.v1.DeploymentSpec.plan:type_name -> servewise.v1.ServingPlan
-	49, // 38: servewise.v1.DeploymentSpec.rate_profile:type_name -> servewise.v1.RatePoint
-	50, // 39: servewise.v1.StrategyResult.strategy:type_name -> servewise.v1.ResourceStrategy
-	42, // 40: servewise.v1.DeploymentResources.plan:type_name -> servewise.v1.ServingPlan
+	38, // 35: servewise.v1.DeploymentSpec.candidates:type_name -> servewise.v1.Candidate
+	40, // 36: servewise.v1.DeploymentSpec.slo:type_name -> servewise.v1.Slo
+	43, // 37: servewise.v1.DeploymentSpec.plan:type_name -> servewise.v1.ServingPlan
+	50, // 38: servewise.v1.DeploymentSpec.rate_profile:type_name -> servewise.v1.RatePoint
+	51, // 39: servewise.v1.StrategyResult.strategy:type_name -> servewise.v1.ResourceStrategy
+	43, // 40: servewise.v1.DeploymentResources.plan:type_name -> servewise.v1.ServingPlan
 	16, // 41: servewise.v1.DeploymentResources.strategies:type_name -> servewise.v1.StrategyResult
-	51, // 42: servewise.v1.DeploymentResources.recommended_autoscaler:type_name -> servewise.v1.AutoscalerSettings
-	52, // 43: servewise.v1.DeploymentResources.exports:type_name -> servewise.v1.PlanExports
+	52, // 42: servewise.v1.DeploymentResources.recommended_autoscaler:type_name -> servewise.v1.AutoscalerSettings
+	53, // 43: servewise.v1.DeploymentResources.exports:type_name -> servewise.v1.PlanExports
 	15, // 44: servewise.v1.PlanResourcesRequest.deployments:type_name -> servewise.v1.DeploymentSpec
-	51, // 45: servewise.v1.PlanResourcesRequest.autoscaler:type_name -> servewise.v1.AutoscalerSettings
-	40, // 46: servewise.v1.PlanResourcesRequest.limits:type_name -> servewise.v1.SearchLimits
-	41, // 47: servewise.v1.PlanResourcesRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
+	52, // 45: servewise.v1.PlanResourcesRequest.autoscaler:type_name -> servewise.v1.AutoscalerSettings
+	41, // 46: servewise.v1.PlanResourcesRequest.limits:type_name -> servewise.v1.SearchLimits
+	42, // 47: servewise.v1.PlanResourcesRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
 	17, // 48: servewise.v1.PlanResourcesResponse.deployments:type_name -> servewise.v1.DeploymentResources
-	50, // 49: servewise.v1.PlanResourcesResponse.recommended_strategy:type_name -> servewise.v1.ResourceStrategy
+	51, // 49: servewise.v1.PlanResourcesResponse.recommended_strategy:type_name -> servewise.v1.ResourceStrategy
 	16, // 50: servewise.v1.PlanResourcesResponse.totals:type_name -> servewise.v1.StrategyResult
-	29, // 51: servewise.v1.EvaluateSwitchRequest.samples:type_name -> servewise.v1.MetricSample
+	30, // 51: servewise.v1.EvaluateSwitchRequest.samples:type_name -> servewise.v1.MetricSample
 	27, // 52: servewise.v1.EvaluateSwitchRequest.settings_override:type_name -> servewise.v1.DeploymentSettings
 	0,  // 53: servewise.v1.EvaluateSwitchResponse.decision:type_name -> servewise.v1.SwitchDecision
-	48, // 54: servewise.v1.EvaluateSwitchResponse.target_mode:type_name -> servewise.v1.ServingMode
-	42, // 55: servewise.v1.EvaluateSwitchResponse.target_plan:type_name -> servewise.v1.ServingPlan
+	49, // 54: servewise.v1.EvaluateSwitchResponse.target_mode:type_name -> servewise.v1.ServingMode
+	43, // 55: servewise.v1.EvaluateSwitchResponse.target_plan:type_name -> servewise.v1.ServingPlan
 	21, // 56: servewise.v1.EvaluateSwitchResponse.steps:type_name -> servewise.v1.TransitionStep
 	27, // 57: servewise.v1.EvaluateSwitchResponse.settings:type_name -> servewise.v1.DeploymentSettings
 	1,  // 58: servewise.v1.RouteResponse.pool:type_name -> servewise.v1.Pool
-	37, // 59: servewise.v1.Deployment.candidates:type_name -> servewise.v1.Candidate
-	39, // 60: servewise.v1.Deployment.slo:type_name -> servewise.v1.Slo
+	38, // 59: servewise.v1.Deployment.candidates:type_name -> servewise.v1.Candidate
+	40, // 60: servewise.v1.Deployment.slo:type_name -> servewise.v1.Slo
 	6,  // 61: servewise.v1.Deployment.traffic_classes:type_name -> servewise.v1.TrafficClass
-	48, // 62: servewise.v1.Deployment.current_mode:type_name -> servewise.v1.ServingMode
-	42, // 63: servewise.v1.Deployment.current_plan:type_name -> servewise.v1.ServingPlan
+	49, // 62: servewise.v1.Deployment.current_mode:type_name -> servewise.v1.ServingMode
+	43, // 63: servewise.v1.Deployment.current_plan:type_name -> servewise.v1.ServingPlan
 	27, // 64: servewise.v1.Deployment.settings:type_name -> servewise.v1.DeploymentSettings
-	41, // 65: servewise.v1.Deployment.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
-	40, // 66: servewise.v1.Deployment.limits:type_name -> servewise.v1.SearchLimits
-	22, // 67: servewise.v1.DecisionRecord.evaluation:type_name -> servewise.v1.EvaluateSwitchResponse
-	28, // 68: servewise.v1.RegisterDeploymentRequest.deployment:type_name -> servewise.v1.Deployment
-	28, // 69: servewise.v1.RegisterDeploymentResponse.deployment:type_name -> servewise.v1.Deployment
-	28, // 70: servewise.v1.GetDeploymentResponse.deployment:type_name -> servewise.v1.Deployment
-	28, // 71: servewise.v1.ListDeploymentsResponse.deployments:type_name -> servewise.v1.Deployment
-	2,  // 72: servewise.v1.ServewiseService.OptimizeBatch:input_type -> servewise.v1.OptimizeBatchRequest
-	9,  // 73: servewise.v1.ServewiseService.SelectMode:input_type -> servewise.v1.SelectModeRequest
-	18, // 74: servewise.v1.ServewiseService.PlanResources:input_type -> servewise.v1.PlanResourcesRequest
-	20, // 75: servewise.v1.ServewiseService.EvaluateSwitch:input_type -> servewise.v1.EvaluateSwitchRequest
-	23, // 76: servewise.v1.ServewiseService.Control:input_type -> servewise.v1.ControlRequest
-	25, // 77: servewise.v1.ServewiseService.Route:input_type -> servewise.v1.RouteRequest
-	4,  // 78: servewise.v1.ServewiseService.Simulate:input_type -> servewise.v1.SimulateRequest
-	31, // 79: servewise.v1.ServewiseService.RegisterDeployment:input_type -> servewise.v1.RegisterDeploymentRequest
-	33, // 80: servewise.v1.ServewiseService.GetDeployment:input_type -> servewise.v1.GetDeploymentRequest
-	35, // 81: servewise.v1.ServewiseService.ListDeployments:input_type -> servewise.v1.ListDeploymentsRequest
-	3,  // 82: servewise.v1.ServewiseService.OptimizeBatch:output_type -> servewise.v1.OptimizeBatchResponse
-	14, // 83: servewise.v1.ServewiseService.SelectMode:output_type -> servewise.v1.SelectModeResponse
-	19, // 84: servewise.v1.ServewiseService.PlanResources:output_type -> servewise.v1.PlanResourcesResponse
-	22, // 85: servewise.v1.ServewiseService.EvaluateSwitch:output_type -> servewise.v1.EvaluateSwitchResponse
-	24, // 86: servewise.v1.ServewiseService.Control:output_type -> servewise.v1.ControlResponse
-	26, // 87: servewise.v1.ServewiseService.Route:output_type -> servewise.v1.RouteResponse
-	5,  // 88: servewise.v1.ServewiseService.Simulate:output_type -> servewise.v1.SimulateResponse
-	32, // 89: servewise.v1.ServewiseService.RegisterDeployment:output_type -> servewise.v1.RegisterDeploymentResponse
-	34, // 90: servewise.v1.ServewiseService.GetDeployment:output_type -> servewise.v1.GetDeploymentResponse
-	36, // 91: servewise.v1.ServewiseService.ListDeployments:output_type -> servewise.v1.ListDeploymentsResponse
-	82, // [82:92] is the sub-list for method output_type
-	72, // [72:82] is the sub-list for method input_type
-	72, // [72:72] is the sub-list for extension type_name
-	72, // [72:72] is the sub-list for extension extendee
-	0,  // [0:72] is the sub-list for field type_name
+	42, // 65: servewise.v1.Deployment.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
+	41, // 66: servewise.v1.Deployment.limits:type_name -> servewise.v1.SearchLimits
+	29, // 67: servewise.v1.Deployment.transition:type_name -> servewise.v1.Transition
+	49, // 68: servewise.v1.Transition.from_mode:type_name -> servewise.v1.ServingMode
+	43, // 69: servewise.v1.Transition.from_plan:type_name -> servewise.v1.ServingPlan
+	49, // 70: servewise.v1.Transition.to_mode:type_name -> servewise.v1.ServingMode
+	43, // 71: servewise.v1.Transition.to_plan:type_name -> servewise.v1.ServingPlan
+	21, // 72: servewise.v1.Transition.steps:type_name -> servewise.v1.TransitionStep
+	22, // 73: servewise.v1.DecisionRecord.evaluation:type_name -> servewise.v1.EvaluateSwitchResponse
+	28, // 74: servewise.v1.RegisterDeploymentRequest.deployment:type_name -> servewise.v1.Deployment
+	28, // 75: servewise.v1.RegisterDeploymentResponse.deployment:type_name -> servewise.v1.Deployment
+	28, // 76: servewise.v1.GetDeploymentResponse.deployment:type_name -> servewise.v1.Deployment
+	28, // 77: servewise.v1.ListDeploymentsResponse.deployments:type_name -> servewise.v1.Deployment
+	2,  // 78: servewise.v1.ServewiseService.OptimizeBatch:input_type -> servewise.v1.OptimizeBatchRequest
+	9,  // 79: servewise.v1.ServewiseService.SelectMode:input_type -> servewise.v1.SelectModeRequest
+	18, // 80: servewise.v1.ServewiseService.PlanResources:input_type -> servewise.v1.PlanResourcesRequest
+	20, // 81: servewise.v1.ServewiseService.EvaluateSwitch:input_type -> servewise.v1.EvaluateSwitchRequest
+	23, // 82: servewise.v1.ServewiseService.Control:input_type -> servewise.v1.ControlRequest
+	25, // 83: servewise.v1.ServewiseService.Route:input_type -> servewise.v1.RouteRequest
+	4,  // 84: servewise.v1.ServewiseService.Simulate:input_type -> servewise.v1.SimulateRequest
+	32, // 85: servewise.v1.ServewiseService.RegisterDeployment:input_type -> servewise.v1.RegisterDeploymentRequest
+	34, // 86: servewise.v1.ServewiseService.GetDeployment:input_type -> servewise.v1.GetDeploymentRequest
+	36, // 87: servewise.v1.ServewiseService.ListDeployments:input_type -> servewise.v1.ListDeploymentsRequest
+	3,  // 88: servewise.v1.ServewiseService.OptimizeBatch:output_type -> servewise.v1.OptimizeBatchResponse
+	14, // 89: servewise.v1.ServewiseService.SelectMode:output_type -> servewise.v1.SelectModeResponse
+	19, // 90: servewise.v1.ServewiseService.PlanResources:output_type -> servewise.v1.PlanResourcesResponse
+	22, // 91: servewise.v1.ServewiseService.EvaluateSwitch:output_type -> servewise.v1.EvaluateSwitchResponse
+	24, // 92: servewise.v1.ServewiseService.Control:output_type -> servewise.v1.ControlResponse
+	26, // 93: servewise.v1.ServewiseService.Route:output_type -> servewise.v1.RouteResponse
+	5,  // 94: servewise.v1.ServewiseService.Simulate:output_type -> servewise.v1.SimulateResponse
+	33, // 95: servewise.v1.ServewiseService.RegisterDeployment:output_type -> servewise.v1.RegisterDeploymentResponse
+	35, // 96: servewise.v1.ServewiseService.GetDeployment:output_type -> servewise.v1.GetDeploymentResponse
+	37, // 97: servewise.v1.ServewiseService.ListDeployments:output_type -> servewise.v1.ListDeploymentsResponse
+	88, // [88:98] is the sub-list for method output_type
+	78, // [78:88] is the sub-list for method input_type
+	78, // [78:78] is the sub-list for extension type_name
+	78, // [78:78] is the sub-list for extension extendee
+	0,  // [0:78] is the sub-list for field type_name
 }
 
 func init() { file_servewise_v1_servewise_proto_init() }
@@ -3586,7 +3742,7 @@ func file_servewise_v1_servewise_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_servewise_v1_servewise_proto_rawDesc), len(file_servewise_v1_servewise_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   35,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

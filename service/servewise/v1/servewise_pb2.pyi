@@ -1222,6 +1222,7 @@ class Deployment(_message.Message):
     CURRENT_PLAN_SINCE_S_FIELD_NUMBER: _builtins.int
     SERVICE_TIME_BASIS_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    TRANSITION_FIELD_NUMBER: _builtins.int
     deployment_id: _builtins.str
     """1 to 128 characters of [A-Za-z0-9._-]."""
     current_mode: _types_pb2.ServingMode.ValueType
@@ -1251,6 +1252,10 @@ class Deployment(_message.Message):
     def settings(self) -> Global___DeploymentSettings: ...
     @_builtins.property
     def limits(self) -> _types_pb2.SearchLimits: ...
+    @_builtins.property
+    def transition(self) -> Global___Transition:
+        """The traffic shift in progress, when there is one (written by the Control stream)."""
+
     def __init__(
         self,
         *,
@@ -1267,16 +1272,75 @@ class Deployment(_message.Message):
         current_plan_since_s: _builtins.float | None = ...,
         service_time_basis: _types_pb2.ServiceTimeBasis.ValueType = ...,
         limits: _types_pb2.SearchLimits | None = ...,
+        transition: Global___Transition | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_current_plan_since_s", b"_current_plan_since_s", "current_plan", b"current_plan", "current_plan_since_s", b"current_plan_since_s", "limits", b"limits", "settings", b"settings", "slo", b"slo"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_current_plan_since_s", b"_current_plan_since_s", "current_plan", b"current_plan", "current_plan_since_s", b"current_plan_since_s", "limits", b"limits", "settings", b"settings", "slo", b"slo", "transition", b"transition"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_current_plan_since_s", b"_current_plan_since_s", "candidates", b"candidates", "current_mode", b"current_mode", "current_plan", b"current_plan", "current_plan_since_s", b"current_plan_since_s", "deployment_id", b"deployment_id", "limits", b"limits", "planned_rate_per_s", b"planned_rate_per_s", "service_time_basis", b"service_time_basis", "settings", b"settings", "slo", b"slo", "state_version", b"state_version", "traffic_classes", b"traffic_classes", "updated_at_s", b"updated_at_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_current_plan_since_s", b"_current_plan_since_s", "candidates", b"candidates", "current_mode", b"current_mode", "current_plan", b"current_plan", "current_plan_since_s", b"current_plan_since_s", "deployment_id", b"deployment_id", "limits", b"limits", "planned_rate_per_s", b"planned_rate_per_s", "service_time_basis", b"service_time_basis", "settings", b"settings", "slo", b"slo", "state_version", b"state_version", "traffic_classes", b"traffic_classes", "transition", b"transition", "updated_at_s", b"updated_at_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__current_plan_since_s: _TypeAlias = _typing.Literal["current_plan_since_s"]  # noqa: Y015
     _WhichOneofArgType__current_plan_since_s: _TypeAlias = _typing.Literal["_current_plan_since_s", b"_current_plan_since_s"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__current_plan_since_s) -> _WhichOneofReturnType__current_plan_since_s | None: ...
 
 Global___Deployment: _TypeAlias = Deployment  # noqa: Y015
+
+@_typing.final
+class Transition(_message.Message):
+    """A gradual traffic shift from the plan in force to a target plan, step by step."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_MODE_FIELD_NUMBER: _builtins.int
+    FROM_PLAN_FIELD_NUMBER: _builtins.int
+    TO_MODE_FIELD_NUMBER: _builtins.int
+    TO_PLAN_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    STEP_INDEX_FIELD_NUMBER: _builtins.int
+    STEP_STARTED_AT_S_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PANIC_FIELD_NUMBER: _builtins.int
+    DECISION_SEQ_FIELD_NUMBER: _builtins.int
+    from_mode: _types_pb2.ServingMode.ValueType
+    to_mode: _types_pb2.ServingMode.ValueType
+    step_index: _builtins.int
+    """Index into steps of the step in force."""
+    step_started_at_s: _builtins.float
+    """Seconds (the samples' clock) when the step in force began."""
+    reason: _builtins.str
+    """Why the shift started, with its numbers."""
+    panic: _builtins.bool
+    """Whether it is a move to safety after the SLO broke (panic mode)."""
+    decision_seq: _builtins.int
+    """Sequence number of the decision that started it, in the deployment's decision log."""
+    @_builtins.property
+    def from_plan(self) -> _types_pb2.ServingPlan: ...
+    @_builtins.property
+    def to_plan(self) -> _types_pb2.ServingPlan: ...
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransitionStep]:
+        """The steps; the last has weight 1."""
+
+    def __init__(
+        self,
+        *,
+        from_mode: _types_pb2.ServingMode.ValueType = ...,
+        from_plan: _types_pb2.ServingPlan | None = ...,
+        to_mode: _types_pb2.ServingMode.ValueType = ...,
+        to_plan: _types_pb2.ServingPlan | None = ...,
+        steps: _abc.Iterable[Global___TransitionStep] | None = ...,
+        step_index: _builtins.int = ...,
+        step_started_at_s: _builtins.float = ...,
+        reason: _builtins.str = ...,
+        panic: _builtins.bool = ...,
+        decision_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from_plan", b"from_plan", "to_plan", b"to_plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_seq", b"decision_seq", "from_mode", b"from_mode", "from_plan", b"from_plan", "panic", b"panic", "reason", b"reason", "step_index", b"step_index", "step_started_at_s", b"step_started_at_s", "steps", b"steps", "to_mode", b"to_mode", "to_plan", b"to_plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Transition: _TypeAlias = Transition  # noqa: Y015
 
 @_typing.final
 class MetricSample(_message.Message):

@@ -572,7 +572,33 @@ export interface Deployment {
   /** Unix seconds since the current plan has been in force (for the minimum dwell); unset: long ago. */
   currentPlanSinceS?: number | undefined;
   serviceTimeBasis: ServiceTimeBasis;
-  limits?: SearchLimits | undefined;
+  limits?:
+    | SearchLimits
+    | undefined;
+  /** The traffic shift in progress, when there is one (written by the Control stream). */
+  transition?: Transition | undefined;
+}
+
+/** A gradual traffic shift from the plan in force to a target plan, step by step. */
+export interface Transition {
+  fromMode: ServingMode;
+  fromPlan?: ServingPlan | undefined;
+  toMode: ServingMode;
+  toPlan?:
+    | ServingPlan
+    | undefined;
+  /** The steps; the last has weight 1. */
+  steps: TransitionStep[];
+  /** Index into steps of the step in force. */
+  stepIndex: number;
+  /** Seconds (the samples' clock) when the step in force began. */
+  stepStartedAtS: number;
+  /** Why the shift started, with its numbers. */
+  reason: string;
+  /** Whether it is a move to safety after the SLO broke (panic mode). */
+  panic: boolean;
+  /** Sequence number of the decision that started it, in the deployment's decision log. */
+  decisionSeq: bigint;
 }
 
 /** One sample of a deployment's live metrics. */
@@ -5117,6 +5143,7 @@ function createBaseDeployment(): Deployment {
     currentPlanSinceS: undefined,
     serviceTimeBasis: 0,
     limits: undefined,
+    transition: undefined,
   };
 }
 
@@ -5163,6 +5190,9 @@ export const Deployment: MessageFns<Deployment> = {
     }
     if (message.limits !== undefined) {
       SearchLimits.encode(message.limits, writer.uint32(106).fork()).join();
+    }
+    if (message.transition !== undefined) {
+      Transition.encode(message.transition, writer.uint32(114).fork()).join();
     }
     return writer;
   },
@@ -5284,6 +5314,14 @@ export const Deployment: MessageFns<Deployment> = {
             message.limits = SearchLimits.decode(reader, reader.uint32());
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.transition = Transition.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5349,6 +5387,7 @@ export const Deployment: MessageFns<Deployment> = {
         ? serviceTimeBasisFromJSON(object.service_time_basis)
         : 0,
       limits: isSet(object.limits) ? SearchLimits.fromJSON(object.limits) : undefined,
+      transition: isSet(object.transition) ? Transition.fromJSON(object.transition) : undefined,
     };
   },
 
@@ -5393,6 +5432,9 @@ export const Deployment: MessageFns<Deployment> = {
     if (message.limits !== undefined) {
       obj.limits = SearchLimits.toJSON(message.limits);
     }
+    if (message.transition !== undefined) {
+      obj.transition = Transition.toJSON(message.transition);
+    }
     return obj;
   },
 
@@ -5422,6 +5464,272 @@ export const Deployment: MessageFns<Deployment> = {
     message.limits = (object.limits !== undefined && object.limits !== null)
       ? SearchLimits.fromPartial(object.limits)
       : undefined;
+    message.transition = (object.transition !== undefined && object.transition !== null)
+      ? Transition.fromPartial(object.transition)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseTransition(): Transition {
+  return {
+    fromMode: 0,
+    fromPlan: undefined,
+    toMode: 0,
+    toPlan: undefined,
+    steps: [],
+    stepIndex: 0,
+    stepStartedAtS: 0,
+    reason: "",
+    panic: false,
+    decisionSeq: 0n,
+  };
+}
+
+export const Transition: MessageFns<Transition> = {
+  encode(message: Transition, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.fromMode !== 0) {
+      writer.uint32(8).int32(message.fromMode);
+    }
+    if (message.fromPlan !== undefined) {
+      ServingPlan.encode(message.fromPlan, writer.uint32(18).fork()).join();
+    }
+    if (message.toMode !== 0) {
+      writer.uint32(24).int32(message.toMode);
+    }
+    if (message.toPlan !== undefined) {
+      ServingPlan.encode(message.toPlan, writer.uint32(34).fork()).join();
+    }
+    for (const v of message.steps) {
+      TransitionStep.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.stepIndex !== 0) {
+      writer.uint32(48).uint32(message.stepIndex);
+    }
+    if (message.stepStartedAtS !== 0) {
+      writer.uint32(57).double(message.stepStartedAtS);
+    }
+    if (message.reason !== "") {
+      writer.uint32(66).string(message.reason);
+    }
+    if (message.panic !== false) {
+      writer.uint32(72).bool(message.panic);
+    }
+    if (message.decisionSeq !== 0n) {
+      if (BigInt.asUintN(64, message.decisionSeq) !== message.decisionSeq) {
+        throw new globalThis.Error("value provided for field message.decisionSeq of type uint64 too large");
+      }
+      writer.uint32(80).uint64(message.decisionSeq);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Transition {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTransition();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.fromMode = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.fromPlan = ServingPlan.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.toMode = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.toPlan = ServingPlan.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.steps.push(TransitionStep.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.stepIndex = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.stepStartedAtS = reader.double();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.panic = reader.bool();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.decisionSeq = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Transition {
+    return {
+      fromMode: isSet(object.fromMode)
+        ? servingModeFromJSON(object.fromMode)
+        : isSet(object.from_mode)
+        ? servingModeFromJSON(object.from_mode)
+        : 0,
+      fromPlan: isSet(object.fromPlan)
+        ? ServingPlan.fromJSON(object.fromPlan)
+        : isSet(object.from_plan)
+        ? ServingPlan.fromJSON(object.from_plan)
+        : undefined,
+      toMode: isSet(object.toMode)
+        ? servingModeFromJSON(object.toMode)
+        : isSet(object.to_mode)
+        ? servingModeFromJSON(object.to_mode)
+        : 0,
+      toPlan: isSet(object.toPlan)
+        ? ServingPlan.fromJSON(object.toPlan)
+        : isSet(object.to_plan)
+        ? ServingPlan.fromJSON(object.to_plan)
+        : undefined,
+      steps: globalThis.Array.isArray(object?.steps)
+        ? object.steps.map((e: any) => TransitionStep.fromJSON(e))
+        : [],
+      stepIndex: isSet(object.stepIndex)
+        ? globalThis.Number(object.stepIndex)
+        : isSet(object.step_index)
+        ? globalThis.Number(object.step_index)
+        : 0,
+      stepStartedAtS: isSet(object.stepStartedAtS)
+        ? globalThis.Number(object.stepStartedAtS)
+        : isSet(object.step_started_at_s)
+        ? globalThis.Number(object.step_started_at_s)
+        : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      panic: isSet(object.panic) ? globalThis.Boolean(object.panic) : false,
+      decisionSeq: isSet(object.decisionSeq)
+        ? BigInt(object.decisionSeq)
+        : isSet(object.decision_seq)
+        ? BigInt(object.decision_seq)
+        : 0n,
+    };
+  },
+
+  toJSON(message: Transition): unknown {
+    const obj: any = {};
+    if (message.fromMode !== 0) {
+      obj.fromMode = servingModeToJSON(message.fromMode);
+    }
+    if (message.fromPlan !== undefined) {
+      obj.fromPlan = ServingPlan.toJSON(message.fromPlan);
+    }
+    if (message.toMode !== 0) {
+      obj.toMode = servingModeToJSON(message.toMode);
+    }
+    if (message.toPlan !== undefined) {
+      obj.toPlan = ServingPlan.toJSON(message.toPlan);
+    }
+    if (message.steps?.length) {
+      obj.steps = message.steps.map((e) => TransitionStep.toJSON(e));
+    }
+    if (message.stepIndex !== 0) {
+      obj.stepIndex = Math.round(message.stepIndex);
+    }
+    if (message.stepStartedAtS !== 0) {
+      obj.stepStartedAtS = floatToJson(message.stepStartedAtS);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.panic !== false) {
+      obj.panic = message.panic;
+    }
+    if (message.decisionSeq !== 0n) {
+      obj.decisionSeq = message.decisionSeq.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Transition>, I>>(base?: I): Transition {
+    return Transition.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Transition>, I>>(object: I): Transition {
+    const message = createBaseTransition();
+    message.fromMode = object.fromMode ?? 0;
+    message.fromPlan = (object.fromPlan !== undefined && object.fromPlan !== null)
+      ? ServingPlan.fromPartial(object.fromPlan)
+      : undefined;
+    message.toMode = object.toMode ?? 0;
+    message.toPlan = (object.toPlan !== undefined && object.toPlan !== null)
+      ? ServingPlan.fromPartial(object.toPlan)
+      : undefined;
+    message.steps = object.steps?.map((e) => TransitionStep.fromPartial(e)) || [];
+    message.stepIndex = object.stepIndex ?? 0;
+    message.stepStartedAtS = object.stepStartedAtS ?? 0;
+    message.reason = object.reason ?? "";
+    message.panic = object.panic ?? false;
+    message.decisionSeq = (object.decisionSeq !== undefined && object.decisionSeq !== null)
+      ? BigInt(object.decisionSeq)
+      : 0n;
     return message;
   },
 };
