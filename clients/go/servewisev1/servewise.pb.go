@@ -2143,12 +2143,20 @@ func (x *EvaluateSwitchResponse) GetSettings() *DeploymentSettings {
 	return nil
 }
 
-// Fields land with the live-control issue.
+// One message from the client on the Control stream. Several deployments may share a stream.
 type ControlRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	DeploymentId  string                 `protobuf:"bytes,1,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The deployment a sample with an empty deployment_id belongs to.
+	DeploymentId string `protobuf:"bytes,1,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*ControlRequest_Sample
+	Kind isControlRequest_Kind `protobuf_oneof:"kind"`
+	// Whether the stream also wants a HoldEvent for every sample that changes nothing; the newest
+	// request's value applies.
+	WantHoldEvents bool `protobuf:"varint,3,opt,name=want_hold_events,json=wantHoldEvents,proto3" json:"want_hold_events,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ControlRequest) Reset() {
@@ -2188,15 +2196,602 @@ func (x *ControlRequest) GetDeploymentId() string {
 	return ""
 }
 
-type ControlResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+func (x *ControlRequest) GetKind() isControlRequest_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *ControlRequest) GetSample() *MetricSample {
+	if x != nil {
+		if x, ok := x.Kind.(*ControlRequest_Sample); ok {
+			return x.Sample
+		}
+	}
+	return nil
+}
+
+func (x *ControlRequest) GetWantHoldEvents() bool {
+	if x != nil {
+		return x.WantHoldEvents
+	}
+	return false
+}
+
+type isControlRequest_Kind interface {
+	isControlRequest_Kind()
+}
+
+type ControlRequest_Sample struct {
+	// A metrics sample: validated (finite, non-negative, fractions in [0, 1], timestamps not going
+	// backwards per deployment, a known deployment); an invalid one is answered with a
+	// SampleRejected event and never persisted, and the stream keeps serving.
+	Sample *MetricSample `protobuf:"bytes,2,opt,name=sample,proto3,oneof"`
+}
+
+func (*ControlRequest_Sample) isControlRequest_Kind() {}
+
+// A transition started: the controller decided to switch.
+type SwitchEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The decision with its numbers (as EvaluateSwitch would answer).
+	Evaluation *EvaluateSwitchResponse `protobuf:"bytes,1,opt,name=evaluation,proto3" json:"evaluation,omitempty"`
+	// The traffic shift now in force (step 0 has begun).
+	Transition    *Transition `protobuf:"bytes,2,opt,name=transition,proto3" json:"transition,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
+func (x *SwitchEvent) Reset() {
+	*x = SwitchEvent{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SwitchEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SwitchEvent) ProtoMessage() {}
+
+func (x *SwitchEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SwitchEvent.ProtoReflect.Descriptor instead.
+func (*SwitchEvent) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *SwitchEvent) GetEvaluation() *EvaluateSwitchResponse {
+	if x != nil {
+		return x.Evaluation
+	}
+	return nil
+}
+
+func (x *SwitchEvent) GetTransition() *Transition {
+	if x != nil {
+		return x.Transition
+	}
+	return nil
+}
+
+// A transition step met the SLO for its dwell; the next step is in force.
+type AdvanceEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Index of the step now in force, and the step.
+	StepIndex uint32          `protobuf:"varint,1,opt,name=step_index,json=stepIndex,proto3" json:"step_index,omitempty"`
+	Step      *TransitionStep `protobuf:"bytes,2,opt,name=step,proto3" json:"step,omitempty"`
+	// What the finished step observed (this stream's samples in the step): the largest p99 and error
+	// rate, and how many samples.
+	ObservedP99Ms     float64 `protobuf:"fixed64,3,opt,name=observed_p99_ms,json=observedP99Ms,proto3" json:"observed_p99_ms,omitempty"`
+	ObservedErrorRate float64 `protobuf:"fixed64,4,opt,name=observed_error_rate,json=observedErrorRate,proto3" json:"observed_error_rate,omitempty"`
+	ObservedSamples   uint32  `protobuf:"varint,5,opt,name=observed_samples,json=observedSamples,proto3" json:"observed_samples,omitempty"`
+	// Seconds the finished step lasted (sample clock).
+	StepElapsedS  float64 `protobuf:"fixed64,6,opt,name=step_elapsed_s,json=stepElapsedS,proto3" json:"step_elapsed_s,omitempty"`
+	Reason        string  `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdvanceEvent) Reset() {
+	*x = AdvanceEvent{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdvanceEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdvanceEvent) ProtoMessage() {}
+
+func (x *AdvanceEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdvanceEvent.ProtoReflect.Descriptor instead.
+func (*AdvanceEvent) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *AdvanceEvent) GetStepIndex() uint32 {
+	if x != nil {
+		return x.StepIndex
+	}
+	return 0
+}
+
+func (x *AdvanceEvent) GetStep() *TransitionStep {
+	if x != nil {
+		return x.Step
+	}
+	return nil
+}
+
+func (x *AdvanceEvent) GetObservedP99Ms() float64 {
+	if x != nil {
+		return x.ObservedP99Ms
+	}
+	return 0
+}
+
+func (x *AdvanceEvent) GetObservedErrorRate() float64 {
+	if x != nil {
+		return x.ObservedErrorRate
+	}
+	return 0
+}
+
+func (x *AdvanceEvent) GetObservedSamples() uint32 {
+	if x != nil {
+		return x.ObservedSamples
+	}
+	return 0
+}
+
+func (x *AdvanceEvent) GetStepElapsedS() float64 {
+	if x != nil {
+		return x.StepElapsedS
+	}
+	return 0
+}
+
+func (x *AdvanceEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// A transition step broke the SLO or the error-rate limit: the shift is abandoned and the plan in
+// force before it stays.
+type RollbackEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Why, with the numbers.
+	Cause string `protobuf:"bytes,1,opt,name=cause,proto3" json:"cause,omitempty"`
+	// The step that broke, and the plan abandoned.
+	StepIndex     uint32       `protobuf:"varint,2,opt,name=step_index,json=stepIndex,proto3" json:"step_index,omitempty"`
+	AbandonedMode ServingMode  `protobuf:"varint,3,opt,name=abandoned_mode,json=abandonedMode,proto3,enum=servewise.v1.ServingMode" json:"abandoned_mode,omitempty"`
+	AbandonedPlan *ServingPlan `protobuf:"bytes,4,opt,name=abandoned_plan,json=abandonedPlan,proto3" json:"abandoned_plan,omitempty"`
+	// The plan kept.
+	KeptMode          ServingMode  `protobuf:"varint,5,opt,name=kept_mode,json=keptMode,proto3,enum=servewise.v1.ServingMode" json:"kept_mode,omitempty"`
+	KeptPlan          *ServingPlan `protobuf:"bytes,6,opt,name=kept_plan,json=keptPlan,proto3" json:"kept_plan,omitempty"`
+	ObservedP99Ms     float64      `protobuf:"fixed64,7,opt,name=observed_p99_ms,json=observedP99Ms,proto3" json:"observed_p99_ms,omitempty"`
+	ObservedErrorRate float64      `protobuf:"fixed64,8,opt,name=observed_error_rate,json=observedErrorRate,proto3" json:"observed_error_rate,omitempty"`
+	// Consecutive samples that broke the limits.
+	ConsecutiveBreaches uint32 `protobuf:"varint,9,opt,name=consecutive_breaches,json=consecutiveBreaches,proto3" json:"consecutive_breaches,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *RollbackEvent) Reset() {
+	*x = RollbackEvent{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackEvent) ProtoMessage() {}
+
+func (x *RollbackEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackEvent.ProtoReflect.Descriptor instead.
+func (*RollbackEvent) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RollbackEvent) GetCause() string {
+	if x != nil {
+		return x.Cause
+	}
+	return ""
+}
+
+func (x *RollbackEvent) GetStepIndex() uint32 {
+	if x != nil {
+		return x.StepIndex
+	}
+	return 0
+}
+
+func (x *RollbackEvent) GetAbandonedMode() ServingMode {
+	if x != nil {
+		return x.AbandonedMode
+	}
+	return ServingMode_SERVING_MODE_UNSPECIFIED
+}
+
+func (x *RollbackEvent) GetAbandonedPlan() *ServingPlan {
+	if x != nil {
+		return x.AbandonedPlan
+	}
+	return nil
+}
+
+func (x *RollbackEvent) GetKeptMode() ServingMode {
+	if x != nil {
+		return x.KeptMode
+	}
+	return ServingMode_SERVING_MODE_UNSPECIFIED
+}
+
+func (x *RollbackEvent) GetKeptPlan() *ServingPlan {
+	if x != nil {
+		return x.KeptPlan
+	}
+	return nil
+}
+
+func (x *RollbackEvent) GetObservedP99Ms() float64 {
+	if x != nil {
+		return x.ObservedP99Ms
+	}
+	return 0
+}
+
+func (x *RollbackEvent) GetObservedErrorRate() float64 {
+	if x != nil {
+		return x.ObservedErrorRate
+	}
+	return 0
+}
+
+func (x *RollbackEvent) GetConsecutiveBreaches() uint32 {
+	if x != nil {
+		return x.ConsecutiveBreaches
+	}
+	return 0
+}
+
+// The last step met the SLO: the target is now the deployment's plan.
+type CompleteEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Mode  ServingMode            `protobuf:"varint,1,opt,name=mode,proto3,enum=servewise.v1.ServingMode" json:"mode,omitempty"`
+	Plan  *ServingPlan           `protobuf:"bytes,2,opt,name=plan,proto3" json:"plan,omitempty"`
+	// The rate the new plan was chosen for (the new hysteresis band is around it).
+	PlannedRatePerS float64 `protobuf:"fixed64,3,opt,name=planned_rate_per_s,json=plannedRatePerS,proto3" json:"planned_rate_per_s,omitempty"`
+	// Seconds (sample clock) since when the new plan is in force.
+	PlanSinceS    float64 `protobuf:"fixed64,4,opt,name=plan_since_s,json=planSinceS,proto3" json:"plan_since_s,omitempty"`
+	Reason        string  `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompleteEvent) Reset() {
+	*x = CompleteEvent{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompleteEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompleteEvent) ProtoMessage() {}
+
+func (x *CompleteEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompleteEvent.ProtoReflect.Descriptor instead.
+func (*CompleteEvent) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *CompleteEvent) GetMode() ServingMode {
+	if x != nil {
+		return x.Mode
+	}
+	return ServingMode_SERVING_MODE_UNSPECIFIED
+}
+
+func (x *CompleteEvent) GetPlan() *ServingPlan {
+	if x != nil {
+		return x.Plan
+	}
+	return nil
+}
+
+func (x *CompleteEvent) GetPlannedRatePerS() float64 {
+	if x != nil {
+		return x.PlannedRatePerS
+	}
+	return 0
+}
+
+func (x *CompleteEvent) GetPlanSinceS() float64 {
+	if x != nil {
+		return x.PlanSinceS
+	}
+	return 0
+}
+
+func (x *CompleteEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// Nothing changes (sent only when the stream asked for HOLD events).
+type HoldEvent struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Reason string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The controller's evaluation, when no transition is in progress.
+	Evaluation *EvaluateSwitchResponse `protobuf:"bytes,2,opt,name=evaluation,proto3" json:"evaluation,omitempty"`
+	// During a transition: the step in force and the seconds it has dwelt so far.
+	StepIndex     *uint32 `protobuf:"varint,3,opt,name=step_index,json=stepIndex,proto3,oneof" json:"step_index,omitempty"`
+	StepElapsedS  float64 `protobuf:"fixed64,4,opt,name=step_elapsed_s,json=stepElapsedS,proto3" json:"step_elapsed_s,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HoldEvent) Reset() {
+	*x = HoldEvent{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HoldEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HoldEvent) ProtoMessage() {}
+
+func (x *HoldEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HoldEvent.ProtoReflect.Descriptor instead.
+func (*HoldEvent) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *HoldEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *HoldEvent) GetEvaluation() *EvaluateSwitchResponse {
+	if x != nil {
+		return x.Evaluation
+	}
+	return nil
+}
+
+func (x *HoldEvent) GetStepIndex() uint32 {
+	if x != nil && x.StepIndex != nil {
+		return *x.StepIndex
+	}
+	return 0
+}
+
+func (x *HoldEvent) GetStepElapsedS() float64 {
+	if x != nil {
+		return x.StepElapsedS
+	}
+	return 0
+}
+
+// One invalid field of a sample.
+type SampleViolation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Path of the field in the request, e.g. "sample.p99_ms".
+	Field         string `protobuf:"bytes,1,opt,name=field,proto3" json:"field,omitempty"`
+	Description   string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SampleViolation) Reset() {
+	*x = SampleViolation{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SampleViolation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SampleViolation) ProtoMessage() {}
+
+func (x *SampleViolation) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SampleViolation.ProtoReflect.Descriptor instead.
+func (*SampleViolation) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *SampleViolation) GetField() string {
+	if x != nil {
+		return x.Field
+	}
+	return ""
+}
+
+func (x *SampleViolation) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+// A sample the controller did not accept; nothing was persisted.
+type SampleRejected struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Violations []*SampleViolation     `protobuf:"bytes,1,rep,name=violations,proto3" json:"violations,omitempty"`
+	// The sample's timestamp, to correlate.
+	TimestampS float64 `protobuf:"fixed64,2,opt,name=timestamp_s,json=timestampS,proto3" json:"timestamp_s,omitempty"`
+	// NOT_FOUND-like: the sample names a deployment that is not registered.
+	UnknownDeployment bool `protobuf:"varint,3,opt,name=unknown_deployment,json=unknownDeployment,proto3" json:"unknown_deployment,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *SampleRejected) Reset() {
+	*x = SampleRejected{}
+	mi := &file_servewise_v1_servewise_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SampleRejected) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SampleRejected) ProtoMessage() {}
+
+func (x *SampleRejected) ProtoReflect() protoreflect.Message {
+	mi := &file_servewise_v1_servewise_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SampleRejected.ProtoReflect.Descriptor instead.
+func (*SampleRejected) Descriptor() ([]byte, []int) {
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *SampleRejected) GetViolations() []*SampleViolation {
+	if x != nil {
+		return x.Violations
+	}
+	return nil
+}
+
+func (x *SampleRejected) GetTimestampS() float64 {
+	if x != nil {
+		return x.TimestampS
+	}
+	return 0
+}
+
+func (x *SampleRejected) GetUnknownDeployment() bool {
+	if x != nil {
+		return x.UnknownDeployment
+	}
+	return false
+}
+
+// One control event for one deployment.
+type ControlResponse struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	DeploymentId string                 `protobuf:"bytes,1,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
+	// Types that are valid to be assigned to Event:
+	//
+	//	*ControlResponse_SwitchEvent
+	//	*ControlResponse_AdvanceEvent
+	//	*ControlResponse_RollbackEvent
+	//	*ControlResponse_CompleteEvent
+	//	*ControlResponse_HoldEvent
+	//	*ControlResponse_SampleRejected
+	Event isControlResponse_Event `protobuf_oneof:"event"`
+	// The deployment's state version after the event (the version read, for HOLD).
+	StateVersion uint64 `protobuf:"varint,8,opt,name=state_version,json=stateVersion,proto3" json:"state_version,omitempty"`
+	// Sequence number of the event in the deployment's decision log (SWITCH, ADVANCE, ROLLBACK and
+	// COMPLETE are logged; HOLD and rejections are not).
+	DecisionSeq uint64 `protobuf:"varint,9,opt,name=decision_seq,json=decisionSeq,proto3" json:"decision_seq,omitempty"`
+	// Timestamp of the sample that caused the event.
+	SampleTimestampS float64 `protobuf:"fixed64,10,opt,name=sample_timestamp_s,json=sampleTimestampS,proto3" json:"sample_timestamp_s,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
 func (x *ControlResponse) Reset() {
 	*x = ControlResponse{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[22]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2208,7 +2803,7 @@ func (x *ControlResponse) String() string {
 func (*ControlResponse) ProtoMessage() {}
 
 func (x *ControlResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[22]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2221,8 +2816,137 @@ func (x *ControlResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlResponse.ProtoReflect.Descriptor instead.
 func (*ControlResponse) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{22}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{29}
 }
+
+func (x *ControlResponse) GetDeploymentId() string {
+	if x != nil {
+		return x.DeploymentId
+	}
+	return ""
+}
+
+func (x *ControlResponse) GetEvent() isControlResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *ControlResponse) GetSwitchEvent() *SwitchEvent {
+	if x != nil {
+		if x, ok := x.Event.(*ControlResponse_SwitchEvent); ok {
+			return x.SwitchEvent
+		}
+	}
+	return nil
+}
+
+func (x *ControlResponse) GetAdvanceEvent() *AdvanceEvent {
+	if x != nil {
+		if x, ok := x.Event.(*ControlResponse_AdvanceEvent); ok {
+			return x.AdvanceEvent
+		}
+	}
+	return nil
+}
+
+func (x *ControlResponse) GetRollbackEvent() *RollbackEvent {
+	if x != nil {
+		if x, ok := x.Event.(*ControlResponse_RollbackEvent); ok {
+			return x.RollbackEvent
+		}
+	}
+	return nil
+}
+
+func (x *ControlResponse) GetCompleteEvent() *CompleteEvent {
+	if x != nil {
+		if x, ok := x.Event.(*ControlResponse_CompleteEvent); ok {
+			return x.CompleteEvent
+		}
+	}
+	return nil
+}
+
+func (x *ControlResponse) GetHoldEvent() *HoldEvent {
+	if x != nil {
+		if x, ok := x.Event.(*ControlResponse_HoldEvent); ok {
+			return x.HoldEvent
+		}
+	}
+	return nil
+}
+
+func (x *ControlResponse) GetSampleRejected() *SampleRejected {
+	if x != nil {
+		if x, ok := x.Event.(*ControlResponse_SampleRejected); ok {
+			return x.SampleRejected
+		}
+	}
+	return nil
+}
+
+func (x *ControlResponse) GetStateVersion() uint64 {
+	if x != nil {
+		return x.StateVersion
+	}
+	return 0
+}
+
+func (x *ControlResponse) GetDecisionSeq() uint64 {
+	if x != nil {
+		return x.DecisionSeq
+	}
+	return 0
+}
+
+func (x *ControlResponse) GetSampleTimestampS() float64 {
+	if x != nil {
+		return x.SampleTimestampS
+	}
+	return 0
+}
+
+type isControlResponse_Event interface {
+	isControlResponse_Event()
+}
+
+type ControlResponse_SwitchEvent struct {
+	SwitchEvent *SwitchEvent `protobuf:"bytes,2,opt,name=switch_event,json=switchEvent,proto3,oneof"`
+}
+
+type ControlResponse_AdvanceEvent struct {
+	AdvanceEvent *AdvanceEvent `protobuf:"bytes,3,opt,name=advance_event,json=advanceEvent,proto3,oneof"`
+}
+
+type ControlResponse_RollbackEvent struct {
+	RollbackEvent *RollbackEvent `protobuf:"bytes,4,opt,name=rollback_event,json=rollbackEvent,proto3,oneof"`
+}
+
+type ControlResponse_CompleteEvent struct {
+	CompleteEvent *CompleteEvent `protobuf:"bytes,5,opt,name=complete_event,json=completeEvent,proto3,oneof"`
+}
+
+type ControlResponse_HoldEvent struct {
+	HoldEvent *HoldEvent `protobuf:"bytes,6,opt,name=hold_event,json=holdEvent,proto3,oneof"`
+}
+
+type ControlResponse_SampleRejected struct {
+	SampleRejected *SampleRejected `protobuf:"bytes,7,opt,name=sample_rejected,json=sampleRejected,proto3,oneof"`
+}
+
+func (*ControlResponse_SwitchEvent) isControlResponse_Event() {}
+
+func (*ControlResponse_AdvanceEvent) isControlResponse_Event() {}
+
+func (*ControlResponse_RollbackEvent) isControlResponse_Event() {}
+
+func (*ControlResponse_CompleteEvent) isControlResponse_Event() {}
+
+func (*ControlResponse_HoldEvent) isControlResponse_Event() {}
+
+func (*ControlResponse_SampleRejected) isControlResponse_Event() {}
 
 type RouteRequest struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -2237,7 +2961,7 @@ type RouteRequest struct {
 
 func (x *RouteRequest) Reset() {
 	*x = RouteRequest{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[23]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2249,7 +2973,7 @@ func (x *RouteRequest) String() string {
 func (*RouteRequest) ProtoMessage() {}
 
 func (x *RouteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[23]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2262,7 +2986,7 @@ func (x *RouteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteRequest.ProtoReflect.Descriptor instead.
 func (*RouteRequest) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{23}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RouteRequest) GetDeploymentId() string {
@@ -2303,7 +3027,7 @@ type RouteResponse struct {
 
 func (x *RouteResponse) Reset() {
 	*x = RouteResponse{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[24]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2315,7 +3039,7 @@ func (x *RouteResponse) String() string {
 func (*RouteResponse) ProtoMessage() {}
 
 func (x *RouteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[24]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2328,7 +3052,7 @@ func (x *RouteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteResponse.ProtoReflect.Descriptor instead.
 func (*RouteResponse) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{24}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RouteResponse) GetPool() Pool {
@@ -2377,7 +3101,7 @@ type DeploymentSettings struct {
 
 func (x *DeploymentSettings) Reset() {
 	*x = DeploymentSettings{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[25]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2389,7 +3113,7 @@ func (x *DeploymentSettings) String() string {
 func (*DeploymentSettings) ProtoMessage() {}
 
 func (x *DeploymentSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[25]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2402,7 +3126,7 @@ func (x *DeploymentSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentSettings.ProtoReflect.Descriptor instead.
 func (*DeploymentSettings) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{25}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeploymentSettings) GetSafetyStabilisationWindowS() float64 {
@@ -2500,7 +3224,7 @@ type Deployment struct {
 
 func (x *Deployment) Reset() {
 	*x = Deployment{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[26]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2512,7 +3236,7 @@ func (x *Deployment) String() string {
 func (*Deployment) ProtoMessage() {}
 
 func (x *Deployment) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[26]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2525,7 +3249,7 @@ func (x *Deployment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Deployment.ProtoReflect.Descriptor instead.
 func (*Deployment) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{26}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Deployment) GetDeploymentId() string {
@@ -2644,14 +3368,16 @@ type Transition struct {
 	// Whether it is a move to safety after the SLO broke (panic mode).
 	Panic bool `protobuf:"varint,9,opt,name=panic,proto3" json:"panic,omitempty"`
 	// Sequence number of the decision that started it, in the deployment's decision log.
-	DecisionSeq   uint64 `protobuf:"varint,10,opt,name=decision_seq,json=decisionSeq,proto3" json:"decision_seq,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DecisionSeq uint64 `protobuf:"varint,10,opt,name=decision_seq,json=decisionSeq,proto3" json:"decision_seq,omitempty"`
+	// The (smoothed) rate the target plan was chosen for; planned_rate_per_s once complete.
+	PlannedRatePerS float64 `protobuf:"fixed64,11,opt,name=planned_rate_per_s,json=plannedRatePerS,proto3" json:"planned_rate_per_s,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Transition) Reset() {
 	*x = Transition{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[27]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2663,7 +3389,7 @@ func (x *Transition) String() string {
 func (*Transition) ProtoMessage() {}
 
 func (x *Transition) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[27]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2676,7 +3402,7 @@ func (x *Transition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transition.ProtoReflect.Descriptor instead.
 func (*Transition) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{27}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Transition) GetFromMode() ServingMode {
@@ -2749,6 +3475,13 @@ func (x *Transition) GetDecisionSeq() uint64 {
 	return 0
 }
 
+func (x *Transition) GetPlannedRatePerS() float64 {
+	if x != nil {
+		return x.PlannedRatePerS
+	}
+	return 0
+}
+
 // One sample of a deployment's live metrics.
 type MetricSample struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -2771,7 +3504,7 @@ type MetricSample struct {
 
 func (x *MetricSample) Reset() {
 	*x = MetricSample{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[28]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2783,7 +3516,7 @@ func (x *MetricSample) String() string {
 func (*MetricSample) ProtoMessage() {}
 
 func (x *MetricSample) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[28]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2796,7 +3529,7 @@ func (x *MetricSample) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricSample.ProtoReflect.Descriptor instead.
 func (*MetricSample) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{28}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *MetricSample) GetDeploymentId() string {
@@ -2861,14 +3594,16 @@ type DecisionRecord struct {
 	DeploymentId string                  `protobuf:"bytes,1,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
 	Evaluation   *EvaluateSwitchResponse `protobuf:"bytes,2,opt,name=evaluation,proto3" json:"evaluation,omitempty"`
 	// Unix seconds when the server recorded it.
-	RecordedAtS   float64 `protobuf:"fixed64,3,opt,name=recorded_at_s,json=recordedAtS,proto3" json:"recorded_at_s,omitempty"`
+	RecordedAtS float64 `protobuf:"fixed64,3,opt,name=recorded_at_s,json=recordedAtS,proto3" json:"recorded_at_s,omitempty"`
+	// A Control stream's SWITCH, ADVANCE, ROLLBACK or COMPLETE, as sent (with its state_version).
+	ControlEvent  *ControlResponse `protobuf:"bytes,4,opt,name=control_event,json=controlEvent,proto3" json:"control_event,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DecisionRecord) Reset() {
 	*x = DecisionRecord{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[29]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2880,7 +3615,7 @@ func (x *DecisionRecord) String() string {
 func (*DecisionRecord) ProtoMessage() {}
 
 func (x *DecisionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[29]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2893,7 +3628,7 @@ func (x *DecisionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecisionRecord.ProtoReflect.Descriptor instead.
 func (*DecisionRecord) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{29}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DecisionRecord) GetDeploymentId() string {
@@ -2917,6 +3652,13 @@ func (x *DecisionRecord) GetRecordedAtS() float64 {
 	return 0
 }
 
+func (x *DecisionRecord) GetControlEvent() *ControlResponse {
+	if x != nil {
+		return x.ControlEvent
+	}
+	return nil
+}
+
 type RegisterDeploymentRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// deployment.state_version is the expected current version (0: the deployment must not exist).
@@ -2927,7 +3669,7 @@ type RegisterDeploymentRequest struct {
 
 func (x *RegisterDeploymentRequest) Reset() {
 	*x = RegisterDeploymentRequest{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[30]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2939,7 +3681,7 @@ func (x *RegisterDeploymentRequest) String() string {
 func (*RegisterDeploymentRequest) ProtoMessage() {}
 
 func (x *RegisterDeploymentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[30]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2952,7 +3694,7 @@ func (x *RegisterDeploymentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterDeploymentRequest.ProtoReflect.Descriptor instead.
 func (*RegisterDeploymentRequest) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{30}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RegisterDeploymentRequest) GetDeployment() *Deployment {
@@ -2972,7 +3714,7 @@ type RegisterDeploymentResponse struct {
 
 func (x *RegisterDeploymentResponse) Reset() {
 	*x = RegisterDeploymentResponse{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[31]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2984,7 +3726,7 @@ func (x *RegisterDeploymentResponse) String() string {
 func (*RegisterDeploymentResponse) ProtoMessage() {}
 
 func (x *RegisterDeploymentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[31]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2997,7 +3739,7 @@ func (x *RegisterDeploymentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterDeploymentResponse.ProtoReflect.Descriptor instead.
 func (*RegisterDeploymentResponse) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{31}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RegisterDeploymentResponse) GetDeployment() *Deployment {
@@ -3016,7 +3758,7 @@ type GetDeploymentRequest struct {
 
 func (x *GetDeploymentRequest) Reset() {
 	*x = GetDeploymentRequest{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[32]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3028,7 +3770,7 @@ func (x *GetDeploymentRequest) String() string {
 func (*GetDeploymentRequest) ProtoMessage() {}
 
 func (x *GetDeploymentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[32]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3041,7 +3783,7 @@ func (x *GetDeploymentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeploymentRequest.ProtoReflect.Descriptor instead.
 func (*GetDeploymentRequest) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{32}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetDeploymentRequest) GetDeploymentId() string {
@@ -3060,7 +3802,7 @@ type GetDeploymentResponse struct {
 
 func (x *GetDeploymentResponse) Reset() {
 	*x = GetDeploymentResponse{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[33]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3072,7 +3814,7 @@ func (x *GetDeploymentResponse) String() string {
 func (*GetDeploymentResponse) ProtoMessage() {}
 
 func (x *GetDeploymentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[33]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3085,7 +3827,7 @@ func (x *GetDeploymentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeploymentResponse.ProtoReflect.Descriptor instead.
 func (*GetDeploymentResponse) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{33}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetDeploymentResponse) GetDeployment() *Deployment {
@@ -3107,7 +3849,7 @@ type ListDeploymentsRequest struct {
 
 func (x *ListDeploymentsRequest) Reset() {
 	*x = ListDeploymentsRequest{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[34]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3119,7 +3861,7 @@ func (x *ListDeploymentsRequest) String() string {
 func (*ListDeploymentsRequest) ProtoMessage() {}
 
 func (x *ListDeploymentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[34]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3132,7 +3874,7 @@ func (x *ListDeploymentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeploymentsRequest.ProtoReflect.Descriptor instead.
 func (*ListDeploymentsRequest) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{34}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListDeploymentsRequest) GetPageSize() uint32 {
@@ -3161,7 +3903,7 @@ type ListDeploymentsResponse struct {
 
 func (x *ListDeploymentsResponse) Reset() {
 	*x = ListDeploymentsResponse{}
-	mi := &file_servewise_v1_servewise_proto_msgTypes[35]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3173,7 +3915,7 @@ func (x *ListDeploymentsResponse) String() string {
 func (*ListDeploymentsResponse) ProtoMessage() {}
 
 func (x *ListDeploymentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_servewise_v1_servewise_proto_msgTypes[35]
+	mi := &file_servewise_v1_servewise_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3186,7 +3928,7 @@ func (x *ListDeploymentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeploymentsResponse.ProtoReflect.Descriptor instead.
 func (*ListDeploymentsResponse) Descriptor() ([]byte, []int) {
-	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{35}
+	return file_servewise_v1_servewise_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListDeploymentsResponse) GetDeployments() []*Deployment {
@@ -3408,10 +4150,79 @@ const file_servewise_v1_servewise_proto_rawDesc = "" +
 	"\rstate_version\x18\r \x01(\x04R\fstateVersion\x12!\n" +
 	"\fdecision_seq\x18\x0e \x01(\x04R\vdecisionSeq\x12$\n" +
 	"\x0eevaluated_at_s\x18\x0f \x01(\x01R\fevaluatedAtS\x12<\n" +
-	"\bsettings\x18\x10 \x01(\v2 .servewise.v1.DeploymentSettingsR\bsettings\"5\n" +
+	"\bsettings\x18\x10 \x01(\v2 .servewise.v1.DeploymentSettingsR\bsettings\"\x9d\x01\n" +
 	"\x0eControlRequest\x12#\n" +
-	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\"\x11\n" +
-	"\x0fControlResponse\"\xaf\x01\n" +
+	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x124\n" +
+	"\x06sample\x18\x02 \x01(\v2\x1a.servewise.v1.MetricSampleH\x00R\x06sample\x12(\n" +
+	"\x10want_hold_events\x18\x03 \x01(\bR\x0ewantHoldEventsB\x06\n" +
+	"\x04kind\"\x8d\x01\n" +
+	"\vSwitchEvent\x12D\n" +
+	"\n" +
+	"evaluation\x18\x01 \x01(\v2$.servewise.v1.EvaluateSwitchResponseR\n" +
+	"evaluation\x128\n" +
+	"\n" +
+	"transition\x18\x02 \x01(\v2\x18.servewise.v1.TransitionR\n" +
+	"transition\"\xa0\x02\n" +
+	"\fAdvanceEvent\x12\x1d\n" +
+	"\n" +
+	"step_index\x18\x01 \x01(\rR\tstepIndex\x120\n" +
+	"\x04step\x18\x02 \x01(\v2\x1c.servewise.v1.TransitionStepR\x04step\x12&\n" +
+	"\x0fobserved_p99_ms\x18\x03 \x01(\x01R\robservedP99Ms\x12.\n" +
+	"\x13observed_error_rate\x18\x04 \x01(\x01R\x11observedErrorRate\x12)\n" +
+	"\x10observed_samples\x18\x05 \x01(\rR\x0fobservedSamples\x12$\n" +
+	"\x0estep_elapsed_s\x18\x06 \x01(\x01R\fstepElapsedS\x12\x16\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\"\xc3\x03\n" +
+	"\rRollbackEvent\x12\x14\n" +
+	"\x05cause\x18\x01 \x01(\tR\x05cause\x12\x1d\n" +
+	"\n" +
+	"step_index\x18\x02 \x01(\rR\tstepIndex\x12@\n" +
+	"\x0eabandoned_mode\x18\x03 \x01(\x0e2\x19.servewise.v1.ServingModeR\rabandonedMode\x12@\n" +
+	"\x0eabandoned_plan\x18\x04 \x01(\v2\x19.servewise.v1.ServingPlanR\rabandonedPlan\x126\n" +
+	"\tkept_mode\x18\x05 \x01(\x0e2\x19.servewise.v1.ServingModeR\bkeptMode\x126\n" +
+	"\tkept_plan\x18\x06 \x01(\v2\x19.servewise.v1.ServingPlanR\bkeptPlan\x12&\n" +
+	"\x0fobserved_p99_ms\x18\a \x01(\x01R\robservedP99Ms\x12.\n" +
+	"\x13observed_error_rate\x18\b \x01(\x01R\x11observedErrorRate\x121\n" +
+	"\x14consecutive_breaches\x18\t \x01(\rR\x13consecutiveBreaches\"\xd4\x01\n" +
+	"\rCompleteEvent\x12-\n" +
+	"\x04mode\x18\x01 \x01(\x0e2\x19.servewise.v1.ServingModeR\x04mode\x12-\n" +
+	"\x04plan\x18\x02 \x01(\v2\x19.servewise.v1.ServingPlanR\x04plan\x12+\n" +
+	"\x12planned_rate_per_s\x18\x03 \x01(\x01R\x0fplannedRatePerS\x12 \n" +
+	"\fplan_since_s\x18\x04 \x01(\x01R\n" +
+	"planSinceS\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"\xc2\x01\n" +
+	"\tHoldEvent\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12D\n" +
+	"\n" +
+	"evaluation\x18\x02 \x01(\v2$.servewise.v1.EvaluateSwitchResponseR\n" +
+	"evaluation\x12\"\n" +
+	"\n" +
+	"step_index\x18\x03 \x01(\rH\x00R\tstepIndex\x88\x01\x01\x12$\n" +
+	"\x0estep_elapsed_s\x18\x04 \x01(\x01R\fstepElapsedSB\r\n" +
+	"\v_step_index\"I\n" +
+	"\x0fSampleViolation\x12\x14\n" +
+	"\x05field\x18\x01 \x01(\tR\x05field\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\"\x9f\x01\n" +
+	"\x0eSampleRejected\x12=\n" +
+	"\n" +
+	"violations\x18\x01 \x03(\v2\x1d.servewise.v1.SampleViolationR\n" +
+	"violations\x12\x1f\n" +
+	"\vtimestamp_s\x18\x02 \x01(\x01R\n" +
+	"timestampS\x12-\n" +
+	"\x12unknown_deployment\x18\x03 \x01(\bR\x11unknownDeployment\"\xc7\x04\n" +
+	"\x0fControlResponse\x12#\n" +
+	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12>\n" +
+	"\fswitch_event\x18\x02 \x01(\v2\x19.servewise.v1.SwitchEventH\x00R\vswitchEvent\x12A\n" +
+	"\radvance_event\x18\x03 \x01(\v2\x1a.servewise.v1.AdvanceEventH\x00R\fadvanceEvent\x12D\n" +
+	"\x0erollback_event\x18\x04 \x01(\v2\x1b.servewise.v1.RollbackEventH\x00R\rrollbackEvent\x12D\n" +
+	"\x0ecomplete_event\x18\x05 \x01(\v2\x1b.servewise.v1.CompleteEventH\x00R\rcompleteEvent\x128\n" +
+	"\n" +
+	"hold_event\x18\x06 \x01(\v2\x17.servewise.v1.HoldEventH\x00R\tholdEvent\x12G\n" +
+	"\x0fsample_rejected\x18\a \x01(\v2\x1c.servewise.v1.SampleRejectedH\x00R\x0esampleRejected\x12#\n" +
+	"\rstate_version\x18\b \x01(\x04R\fstateVersion\x12!\n" +
+	"\fdecision_seq\x18\t \x01(\x04R\vdecisionSeq\x12,\n" +
+	"\x12sample_timestamp_s\x18\n" +
+	" \x01(\x01R\x10sampleTimestampSB\a\n" +
+	"\x05event\"\xaf\x01\n" +
 	"\fRouteRequest\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12\x1f\n" +
 	"\vrequest_key\x18\x02 \x01(\tR\n" +
@@ -3463,7 +4274,7 @@ const file_servewise_v1_servewise_proto_rawDesc = "" +
 	"\n" +
 	"transition\x18\x0e \x01(\v2\x18.servewise.v1.TransitionR\n" +
 	"transitionB\x17\n" +
-	"\x15_current_plan_since_s\"\xb3\x03\n" +
+	"\x15_current_plan_since_s\"\xe0\x03\n" +
 	"\n" +
 	"Transition\x126\n" +
 	"\tfrom_mode\x18\x01 \x01(\x0e2\x19.servewise.v1.ServingModeR\bfromMode\x126\n" +
@@ -3477,7 +4288,8 @@ const file_servewise_v1_servewise_proto_rawDesc = "" +
 	"\x06reason\x18\b \x01(\tR\x06reason\x12\x14\n" +
 	"\x05panic\x18\t \x01(\bR\x05panic\x12!\n" +
 	"\fdecision_seq\x18\n" +
-	" \x01(\x04R\vdecisionSeq\"\x82\x02\n" +
+	" \x01(\x04R\vdecisionSeq\x12+\n" +
+	"\x12planned_rate_per_s\x18\v \x01(\x01R\x0fplannedRatePerS\"\x82\x02\n" +
 	"\fMetricSample\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12\x1f\n" +
 	"\vtimestamp_s\x18\x02 \x01(\x01R\n" +
@@ -3490,13 +4302,14 @@ const file_servewise_v1_servewise_proto_rawDesc = "" +
 	"queueDepth\x12 \n" +
 	"\vutilisation\x18\a \x01(\x01R\vutilisation\x12\x1d\n" +
 	"\n" +
-	"error_rate\x18\b \x01(\x01R\terrorRate\"\x9f\x01\n" +
+	"error_rate\x18\b \x01(\x01R\terrorRate\"\xe3\x01\n" +
 	"\x0eDecisionRecord\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12D\n" +
 	"\n" +
 	"evaluation\x18\x02 \x01(\v2$.servewise.v1.EvaluateSwitchResponseR\n" +
 	"evaluation\x12\"\n" +
-	"\rrecorded_at_s\x18\x03 \x01(\x01R\vrecordedAtS\"U\n" +
+	"\rrecorded_at_s\x18\x03 \x01(\x01R\vrecordedAtS\x12B\n" +
+	"\rcontrol_event\x18\x04 \x01(\v2\x1d.servewise.v1.ControlResponseR\fcontrolEvent\"U\n" +
 	"\x19RegisterDeploymentRequest\x128\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\v2\x18.servewise.v1.DeploymentR\n" +
@@ -3554,7 +4367,7 @@ func file_servewise_v1_servewise_proto_rawDescGZIP() []byte {
 }
 
 var file_servewise_v1_servewise_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_servewise_v1_servewise_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_servewise_v1_servewise_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_servewise_v1_servewise_proto_goTypes = []any{
 	(SwitchDecision)(0),                // 0: servewise.v1.SwitchDecision
 	(Pool)(0),                          // 1: servewise.v1.Pool
@@ -3580,141 +4393,167 @@ var file_servewise_v1_servewise_proto_goTypes = []any{
 	(*TransitionStep)(nil),             // 21: servewise.v1.TransitionStep
 	(*EvaluateSwitchResponse)(nil),     // 22: servewise.v1.EvaluateSwitchResponse
 	(*ControlRequest)(nil),             // 23: servewise.v1.ControlRequest
-	(*ControlResponse)(nil),            // 24: servewise.v1.ControlResponse
-	(*RouteRequest)(nil),               // 25: servewise.v1.RouteRequest
-	(*RouteResponse)(nil),              // 26: servewise.v1.RouteResponse
-	(*DeploymentSettings)(nil),         // 27: servewise.v1.DeploymentSettings
-	(*Deployment)(nil),                 // 28: servewise.v1.Deployment
-	(*Transition)(nil),                 // 29: servewise.v1.Transition
-	(*MetricSample)(nil),               // 30: servewise.v1.MetricSample
-	(*DecisionRecord)(nil),             // 31: servewise.v1.DecisionRecord
-	(*RegisterDeploymentRequest)(nil),  // 32: servewise.v1.RegisterDeploymentRequest
-	(*RegisterDeploymentResponse)(nil), // 33: servewise.v1.RegisterDeploymentResponse
-	(*GetDeploymentRequest)(nil),       // 34: servewise.v1.GetDeploymentRequest
-	(*GetDeploymentResponse)(nil),      // 35: servewise.v1.GetDeploymentResponse
-	(*ListDeploymentsRequest)(nil),     // 36: servewise.v1.ListDeploymentsRequest
-	(*ListDeploymentsResponse)(nil),    // 37: servewise.v1.ListDeploymentsResponse
-	(*Candidate)(nil),                  // 38: servewise.v1.Candidate
-	(*Workload)(nil),                   // 39: servewise.v1.Workload
-	(*Slo)(nil),                        // 40: servewise.v1.Slo
-	(*SearchLimits)(nil),               // 41: servewise.v1.SearchLimits
-	(ServiceTimeBasis)(0),              // 42: servewise.v1.ServiceTimeBasis
-	(*ServingPlan)(nil),                // 43: servewise.v1.ServingPlan
-	(*PlanAssessment)(nil),             // 44: servewise.v1.PlanAssessment
-	(BindingConstraint)(0),             // 45: servewise.v1.BindingConstraint
-	(*FrontierPoint)(nil),              // 46: servewise.v1.FrontierPoint
-	(ServiceTimeDistribution)(0),       // 47: servewise.v1.ServiceTimeDistribution
-	(*SimulationResult)(nil),           // 48: servewise.v1.SimulationResult
-	(ServingMode)(0),                   // 49: servewise.v1.ServingMode
-	(*RatePoint)(nil),                  // 50: servewise.v1.RatePoint
-	(ResourceStrategy)(0),              // 51: servewise.v1.ResourceStrategy
-	(*AutoscalerSettings)(nil),         // 52: servewise.v1.AutoscalerSettings
-	(*PlanExports)(nil),                // 53: servewise.v1.PlanExports
+	(*SwitchEvent)(nil),                // 24: servewise.v1.SwitchEvent
+	(*AdvanceEvent)(nil),               // 25: servewise.v1.AdvanceEvent
+	(*RollbackEvent)(nil),              // 26: servewise.v1.RollbackEvent
+	(*CompleteEvent)(nil),              // 27: servewise.v1.CompleteEvent
+	(*HoldEvent)(nil),                  // 28: servewise.v1.HoldEvent
+	(*SampleViolation)(nil),            // 29: servewise.v1.SampleViolation
+	(*SampleRejected)(nil),             // 30: servewise.v1.SampleRejected
+	(*ControlResponse)(nil),            // 31: servewise.v1.ControlResponse
+	(*RouteRequest)(nil),               // 32: servewise.v1.RouteRequest
+	(*RouteResponse)(nil),              // 33: servewise.v1.RouteResponse
+	(*DeploymentSettings)(nil),         // 34: servewise.v1.DeploymentSettings
+	(*Deployment)(nil),                 // 35: servewise.v1.Deployment
+	(*Transition)(nil),                 // 36: servewise.v1.Transition
+	(*MetricSample)(nil),               // 37: servewise.v1.MetricSample
+	(*DecisionRecord)(nil),             // 38: servewise.v1.DecisionRecord
+	(*RegisterDeploymentRequest)(nil),  // 39: servewise.v1.RegisterDeploymentRequest
+	(*RegisterDeploymentResponse)(nil), // 40: servewise.v1.RegisterDeploymentResponse
+	(*GetDeploymentRequest)(nil),       // 41: servewise.v1.GetDeploymentRequest
+	(*GetDeploymentResponse)(nil),      // 42: servewise.v1.GetDeploymentResponse
+	(*ListDeploymentsRequest)(nil),     // 43: servewise.v1.ListDeploymentsRequest
+	(*ListDeploymentsResponse)(nil),    // 44: servewise.v1.ListDeploymentsResponse
+	(*Candidate)(nil),                  // 45: servewise.v1.Candidate
+	(*Workload)(nil),                   // 46: servewise.v1.Workload
+	(*Slo)(nil),                        // 47: servewise.v1.Slo
+	(*SearchLimits)(nil),               // 48: servewise.v1.SearchLimits
+	(ServiceTimeBasis)(0),              // 49: servewise.v1.ServiceTimeBasis
+	(*ServingPlan)(nil),                // 50: servewise.v1.ServingPlan
+	(*PlanAssessment)(nil),             // 51: servewise.v1.PlanAssessment
+	(BindingConstraint)(0),             // 52: servewise.v1.BindingConstraint
+	(*FrontierPoint)(nil),              // 53: servewise.v1.FrontierPoint
+	(ServiceTimeDistribution)(0),       // 54: servewise.v1.ServiceTimeDistribution
+	(*SimulationResult)(nil),           // 55: servewise.v1.SimulationResult
+	(ServingMode)(0),                   // 56: servewise.v1.ServingMode
+	(*RatePoint)(nil),                  // 57: servewise.v1.RatePoint
+	(ResourceStrategy)(0),              // 58: servewise.v1.ResourceStrategy
+	(*AutoscalerSettings)(nil),         // 59: servewise.v1.AutoscalerSettings
+	(*PlanExports)(nil),                // 60: servewise.v1.PlanExports
 }
 var file_servewise_v1_servewise_proto_depIdxs = []int32{
-	38, // 0: servewise.v1.OptimizeBatchRequest.candidates:type_name -> servewise.v1.Candidate
-	39, // 1: servewise.v1.OptimizeBatchRequest.workload:type_name -> servewise.v1.Workload
-	40, // 2: servewise.v1.OptimizeBatchRequest.slo:type_name -> servewise.v1.Slo
-	41, // 3: servewise.v1.OptimizeBatchRequest.limits:type_name -> servewise.v1.SearchLimits
-	42, // 4: servewise.v1.OptimizeBatchRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
-	43, // 5: servewise.v1.OptimizeBatchRequest.current_plan:type_name -> servewise.v1.ServingPlan
-	44, // 6: servewise.v1.OptimizeBatchResponse.recommended:type_name -> servewise.v1.PlanAssessment
-	45, // 7: servewise.v1.OptimizeBatchResponse.binding_constraint:type_name -> servewise.v1.BindingConstraint
-	44, // 8: servewise.v1.OptimizeBatchResponse.realtime_baseline:type_name -> servewise.v1.PlanAssessment
-	44, // 9: servewise.v1.OptimizeBatchResponse.current_plan:type_name -> servewise.v1.PlanAssessment
-	46, // 10: servewise.v1.OptimizeBatchResponse.frontier:type_name -> servewise.v1.FrontierPoint
-	38, // 11: servewise.v1.SimulateRequest.candidate:type_name -> servewise.v1.Candidate
-	43, // 12: servewise.v1.SimulateRequest.plan:type_name -> servewise.v1.ServingPlan
-	39, // 13: servewise.v1.SimulateRequest.workload:type_name -> servewise.v1.Workload
-	42, // 14: servewise.v1.SimulateRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
-	47, // 15: servewise.v1.SimulateRequest.service_time_distribution:type_name -> servewise.v1.ServiceTimeDistribution
-	40, // 16: servewise.v1.SimulateRequest.slo:type_name -> servewise.v1.Slo
-	48, // 17: servewise.v1.SimulateResponse.result:type_name -> servewise.v1.SimulationResult
-	40, // 18: servewise.v1.TrafficClass.slo:type_name -> servewise.v1.Slo
-	6,  // 19: servewise.v1.SelectModeRequest.traffic_classes:type_name -> servewise.v1.TrafficClass
-	38, // 20: servewise.v1.SelectModeRequest.candidates:type_name -> servewise.v1.Candidate
-	41, // 21: servewise.v1.SelectModeRequest.limits:type_name -> servewise.v1.SearchLimits
-	42, // 22: servewise.v1.SelectModeRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
-	8,  // 23: servewise.v1.SelectModeRequest.cost_sensitivity:type_name -> servewise.v1.CostSensitivity
-	7,  // 24: servewise.v1.SelectModeRequest.offline:type_name -> servewise.v1.OfflineOptions
-	44, // 25: servewise.v1.PoolPlan.assessment:type_name -> servewise.v1.PlanAssessment
-	49, // 26: servewise.v1.ModePlan.mode:type_name -> servewise.v1.ServingMode
-	45, // 27: servewise.v1.ModePlan.binding_constraint:type_name -> servewise.v1.BindingConstraint
-	10, // 28: servewise.v1.ModePlan.pools:type_name -> servewise.v1.PoolPlan
-	11, // 29: servewise.v1.ModePlan.offline_jobs:type_name -> servewise.v1.OfflinePlan
-	49, // 30: servewise.v1.BreakEven.below_mode:type_name -> servewise.v1.ServingMode
-	49, // 31: servewise.v1.BreakEven.above_mode:type_name -> servewise.v1.ServingMode
-	49, // 32: servewise.v1.SelectModeResponse.chosen_mode:type_name -> servewise.v1.ServingMode
-	12, // 33: servewise.v1.SelectModeResponse.modes:type_name -> servewise.v1.ModePlan
-	13, // 34: servewise.v1.SelectModeResponse.break_evens:type_name -> servewise.v1.BreakEven
-	38, // 35: servewise.v1.DeploymentSpec.candidates:type_name -> servewise.v1.Candidate
-	40, // 36: servewise.v1.DeploymentSpec.slo:type_name -> servewise.v1.Slo
-	43, // 37: servewise.v1.DeploymentSpec.plan:type_name -> servewise.v1.ServingPlan
-	50, // 38: servewise.v1.DeploymentSpec.rate_profile:type_name -> servewise.v1.RatePoint
-	51, // 39: servewise.v1.StrategyResult.strategy:type_name -> servewise.v1.ResourceStrategy
-	43, // 40: servewise.v1.DeploymentResources.plan:type_name -> servewise.v1.ServingPlan
-	16, // 41: servewise.v1.DeploymentResources.strategies:type_name -> servewise.v1.StrategyResult
-	52, // 42: servewise.v1.DeploymentResources.recommended_autoscaler:type_name -> servewise.v1.AutoscalerSettings
-	53, // 43: servewise.v1.DeploymentResources.exports:type_name -> servewise.v1.PlanExports
-	15, // 44: servewise.v1.PlanResourcesRequest.deployments:type_name -> servewise.v1.DeploymentSpec
-	52, // 45: servewise.v1.PlanResourcesRequest.autoscaler:type_name -> servewise.v1.AutoscalerSettings
-	41, // 46: servewise.v1.PlanResourcesRequest.limits:type_name -> servewise.v1.SearchLimits
-	42, // 47: servewise.v1.PlanResourcesRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
-	17, // 48: servewise.v1.PlanResourcesResponse.deployments:type_name -> servewise.v1.DeploymentResources
-	51, // 49: servewise.v1.PlanResourcesResponse.recommended_strategy:type_name -> servewise.v1.ResourceStrategy
-	16, // 50: servewise.v1.PlanResourcesResponse.totals:type_name -> servewise.v1.StrategyResult
-	30, // 51: servewise.v1.EvaluateSwitchRequest.samples:type_name -> servewise.v1.MetricSample
-	27, // 52: servewise.v1.EvaluateSwitchRequest.settings_override:type_name -> servewise.v1.DeploymentSettings
-	0,  // 53: servewise.v1.EvaluateSwitchResponse.decision:type_name -> servewise.v1.SwitchDecision
-	49, // 54: servewise.v1.EvaluateSwitchResponse.target_mode:type_name -> servewise.v1.ServingMode
-	43, // 55: servewise.v1.EvaluateSwitchResponse.target_plan:type_name -> servewise.v1.ServingPlan
-	21, // 56: servewise.v1.EvaluateSwitchResponse.steps:type_name -> servewise.v1.TransitionStep
-	27, // 57: servewise.v1.EvaluateSwitchResponse.settings:type_name -> servewise.v1.DeploymentSettings
-	1,  // 58: servewise.v1.RouteResponse.pool:type_name -> servewise.v1.Pool
-	38, // 59: servewise.v1.Deployment.candidates:type_name -> servewise.v1.Candidate
-	40, // 60: servewise.v1.Deployment.slo:type_name -> servewise.v1.Slo
-	6,  // 61: servewise.v1.Deployment.traffic_classes:type_name -> servewise.v1.TrafficClass
-	49, // 62: servewise.v1.Deployment.current_mode:type_name -> servewise.v1.ServingMode
-	43, // 63: servewise.v1.Deployment.current_plan:type_name -> servewise.v1.ServingPlan
-	27, // 64: servewise.v1.Deployment.settings:type_name -> servewise.v1.DeploymentSettings
-	42, // 65: servewise.v1.Deployment.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
-	41, // 66: servewise.v1.Deployment.limits:type_name -> servewise.v1.SearchLimits
-	29, // 67: servewise.v1.Deployment.transition:type_name -> servewise.v1.Transition
-	49, // 68: servewise.v1.Transition.from_mode:type_name -> servewise.v1.ServingMode
-	43, // 69: servewise.v1.Transition.from_plan:type_name -> servewise.v1.ServingPlan
-	49, // 70: servewise.v1.Transition.to_mode:type_name -> servewise.v1.ServingMode
-	43, // 71: servewise.v1.Transition.to_plan:type_name -> servewise.v1.ServingPlan
-	21, // 72: servewise.v1.Transition.steps:type_name -> servewise.v1.TransitionStep
-	22, // 73: servewise.v1.DecisionRecord.evaluation:type_name -> servewise.v1.EvaluateSwitchResponse
-	28, // 74: servewise.v1.RegisterDeploymentRequest.deployment:type_name -> servewise.v1.Deployment
-	28, // 75: servewise.v1.RegisterDeploymentResponse.deployment:type_name -> servewise.v1.Deployment
-	28, // 76: servewise.v1.GetDeploymentResponse.deployment:type_name -> servewise.v1.Deployment
-	28, // 77: servewise.v1.ListDeploymentsResponse.deployments:type_name -> servewise.v1.Deployment
-	2,  // 78: servewise.v1.ServewiseService.OptimizeBatch:input_type -> servewise.v1.OptimizeBatchRequest
-	9,  // 79: servewise.v1.ServewiseService.SelectMode:input_type -> servewise.v1.SelectModeRequest
-	18, // 80: servewise.v1.ServewiseService.PlanResources:input_type -> servewise.v1.PlanResourcesRequest
-	20, // 81: servewise.v1.ServewiseService.EvaluateSwitch:input_type -> servewise.v1.EvaluateSwitchRequest
-	23, // 82: servewise.v1.ServewiseService.Control:input_type -> servewise.v1.ControlRequest
-	25, // 83: servewise.v1.ServewiseService.Route:input_type -> servewise.v1.RouteRequest
-	4,  // 84: servewise.v1.ServewiseService.Simulate:input_type -> servewise.v1.SimulateRequest
-	32, // 85: servewise.v1.ServewiseService.RegisterDeployment:input_type -> servewise.v1.RegisterDeploymentRequest
-	34, // 86: servewise.v1.ServewiseService.GetDeployment:input_type -> servewise.v1.GetDeploymentRequest
-	36, // 87: servewise.v1.ServewiseService.ListDeployments:input_type -> servewise.v1.ListDeploymentsRequest
-	3,  // 88: servewise.v1.ServewiseService.OptimizeBatch:output_type -> servewise.v1.OptimizeBatchResponse
-	14, // 89: servewise.v1.ServewiseService.SelectMode:output_type -> servewise.v1.SelectModeResponse
-	19, // 90: servewise.v1.ServewiseService.PlanResources:output_type -> servewise.v1.PlanResourcesResponse
-	22, // 91: servewise.v1.ServewiseService.EvaluateSwitch:output_type -> servewise.v1.EvaluateSwitchResponse
-	24, // 92: servewise.v1.ServewiseService.Control:output_type -> servewise.v1.ControlResponse
-	26, // 93: servewise.v1.ServewiseService.Route:output_type -> servewise.v1.RouteResponse
-	5,  // 94: servewise.v1.ServewiseService.Simulate:output_type -> servewise.v1.SimulateResponse
-	33, // 95: servewise.v1.ServewiseService.RegisterDeployment:output_type -> servewise.v1.RegisterDeploymentResponse
-	35, // 96: servewise.v1.ServewiseService.GetDeployment:output_type -> servewise.v1.GetDeploymentResponse
-	37, // 97: servewise.v1.ServewiseService.ListDeployments:output_type -> servewise.v1.ListDeploymentsResponse
-	88, // [88:98] is the sub-list for method output_type
-	78, // [78:88] is the sub-list for method input_type
-	78, // [78:78] is the sub-list for extension type_name
-	78, // [78:78] is the sub-list for extension extendee
-	0,  // [0:78] is the sub-list for field type_name
+	45,  // 0: servewise.v1.OptimizeBatchRequest.candidates:type_name -> servewise.v1.Candidate
+	46,  // 1: servewise.v1.OptimizeBatchRequest.workload:type_name -> servewise.v1.Workload
+	47,  // 2: servewise.v1.OptimizeBatchRequest.slo:type_name -> servewise.v1.Slo
+	48,  // 3: servewise.v1.OptimizeBatchRequest.limits:type_name -> servewise.v1.SearchLimits
+	49,  // 4: servewise.v1.OptimizeBatchRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
+	50,  // 5: servewise.v1.OptimizeBatchRequest.current_plan:type_name -> servewise.v1.ServingPlan
+	51,  // 6: servewise.v1.OptimizeBatchResponse.recommended:type_name -> servewise.v1.PlanAssessment
+	52,  // 7: servewise.v1.OptimizeBatchResponse.binding_constraint:type_name -> servewise.v1.BindingConstraint
+	51,  // 8: servewise.v1.OptimizeBatchResponse.realtime_baseline:type_name -> servewise.v1.PlanAssessment
+	51,  // 9: servewise.v1.OptimizeBatchResponse.current_plan:type_name -> servewise.v1.PlanAssessment
+	53,  // 10: servewise.v1.OptimizeBatchResponse.frontier:type_name -> servewise.v1.FrontierPoint
+	45,  // 11: servewise.v1.SimulateRequest.candidate:type_name -> servewise.v1.Candidate
+	50,  // 12: servewise.v1.SimulateRequest.plan:type_name -> servewise.v1.ServingPlan
+	46,  // 13: servewise.v1.SimulateRequest.workload:type_name -> servewise.v1.Workload
+	49,  // 14: servewise.v1.SimulateRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
+	54,  // 15: servewise.v1.SimulateRequest.service_time_distribution:type_name -> servewise.v1.ServiceTimeDistribution
+	47,  // 16: servewise.v1.SimulateRequest.slo:type_name -> servewise.v1.Slo
+	55,  // 17: servewise.v1.SimulateResponse.result:type_name -> servewise.v1.SimulationResult
+	47,  // 18: servewise.v1.TrafficClass.slo:type_name -> servewise.v1.Slo
+	6,   // 19: servewise.v1.SelectModeRequest.traffic_classes:type_name -> servewise.v1.TrafficClass
+	45,  // 20: servewise.v1.SelectModeRequest.candidates:type_name -> servewise.v1.Candidate
+	48,  // 21: servewise.v1.SelectModeRequest.limits:type_name -> servewise.v1.SearchLimits
+	49,  // 22: servewise.v1.SelectModeRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
+	8,   // 23: servewise.v1.SelectModeRequest.cost_sensitivity:type_name -> servewise.v1.CostSensitivity
+	7,   // 24: servewise.v1.SelectModeRequest.offline:type_name -> servewise.v1.OfflineOptions
+	51,  // 25: servewise.v1.PoolPlan.assessment:type_name -> servewise.v1.PlanAssessment
+	56,  // 26: servewise.v1.ModePlan.mode:type_name -> servewise.v1.ServingMode
+	52,  // 27: servewise.v1.ModePlan.binding_constraint:type_name -> servewise.v1.BindingConstraint
+	10,  // 28: servewise.v1.ModePlan.pools:type_name -> servewise.v1.PoolPlan
+	11,  // 29: servewise.v1.ModePlan.offline_jobs:type_name -> servewise.v1.OfflinePlan
+	56,  // 30: servewise.v1.BreakEven.below_mode:type_name -> servewise.v1.ServingMode
+	56,  // 31: servewise.v1.BreakEven.above_mode:type_name -> servewise.v1.ServingMode
+	56,  // 32: servewise.v1.SelectModeResponse.chosen_mode:type_name -> servewise.v1.ServingMode
+	12,  // 33: servewise.v1.SelectModeResponse.modes:type_name -> servewise.v1.ModePlan
+	13,  // 34: servewise.v1.SelectModeResponse.break_evens:type_name -> servewise.v1.BreakEven
+	45,  // 35: servewise.v1.DeploymentSpec.candidates:type_name -> servewise.v1.Candidate
+	47,  // 36: servewise.v1.DeploymentSpec.slo:type_name -> servewise.v1.Slo
+	50,  // 37: servewise.v1.DeploymentSpec.plan:type_name -> servewise.v1.ServingPlan
+	57,  // 38: servewise.v1.DeploymentSpec.rate_profile:type_name -> servewise.v1.RatePoint
+	58,  // 39: servewise.v1.StrategyResult.strategy:type_name -> servewise.v1.ResourceStrategy
+	50,  // 40: servewise.v1.DeploymentResources.plan:type_name -> servewise.v1.ServingPlan
+	16,  // 41: servewise.v1.DeploymentResources.strategies:type_name -> servewise.v1.StrategyResult
+	59,  // 42: servewise.v1.DeploymentResources.recommended_autoscaler:type_name -> servewise.v1.AutoscalerSettings
+	60,  // 43: servewise.v1.DeploymentResources.exports:type_name -> servewise.v1.PlanExports
+	15,  // 44: servewise.v1.PlanResourcesRequest.deployments:type_name -> servewise.v1.DeploymentSpec
+	59,  // 45: servewise.v1.PlanResourcesRequest.autoscaler:type_name -> servewise.v1.AutoscalerSettings
+	48,  // 46: servewise.v1.PlanResourcesRequest.limits:type_name -> servewise.v1.SearchLimits
+	49,  // 47: servewise.v1.PlanResourcesRequest.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
+	17,  // 48: servewise.v1.PlanResourcesResponse.deployments:type_name -> servewise.v1.DeploymentResources
+	58,  // 49: servewise.v1.PlanResourcesResponse.recommended_strategy:type_name -> servewise.v1.ResourceStrategy
+	16,  // 50: servewise.v1.PlanResourcesResponse.totals:type_name -> servewise.v1.StrategyResult
+	37,  // 51: servewise.v1.EvaluateSwitchRequest.samples:type_name -> servewise.v1.MetricSample
+	34,  // 52: servewise.v1.EvaluateSwitchRequest.settings_override:type_name -> servewise.v1.DeploymentSettings
+	0,   // 53: servewise.v1.EvaluateSwitchResponse.decision:type_name -> servewise.v1.SwitchDecision
+	56,  // 54: servewise.v1.EvaluateSwitchResponse.target_mode:type_name -> servewise.v1.ServingMode
+	50,  // 55: servewise.v1.EvaluateSwitchResponse.target_plan:type_name -> servewise.v1.ServingPlan
+	21,  // 56: servewise.v1.EvaluateSwitchResponse.steps:type_name -> servewise.v1.TransitionStep
+	34,  // 57: servewise.v1.EvaluateSwitchResponse.settings:type_name -> servewise.v1.DeploymentSettings
+	37,  // 58: servewise.v1.ControlRequest.sample:type_name -> servewise.v1.MetricSample
+	22,  // 59: servewise.v1.SwitchEvent.evaluation:type_name -> servewise.v1.EvaluateSwitchResponse
+	36,  // 60: servewise.v1.SwitchEvent.transition:type_name -> servewise.v1.Transition
+	21,  // 61: servewise.v1.AdvanceEvent.step:type_name -> servewise.v1.TransitionStep
+	56,  // 62: servewise.v1.RollbackEvent.abandoned_mode:type_name -> servewise.v1.ServingMode
+	50,  // 63: servewise.v1.RollbackEvent.abandoned_plan:type_name -> servewise.v1.ServingPlan
+	56,  // 64: servewise.v1.RollbackEvent.kept_mode:type_name -> servewise.v1.ServingMode
+	50,  // 65: servewise.v1.RollbackEvent.kept_plan:type_name -> servewise.v1.ServingPlan
+	56,  // 66: servewise.v1.CompleteEvent.mode:type_name -> servewise.v1.ServingMode
+	50,  // 67: servewise.v1.CompleteEvent.plan:type_name -> servewise.v1.ServingPlan
+	22,  // 68: servewise.v1.HoldEvent.evaluation:type_name -> servewise.v1.EvaluateSwitchResponse
+	29,  // 69: servewise.v1.SampleRejected.violations:type_name -> servewise.v1.SampleViolation
+	24,  // 70: servewise.v1.ControlResponse.switch_event:type_name -> servewise.v1.SwitchEvent
+	25,  // 71: servewise.v1.ControlResponse.advance_event:type_name -> servewise.v1.AdvanceEvent
+	26,  // 72: servewise.v1.ControlResponse.rollback_event:type_name -> servewise.v1.RollbackEvent
+	27,  // 73: servewise.v1.ControlResponse.complete_event:type_name -> servewise.v1.CompleteEvent
+	28,  // 74: servewise.v1.ControlResponse.hold_event:type_name -> servewise.v1.HoldEvent
+	30,  // 75: servewise.v1.ControlResponse.sample_rejected:type_name -> servewise.v1.SampleRejected
+	1,   // 76: servewise.v1.RouteResponse.pool:type_name -> servewise.v1.Pool
+	45,  // 77: servewise.v1.Deployment.candidates:type_name -> servewise.v1.Candidate
+	47,  // 78: servewise.v1.Deployment.slo:type_name -> servewise.v1.Slo
+	6,   // 79: servewise.v1.Deployment.traffic_classes:type_name -> servewise.v1.TrafficClass
+	56,  // 80: servewise.v1.Deployment.current_mode:type_name -> servewise.v1.ServingMode
+	50,  // 81: servewise.v1.Deployment.current_plan:type_name -> servewise.v1.ServingPlan
+	34,  // 82: servewise.v1.Deployment.settings:type_name -> servewise.v1.DeploymentSettings
+	49,  // 83: servewise.v1.Deployment.service_time_basis:type_name -> servewise.v1.ServiceTimeBasis
+	48,  // 84: servewise.v1.Deployment.limits:type_name -> servewise.v1.SearchLimits
+	36,  // 85: servewise.v1.Deployment.transition:type_name -> servewise.v1.Transition
+	56,  // 86: servewise.v1.Transition.from_mode:type_name -> servewise.v1.ServingMode
+	50,  // 87: servewise.v1.Transition.from_plan:type_name -> servewise.v1.ServingPlan
+	56,  // 88: servewise.v1.Transition.to_mode:type_name -> servewise.v1.ServingMode
+	50,  // 89: servewise.v1.Transition.to_plan:type_name -> servewise.v1.ServingPlan
+	21,  // 90: servewise.v1.Transition.steps:type_name -> servewise.v1.TransitionStep
+	22,  // 91: servewise.v1.DecisionRecord.evaluation:type_name -> servewise.v1.EvaluateSwitchResponse
+	31,  // 92: servewise.v1.DecisionRecord.control_event:type_name -> servewise.v1.ControlResponse
+	35,  // 93: servewise.v1.RegisterDeploymentRequest.deployment:type_name -> servewise.v1.Deployment
+	35,  // 94: servewise.v1.RegisterDeploymentResponse.deployment:type_name -> servewise.v1.Deployment
+	35,  // 95: servewise.v1.GetDeploymentResponse.deployment:type_name -> servewise.v1.Deployment
+	35,  // 96: servewise.v1.ListDeploymentsResponse.deployments:type_name -> servewise.v1.Deployment
+	2,   // 97: servewise.v1.ServewiseService.OptimizeBatch:input_type -> servewise.v1.OptimizeBatchRequest
+	9,   // 98: servewise.v1.ServewiseService.SelectMode:input_type -> servewise.v1.SelectModeRequest
+	18,  // 99: servewise.v1.ServewiseService.PlanResources:input_type -> servewise.v1.PlanResourcesRequest
+	20,  // 100: servewise.v1.ServewiseService.EvaluateSwitch:input_type -> servewise.v1.EvaluateSwitchRequest
+	23,  // 101: servewise.v1.ServewiseService.Control:input_type -> servewise.v1.ControlRequest
+	32,  // 102: servewise.v1.ServewiseService.Route:input_type -> servewise.v1.RouteRequest
+	4,   // 103: servewise.v1.ServewiseService.Simulate:input_type -> servewise.v1.SimulateRequest
+	39,  // 104: servewise.v1.ServewiseService.RegisterDeployment:input_type -> servewise.v1.RegisterDeploymentRequest
+	41,  // 105: servewise.v1.ServewiseService.GetDeployment:input_type -> servewise.v1.GetDeploymentRequest
+	43,  // 106: servewise.v1.ServewiseService.ListDeployments:input_type -> servewise.v1.ListDeploymentsRequest
+	3,   // 107: servewise.v1.ServewiseService.OptimizeBatch:output_type -> servewise.v1.OptimizeBatchResponse
+	14,  // 108: servewise.v1.ServewiseService.SelectMode:output_type -> servewise.v1.SelectModeResponse
+	19,  // 109: servewise.v1.ServewiseService.PlanResources:output_type -> servewise.v1.PlanResourcesResponse
+	22,  // 110: servewise.v1.ServewiseService.EvaluateSwitch:output_type -> servewise.v1.EvaluateSwitchResponse
+	31,  // 111: servewise.v1.ServewiseService.Control:output_type -> servewise.v1.ControlResponse
+	33,  // 112: servewise.v1.ServewiseService.Route:output_type -> servewise.v1.RouteResponse
+	5,   // 113: servewise.v1.ServewiseService.Simulate:output_type -> servewise.v1.SimulateResponse
+	40,  // 114: servewise.v1.ServewiseService.RegisterDeployment:output_type -> servewise.v1.RegisterDeploymentResponse
+	42,  // 115: servewise.v1.ServewiseService.GetDeployment:output_type -> servewise.v1.GetDeploymentResponse
+	44,  // 116: servewise.v1.ServewiseService.ListDeployments:output_type -> servewise.v1.ListDeploymentsResponse
+	107, // [107:117] is the sub-list for method output_type
+	97,  // [97:107] is the sub-list for method input_type
+	97,  // [97:97] is the sub-list for extension type_name
+	97,  // [97:97] is the sub-list for extension extendee
+	0,   // [0:97] is the sub-list for field type_name
 }
 
 func init() { file_servewise_v1_servewise_proto_init() }
@@ -3733,16 +4572,28 @@ func file_servewise_v1_servewise_proto_init() {
 		(*TrafficClass_DeadlineS)(nil),
 	}
 	file_servewise_v1_servewise_proto_msgTypes[13].OneofWrappers = []any{}
-	file_servewise_v1_servewise_proto_msgTypes[23].OneofWrappers = []any{}
-	file_servewise_v1_servewise_proto_msgTypes[25].OneofWrappers = []any{}
+	file_servewise_v1_servewise_proto_msgTypes[21].OneofWrappers = []any{
+		(*ControlRequest_Sample)(nil),
+	}
 	file_servewise_v1_servewise_proto_msgTypes[26].OneofWrappers = []any{}
+	file_servewise_v1_servewise_proto_msgTypes[29].OneofWrappers = []any{
+		(*ControlResponse_SwitchEvent)(nil),
+		(*ControlResponse_AdvanceEvent)(nil),
+		(*ControlResponse_RollbackEvent)(nil),
+		(*ControlResponse_CompleteEvent)(nil),
+		(*ControlResponse_HoldEvent)(nil),
+		(*ControlResponse_SampleRejected)(nil),
+	}
+	file_servewise_v1_servewise_proto_msgTypes[30].OneofWrappers = []any{}
+	file_servewise_v1_servewise_proto_msgTypes[32].OneofWrappers = []any{}
+	file_servewise_v1_servewise_proto_msgTypes[33].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_servewise_v1_servewise_proto_rawDesc), len(file_servewise_v1_servewise_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   36,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

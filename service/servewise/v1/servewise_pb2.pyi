@@ -1019,37 +1019,356 @@ Global___EvaluateSwitchResponse: _TypeAlias = EvaluateSwitchResponse  # noqa: Y0
 
 @_typing.final
 class ControlRequest(_message.Message):
-    """Fields land with the live-control issue."""
+    """One message from the client on the Control stream. Several deployments may share a stream."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    SAMPLE_FIELD_NUMBER: _builtins.int
+    WANT_HOLD_EVENTS_FIELD_NUMBER: _builtins.int
     deployment_id: _builtins.str
+    """The deployment a sample with an empty deployment_id belongs to."""
+    want_hold_events: _builtins.bool
+    """Whether the stream also wants a HoldEvent for every sample that changes nothing; the newest
+    request's value applies.
+    """
+    @_builtins.property
+    def sample(self) -> Global___MetricSample:
+        """A metrics sample: validated (finite, non-negative, fractions in [0, 1], timestamps not going
+        backwards per deployment, a known deployment); an invalid one is answered with a
+        SampleRejected event and never persisted, and the stream keeps serving.
+        """
+
     def __init__(
         self,
         *,
         deployment_id: _builtins.str = ...,
+        sample: Global___MetricSample | None = ...,
+        want_hold_events: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "sample", b"sample"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_id", b"deployment_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_id", b"deployment_id", "kind", b"kind", "sample", b"sample", "want_hold_events", b"want_hold_events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["sample"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___ControlRequest: _TypeAlias = ControlRequest  # noqa: Y015
 
 @_typing.final
-class ControlResponse(_message.Message):
+class SwitchEvent(_message.Message):
+    """A transition started: the controller decided to switch."""
+
     DESCRIPTOR: _descriptor.Descriptor
+
+    EVALUATION_FIELD_NUMBER: _builtins.int
+    TRANSITION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def evaluation(self) -> Global___EvaluateSwitchResponse:
+        """The decision with its numbers (as EvaluateSwitch would answer)."""
+
+    @_builtins.property
+    def transition(self) -> Global___Transition:
+        """The traffic shift now in force (step 0 has begun)."""
 
     def __init__(
         self,
+        *,
+        evaluation: Global___EvaluateSwitchResponse | None = ...,
+        transition: Global___Transition | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evaluation", b"evaluation", "transition", b"transition"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation", b"evaluation", "transition", b"transition"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SwitchEvent: _TypeAlias = SwitchEvent  # noqa: Y015
+
+@_typing.final
+class AdvanceEvent(_message.Message):
+    """A transition step met the SLO for its dwell; the next step is in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_INDEX_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    OBSERVED_P99_MS_FIELD_NUMBER: _builtins.int
+    OBSERVED_ERROR_RATE_FIELD_NUMBER: _builtins.int
+    OBSERVED_SAMPLES_FIELD_NUMBER: _builtins.int
+    STEP_ELAPSED_S_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    step_index: _builtins.int
+    """Index of the step now in force, and the step."""
+    observed_p99_ms: _builtins.float
+    """What the finished step observed (this stream's samples in the step): the largest p99 and error
+    rate, and how many samples.
+    """
+    observed_error_rate: _builtins.float
+    observed_samples: _builtins.int
+    step_elapsed_s: _builtins.float
+    """Seconds the finished step lasted (sample clock)."""
+    reason: _builtins.str
+    @_builtins.property
+    def step(self) -> Global___TransitionStep: ...
+    def __init__(
+        self,
+        *,
+        step_index: _builtins.int = ...,
+        step: Global___TransitionStep | None = ...,
+        observed_p99_ms: _builtins.float = ...,
+        observed_error_rate: _builtins.float = ...,
+        observed_samples: _builtins.int = ...,
+        step_elapsed_s: _builtins.float = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["step", b"step"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["observed_error_rate", b"observed_error_rate", "observed_p99_ms", b"observed_p99_ms", "observed_samples", b"observed_samples", "reason", b"reason", "step", b"step", "step_elapsed_s", b"step_elapsed_s", "step_index", b"step_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdvanceEvent: _TypeAlias = AdvanceEvent  # noqa: Y015
+
+@_typing.final
+class RollbackEvent(_message.Message):
+    """A transition step broke the SLO or the error-rate limit: the shift is abandoned and the plan in
+    force before it stays.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAUSE_FIELD_NUMBER: _builtins.int
+    STEP_INDEX_FIELD_NUMBER: _builtins.int
+    ABANDONED_MODE_FIELD_NUMBER: _builtins.int
+    ABANDONED_PLAN_FIELD_NUMBER: _builtins.int
+    KEPT_MODE_FIELD_NUMBER: _builtins.int
+    KEPT_PLAN_FIELD_NUMBER: _builtins.int
+    OBSERVED_P99_MS_FIELD_NUMBER: _builtins.int
+    OBSERVED_ERROR_RATE_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_BREACHES_FIELD_NUMBER: _builtins.int
+    cause: _builtins.str
+    """Why, with the numbers."""
+    step_index: _builtins.int
+    """The step that broke, and the plan abandoned."""
+    abandoned_mode: _types_pb2.ServingMode.ValueType
+    kept_mode: _types_pb2.ServingMode.ValueType
+    """The plan kept."""
+    observed_p99_ms: _builtins.float
+    observed_error_rate: _builtins.float
+    consecutive_breaches: _builtins.int
+    """Consecutive samples that broke the limits."""
+    @_builtins.property
+    def abandoned_plan(self) -> _types_pb2.ServingPlan: ...
+    @_builtins.property
+    def kept_plan(self) -> _types_pb2.ServingPlan: ...
+    def __init__(
+        self,
+        *,
+        cause: _builtins.str = ...,
+        step_index: _builtins.int = ...,
+        abandoned_mode: _types_pb2.ServingMode.ValueType = ...,
+        abandoned_plan: _types_pb2.ServingPlan | None = ...,
+        kept_mode: _types_pb2.ServingMode.ValueType = ...,
+        kept_plan: _types_pb2.ServingPlan | None = ...,
+        observed_p99_ms: _builtins.float = ...,
+        observed_error_rate: _builtins.float = ...,
+        consecutive_breaches: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abandoned_plan", b"abandoned_plan", "kept_plan", b"kept_plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandoned_mode", b"abandoned_mode", "abandoned_plan", b"abandoned_plan", "cause", b"cause", "consecutive_breaches", b"consecutive_breaches", "kept_mode", b"kept_mode", "kept_plan", b"kept_plan", "observed_error_rate", b"observed_error_rate", "observed_p99_ms", b"observed_p99_ms", "step_index", b"step_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackEvent: _TypeAlias = RollbackEvent  # noqa: Y015
+
+@_typing.final
+class CompleteEvent(_message.Message):
+    """The last step met the SLO: the target is now the deployment's plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    PLANNED_RATE_PER_S_FIELD_NUMBER: _builtins.int
+    PLAN_SINCE_S_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    mode: _types_pb2.ServingMode.ValueType
+    planned_rate_per_s: _builtins.float
+    """The rate the new plan was chosen for (the new hysteresis band is around it)."""
+    plan_since_s: _builtins.float
+    """Seconds (sample clock) since when the new plan is in force."""
+    reason: _builtins.str
+    @_builtins.property
+    def plan(self) -> _types_pb2.ServingPlan: ...
+    def __init__(
+        self,
+        *,
+        mode: _types_pb2.ServingMode.ValueType = ...,
+        plan: _types_pb2.ServingPlan | None = ...,
+        planned_rate_per_s: _builtins.float = ...,
+        plan_since_s: _builtins.float = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "plan", b"plan", "plan_since_s", b"plan_since_s", "planned_rate_per_s", b"planned_rate_per_s", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteEvent: _TypeAlias = CompleteEvent  # noqa: Y015
+
+@_typing.final
+class HoldEvent(_message.Message):
+    """Nothing changes (sent only when the stream asked for HOLD events)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    EVALUATION_FIELD_NUMBER: _builtins.int
+    STEP_INDEX_FIELD_NUMBER: _builtins.int
+    STEP_ELAPSED_S_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    step_index: _builtins.int
+    """During a transition: the step in force and the seconds it has dwelt so far."""
+    step_elapsed_s: _builtins.float
+    @_builtins.property
+    def evaluation(self) -> Global___EvaluateSwitchResponse:
+        """The controller's evaluation, when no transition is in progress."""
+
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        evaluation: Global___EvaluateSwitchResponse | None = ...,
+        step_index: _builtins.int | None = ...,
+        step_elapsed_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_step_index", b"_step_index", "evaluation", b"evaluation", "step_index", b"step_index"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_step_index", b"_step_index", "evaluation", b"evaluation", "reason", b"reason", "step_elapsed_s", b"step_elapsed_s", "step_index", b"step_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__step_index: _TypeAlias = _typing.Literal["step_index"]  # noqa: Y015
+    _WhichOneofArgType__step_index: _TypeAlias = _typing.Literal["_step_index", b"_step_index"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__step_index) -> _WhichOneofReturnType__step_index | None: ...
+
+Global___HoldEvent: _TypeAlias = HoldEvent  # noqa: Y015
+
+@_typing.final
+class SampleViolation(_message.Message):
+    """One invalid field of a sample."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """Path of the field in the request, e.g. "sample.p99_ms"."""
+    description: _builtins.str
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        description: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SampleViolation: _TypeAlias = SampleViolation  # noqa: Y015
+
+@_typing.final
+class SampleRejected(_message.Message):
+    """A sample the controller did not accept; nothing was persisted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIOLATIONS_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_S_FIELD_NUMBER: _builtins.int
+    UNKNOWN_DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    timestamp_s: _builtins.float
+    """The sample's timestamp, to correlate."""
+    unknown_deployment: _builtins.bool
+    """NOT_FOUND-like: the sample names a deployment that is not registered."""
+    @_builtins.property
+    def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___SampleViolation]: ...
+    def __init__(
+        self,
+        *,
+        violations: _abc.Iterable[Global___SampleViolation] | None = ...,
+        timestamp_s: _builtins.float = ...,
+        unknown_deployment: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["timestamp_s", b"timestamp_s", "unknown_deployment", b"unknown_deployment", "violations", b"violations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SampleRejected: _TypeAlias = SampleRejected  # noqa: Y015
+
+@_typing.final
+class ControlResponse(_message.Message):
+    """One control event for one deployment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    SWITCH_EVENT_FIELD_NUMBER: _builtins.int
+    ADVANCE_EVENT_FIELD_NUMBER: _builtins.int
+    ROLLBACK_EVENT_FIELD_NUMBER: _builtins.int
+    COMPLETE_EVENT_FIELD_NUMBER: _builtins.int
+    HOLD_EVENT_FIELD_NUMBER: _builtins.int
+    SAMPLE_REJECTED_FIELD_NUMBER: _builtins.int
+    STATE_VERSION_FIELD_NUMBER: _builtins.int
+    DECISION_SEQ_FIELD_NUMBER: _builtins.int
+    SAMPLE_TIMESTAMP_S_FIELD_NUMBER: _builtins.int
+    deployment_id: _builtins.str
+    state_version: _builtins.int
+    """The deployment's state version after the event (the version read, for HOLD)."""
+    decision_seq: _builtins.int
+    """Sequence number of the event in the deployment's decision log (SWITCH, ADVANCE, ROLLBACK and
+    COMPLETE are logged; HOLD and rejections are not).
+    """
+    sample_timestamp_s: _builtins.float
+    """Timestamp of the sample that caused the event."""
+    @_builtins.property
+    def switch_event(self) -> Global___SwitchEvent: ...
+    @_builtins.property
+    def advance_event(self) -> Global___AdvanceEvent: ...
+    @_builtins.property
+    def rollback_event(self) -> Global___RollbackEvent: ...
+    @_builtins.property
+    def complete_event(self) -> Global___CompleteEvent: ...
+    @_builtins.property
+    def hold_event(self) -> Global___HoldEvent: ...
+    @_builtins.property
+    def sample_rejected(self) -> Global___SampleRejected: ...
+    def __init__(
+        self,
+        *,
+        deployment_id: _builtins.str = ...,
+        switch_event: Global___SwitchEvent | None = ...,
+        advance_event: Global___AdvanceEvent | None = ...,
+        rollback_event: Global___RollbackEvent | None = ...,
+        complete_event: Global___CompleteEvent | None = ...,
+        hold_event: Global___HoldEvent | None = ...,
+        sample_rejected: Global___SampleRejected | None = ...,
+        state_version: _builtins.int = ...,
+        decision_seq: _builtins.int = ...,
+        sample_timestamp_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["advance_event", b"advance_event", "complete_event", b"complete_event", "event", b"event", "hold_event", b"hold_event", "rollback_event", b"rollback_event", "sample_rejected", b"sample_rejected", "switch_event", b"switch_event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advance_event", b"advance_event", "complete_event", b"complete_event", "decision_seq", b"decision_seq", "deployment_id", b"deployment_id", "event", b"event", "hold_event", b"hold_event", "rollback_event", b"rollback_event", "sample_rejected", b"sample_rejected", "sample_timestamp_s", b"sample_timestamp_s", "state_version", b"state_version", "switch_event", b"switch_event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["switch_event", "advance_event", "rollback_event", "complete_event", "hold_event", "sample_rejected"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___ControlResponse: _TypeAlias = ControlResponse  # noqa: Y015
 
@@ -1300,6 +1619,7 @@ class Transition(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     PANIC_FIELD_NUMBER: _builtins.int
     DECISION_SEQ_FIELD_NUMBER: _builtins.int
+    PLANNED_RATE_PER_S_FIELD_NUMBER: _builtins.int
     from_mode: _types_pb2.ServingMode.ValueType
     to_mode: _types_pb2.ServingMode.ValueType
     step_index: _builtins.int
@@ -1312,6 +1632,8 @@ class Transition(_message.Message):
     """Whether it is a move to safety after the SLO broke (panic mode)."""
     decision_seq: _builtins.int
     """Sequence number of the decision that started it, in the deployment's decision log."""
+    planned_rate_per_s: _builtins.float
+    """The (smoothed) rate the target plan was chosen for; planned_rate_per_s once complete."""
     @_builtins.property
     def from_plan(self) -> _types_pb2.ServingPlan: ...
     @_builtins.property
@@ -1333,10 +1655,11 @@ class Transition(_message.Message):
         reason: _builtins.str = ...,
         panic: _builtins.bool = ...,
         decision_seq: _builtins.int = ...,
+        planned_rate_per_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["from_plan", b"from_plan", "to_plan", b"to_plan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_seq", b"decision_seq", "from_mode", b"from_mode", "from_plan", b"from_plan", "panic", b"panic", "reason", b"reason", "step_index", b"step_index", "step_started_at_s", b"step_started_at_s", "steps", b"steps", "to_mode", b"to_mode", "to_plan", b"to_plan"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_seq", b"decision_seq", "from_mode", b"from_mode", "from_plan", b"from_plan", "panic", b"panic", "planned_rate_per_s", b"planned_rate_per_s", "reason", b"reason", "step_index", b"step_index", "step_started_at_s", b"step_started_at_s", "steps", b"steps", "to_mode", b"to_mode", "to_plan", b"to_plan"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1398,21 +1721,27 @@ class DecisionRecord(_message.Message):
     DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
     EVALUATION_FIELD_NUMBER: _builtins.int
     RECORDED_AT_S_FIELD_NUMBER: _builtins.int
+    CONTROL_EVENT_FIELD_NUMBER: _builtins.int
     deployment_id: _builtins.str
     recorded_at_s: _builtins.float
     """Unix seconds when the server recorded it."""
     @_builtins.property
     def evaluation(self) -> Global___EvaluateSwitchResponse: ...
+    @_builtins.property
+    def control_event(self) -> Global___ControlResponse:
+        """A Control stream's SWITCH, ADVANCE, ROLLBACK or COMPLETE, as sent (with its state_version)."""
+
     def __init__(
         self,
         *,
         deployment_id: _builtins.str = ...,
         evaluation: Global___EvaluateSwitchResponse | None = ...,
         recorded_at_s: _builtins.float = ...,
+        control_event: Global___ControlResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["evaluation", b"evaluation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["control_event", b"control_event", "evaluation", b"evaluation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_id", b"deployment_id", "evaluation", b"evaluation", "recorded_at_s", b"recorded_at_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["control_event", b"control_event", "deployment_id", b"deployment_id", "evaluation", b"evaluation", "recorded_at_s", b"recorded_at_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

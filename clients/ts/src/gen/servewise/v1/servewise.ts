@@ -472,12 +472,137 @@ export interface EvaluateSwitchResponse {
   settings?: DeploymentSettings | undefined;
 }
 
-/** Fields land with the live-control issue. */
+/** One message from the client on the Control stream. Several deployments may share a stream. */
 export interface ControlRequest {
+  /** The deployment a sample with an empty deployment_id belongs to. */
   deploymentId: string;
+  /**
+   * A metrics sample: validated (finite, non-negative, fractions in [0, 1], timestamps not going
+   * backwards per deployment, a known deployment); an invalid one is answered with a
+   * SampleRejected event and never persisted, and the stream keeps serving.
+   */
+  sample?:
+    | MetricSample
+    | undefined;
+  /**
+   * Whether the stream also wants a HoldEvent for every sample that changes nothing; the newest
+   * request's value applies.
+   */
+  wantHoldEvents: boolean;
 }
 
+/** A transition started: the controller decided to switch. */
+export interface SwitchEvent {
+  /** The decision with its numbers (as EvaluateSwitch would answer). */
+  evaluation?:
+    | EvaluateSwitchResponse
+    | undefined;
+  /** The traffic shift now in force (step 0 has begun). */
+  transition?: Transition | undefined;
+}
+
+/** A transition step met the SLO for its dwell; the next step is in force. */
+export interface AdvanceEvent {
+  /** Index of the step now in force, and the step. */
+  stepIndex: number;
+  step?:
+    | TransitionStep
+    | undefined;
+  /**
+   * What the finished step observed (this stream's samples in the step): the largest p99 and error
+   * rate, and how many samples.
+   */
+  observedP99Ms: number;
+  observedErrorRate: number;
+  observedSamples: number;
+  /** Seconds the finished step lasted (sample clock). */
+  stepElapsedS: number;
+  reason: string;
+}
+
+/**
+ * A transition step broke the SLO or the error-rate limit: the shift is abandoned and the plan in
+ * force before it stays.
+ */
+export interface RollbackEvent {
+  /** Why, with the numbers. */
+  cause: string;
+  /** The step that broke, and the plan abandoned. */
+  stepIndex: number;
+  abandonedMode: ServingMode;
+  abandonedPlan?:
+    | ServingPlan
+    | undefined;
+  /** The plan kept. */
+  keptMode: ServingMode;
+  keptPlan?: ServingPlan | undefined;
+  observedP99Ms: number;
+  observedErrorRate: number;
+  /** Consecutive samples that broke the limits. */
+  consecutiveBreaches: number;
+}
+
+/** The last step met the SLO: the target is now the deployment's plan. */
+export interface CompleteEvent {
+  mode: ServingMode;
+  plan?:
+    | ServingPlan
+    | undefined;
+  /** The rate the new plan was chosen for (the new hysteresis band is around it). */
+  plannedRatePerS: number;
+  /** Seconds (sample clock) since when the new plan is in force. */
+  planSinceS: number;
+  reason: string;
+}
+
+/** Nothing changes (sent only when the stream asked for HOLD events). */
+export interface HoldEvent {
+  reason: string;
+  /** The controller's evaluation, when no transition is in progress. */
+  evaluation?:
+    | EvaluateSwitchResponse
+    | undefined;
+  /** During a transition: the step in force and the seconds it has dwelt so far. */
+  stepIndex?: number | undefined;
+  stepElapsedS: number;
+}
+
+/** One invalid field of a sample. */
+export interface SampleViolation {
+  /** Path of the field in the request, e.g. "sample.p99_ms". */
+  field: string;
+  description: string;
+}
+
+/** A sample the controller did not accept; nothing was persisted. */
+export interface SampleRejected {
+  violations: SampleViolation[];
+  /** The sample's timestamp, to correlate. */
+  timestampS: number;
+  /** NOT_FOUND-like: the sample names a deployment that is not registered. */
+  unknownDeployment: boolean;
+}
+
+/** One control event for one deployment. */
 export interface ControlResponse {
+  deploymentId: string;
+  switchEvent?: SwitchEvent | undefined;
+  advanceEvent?: AdvanceEvent | undefined;
+  rollbackEvent?: RollbackEvent | undefined;
+  completeEvent?: CompleteEvent | undefined;
+  holdEvent?: HoldEvent | undefined;
+  sampleRejected?:
+    | SampleRejected
+    | undefined;
+  /** The deployment's state version after the event (the version read, for HOLD). */
+  stateVersion: bigint;
+  /**
+   * Sequence number of the event in the deployment's decision log (SWITCH, ADVANCE, ROLLBACK and
+   * COMPLETE are logged; HOLD and rejections are not).
+   */
+  decisionSeq: bigint;
+  /** Timestamp of the sample that caused the event. */
+  sampleTimestampS: number;
 }
 
 export interface RouteRequest {
@@ -599,6 +724,8 @@ export interface Transition {
   panic: boolean;
   /** Sequence number of the decision that started it, in the deployment's decision log. */
   decisionSeq: bigint;
+  /** The (smoothed) rate the target plan was chosen for; planned_rate_per_s once complete. */
+  plannedRatePerS: number;
 }
 
 /** One sample of a deployment's live metrics. */
@@ -626,6 +753,8 @@ export interface DecisionRecord {
     | undefined;
   /** Unix seconds when the server recorded it. */
   recordedAtS: number;
+  /** A Control stream's SWITCH, ADVANCE, ROLLBACK or COMPLETE, as sent (with its state_version). */
+  controlEvent?: ControlResponse | undefined;
 }
 
 export interface RegisterDeploymentRequest {
@@ -4520,13 +4649,19 @@ export const EvaluateSwitchResponse: MessageFns<EvaluateSwitchResponse> = {
 };
 
 function createBaseControlRequest(): ControlRequest {
-  return { deploymentId: "" };
+  return { deploymentId: "", sample: undefined, wantHoldEvents: false };
 }
 
 export const ControlRequest: MessageFns<ControlRequest> = {
   encode(message: ControlRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.deploymentId !== "") {
       writer.uint32(10).string(message.deploymentId);
+    }
+    if (message.sample !== undefined) {
+      MetricSample.encode(message.sample, writer.uint32(18).fork()).join();
+    }
+    if (message.wantHoldEvents !== false) {
+      writer.uint32(24).bool(message.wantHoldEvents);
     }
     return writer;
   },
@@ -4552,6 +4687,22 @@ export const ControlRequest: MessageFns<ControlRequest> = {
             message.deploymentId = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sample = MetricSample.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.wantHoldEvents = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4571,6 +4722,12 @@ export const ControlRequest: MessageFns<ControlRequest> = {
         : isSet(object.deployment_id)
         ? globalThis.String(object.deployment_id)
         : "",
+      sample: isSet(object.sample) ? MetricSample.fromJSON(object.sample) : undefined,
+      wantHoldEvents: isSet(object.wantHoldEvents)
+        ? globalThis.Boolean(object.wantHoldEvents)
+        : isSet(object.want_hold_events)
+        ? globalThis.Boolean(object.want_hold_events)
+        : false,
     };
   },
 
@@ -4578,6 +4735,12 @@ export const ControlRequest: MessageFns<ControlRequest> = {
     const obj: any = {};
     if (message.deploymentId !== "") {
       obj.deploymentId = message.deploymentId;
+    }
+    if (message.sample !== undefined) {
+      obj.sample = MetricSample.toJSON(message.sample);
+    }
+    if (message.wantHoldEvents !== false) {
+      obj.wantHoldEvents = message.wantHoldEvents;
     }
     return obj;
   },
@@ -4588,16 +4751,1060 @@ export const ControlRequest: MessageFns<ControlRequest> = {
   fromPartial<I extends Exact<DeepPartial<ControlRequest>, I>>(object: I): ControlRequest {
     const message = createBaseControlRequest();
     message.deploymentId = object.deploymentId ?? "";
+    message.sample = (object.sample !== undefined && object.sample !== null)
+      ? MetricSample.fromPartial(object.sample)
+      : undefined;
+    message.wantHoldEvents = object.wantHoldEvents ?? false;
+    return message;
+  },
+};
+
+function createBaseSwitchEvent(): SwitchEvent {
+  return { evaluation: undefined, transition: undefined };
+}
+
+export const SwitchEvent: MessageFns<SwitchEvent> = {
+  encode(message: SwitchEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.evaluation !== undefined) {
+      EvaluateSwitchResponse.encode(message.evaluation, writer.uint32(10).fork()).join();
+    }
+    if (message.transition !== undefined) {
+      Transition.encode(message.transition, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SwitchEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSwitchEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.evaluation = EvaluateSwitchResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.transition = Transition.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SwitchEvent {
+    return {
+      evaluation: isSet(object.evaluation) ? EvaluateSwitchResponse.fromJSON(object.evaluation) : undefined,
+      transition: isSet(object.transition) ? Transition.fromJSON(object.transition) : undefined,
+    };
+  },
+
+  toJSON(message: SwitchEvent): unknown {
+    const obj: any = {};
+    if (message.evaluation !== undefined) {
+      obj.evaluation = EvaluateSwitchResponse.toJSON(message.evaluation);
+    }
+    if (message.transition !== undefined) {
+      obj.transition = Transition.toJSON(message.transition);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SwitchEvent>, I>>(base?: I): SwitchEvent {
+    return SwitchEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SwitchEvent>, I>>(object: I): SwitchEvent {
+    const message = createBaseSwitchEvent();
+    message.evaluation = (object.evaluation !== undefined && object.evaluation !== null)
+      ? EvaluateSwitchResponse.fromPartial(object.evaluation)
+      : undefined;
+    message.transition = (object.transition !== undefined && object.transition !== null)
+      ? Transition.fromPartial(object.transition)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseAdvanceEvent(): AdvanceEvent {
+  return {
+    stepIndex: 0,
+    step: undefined,
+    observedP99Ms: 0,
+    observedErrorRate: 0,
+    observedSamples: 0,
+    stepElapsedS: 0,
+    reason: "",
+  };
+}
+
+export const AdvanceEvent: MessageFns<AdvanceEvent> = {
+  encode(message: AdvanceEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.stepIndex !== 0) {
+      writer.uint32(8).uint32(message.stepIndex);
+    }
+    if (message.step !== undefined) {
+      TransitionStep.encode(message.step, writer.uint32(18).fork()).join();
+    }
+    if (message.observedP99Ms !== 0) {
+      writer.uint32(25).double(message.observedP99Ms);
+    }
+    if (message.observedErrorRate !== 0) {
+      writer.uint32(33).double(message.observedErrorRate);
+    }
+    if (message.observedSamples !== 0) {
+      writer.uint32(40).uint32(message.observedSamples);
+    }
+    if (message.stepElapsedS !== 0) {
+      writer.uint32(49).double(message.stepElapsedS);
+    }
+    if (message.reason !== "") {
+      writer.uint32(58).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AdvanceEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAdvanceEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.stepIndex = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.step = TransitionStep.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.observedP99Ms = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.observedErrorRate = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.observedSamples = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.stepElapsedS = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AdvanceEvent {
+    return {
+      stepIndex: isSet(object.stepIndex)
+        ? globalThis.Number(object.stepIndex)
+        : isSet(object.step_index)
+        ? globalThis.Number(object.step_index)
+        : 0,
+      step: isSet(object.step) ? TransitionStep.fromJSON(object.step) : undefined,
+      observedP99Ms: isSet(object.observedP99Ms)
+        ? globalThis.Number(object.observedP99Ms)
+        : isSet(object.observed_p99_ms)
+        ? globalThis.Number(object.observed_p99_ms)
+        : 0,
+      observedErrorRate: isSet(object.observedErrorRate)
+        ? globalThis.Number(object.observedErrorRate)
+        : isSet(object.observed_error_rate)
+        ? globalThis.Number(object.observed_error_rate)
+        : 0,
+      observedSamples: isSet(object.observedSamples)
+        ? globalThis.Number(object.observedSamples)
+        : isSet(object.observed_samples)
+        ? globalThis.Number(object.observed_samples)
+        : 0,
+      stepElapsedS: isSet(object.stepElapsedS)
+        ? globalThis.Number(object.stepElapsedS)
+        : isSet(object.step_elapsed_s)
+        ? globalThis.Number(object.step_elapsed_s)
+        : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: AdvanceEvent): unknown {
+    const obj: any = {};
+    if (message.stepIndex !== 0) {
+      obj.stepIndex = Math.round(message.stepIndex);
+    }
+    if (message.step !== undefined) {
+      obj.step = TransitionStep.toJSON(message.step);
+    }
+    if (message.observedP99Ms !== 0) {
+      obj.observedP99Ms = floatToJson(message.observedP99Ms);
+    }
+    if (message.observedErrorRate !== 0) {
+      obj.observedErrorRate = floatToJson(message.observedErrorRate);
+    }
+    if (message.observedSamples !== 0) {
+      obj.observedSamples = Math.round(message.observedSamples);
+    }
+    if (message.stepElapsedS !== 0) {
+      obj.stepElapsedS = floatToJson(message.stepElapsedS);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AdvanceEvent>, I>>(base?: I): AdvanceEvent {
+    return AdvanceEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AdvanceEvent>, I>>(object: I): AdvanceEvent {
+    const message = createBaseAdvanceEvent();
+    message.stepIndex = object.stepIndex ?? 0;
+    message.step = (object.step !== undefined && object.step !== null)
+      ? TransitionStep.fromPartial(object.step)
+      : undefined;
+    message.observedP99Ms = object.observedP99Ms ?? 0;
+    message.observedErrorRate = object.observedErrorRate ?? 0;
+    message.observedSamples = object.observedSamples ?? 0;
+    message.stepElapsedS = object.stepElapsedS ?? 0;
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseRollbackEvent(): RollbackEvent {
+  return {
+    cause: "",
+    stepIndex: 0,
+    abandonedMode: 0,
+    abandonedPlan: undefined,
+    keptMode: 0,
+    keptPlan: undefined,
+    observedP99Ms: 0,
+    observedErrorRate: 0,
+    consecutiveBreaches: 0,
+  };
+}
+
+export const RollbackEvent: MessageFns<RollbackEvent> = {
+  encode(message: RollbackEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cause !== "") {
+      writer.uint32(10).string(message.cause);
+    }
+    if (message.stepIndex !== 0) {
+      writer.uint32(16).uint32(message.stepIndex);
+    }
+    if (message.abandonedMode !== 0) {
+      writer.uint32(24).int32(message.abandonedMode);
+    }
+    if (message.abandonedPlan !== undefined) {
+      ServingPlan.encode(message.abandonedPlan, writer.uint32(34).fork()).join();
+    }
+    if (message.keptMode !== 0) {
+      writer.uint32(40).int32(message.keptMode);
+    }
+    if (message.keptPlan !== undefined) {
+      ServingPlan.encode(message.keptPlan, writer.uint32(50).fork()).join();
+    }
+    if (message.observedP99Ms !== 0) {
+      writer.uint32(57).double(message.observedP99Ms);
+    }
+    if (message.observedErrorRate !== 0) {
+      writer.uint32(65).double(message.observedErrorRate);
+    }
+    if (message.consecutiveBreaches !== 0) {
+      writer.uint32(72).uint32(message.consecutiveBreaches);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RollbackEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRollbackEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.cause = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.stepIndex = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.abandonedMode = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.abandonedPlan = ServingPlan.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.keptMode = reader.int32() as any;
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.keptPlan = ServingPlan.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.observedP99Ms = reader.double();
+            continue;
+          }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.observedErrorRate = reader.double();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.consecutiveBreaches = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RollbackEvent {
+    return {
+      cause: isSet(object.cause) ? globalThis.String(object.cause) : "",
+      stepIndex: isSet(object.stepIndex)
+        ? globalThis.Number(object.stepIndex)
+        : isSet(object.step_index)
+        ? globalThis.Number(object.step_index)
+        : 0,
+      abandonedMode: isSet(object.abandonedMode)
+        ? servingModeFromJSON(object.abandonedMode)
+        : isSet(object.abandoned_mode)
+        ? servingModeFromJSON(object.abandoned_mode)
+        : 0,
+      abandonedPlan: isSet(object.abandonedPlan)
+        ? ServingPlan.fromJSON(object.abandonedPlan)
+        : isSet(object.abandoned_plan)
+        ? ServingPlan.fromJSON(object.abandoned_plan)
+        : undefined,
+      keptMode: isSet(object.keptMode)
+        ? servingModeFromJSON(object.keptMode)
+        : isSet(object.kept_mode)
+        ? servingModeFromJSON(object.kept_mode)
+        : 0,
+      keptPlan: isSet(object.keptPlan)
+        ? ServingPlan.fromJSON(object.keptPlan)
+        : isSet(object.kept_plan)
+        ? ServingPlan.fromJSON(object.kept_plan)
+        : undefined,
+      observedP99Ms: isSet(object.observedP99Ms)
+        ? globalThis.Number(object.observedP99Ms)
+        : isSet(object.observed_p99_ms)
+        ? globalThis.Number(object.observed_p99_ms)
+        : 0,
+      observedErrorRate: isSet(object.observedErrorRate)
+        ? globalThis.Number(object.observedErrorRate)
+        : isSet(object.observed_error_rate)
+        ? globalThis.Number(object.observed_error_rate)
+        : 0,
+      consecutiveBreaches: isSet(object.consecutiveBreaches)
+        ? globalThis.Number(object.consecutiveBreaches)
+        : isSet(object.consecutive_breaches)
+        ? globalThis.Number(object.consecutive_breaches)
+        : 0,
+    };
+  },
+
+  toJSON(message: RollbackEvent): unknown {
+    const obj: any = {};
+    if (message.cause !== "") {
+      obj.cause = message.cause;
+    }
+    if (message.stepIndex !== 0) {
+      obj.stepIndex = Math.round(message.stepIndex);
+    }
+    if (message.abandonedMode !== 0) {
+      obj.abandonedMode = servingModeToJSON(message.abandonedMode);
+    }
+    if (message.abandonedPlan !== undefined) {
+      obj.abandonedPlan = ServingPlan.toJSON(message.abandonedPlan);
+    }
+    if (message.keptMode !== 0) {
+      obj.keptMode = servingModeToJSON(message.keptMode);
+    }
+    if (message.keptPlan !== undefined) {
+      obj.keptPlan = ServingPlan.toJSON(message.keptPlan);
+    }
+    if (message.observedP99Ms !== 0) {
+      obj.observedP99Ms = floatToJson(message.observedP99Ms);
+    }
+    if (message.observedErrorRate !== 0) {
+      obj.observedErrorRate = floatToJson(message.observedErrorRate);
+    }
+    if (message.consecutiveBreaches !== 0) {
+      obj.consecutiveBreaches = Math.round(message.consecutiveBreaches);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RollbackEvent>, I>>(base?: I): RollbackEvent {
+    return RollbackEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RollbackEvent>, I>>(object: I): RollbackEvent {
+    const message = createBaseRollbackEvent();
+    message.cause = object.cause ?? "";
+    message.stepIndex = object.stepIndex ?? 0;
+    message.abandonedMode = object.abandonedMode ?? 0;
+    message.abandonedPlan = (object.abandonedPlan !== undefined && object.abandonedPlan !== null)
+      ? ServingPlan.fromPartial(object.abandonedPlan)
+      : undefined;
+    message.keptMode = object.keptMode ?? 0;
+    message.keptPlan = (object.keptPlan !== undefined && object.keptPlan !== null)
+      ? ServingPlan.fromPartial(object.keptPlan)
+      : undefined;
+    message.observedP99Ms = object.observedP99Ms ?? 0;
+    message.observedErrorRate = object.observedErrorRate ?? 0;
+    message.consecutiveBreaches = object.consecutiveBreaches ?? 0;
+    return message;
+  },
+};
+
+function createBaseCompleteEvent(): CompleteEvent {
+  return { mode: 0, plan: undefined, plannedRatePerS: 0, planSinceS: 0, reason: "" };
+}
+
+export const CompleteEvent: MessageFns<CompleteEvent> = {
+  encode(message: CompleteEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.mode !== 0) {
+      writer.uint32(8).int32(message.mode);
+    }
+    if (message.plan !== undefined) {
+      ServingPlan.encode(message.plan, writer.uint32(18).fork()).join();
+    }
+    if (message.plannedRatePerS !== 0) {
+      writer.uint32(25).double(message.plannedRatePerS);
+    }
+    if (message.planSinceS !== 0) {
+      writer.uint32(33).double(message.planSinceS);
+    }
+    if (message.reason !== "") {
+      writer.uint32(42).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompleteEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompleteEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.mode = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.plan = ServingPlan.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.plannedRatePerS = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.planSinceS = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompleteEvent {
+    return {
+      mode: isSet(object.mode) ? servingModeFromJSON(object.mode) : 0,
+      plan: isSet(object.plan) ? ServingPlan.fromJSON(object.plan) : undefined,
+      plannedRatePerS: isSet(object.plannedRatePerS)
+        ? globalThis.Number(object.plannedRatePerS)
+        : isSet(object.planned_rate_per_s)
+        ? globalThis.Number(object.planned_rate_per_s)
+        : 0,
+      planSinceS: isSet(object.planSinceS)
+        ? globalThis.Number(object.planSinceS)
+        : isSet(object.plan_since_s)
+        ? globalThis.Number(object.plan_since_s)
+        : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: CompleteEvent): unknown {
+    const obj: any = {};
+    if (message.mode !== 0) {
+      obj.mode = servingModeToJSON(message.mode);
+    }
+    if (message.plan !== undefined) {
+      obj.plan = ServingPlan.toJSON(message.plan);
+    }
+    if (message.plannedRatePerS !== 0) {
+      obj.plannedRatePerS = floatToJson(message.plannedRatePerS);
+    }
+    if (message.planSinceS !== 0) {
+      obj.planSinceS = floatToJson(message.planSinceS);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CompleteEvent>, I>>(base?: I): CompleteEvent {
+    return CompleteEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CompleteEvent>, I>>(object: I): CompleteEvent {
+    const message = createBaseCompleteEvent();
+    message.mode = object.mode ?? 0;
+    message.plan = (object.plan !== undefined && object.plan !== null)
+      ? ServingPlan.fromPartial(object.plan)
+      : undefined;
+    message.plannedRatePerS = object.plannedRatePerS ?? 0;
+    message.planSinceS = object.planSinceS ?? 0;
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseHoldEvent(): HoldEvent {
+  return { reason: "", evaluation: undefined, stepIndex: undefined, stepElapsedS: 0 };
+}
+
+export const HoldEvent: MessageFns<HoldEvent> = {
+  encode(message: HoldEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.reason !== "") {
+      writer.uint32(10).string(message.reason);
+    }
+    if (message.evaluation !== undefined) {
+      EvaluateSwitchResponse.encode(message.evaluation, writer.uint32(18).fork()).join();
+    }
+    if (message.stepIndex !== undefined) {
+      writer.uint32(24).uint32(message.stepIndex);
+    }
+    if (message.stepElapsedS !== 0) {
+      writer.uint32(33).double(message.stepElapsedS);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HoldEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHoldEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.evaluation = EvaluateSwitchResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.stepIndex = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.stepElapsedS = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HoldEvent {
+    return {
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      evaluation: isSet(object.evaluation) ? EvaluateSwitchResponse.fromJSON(object.evaluation) : undefined,
+      stepIndex: isSet(object.stepIndex)
+        ? globalThis.Number(object.stepIndex)
+        : isSet(object.step_index)
+        ? globalThis.Number(object.step_index)
+        : undefined,
+      stepElapsedS: isSet(object.stepElapsedS)
+        ? globalThis.Number(object.stepElapsedS)
+        : isSet(object.step_elapsed_s)
+        ? globalThis.Number(object.step_elapsed_s)
+        : 0,
+    };
+  },
+
+  toJSON(message: HoldEvent): unknown {
+    const obj: any = {};
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.evaluation !== undefined) {
+      obj.evaluation = EvaluateSwitchResponse.toJSON(message.evaluation);
+    }
+    if (message.stepIndex !== undefined) {
+      obj.stepIndex = Math.round(message.stepIndex);
+    }
+    if (message.stepElapsedS !== 0) {
+      obj.stepElapsedS = floatToJson(message.stepElapsedS);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<HoldEvent>, I>>(base?: I): HoldEvent {
+    return HoldEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<HoldEvent>, I>>(object: I): HoldEvent {
+    const message = createBaseHoldEvent();
+    message.reason = object.reason ?? "";
+    message.evaluation = (object.evaluation !== undefined && object.evaluation !== null)
+      ? EvaluateSwitchResponse.fromPartial(object.evaluation)
+      : undefined;
+    message.stepIndex = object.stepIndex ?? undefined;
+    message.stepElapsedS = object.stepElapsedS ?? 0;
+    return message;
+  },
+};
+
+function createBaseSampleViolation(): SampleViolation {
+  return { field: "", description: "" };
+}
+
+export const SampleViolation: MessageFns<SampleViolation> = {
+  encode(message: SampleViolation, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.field !== "") {
+      writer.uint32(10).string(message.field);
+    }
+    if (message.description !== "") {
+      writer.uint32(18).string(message.description);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SampleViolation {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSampleViolation();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.field = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.description = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SampleViolation {
+    return {
+      field: isSet(object.field) ? globalThis.String(object.field) : "",
+      description: isSet(object.description) ? globalThis.String(object.description) : "",
+    };
+  },
+
+  toJSON(message: SampleViolation): unknown {
+    const obj: any = {};
+    if (message.field !== "") {
+      obj.field = message.field;
+    }
+    if (message.description !== "") {
+      obj.description = message.description;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SampleViolation>, I>>(base?: I): SampleViolation {
+    return SampleViolation.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SampleViolation>, I>>(object: I): SampleViolation {
+    const message = createBaseSampleViolation();
+    message.field = object.field ?? "";
+    message.description = object.description ?? "";
+    return message;
+  },
+};
+
+function createBaseSampleRejected(): SampleRejected {
+  return { violations: [], timestampS: 0, unknownDeployment: false };
+}
+
+export const SampleRejected: MessageFns<SampleRejected> = {
+  encode(message: SampleRejected, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.violations) {
+      SampleViolation.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.timestampS !== 0) {
+      writer.uint32(17).double(message.timestampS);
+    }
+    if (message.unknownDeployment !== false) {
+      writer.uint32(24).bool(message.unknownDeployment);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SampleRejected {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSampleRejected();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.violations.push(SampleViolation.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.timestampS = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.unknownDeployment = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SampleRejected {
+    return {
+      violations: globalThis.Array.isArray(object?.violations)
+        ? object.violations.map((e: any) => SampleViolation.fromJSON(e))
+        : [],
+      timestampS: isSet(object.timestampS)
+        ? globalThis.Number(object.timestampS)
+        : isSet(object.timestamp_s)
+        ? globalThis.Number(object.timestamp_s)
+        : 0,
+      unknownDeployment: isSet(object.unknownDeployment)
+        ? globalThis.Boolean(object.unknownDeployment)
+        : isSet(object.unknown_deployment)
+        ? globalThis.Boolean(object.unknown_deployment)
+        : false,
+    };
+  },
+
+  toJSON(message: SampleRejected): unknown {
+    const obj: any = {};
+    if (message.violations?.length) {
+      obj.violations = message.violations.map((e) => SampleViolation.toJSON(e));
+    }
+    if (message.timestampS !== 0) {
+      obj.timestampS = floatToJson(message.timestampS);
+    }
+    if (message.unknownDeployment !== false) {
+      obj.unknownDeployment = message.unknownDeployment;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SampleRejected>, I>>(base?: I): SampleRejected {
+    return SampleRejected.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SampleRejected>, I>>(object: I): SampleRejected {
+    const message = createBaseSampleRejected();
+    message.violations = object.violations?.map((e) => SampleViolation.fromPartial(e)) || [];
+    message.timestampS = object.timestampS ?? 0;
+    message.unknownDeployment = object.unknownDeployment ?? false;
     return message;
   },
 };
 
 function createBaseControlResponse(): ControlResponse {
-  return {};
+  return {
+    deploymentId: "",
+    switchEvent: undefined,
+    advanceEvent: undefined,
+    rollbackEvent: undefined,
+    completeEvent: undefined,
+    holdEvent: undefined,
+    sampleRejected: undefined,
+    stateVersion: 0n,
+    decisionSeq: 0n,
+    sampleTimestampS: 0,
+  };
 }
 
 export const ControlResponse: MessageFns<ControlResponse> = {
-  encode(_: ControlResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: ControlResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deploymentId !== "") {
+      writer.uint32(10).string(message.deploymentId);
+    }
+    if (message.switchEvent !== undefined) {
+      SwitchEvent.encode(message.switchEvent, writer.uint32(18).fork()).join();
+    }
+    if (message.advanceEvent !== undefined) {
+      AdvanceEvent.encode(message.advanceEvent, writer.uint32(26).fork()).join();
+    }
+    if (message.rollbackEvent !== undefined) {
+      RollbackEvent.encode(message.rollbackEvent, writer.uint32(34).fork()).join();
+    }
+    if (message.completeEvent !== undefined) {
+      CompleteEvent.encode(message.completeEvent, writer.uint32(42).fork()).join();
+    }
+    if (message.holdEvent !== undefined) {
+      HoldEvent.encode(message.holdEvent, writer.uint32(50).fork()).join();
+    }
+    if (message.sampleRejected !== undefined) {
+      SampleRejected.encode(message.sampleRejected, writer.uint32(58).fork()).join();
+    }
+    if (message.stateVersion !== 0n) {
+      if (BigInt.asUintN(64, message.stateVersion) !== message.stateVersion) {
+        throw new globalThis.Error("value provided for field message.stateVersion of type uint64 too large");
+      }
+      writer.uint32(64).uint64(message.stateVersion);
+    }
+    if (message.decisionSeq !== 0n) {
+      if (BigInt.asUintN(64, message.decisionSeq) !== message.decisionSeq) {
+        throw new globalThis.Error("value provided for field message.decisionSeq of type uint64 too large");
+      }
+      writer.uint32(72).uint64(message.decisionSeq);
+    }
+    if (message.sampleTimestampS !== 0) {
+      writer.uint32(81).double(message.sampleTimestampS);
+    }
     return writer;
   },
 
@@ -4614,6 +5821,86 @@ export const ControlResponse: MessageFns<ControlResponse> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deploymentId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.switchEvent = SwitchEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.advanceEvent = AdvanceEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.rollbackEvent = RollbackEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.completeEvent = CompleteEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.holdEvent = HoldEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.sampleRejected = SampleRejected.decode(reader, reader.uint32());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.stateVersion = reader.uint64() as bigint;
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.decisionSeq = reader.uint64() as bigint;
+            continue;
+          }
+          case 10: {
+            if (tag !== 81) {
+              break;
+            }
+
+            message.sampleTimestampS = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4626,20 +5913,127 @@ export const ControlResponse: MessageFns<ControlResponse> = {
     }
   },
 
-  fromJSON(_: any): ControlResponse {
-    return {};
+  fromJSON(object: any): ControlResponse {
+    return {
+      deploymentId: isSet(object.deploymentId)
+        ? globalThis.String(object.deploymentId)
+        : isSet(object.deployment_id)
+        ? globalThis.String(object.deployment_id)
+        : "",
+      switchEvent: isSet(object.switchEvent)
+        ? SwitchEvent.fromJSON(object.switchEvent)
+        : isSet(object.switch_event)
+        ? SwitchEvent.fromJSON(object.switch_event)
+        : undefined,
+      advanceEvent: isSet(object.advanceEvent)
+        ? AdvanceEvent.fromJSON(object.advanceEvent)
+        : isSet(object.advance_event)
+        ? AdvanceEvent.fromJSON(object.advance_event)
+        : undefined,
+      rollbackEvent: isSet(object.rollbackEvent)
+        ? RollbackEvent.fromJSON(object.rollbackEvent)
+        : isSet(object.rollback_event)
+        ? RollbackEvent.fromJSON(object.rollback_event)
+        : undefined,
+      completeEvent: isSet(object.completeEvent)
+        ? CompleteEvent.fromJSON(object.completeEvent)
+        : isSet(object.complete_event)
+        ? CompleteEvent.fromJSON(object.complete_event)
+        : undefined,
+      holdEvent: isSet(object.holdEvent)
+        ? HoldEvent.fromJSON(object.holdEvent)
+        : isSet(object.hold_event)
+        ? HoldEvent.fromJSON(object.hold_event)
+        : undefined,
+      sampleRejected: isSet(object.sampleRejected)
+        ? SampleRejected.fromJSON(object.sampleRejected)
+        : isSet(object.sample_rejected)
+        ? SampleRejected.fromJSON(object.sample_rejected)
+        : undefined,
+      stateVersion: isSet(object.stateVersion)
+        ? BigInt(object.stateVersion)
+        : isSet(object.state_version)
+        ? BigInt(object.state_version)
+        : 0n,
+      decisionSeq: isSet(object.decisionSeq)
+        ? BigInt(object.decisionSeq)
+        : isSet(object.decision_seq)
+        ? BigInt(object.decision_seq)
+        : 0n,
+      sampleTimestampS: isSet(object.sampleTimestampS)
+        ? globalThis.Number(object.sampleTimestampS)
+        : isSet(object.sample_timestamp_s)
+        ? globalThis.Number(object.sample_timestamp_s)
+        : 0,
+    };
   },
 
-  toJSON(_: ControlResponse): unknown {
+  toJSON(message: ControlResponse): unknown {
     const obj: any = {};
+    if (message.deploymentId !== "") {
+      obj.deploymentId = message.deploymentId;
+    }
+    if (message.switchEvent !== undefined) {
+      obj.switchEvent = SwitchEvent.toJSON(message.switchEvent);
+    }
+    if (message.advanceEvent !== undefined) {
+      obj.advanceEvent = AdvanceEvent.toJSON(message.advanceEvent);
+    }
+    if (message.rollbackEvent !== undefined) {
+      obj.rollbackEvent = RollbackEvent.toJSON(message.rollbackEvent);
+    }
+    if (message.completeEvent !== undefined) {
+      obj.completeEvent = CompleteEvent.toJSON(message.completeEvent);
+    }
+    if (message.holdEvent !== undefined) {
+      obj.holdEvent = HoldEvent.toJSON(message.holdEvent);
+    }
+    if (message.sampleRejected !== undefined) {
+      obj.sampleRejected = SampleRejected.toJSON(message.sampleRejected);
+    }
+    if (message.stateVersion !== 0n) {
+      obj.stateVersion = message.stateVersion.toString();
+    }
+    if (message.decisionSeq !== 0n) {
+      obj.decisionSeq = message.decisionSeq.toString();
+    }
+    if (message.sampleTimestampS !== 0) {
+      obj.sampleTimestampS = floatToJson(message.sampleTimestampS);
+    }
     return obj;
   },
 
   create<I extends Exact<DeepPartial<ControlResponse>, I>>(base?: I): ControlResponse {
     return ControlResponse.fromPartial(base ?? ({} as any));
   },
-  fromPartial<I extends Exact<DeepPartial<ControlResponse>, I>>(_: I): ControlResponse {
+  fromPartial<I extends Exact<DeepPartial<ControlResponse>, I>>(object: I): ControlResponse {
     const message = createBaseControlResponse();
+    message.deploymentId = object.deploymentId ?? "";
+    message.switchEvent = (object.switchEvent !== undefined && object.switchEvent !== null)
+      ? SwitchEvent.fromPartial(object.switchEvent)
+      : undefined;
+    message.advanceEvent = (object.advanceEvent !== undefined && object.advanceEvent !== null)
+      ? AdvanceEvent.fromPartial(object.advanceEvent)
+      : undefined;
+    message.rollbackEvent = (object.rollbackEvent !== undefined && object.rollbackEvent !== null)
+      ? RollbackEvent.fromPartial(object.rollbackEvent)
+      : undefined;
+    message.completeEvent = (object.completeEvent !== undefined && object.completeEvent !== null)
+      ? CompleteEvent.fromPartial(object.completeEvent)
+      : undefined;
+    message.holdEvent = (object.holdEvent !== undefined && object.holdEvent !== null)
+      ? HoldEvent.fromPartial(object.holdEvent)
+      : undefined;
+    message.sampleRejected = (object.sampleRejected !== undefined && object.sampleRejected !== null)
+      ? SampleRejected.fromPartial(object.sampleRejected)
+      : undefined;
+    message.stateVersion = (object.stateVersion !== undefined && object.stateVersion !== null)
+      ? BigInt(object.stateVersion)
+      : 0n;
+    message.decisionSeq = (object.decisionSeq !== undefined && object.decisionSeq !== null)
+      ? BigInt(object.decisionSeq)
+      : 0n;
+    message.sampleTimestampS = object.sampleTimestampS ?? 0;
     return message;
   },
 };
@@ -5483,6 +6877,7 @@ function createBaseTransition(): Transition {
     reason: "",
     panic: false,
     decisionSeq: 0n,
+    plannedRatePerS: 0,
   };
 }
 
@@ -5520,6 +6915,9 @@ export const Transition: MessageFns<Transition> = {
         throw new globalThis.Error("value provided for field message.decisionSeq of type uint64 too large");
       }
       writer.uint32(80).uint64(message.decisionSeq);
+    }
+    if (message.plannedRatePerS !== 0) {
+      writer.uint32(89).double(message.plannedRatePerS);
     }
     return writer;
   },
@@ -5617,6 +7015,14 @@ export const Transition: MessageFns<Transition> = {
             message.decisionSeq = reader.uint64() as bigint;
             continue;
           }
+          case 11: {
+            if (tag !== 89) {
+              break;
+            }
+
+            message.plannedRatePerS = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5671,6 +7077,11 @@ export const Transition: MessageFns<Transition> = {
         : isSet(object.decision_seq)
         ? BigInt(object.decision_seq)
         : 0n,
+      plannedRatePerS: isSet(object.plannedRatePerS)
+        ? globalThis.Number(object.plannedRatePerS)
+        : isSet(object.planned_rate_per_s)
+        ? globalThis.Number(object.planned_rate_per_s)
+        : 0,
     };
   },
 
@@ -5706,6 +7117,9 @@ export const Transition: MessageFns<Transition> = {
     if (message.decisionSeq !== 0n) {
       obj.decisionSeq = message.decisionSeq.toString();
     }
+    if (message.plannedRatePerS !== 0) {
+      obj.plannedRatePerS = floatToJson(message.plannedRatePerS);
+    }
     return obj;
   },
 
@@ -5730,6 +7144,7 @@ export const Transition: MessageFns<Transition> = {
     message.decisionSeq = (object.decisionSeq !== undefined && object.decisionSeq !== null)
       ? BigInt(object.decisionSeq)
       : 0n;
+    message.plannedRatePerS = object.plannedRatePerS ?? 0;
     return message;
   },
 };
@@ -5958,7 +7373,7 @@ export const MetricSample: MessageFns<MetricSample> = {
 };
 
 function createBaseDecisionRecord(): DecisionRecord {
-  return { deploymentId: "", evaluation: undefined, recordedAtS: 0 };
+  return { deploymentId: "", evaluation: undefined, recordedAtS: 0, controlEvent: undefined };
 }
 
 export const DecisionRecord: MessageFns<DecisionRecord> = {
@@ -5971,6 +7386,9 @@ export const DecisionRecord: MessageFns<DecisionRecord> = {
     }
     if (message.recordedAtS !== 0) {
       writer.uint32(25).double(message.recordedAtS);
+    }
+    if (message.controlEvent !== undefined) {
+      ControlResponse.encode(message.controlEvent, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -6012,6 +7430,14 @@ export const DecisionRecord: MessageFns<DecisionRecord> = {
             message.recordedAtS = reader.double();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.controlEvent = ControlResponse.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6037,6 +7463,11 @@ export const DecisionRecord: MessageFns<DecisionRecord> = {
         : isSet(object.recorded_at_s)
         ? globalThis.Number(object.recorded_at_s)
         : 0,
+      controlEvent: isSet(object.controlEvent)
+        ? ControlResponse.fromJSON(object.controlEvent)
+        : isSet(object.control_event)
+        ? ControlResponse.fromJSON(object.control_event)
+        : undefined,
     };
   },
 
@@ -6051,6 +7482,9 @@ export const DecisionRecord: MessageFns<DecisionRecord> = {
     if (message.recordedAtS !== 0) {
       obj.recordedAtS = floatToJson(message.recordedAtS);
     }
+    if (message.controlEvent !== undefined) {
+      obj.controlEvent = ControlResponse.toJSON(message.controlEvent);
+    }
     return obj;
   },
 
@@ -6064,6 +7498,9 @@ export const DecisionRecord: MessageFns<DecisionRecord> = {
       ? EvaluateSwitchResponse.fromPartial(object.evaluation)
       : undefined;
     message.recordedAtS = object.recordedAtS ?? 0;
+    message.controlEvent = (object.controlEvent !== undefined && object.controlEvent !== null)
+      ? ControlResponse.fromPartial(object.controlEvent)
+      : undefined;
     return message;
   },
 };
