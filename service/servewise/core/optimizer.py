@@ -1,13 +1,18 @@
 """Search over (instance type, B, T, N) for the cheapest plan meeting the SLO.
 
-Two stages, as ARCHITECTURE.md section 2 suggests:
+Four stages, as ARCHITECTURE.md section 2 suggests:
 
-1. Screen. The analytic predictor (queueing.py) scores every (type, B, T) on a grid and finds,
-   by vectorised bisection, the fewest replicas it predicts meet the SLO.
-2. Refine. The most promising (type, B, T), cheapest first, are simulated on one shared arrival
-   sample (common random numbers) and their replica count is corrected until the simulated
-   SLO percentile, taken at an upper confidence bound, meets the bound. The winner is then
-   confirmed on a fresh sample; if that fails it gains replicas until it passes.
+1. Screen. The analytic predictor (queueing.py) scores every (type, B, T) on a grid (powers of
+   two and their 1.5x midpoints, profile points, delays as fractions of the SLO's slack) and
+   finds, on a replica ladder then by bisection, the fewest replicas it predicts meet the SLO.
+2. Refine. The most promising (type, B, T) — per (type, B) the best delay and T = 0 — are
+   simulated on one shared arrival sample (common random numbers), cheapest first, pruning
+   any option that cannot beat the best so far; a plan passes when an upper confidence bound
+   (batch means) on its fraction of requests over the SLO bound stays within 1 - percentile.
+3. Polish. Longer delays for the winner at one replica fewer.
+4. Confirm. The winner and the real-time baseline are simulated on a fresh sample spanning
+   VERIFY_RELAXATION_TIMES relaxation times (in parallel); a plan failing gains replicas.
+   Near-capacity plans no affordable run can verify are never recommended.
 
 Every figure in the result follows from the inputs: prices times replicas for cost, the
 predictor for predicted latency, the simulator for the confirmation.
