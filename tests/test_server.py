@@ -191,15 +191,19 @@ async def test_unimplemented_unary_rpcs(
     assert caught.value.details() == "Method not implemented!"
 
 
-async def test_unimplemented_control_stream(
+async def test_control_stream_rejects_a_sample_for_an_unknown_deployment(
     stub: servewise_pb2_grpc.ServewiseServiceAsyncStub,
 ) -> None:
-    """The Control bidirectional stream answers UNIMPLEMENTED until it is written."""
-    # No request is written: an aio client write racing the server's early status turns that
-    # status into INTERNAL "Internal error from Core" on the client (grpc/grpc#36066).
-    call = stub.Control(timeout=5)  # type: ignore[call-arg]  # stubs require an iterator
-    assert await call.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert await call.details() == "Method not implemented!"
+    """The Control stream answers a sample for an unknown deployment with a rejection event on
+    the stream, not an abort: the stream ends OK."""
+    request = servewise_pb2.ControlRequest(
+        sample=servewise_pb2.MetricSample(deployment_id="no-such", timestamp_s=1.0, rate_per_s=1.0)
+    )
+    call = stub.Control(iter([request]), timeout=5)
+    events = [event async for event in call]
+    assert [e.WhichOneof("event") for e in events] == ["sample_rejected"]
+    assert events[0].sample_rejected.unknown_deployment
+    assert await call.code() is grpc.StatusCode.OK
 
 
 async def test_unknown_method_is_unimplemented(grpc_channel: grpc.aio.Channel) -> None:

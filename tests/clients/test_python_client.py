@@ -107,10 +107,12 @@ def test_unimplemented_passthrough_is_an_error_not_retried(
                 call(request)  # type: ignore[operator]
             assert caught.value.code is grpc.StatusCode.NOT_FOUND
         assert not client.list_deployments(servewise_pb2.ListDeploymentsRequest()).deployments
-        with pytest.raises(ServewiseError) as caught:
-            list(client.control(iter([servewise_pb2.ControlRequest(deployment_id="d")])))
-        assert caught.value.code is grpc.StatusCode.UNIMPLEMENTED
-        assert caught.value.method == "Control"
+        # Control is implemented: a sample for an unknown deployment is rejected on the stream.
+        sample = servewise_pb2.MetricSample(timestamp_s=1.0, rate_per_s=1.0)
+        events = list(
+            client.control(iter([servewise_pb2.ControlRequest(deployment_id="d", sample=sample)]))
+        )
+        assert [e.sample_rejected.unknown_deployment for e in events] == [True]
         # PlanResources is implemented: an empty request is an error naming the missing field.
         with pytest.raises(ServewiseError) as caught:
             client.plan_resources(servewise_pb2.PlanResourcesRequest())

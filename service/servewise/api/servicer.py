@@ -8,11 +8,13 @@ back. Exceptions become statuses in :mod:`servewise.api.errors`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from servewise.api import deployments
+from servewise.api.control_stream import ControlHub
 from servewise.api.converters import (
     optimize_args,
     optimize_response_to_pb,
@@ -33,7 +35,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
     """Implements Simulate, OptimizeBatch, SelectMode, PlanResources, the deployment RPCs and
-    EvaluateSwitch; Control and Route stay UNIMPLEMENTED (inherited) until they land.
+    EvaluateSwitch and the Control stream; Route stays UNIMPLEMENTED (inherited) until it lands.
 
     ``store`` holds deployments and decision logs; a MemoryStore when omitted (the server passes
     the one ``SERVEWISE_STORE`` names).
@@ -42,6 +44,8 @@ class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
     def __init__(self, store: StateStore | None = None) -> None:
         self.store: StateStore = store if store is not None else MemoryStore()
         self.switches = deployments.SwitchEvaluator(self.store)
+        # The Control streams share the optimizer cache with EvaluateSwitch.
+        self.control = ControlHub(self.store, self.switches.cache)
 
     @maps_errors
     async def Simulate(
@@ -113,3 +117,13 @@ class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
         self, request: servewise_pb2.EvaluateSwitchRequest, context: Context
     ) -> servewise_pb2.EvaluateSwitchResponse:
         return await asyncio.to_thread(self.switches.evaluate, request)
+
+    async def Control(
+        self, request_iterator: AsyncIterator[servewise_pb2.ControlRequest], context: Context
+    ) -> AsyncIterator[servewise_pb2.ControlResponse]:
+        """Samples in, events out; an invalid sample is answered on the stream, never an abort
+        (see :mod:`servewise.api.control_stream`)."""
+        session = self.control.session()
+        async for request in request_iterator:
+            for event in await asyncio.to_thread(session.handle, request):
+                yield event

@@ -1,0 +1,449 @@
+"""The Control stream: metric samples in, control events out (ARCHITECTURE.md section 6).
+
+One :class:`ControlSession` per stream; several deployments may share it. For each sample:
+
+1. **Validate** (finite, non-negative, fractions in [0, 1], timestamps not going backwards per
+   deployment on this stream, a registered deployment). An invalid sample gets a
+   ``SampleRejected`` event naming each bad field; it is never persisted and the stream goes on.
+2. **Decide against the stored state**, re-read for every sample: with no transition in force,
+   the EvaluateSwitch engine (:func:`servewise.core.control.evaluate`) over this stream's recent
+   samples of the deployment; a SWITCH starts a ``Transition``. With one in force, the step is
+   judged (:func:`servewise.core.transitions.judge_step`): ADVANCE, COMPLETE (the target becomes
+   the plan in force), ROLLBACK (the transition is dropped, the plan kept) or wait.
+3. **Persist** with ``compare_and_set`` at the version read. On ``StaleVersionError`` (another
+   stream, replica or RegisterDeployment wrote in between) the state is re-read and the sample
+   re-decided, so a step another stream already advanced is not advanced twice.
+4. **Log** every SWITCH, ADVANCE, ROLLBACK and COMPLETE in the deployment's decision log (a
+   ``DecisionRecord`` with ``control_event``), after the state write. A SWITCH then writes the
+   log's sequence number into ``Transition.decision_seq`` (a second compare-and-set).
+
+What lives only in memory, per stream and deployment: the recent samples (for the EWMA, the
+stabilisation windows and a step's observations) and the last timestamp seen. None of it is
+needed for correctness: the transition, its step and when the step began are in the store, so
+a new stream after a reconnect (or a restarted server) continues the same transition. The new
+stream rebuilds its window from the samples it receives, so right after a reconnect the
+stabilisation windows restart (a switch waits a full window again) and a step's breach run
+restarts (a rollback needs ``panic_consecutive_samples`` breaches seen on the new stream). The
+window keeps the samples within the longer stabilisation window plus two EWMA half-lives, at
+most :data:`MAX_WINDOW_SAMPLES` of them.
+
+A rollback also restarts the plan's dwell (``current_plan_since_s``), so a move toward savings
+waits ``min_dwell_s`` before it is tried again, and clears this stream's window so a new switch
+needs the signal to hold for a fresh stabilisation window.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from servewise.api import deployments
+from servewise.api.converters import plan_to_pb
+from servewise.api.errors import NotFoundError
+from servewise.api.validation import Violations
+from servewise.core import control
+from servewise.core.transitions import StepAction, StepVerdict, judge_step
+from servewise.store import StaleVersionError, StateStore
+from servewise.v1 import servewise_pb2
+
+MAX_WINDOW_SAMPLES = 1000
+# Re-reads after StaleVersionError before the sample is given up on (a HOLD when asked).
+MAX_ATTEMPTS = 16
+
+
+class ControlHub:
+    """What every stream of one servicer shares: the store, the optimizer cache and a lock per
+    deployment (streams of one process take turns; other replicas are kept out by versions)."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        cache: control.AdviceCache | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.cache = cache if cache is not None else control.AdviceCache()
+        self.clock = clock
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def lock(self, deployment_id: str) -> threading.Lock:
+        with self._guard:
+            found = self._locks.get(deployment_id)
+            if found is None:
+                found = self._locks[deployment_id] = threading.Lock()
+            return found
+
+    def session(self) -> ControlSession:
+        return ControlSession(self)
+
+
+@dataclass
+class _Track:
+    """One deployment on one stream: its recent samples and the newest timestamp seen."""
+
+    samples: deque[control.Sample] = field(default_factory=lambda: deque(maxlen=MAX_WINDOW_SAMPLES))
+    last_timestamp_s: float | None = None
+
+
+class ControlSession:
+    """One Control stream. :meth:`handle` is blocking (store and optimizer): run it in a worker
+    thread, one request at a time."""
+
+    def __init__(self, hub: ControlHub) -> None:
+        self.hub = hub
+        self.want_hold_events = False
+        self._tracks: dict[str, _Track] = {}
+
+    # --- Validation ---------------------------------------------------------------------------
+
+    def _validate(
+        self, deployment_id: str, pb: servewise_pb2.MetricSample
+    ) -> tuple[control.Sample | None, list[servewise_pb2.SampleViolation]]:
+        v = Violations()
+        if not deployments.DEPLOYMENT_ID_RE.fullmatch(deployment_id):
+            v.add(
+                "sample.deployment_id",
+                f"must be 1 to 128 characters of [A-Za-z0-9._-] (got {deployment_id!r}); set "
+                "it on the sample or on the request",
+            )
+        unnamed = servewise_pb2.MetricSample()
+        unnamed.CopyFrom(pb)
+        unnamed.deployment_id = ""
+        converted = deployments.samples_to_core(v, deployment_id, [unnamed])
+        track = self._tracks.get(deployment_id)
+        last = None if track is None else track.last_timestamp_s
+        if converted and last is not None and converted[0].timestamp_s < last:
+            v.add(
+                "sample.timestamp_s",
+                f"goes backwards: {converted[0].timestamp_s!r} after {last!r} for deployment "
+                f"{deployment_id!r}",
+            )
+        violations = [
+            servewise_pb2.SampleViolation(
+                field=item.field.replace("samples[0]", "sample", 1), description=item.description
+            )
+            for item in v.items
+        ]
+        return (converted[0] if converted and not violations else None), violations
+
+    # --- One request --------------------------------------------------------------------------
+
+    def handle(self, request: servewise_pb2.ControlRequest) -> list[servewise_pb2.ControlResponse]:
+        """The events one request causes (none, one, or a rejection)."""
+        self.want_hold_events = request.want_hold_events
+        if request.WhichOneof("kind") != "sample":
+            return []
+        pb = request.sample
+        deployment_id = pb.deployment_id or request.deployment_id
+        sample, violations = self._validate(deployment_id, pb)
+        if sample is None:
+            return [_rejected(deployment_id, pb.timestamp_s, violations)]
+        try:
+            stored = deployments.load(self.hub.store, deployment_id)
+        except NotFoundError as exc:
+            return [
+                _rejected(
+                    deployment_id,
+                    pb.timestamp_s,
+                    [
+                        servewise_pb2.SampleViolation(
+                            field="sample.deployment_id", description=str(exc)
+                        )
+                    ],
+                    unknown=True,
+                )
+            ]
+        track = self._tracks.setdefault(deployment_id, _Track())
+        track.last_timestamp_s = sample.timestamp_s
+        track.samples.append(sample)
+        _trim(track, stored.settings)
+        with self.hub.lock(deployment_id):
+            event = self._decide(deployment_id, sample, track, stored)
+        return [] if event is None else [event]
+
+    def _decide(
+        self,
+        deployment_id: str,
+        sample: control.Sample,
+        track: _Track,
+        stored: deployments.StoredDeployment | None,
+    ) -> servewise_pb2.ControlResponse | None:
+        """Read, decide, write; again from a fresh read when the write finds a newer version."""
+        for _ in range(MAX_ATTEMPTS):
+            if stored is None:
+                stored = deployments.load(self.hub.store, deployment_id)
+            try:
+                if stored.pb.HasField("transition"):
+                    return self._step(deployment_id, sample, track, stored)
+                return self._evaluate(deployment_id, sample, track, stored)
+            except StaleVersionError:
+                stored = None
+        return self._hold(
+            deployment_id,
+            sample,
+            0,
+            reason=f"gave up after {MAX_ATTEMPTS} concurrent writes to the deployment",
+        )
+
+    # --- No transition: the EvaluateSwitch engine ---------------------------------------------
+
+    def _evaluate(
+        self,
+        deployment_id: str,
+        sample: control.Sample,
+        track: _Track,
+        stored: deployments.StoredDeployment,
+    ) -> servewise_pb2.ControlResponse | None:
+        version = stored.pb.state_version
+        state = stored.state
+        advise = control.cached_advisor(
+            self.hub.cache,
+            (deployment_id, version),
+            control.optimizer_advisor(
+                state.candidates, state.slo, stored.limits, state.current_plan
+            ),
+        )
+        window = [s for s in track.samples if s.timestamp_s <= sample.timestamp_s]
+        result = control.evaluate(state, window, stored.settings, advise)
+        evaluation = deployments.evaluation_to_pb(result, stored.settings, version)
+        if result.decision is control.Decision.HOLD or result.target_plan is None:
+            return self._hold(deployment_id, sample, version, evaluation=evaluation)
+        transition = servewise_pb2.Transition(
+            from_mode=stored.pb.current_mode,
+            from_plan=stored.pb.current_plan,
+            to_mode=deployments.mode_of(result.target_plan),
+            to_plan=plan_to_pb(result.target_plan),
+            steps=evaluation.steps,
+            step_index=0,
+            step_started_at_s=sample.timestamp_s,
+            reason=result.reason,
+            panic=result.panic,
+            planned_rate_per_s=result.smoothed_rate_per_s,
+        )
+        updated = self._copy(stored)
+        updated.transition.CopyFrom(transition)
+        new_version = self._write(deployment_id, version, updated)
+        event = servewise_pb2.ControlResponse(
+            deployment_id=deployment_id,
+            switch_event=servewise_pb2.SwitchEvent(evaluation=evaluation, transition=transition),
+            state_version=new_version,
+            sample_timestamp_s=sample.timestamp_s,
+        )
+        seq = self._log(deployment_id, event, evaluation)
+        event.decision_seq = seq
+        event.switch_event.evaluation.decision_seq = seq
+        event.switch_event.transition.decision_seq = seq
+        event.state_version = self._stamp_seq(deployment_id, transition, seq, new_version)
+        return event
+
+    def _stamp_seq(
+        self, deployment_id: str, transition: servewise_pb2.Transition, seq: int, version: int
+    ) -> int:
+        """Write ``seq`` into the stored transition that ``transition`` started, unless the
+        deployment has moved on; the version after."""
+        for _ in range(MAX_ATTEMPTS):
+            found = self.hub.store.get(deployments.deployment_key(deployment_id))
+            if found is None:
+                return version
+            pb = servewise_pb2.Deployment.FromString(found.value)
+            current = pb.transition
+            if (
+                not pb.HasField("transition")
+                or current.decision_seq != 0
+                or current.step_started_at_s != transition.step_started_at_s
+                or current.to_plan != transition.to_plan
+            ):
+                return found.version
+            current.decision_seq = seq
+            try:
+                return self.hub.store.compare_and_set(
+                    deployments.deployment_key(deployment_id),
+                    found.version,
+                    pb.SerializeToString(deterministic=True),
+                )
+            except StaleVersionError:
+                continue
+        return version
+
+    # --- A transition in force ----------------------------------------------------------------
+
+    def _step(
+        self,
+        deployment_id: str,
+        sample: control.Sample,
+        track: _Track,
+        stored: deployments.StoredDeployment,
+    ) -> servewise_pb2.ControlResponse | None:
+        version = stored.pb.state_version
+        transition = stored.pb.transition
+        steps = [control.Step(s.weight, s.dwell_s, s.expected_requests) for s in transition.steps]
+        index = transition.step_index
+        window = [s for s in track.samples if s.timestamp_s <= sample.timestamp_s]
+        if not steps or index >= len(steps):
+            raise RuntimeError(
+                f"deployment {deployment_id!r} stores a transition at step {index} of {len(steps)}"
+            )
+        verdict = judge_step(
+            steps,
+            index,
+            transition.step_started_at_s,
+            window,
+            stored.state.slo,
+            stored.settings,
+        )
+        if verdict.action is StepAction.WAIT:
+            return self._hold(
+                deployment_id,
+                sample,
+                version,
+                reason=verdict.reason,
+                step_index=index,
+                elapsed_s=verdict.elapsed_s,
+            )
+        updated = self._copy(stored)
+        event = servewise_pb2.ControlResponse(
+            deployment_id=deployment_id, sample_timestamp_s=sample.timestamp_s
+        )
+        if verdict.action is StepAction.ADVANCE:
+            updated.transition.step_index = index + 1
+            updated.transition.step_started_at_s = sample.timestamp_s
+            event.advance_event.CopyFrom(_advance(transition, verdict))
+        elif verdict.action is StepAction.COMPLETE:
+            updated.ClearField("transition")
+            updated.current_plan.CopyFrom(transition.to_plan)
+            updated.current_mode = transition.to_mode
+            if transition.planned_rate_per_s > 0:
+                updated.planned_rate_per_s = transition.planned_rate_per_s
+            updated.current_plan_since_s = sample.timestamp_s
+            event.complete_event.CopyFrom(
+                servewise_pb2.CompleteEvent(
+                    mode=transition.to_mode,
+                    plan=transition.to_plan,
+                    planned_rate_per_s=updated.planned_rate_per_s,
+                    plan_since_s=sample.timestamp_s,
+                    reason=verdict.reason,
+                )
+            )
+        else:
+            updated.ClearField("transition")
+            updated.current_plan_since_s = sample.timestamp_s
+            event.rollback_event.CopyFrom(
+                servewise_pb2.RollbackEvent(
+                    cause=verdict.reason,
+                    step_index=index,
+                    abandoned_mode=transition.to_mode,
+                    abandoned_plan=transition.to_plan,
+                    kept_mode=stored.pb.current_mode,
+                    kept_plan=stored.pb.current_plan,
+                    observed_p99_ms=verdict.observed_p99_ms,
+                    observed_error_rate=verdict.observed_error_rate,
+                    consecutive_breaches=verdict.breach_run,
+                )
+            )
+        event.state_version = self._write(deployment_id, version, updated)
+        event.decision_seq = self._log(deployment_id, event, None)
+        if verdict.action is StepAction.ROLLBACK:
+            track.samples.clear()
+        return event
+
+    # --- Helpers ------------------------------------------------------------------------------
+
+    def _hold(
+        self,
+        deployment_id: str,
+        sample: control.Sample,
+        version: int,
+        *,
+        reason: str = "",
+        evaluation: servewise_pb2.EvaluateSwitchResponse | None = None,
+        step_index: int | None = None,
+        elapsed_s: float = 0.0,
+    ) -> servewise_pb2.ControlResponse | None:
+        if not self.want_hold_events:
+            return None
+        hold = servewise_pb2.HoldEvent(
+            reason=reason if evaluation is None else evaluation.reason,
+            evaluation=evaluation,
+            step_index=step_index,
+            step_elapsed_s=elapsed_s,
+        )
+        return servewise_pb2.ControlResponse(
+            deployment_id=deployment_id,
+            hold_event=hold,
+            state_version=version,
+            sample_timestamp_s=sample.timestamp_s,
+        )
+
+    def _copy(self, stored: deployments.StoredDeployment) -> servewise_pb2.Deployment:
+        updated = servewise_pb2.Deployment()
+        updated.CopyFrom(stored.pb)
+        updated.state_version = 0
+        updated.updated_at_s = self.hub.clock()
+        return updated
+
+    def _write(self, deployment_id: str, version: int, updated: servewise_pb2.Deployment) -> int:
+        return self.hub.store.compare_and_set(
+            deployments.deployment_key(deployment_id),
+            version,
+            updated.SerializeToString(deterministic=True),
+        )
+
+    def _log(
+        self,
+        deployment_id: str,
+        event: servewise_pb2.ControlResponse,
+        evaluation: servewise_pb2.EvaluateSwitchResponse | None,
+    ) -> int:
+        record = servewise_pb2.DecisionRecord(
+            deployment_id=deployment_id,
+            evaluation=evaluation,
+            control_event=event,
+            recorded_at_s=self.hub.clock(),
+        )
+        return self.hub.store.append_decision(
+            deployments.deployment_key(deployment_id), record.SerializeToString(deterministic=True)
+        )
+
+
+def _trim(track: _Track, settings: control.ControlSettings) -> None:
+    """Drop samples older than the longer stabilisation window plus two EWMA half-lives."""
+    horizon = max(settings.safety_window_s, settings.savings_window_s)
+    horizon += 2.0 * settings.ewma_half_life_s
+    newest = track.samples[-1].timestamp_s
+    while len(track.samples) > 1 and track.samples[0].timestamp_s < newest - horizon:
+        track.samples.popleft()
+
+
+def _advance(
+    transition: servewise_pb2.Transition, verdict: StepVerdict
+) -> servewise_pb2.AdvanceEvent:
+    index = transition.step_index + 1
+    return servewise_pb2.AdvanceEvent(
+        step_index=index,
+        step=transition.steps[index],
+        observed_p99_ms=verdict.observed_p99_ms,
+        observed_error_rate=verdict.observed_error_rate,
+        observed_samples=verdict.observed_samples,
+        step_elapsed_s=verdict.elapsed_s,
+        reason=verdict.reason,
+    )
+
+
+def _rejected(
+    deployment_id: str,
+    timestamp_s: float,
+    violations: list[servewise_pb2.SampleViolation],
+    *,
+    unknown: bool = False,
+) -> servewise_pb2.ControlResponse:
+    return servewise_pb2.ControlResponse(
+        deployment_id=deployment_id,
+        sample_rejected=servewise_pb2.SampleRejected(
+            violations=violations, timestamp_s=timestamp_s, unknown_deployment=unknown
+        ),
+        sample_timestamp_s=timestamp_s,
+    )
