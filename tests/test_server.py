@@ -27,8 +27,8 @@ from servewise.v1 import servewise_pb2, servewise_pb2_grpc
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
-# RPCs no issue has implemented yet: they must answer UNIMPLEMENTED, not crash.
-UNIMPLEMENTED_UNARY = [
+# Unary RPCs naming a deployment nobody registered: they must answer NOT_FOUND, not crash.
+UNKNOWN_DEPLOYMENT_UNARY = [
     ("Route", servewise_pb2.RouteRequest(deployment_id="dep-1", request_key="r1")),
 ]
 
@@ -180,15 +180,15 @@ async def test_reflection_describes_the_service(grpc_channel: grpc.aio.Channel) 
     assert any(b"ServewiseService" in serialized for serialized in files)
 
 
-@pytest.mark.parametrize(("method", "request_message"), UNIMPLEMENTED_UNARY)
-async def test_unimplemented_unary_rpcs(
+@pytest.mark.parametrize(("method", "request_message"), UNKNOWN_DEPLOYMENT_UNARY)
+async def test_unknown_deployment_unary_rpcs(
     stub: servewise_pb2_grpc.ServewiseServiceAsyncStub, method: str, request_message: Any
 ) -> None:
-    """RPCs without an implementation yet answer UNIMPLEMENTED with the generated message."""
+    """A unary RPC naming an unknown deployment answers NOT_FOUND naming it."""
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await getattr(stub, method)(request_message, timeout=5)
-    assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert caught.value.details() == "Method not implemented!"
+    assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+    assert "dep-1" in (caught.value.details() or "")
 
 
 async def test_control_stream_rejects_a_sample_for_an_unknown_deployment(
@@ -233,9 +233,7 @@ async def test_metrics_count_handled_rpcs() -> None:
         after = await asyncio.to_thread(_scrape, running.metrics_port)
     finally:
         await running.stop(None)
-    assert _handled(after, "Route", "UNIMPLEMENTED") == (
-        _handled(before, "Route", "UNIMPLEMENTED") + 1
-    )
+    assert _handled(after, "Route", "NOT_FOUND") == _handled(before, "Route", "NOT_FOUND") + 1
     names = {name for name, _ in after}
     assert {
         "grpc_server_started_total",
@@ -392,7 +390,7 @@ def test_serve_logs_each_rpc_and_exits_0_on_signal(
     print(f"server RSS after start-up: {rss / 2**20:.1f} MiB")
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = servewise_pb2_grpc.ServewiseServiceStub(channel)
-        for method, request in UNIMPLEMENTED_UNARY:
+        for method, request in UNKNOWN_DEPLOYMENT_UNARY:
             with pytest.raises(grpc.RpcError):
                 getattr(stub, method)(request, timeout=5)
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
@@ -405,14 +403,14 @@ def test_serve_logs_each_rpc_and_exits_0_on_signal(
     lines = [json.loads(line) for line in stdout.splitlines() if line.strip()]
     rpc_lines = [line for line in lines if line["event"] == "rpc"]
     assert [line["method"] for line in rpc_lines] == [
-        f"/{SERVICE_NAME}/{method}" for method, _ in UNIMPLEMENTED_UNARY
+        f"/{SERVICE_NAME}/{method}" for method, _ in UNKNOWN_DEPLOYMENT_UNARY
     ]
     for line in rpc_lines:
-        assert line["code"] == "UNIMPLEMENTED"
+        assert line["code"] == "NOT_FOUND"
         assert isinstance(line["duration_ms"], float)
         assert line["level"] == "info"
     assert [line.get("deployment_id") for line in rpc_lines] == [
-        getattr(request, "deployment_id", None) or None for _, request in UNIMPLEMENTED_UNARY
+        getattr(request, "deployment_id", None) or None for _, request in UNKNOWN_DEPLOYMENT_UNARY
     ]
     events = [line["event"] for line in lines]
     assert events[0] == "server_started"

@@ -96,6 +96,8 @@ class RunningServer:
     _stopped: bool = field(default=False)
     # The store start_server opened itself (closed on stop); None when the caller passed one.
     _store: StateStore | None = None
+    # The servicer, whose ``aclose`` (background work such as Route's store poller) stop awaits.
+    _servicer: object | None = None
 
     async def stop(self, grace_s: float | None = DEFAULT_GRACE_S) -> None:
         """Drain and stop: health NOT_SERVING, refuse new RPCs, let running ones finish.
@@ -108,6 +110,9 @@ class RunningServer:
         _log.info("server_draining", port=self.port, grace_s=grace_s)
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+        aclose = getattr(self._servicer, "aclose", None)
+        if aclose is not None:
+            await aclose()
         if self._metrics_httpd is not None:
             await asyncio.to_thread(self._metrics_httpd.shutdown)
             self._metrics_httpd.server_close()
@@ -257,6 +262,7 @@ async def start_server(
 
     running = RunningServer(server=server, port=port, health=health_servicer)
     running._store = owned_store
+    running._servicer = servicer
     if metrics_address and metrics_address.lower() != "off":
         try:
             httpd, thread, metrics_port = _start_metrics(metrics_address)

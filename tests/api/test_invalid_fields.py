@@ -513,11 +513,14 @@ async def test_long_trace_violations_are_capped(api: Api) -> None:
     await api.assert_serving()
 
 
-async def test_unimplemented_rpcs_stay_unimplemented(api: Api) -> None:
-    """RPCs the servicer does not implement answer UNIMPLEMENTED, and the server keeps serving."""
+async def test_route_without_a_request_key_names_it(api: Api) -> None:
+    """Route with no request_key is INVALID_ARGUMENT naming request_key (tests/api/test_route.py
+    covers every field), and the server keeps serving."""
+    call = api.stub.Route(servewise_pb2.RouteRequest(deployment_id="d"))
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await api.stub.Route(servewise_pb2.RouteRequest(deployment_id="d"))
-    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        await call
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(await rich_status(call)) == ["request_key"]
     await api.assert_serving()
 
 

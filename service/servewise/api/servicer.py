@@ -23,6 +23,7 @@ from servewise.api.converters import (
 )
 from servewise.api.errors import maps_errors
 from servewise.api.plan_resources import plan_resources
+from servewise.api.routing import RouteTable
 from servewise.api.select_mode import select_mode
 from servewise.core.optimizer import optimize
 from servewise.core.simulator import capacity_per_s, simulate
@@ -35,7 +36,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
     """Implements Simulate, OptimizeBatch, SelectMode, PlanResources, the deployment RPCs and
-    EvaluateSwitch and the Control stream; Route stays UNIMPLEMENTED (inherited) until it lands.
+    EvaluateSwitch, the Control stream and Route.
 
     ``store`` holds deployments and decision logs; a MemoryStore when omitted (the server passes
     the one ``SERVEWISE_STORE`` names).
@@ -46,6 +47,12 @@ class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
         self.switches = deployments.SwitchEvaluator(self.store)
         # The Control streams share the optimizer cache with EvaluateSwitch.
         self.control = ControlHub(self.store, self.switches.cache)
+        # Route's in-memory view of every deployment, polled from the store.
+        self.routes = RouteTable(self.store)
+
+    async def aclose(self) -> None:
+        """Stop background work (Route's store poller); the server calls it on stop."""
+        await self.routes.aclose()
 
     @maps_errors
     async def Simulate(
@@ -98,7 +105,10 @@ class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
     async def RegisterDeployment(
         self, request: servewise_pb2.RegisterDeploymentRequest, context: Context
     ) -> servewise_pb2.RegisterDeploymentResponse:
-        return await asyncio.to_thread(deployments.register, self.store, request)
+        response = await asyncio.to_thread(deployments.register, self.store, request)
+        # Route sees this process's own write at once, not at the next poll.
+        await asyncio.to_thread(self.routes.apply, response.deployment)
+        return response
 
     @maps_errors
     async def GetDeployment(
@@ -127,3 +137,9 @@ class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
         async for request in request_iterator:
             for event in await asyncio.to_thread(session.handle, request):
                 yield event
+
+    @maps_errors
+    async def Route(
+        self, request: servewise_pb2.RouteRequest, context: Context
+    ) -> servewise_pb2.RouteResponse:
+        return await self.routes.route(request)
