@@ -555,35 +555,41 @@ var unimplemented = map[string]func(context.Context, *servewise.Client) error{
 		_, err := c.Route(ctx, &pb.RouteRequest{DeploymentId: "go-client-test", RequestKey: "r1"})
 		return err
 	},
-	"Control": controlRoundTrip,
 }
 
-// controlRoundTrip opens the Control stream, sends one sample, half-closes and reads until the
-// stream ends, returning how it ended (nil for a clean end).
-func controlRoundTrip(ctx context.Context, c *servewise.Client) error {
-	stream, err := c.Control(ctx)
+// TestControlRejectsUnknownDeployment sends a sample for a deployment that is not registered
+// and gets a SampleRejected event on the stream (not an abort); the stream then ends cleanly.
+func TestControlRejectsUnknownDeployment(t *testing.T) {
+	client, ctx := dialServer(t)
+	stream, err := client.Control(ctx)
 	if err != nil {
-		return err
+		t.Fatal(err)
 	}
-	// Send reports io.EOF when the server already ended the stream; Recv then says why.
-	if err := stream.Send(&pb.ControlRequest{DeploymentId: "go-client-test"}); err != nil && err != io.EOF {
-		return err
+	sample := &pb.MetricSample{DeploymentId: "go-client-no-such", TimestampS: 1, RatePerS: 1}
+	if err := stream.Send(&pb.ControlRequest{Kind: &pb.ControlRequest_Sample{Sample: sample}}); err != nil {
+		t.Fatal(err)
 	}
 	if err := stream.CloseSend(); err != nil {
-		return err
+		t.Fatal(err)
 	}
+	var events []*pb.ControlResponse
 	for {
-		if _, err := stream.Recv(); err != nil {
-			if err == io.EOF {
-				return nil
-			}
-			return err
+		event, err := stream.Recv()
+		if err == io.EOF {
+			break
 		}
+		if err != nil {
+			t.Fatalf("Recv: %v", err)
+		}
+		events = append(events, event)
+	}
+	if len(events) != 1 || !events[0].GetSampleRejected().GetUnknownDeployment() {
+		t.Fatalf("events = %v, want one SampleRejected for an unknown deployment", events)
 	}
 }
 
-// TestUnimplementedRPCs pins that each RPC not implemented yet, the Control stream included,
-// answers UNIMPLEMENTED (and is not retried).
+// TestUnimplementedRPCs pins that each RPC not implemented yet answers UNIMPLEMENTED (and is
+// not retried).
 func TestUnimplementedRPCs(t *testing.T) {
 	client, ctx := dialServer(t)
 	for name, call := range unimplemented {

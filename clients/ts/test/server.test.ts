@@ -385,16 +385,10 @@ describe("against the live server", { skip: NEEDS_SERVER }, () => {
     "GetDeployment",
     "ListDeployments",
     "EvaluateSwitch",
+    "Control",
   ];
   const NOT_YET_IMPLEMENTED: Record<string, (c: ServewiseClient) => Promise<unknown>> = {
     Route: (c) => c.route({ deploymentId: "dep-1", requestKey: "req-1", trafficClass: "interactive" }),
-    // The bidirectional stream: write a request, half-close, read until the status.
-    Control: async (c) => {
-      const stream = c.control({ timeoutMs: 10_000 });
-      stream.send({ deploymentId: "dep-1" });
-      stream.end();
-      for await (const _ of stream) assert.fail("no control event expected yet");
-    },
   };
 
   for (const [name, call] of Object.entries(NOT_YET_IMPLEMENTED)) {
@@ -406,14 +400,27 @@ describe("against the live server", { skip: NEEDS_SERVER }, () => {
     });
   }
 
-  test("Control answers UNIMPLEMENTED also when the client writes nothing", async () => {
+  test("Control answers a sample for an unknown deployment with a rejection event, not an abort", async () => {
     const stream = client.control({ timeoutMs: 10_000 });
-    const error = await rejection(
-      (async () => {
-        for await (const _ of stream) assert.fail("no control event expected yet");
-      })(),
-    );
-    assert.equal(error.code, Status.UNIMPLEMENTED);
+    stream.send({
+      deploymentId: "",
+      wantHoldEvents: false,
+      sample: {
+        deploymentId: "ts-client-no-such",
+        timestampS: 1,
+        ratePerS: 1,
+        p50Ms: 0,
+        p99Ms: 0,
+        queueDepth: 0n,
+        utilisation: 0,
+        errorRate: 0,
+      },
+    });
+    stream.end();
+    const events = [];
+    for await (const event of stream) events.push(event);
+    assert.equal(events.length, 1);
+    assert.equal(events[0]!.sampleRejected?.unknownDeployment, true);
   });
 
   test("every RPC of the service is tested, as implemented or as UNIMPLEMENTED", () => {
