@@ -550,11 +550,42 @@ func TestDeployments(t *testing.T) {
 
 // unimplemented lists the RPCs the server does not implement yet. When an issue implements
 // one, delete its entry here and give it a test of its own like TestSimulate.
-var unimplemented = map[string]func(context.Context, *servewise.Client) error{
-	"Route": func(ctx context.Context, c *servewise.Client) error {
-		_, err := c.Route(ctx, &pb.RouteRequest{DeploymentId: "go-client-test", RequestKey: "r1"})
-		return err
-	},
+var unimplemented = map[string]func(context.Context, *servewise.Client) error{}
+
+// TestRoute registers a batching deployment and routes to it: every key goes to the batch pool
+// at the deployment's state version; an unknown deployment is NOT_FOUND and an empty request key
+// INVALID_ARGUMENT.
+func TestRoute(t *testing.T) {
+	client, ctx := dialServer(t)
+	id := fmt.Sprintf("go-route-%d", time.Now().UnixNano())
+	dep := &pb.Deployment{
+		DeploymentId: id,
+		Candidates: []*pb.Candidate{{
+			InstanceType: &pb.InstanceType{Name: "g4dn.xlarge", PricePerHour: 0.526, MemoryCap: &pb.InstanceType_MaxBatchSize{MaxBatchSize: 64}},
+			Profile:      &pb.LatencyProfile{Kind: &pb.LatencyProfile_Linear{Linear: &pb.LinearProfile{BaseMs: 5.24, PerItemMs: 2.288}}},
+		}},
+		Slo:             &pb.Slo{LatencyMs: 100},
+		CurrentPlan:     &pb.ServingPlan{InstanceType: "g4dn.xlarge", MaxBatchSize: 8, MaxQueueDelayMs: 5, Replicas: 2},
+		PlannedRatePerS: 200,
+	}
+	if _, err := client.RegisterDeployment(ctx, &pb.RegisterDeploymentRequest{Deployment: dep}); err != nil {
+		t.Fatalf("RegisterDeployment: %v", err)
+	}
+	for _, key := range []string{"r1", "r2", "r3"} {
+		got, err := client.Route(ctx, &pb.RouteRequest{DeploymentId: id, RequestKey: key})
+		if err != nil {
+			t.Fatalf("Route: %v", err)
+		}
+		if got.GetPool() != pb.Pool_POOL_BATCH || got.GetStateVersion() != 1 {
+			t.Fatalf("Route(%s) = %v, want POOL_BATCH at version 1", key, got)
+		}
+	}
+	if _, err := client.Route(ctx, &pb.RouteRequest{DeploymentId: id + "-missing", RequestKey: "r1"}); servewise.Code(err) != codes.NotFound {
+		t.Fatalf("unknown deployment: err = %v, want NOT_FOUND", err)
+	}
+	if _, err := client.Route(ctx, &pb.RouteRequest{DeploymentId: id}); servewise.Code(err) != codes.InvalidArgument {
+		t.Fatalf("empty request key: err = %v, want INVALID_ARGUMENT", err)
+	}
 }
 
 // TestControlRejectsUnknownDeployment sends a sample for a deployment that is not registered

@@ -13,6 +13,7 @@ import {
   type DeepPartial,
   type OptimizeBatchResponse,
   type PlanAssessment,
+  Pool,
   ResourceStrategy,
   ServewiseClient,
   ServewiseError,
@@ -372,6 +373,34 @@ describe("against the live server", { skip: NEEDS_SERVER }, () => {
     assert.ok(listed.deployments.some((d) => d.deploymentId === deploymentId));
   });
 
+  test("Route sends a batching deployment's keys to the batch pool at its state version", async () => {
+    const deploymentId = `ts-route-${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
+    await client.registerDeployment({
+      deployment: {
+        deploymentId,
+        candidates: [
+          {
+            instanceType: { name: "g4dn.xlarge", pricePerHour: 0.526, maxBatchSize: 64 },
+            profile: { linear: { baseMs: 5.24, perItemMs: 2.288 } },
+          },
+        ],
+        slo: { latencyMs: 100 },
+        currentPlan: { instanceType: "g4dn.xlarge", maxBatchSize: 8, maxQueueDelayMs: 5, replicas: 2 },
+        plannedRatePerS: 200,
+      },
+    });
+    for (const requestKey of ["r1", "r2", "r3"]) {
+      const routed = await client.route({ deploymentId, requestKey, trafficClass: "" });
+      assert.equal(routed.pool, Pool.POOL_BATCH);
+      assert.equal(Number(routed.stateVersion), 1);
+    }
+    const missing = await rejection(client.route({ deploymentId: `${deploymentId}-missing`, requestKey: "r1", trafficClass: "" }));
+    assert.equal(missing.code, Status.NOT_FOUND, missing.message);
+    const invalid = await rejection(client.route({ deploymentId, requestKey: "", trafficClass: "" }));
+    assert.equal(invalid.code, Status.INVALID_ARGUMENT, invalid.message);
+    assert.deepEqual(invalid.fields, ["request_key"]);
+  });
+
   // -------------------------------------------------------------------------------------------
   // Not implemented yet. When an RPC lands, move it from here to IMPLEMENTED with a test of its
   // answer above; the coverage test below keeps the two lists equal to the service's RPCs.
@@ -386,10 +415,9 @@ describe("against the live server", { skip: NEEDS_SERVER }, () => {
     "ListDeployments",
     "EvaluateSwitch",
     "Control",
+    "Route",
   ];
-  const NOT_YET_IMPLEMENTED: Record<string, (c: ServewiseClient) => Promise<unknown>> = {
-    Route: (c) => c.route({ deploymentId: "dep-1", requestKey: "req-1", trafficClass: "interactive" }),
-  };
+  const NOT_YET_IMPLEMENTED: Record<string, (c: ServewiseClient) => Promise<unknown>> = {};
 
   for (const [name, call] of Object.entries(NOT_YET_IMPLEMENTED)) {
     test(`${name} answers UNIMPLEMENTED (until its issue lands)`, async () => {
