@@ -443,3 +443,15 @@ async def test_kill_9_mid_transition_then_restart_continues(tmp_path: Path, tria
         for r in (await asyncio.to_thread(_snapshot, db))[2]
     ]
     assert kinds == ["switch_event"] + ["advance_event"] * 3 + ["complete_event"]
+
+
+async def test_route_sees_a_switch_at_once(h: Harness) -> None:
+    """Route answers from the state version the SWITCH wrote, right after the event (the
+    stream tells Route's table; no wait for its store poll)."""
+    await register(h.stub)
+    first = await h.stub.Route(servewise_pb2.RouteRequest(deployment_id=DEP, request_key="k"))
+    stream = Stream(h.stub)
+    switch, _ = await drive(stream, clock(), "switch_event")
+    after = await h.stub.Route(servewise_pb2.RouteRequest(deployment_id=DEP, request_key="k"))
+    assert after.state_version == switch.state_version > first.state_version
+    await stream.close()

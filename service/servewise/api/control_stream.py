@@ -63,10 +63,14 @@ class ControlHub:
         store: StateStore,
         cache: control.AdviceCache | None = None,
         clock: Callable[[], float] = time.time,
+        on_write: Callable[[servewise_pb2.Deployment, int], None] | None = None,
     ) -> None:
         self.store = store
         self.cache = cache if cache is not None else control.AdviceCache()
         self.clock = clock
+        # Told of every deployment this hub writes (Route's table, so a new weight applies to
+        # the next request here instead of at the next store poll).
+        self.on_write = on_write
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -260,13 +264,15 @@ class ControlSession:
                 return found.version
             current.decision_seq = seq
             try:
-                return self.hub.store.compare_and_set(
+                written = self.hub.store.compare_and_set(
                     deployments.deployment_key(deployment_id),
                     found.version,
                     pb.SerializeToString(deterministic=True),
                 )
             except StaleVersionError:
                 continue
+            self._notify(pb, written)
+            return written
         return version
 
     # --- A transition in force ----------------------------------------------------------------
@@ -386,11 +392,17 @@ class ControlSession:
         return updated
 
     def _write(self, deployment_id: str, version: int, updated: servewise_pb2.Deployment) -> int:
-        return self.hub.store.compare_and_set(
+        written = self.hub.store.compare_and_set(
             deployments.deployment_key(deployment_id),
             version,
             updated.SerializeToString(deterministic=True),
         )
+        self._notify(updated, written)
+        return written
+
+    def _notify(self, written: servewise_pb2.Deployment, version: int) -> None:
+        if self.hub.on_write is not None:
+            self.hub.on_write(written, version)
 
     def _log(
         self,

@@ -45,10 +45,11 @@ class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
     def __init__(self, store: StateStore | None = None) -> None:
         self.store: StateStore = store if store is not None else MemoryStore()
         self.switches = deployments.SwitchEvaluator(self.store)
-        # The Control streams share the optimizer cache with EvaluateSwitch.
-        self.control = ControlHub(self.store, self.switches.cache)
         # Route's in-memory view of every deployment, polled from the store.
         self.routes = RouteTable(self.store)
+        # The Control streams share the optimizer cache with EvaluateSwitch, and tell Route of
+        # every transition they write.
+        self.control = ControlHub(self.store, self.switches.cache, on_write=self.routes.apply)
 
     async def aclose(self) -> None:
         """Stop background work (Route's store poller); the server calls it on stop."""
