@@ -315,12 +315,12 @@ def _wrap_stream_response(
 
 
 if TYPE_CHECKING:
-    _InterceptorBase = grpc.aio.ServerInterceptor[Any, Any]
+    ServerInterceptorBase = grpc.aio.ServerInterceptor[Any, Any]
 else:  # not subscriptable at run time
-    _InterceptorBase = grpc.aio.ServerInterceptor
+    ServerInterceptorBase = grpc.aio.ServerInterceptor
 
 
-class ObservabilityInterceptor(_InterceptorBase):
+class ObservabilityInterceptor(ServerInterceptorBase):
     """Logs one JSON line and records Prometheus metrics for every RPC, of any of the four kinds."""
 
     async def intercept_service(

@@ -16,6 +16,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from servewise.core.errors import FieldViolation, InvalidInputError
+from servewise.obs import ServerInterceptorBase
 
 if TYPE_CHECKING:
     from servewise.api.errors import AbortsWithStatus
@@ -78,13 +79,7 @@ def _guard_stream(behaviour: Callable[..., Any]) -> Callable[..., AsyncIterator[
     return handle
 
 
-if TYPE_CHECKING:
-    _InterceptorBase = grpc.aio.ServerInterceptor[Any, Any]
-else:  # not subscriptable at run time
-    _InterceptorBase = grpc.aio.ServerInterceptor
-
-
-class MalformedRequestInterceptor(_InterceptorBase):
+class MalformedRequestInterceptor(ServerInterceptorBase):
     """Turns undecodable requests into INVALID_ARGUMENT for every unary and stream method."""
 
     async def intercept_service(
