@@ -651,3 +651,59 @@ def test_resources_json_and_bad_file(tmp_path: Path, capsys: pytest.CaptureFixtu
     bad.write_text("deployments: [{nonsense: 1}]\n")
     assert cli.main(["resources", "--local", "-f", str(bad)]) == 1
     assert "not a PlanResourcesRequest" in capsys.readouterr().err
+
+
+# --- replay ------------------------------------------------------------------------------------
+
+REPLAY_FLAGS = ["--instance", "gpu:2", "--linear", "200:20:64", "--slo-ms", "2000"]
+
+
+def _conv_trace() -> Path:
+    import os  # noqa: PLC0415
+
+    return Path(os.environ["SERVEWISE_DATA_DIR"]) / "traces" / "AzureLLMInferenceTrace_conv.csv"
+
+
+def test_replay_conv_trace_writes_json_and_png(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`servewise replay` on the real conv trace at 4x: a row per strategy, JSON and PNG files."""
+    out_json, out_png = tmp_path / "replay.json", tmp_path / "replay.png"
+    argv = ["replay", str(_conv_trace()), *REPLAY_FLAGS, "--time-scale", "4", "--interval-s", "15"]
+    code = cli.main([*argv, "--out-json", str(out_json), "--out-png", str(out_png)])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "4x the recorded rate" in text
+    for name in (
+        "controller",
+        "static-realtime-peak",
+        "static-batching-peak",
+        "naive-threshold",
+        "hindsight-optimal",
+    ):
+        assert name in text
+    data = json.loads(out_json.read_text())
+    assert data["time_scale"] == 4.0
+    assert len(data["strategies"]) == 5
+    assert out_png.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_replay_seconds_trace_help_and_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A one-column CSV of seconds replays; a missing --instance is a usage error (2); an
+    unreadable trace fails with one line (1)."""
+    seconds = tmp_path / "t.csv"
+    seconds.write_text("\n".join(f"{i * 0.1:.3f}" for i in range(3000)) + "\n")
+    assert cli.main(["replay", str(seconds), *REPLAY_FLAGS]) == 0
+    assert "hindsight-optimal" in capsys.readouterr().out
+    code, out, _ = _run(["replay", "--help"], capsys)
+    assert code == 0
+    for flag in ("--time-scale", "--interval-s", "--out-json", "--out-png", "--instance"):
+        assert flag in out
+    code, out, err = _run(["replay", str(seconds), "--slo-ms", "100"], capsys)
+    assert code == 2
+    _one_error_line(err)
+    code, out, err = _run(["replay", str(tmp_path / "missing.csv"), *REPLAY_FLAGS], capsys)
+    assert code == 1
+    _one_error_line(err)

@@ -1,4 +1,4 @@
-"""``servewise`` command line: ``serve``, ``plan``, ``simulate``, ``profile`` and ``plot``.
+"""``servewise`` command line: ``serve``, ``plan``, ``simulate``, ``profile``, ``plot``, ``replay``.
 
 Exit codes: 0 success, 1 failure (an address that cannot be bound, a rejected request, a model
 that does not run, an unreadable file), 2 usage error (a bad command line). Errors are one line
@@ -10,6 +10,7 @@ they start the real server in-process on a loopback port 0 for the one call, so 
 error details and responses are exactly a remote server's (same servicer, interceptor and wire
 format) without running ``servewise serve``. Heavy or optional modules (grpc, numpy, the core,
 onnxruntime, matplotlib) are imported inside the commands, so ``--help`` and ``serve`` stay light.
+``replay`` runs the core in-process (it calls no server).
 """
 
 from __future__ import annotations
@@ -1336,6 +1337,147 @@ def _run_plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return EXIT_OK
 
 
+# --- replay ----------------------------------------------------------------------------------
+
+
+def _add_replay(subparsers: argparse._SubParsersAction[_Parser]) -> None:
+    replay = subparsers.add_parser(
+        "replay",
+        help="replay a request trace over the controller and four baseline strategies",
+        description=(
+            "Cut a trace of request timestamps into intervals, simulate each interval's real "
+            "arrivals with the plan in force, and report cost, SLO-violation minutes and "
+            "switches for: the controller, static real-time and static batching sized for the "
+            "peak, a naive threshold switcher, and the hindsight-optimal schedule. Runs locally "
+            "(no server). Example: servewise replay AzureLLMInferenceTrace_conv.csv "
+            "--instance gpu:2 --linear 200:20:64 --slo-ms 2000 --time-scale 4 --interval-s 15"
+        ),
+    )
+    replay.add_argument(
+        "trace",
+        metavar="TRACE.csv",
+        help="CSV with a TIMESTAMP column (Azure LLM inference traces) or one column of seconds",
+    )
+    _add_candidate_flags(replay, many=True)
+    group = replay.add_argument_group("workload, SLO and replay")
+    group.add_argument(
+        "--slo-ms", type=_positive_float, required=True, metavar="MS", help="SLO latency bound"
+    )
+    group.add_argument(
+        "--percentile", type=_percentile, metavar="P", help="SLO percentile (default 99)"
+    )
+    group.add_argument(
+        "--time-scale",
+        type=_positive_float,
+        default=1.0,
+        metavar="K",
+        help="divide the trace's times by K (K times the recorded rate)",
+    )
+    group.add_argument(
+        "--interval-s",
+        type=_positive_float,
+        default=60.0,
+        metavar="S",
+        help="interval length in the scaled clock (default 60)",
+    )
+    group.add_argument(
+        "--cold-start-s",
+        type=_non_negative_float,
+        default=60.0,
+        metavar="S",
+        help="cold start of a new plan's replicas, on every instance type (default 60)",
+    )
+    group.add_argument("--max-replicas", type=_positive_int, metavar="N", help="replica limit")
+    group.add_argument("--seed", type=_non_negative_int, help="simulation seed (0: fixed default)")
+    out = replay.add_argument_group("output")
+    out.add_argument("--out-json", metavar="FILE", help="write the per-interval report as JSON")
+    out.add_argument("--out-png", metavar="FILE", help="write a timeline chart (PNG)")
+    replay.set_defaults(handler=_run_replay)
+
+
+def _replay_inputs(args: argparse.Namespace) -> Any:
+    """The validated OptimizeArgs (core candidates, SLO, limits) from the candidate flags."""
+    from servewise_client.specs import SpecError, optimize_request  # noqa: PLC0415
+
+    from servewise.api.converters import optimize_args  # noqa: PLC0415
+    from servewise.core.errors import InvalidInputError  # noqa: PLC0415
+
+    if not args.instance:
+        raise _UsageError("give --instance NAME:PRICE (and --profile FILE or --linear ...)")
+    instances = [{**i, "cold_start_s": args.cold_start_s} for i in args.instance]
+    spec: dict[str, Any] = {
+        "candidates": _candidates(args, instances),
+        "workload": {"rate_per_s": 1.0},
+        "slo": {"latency_ms": args.slo_ms},
+    }
+    if args.percentile is not None:
+        spec["slo"]["percentile"] = args.percentile
+    if args.basis is not None:
+        spec["service_time_basis"] = args.basis
+    if args.max_replicas is not None:
+        spec["limits"] = {"max_replicas": args.max_replicas}
+    try:
+        return optimize_args(optimize_request(spec, base_dir=None))
+    except (SpecError, InvalidInputError) as exc:
+        raise _Failure(f"request: {exc}") from None
+
+
+def format_replay(result: Any) -> str:
+    lines = [f"  {note}" for note in result.notes]
+    be = result.break_even_rate_per_s
+    lines.insert(0, "replay:")
+    lines.append(
+        "  break-even rate (batching cheaper than real-time): "
+        + ("none on the ladder" if math.isinf(be) else f"{be:.4g}/s")
+    )
+    lines.append(
+        f"  {'strategy':<22}{'cost':>12}{'switch cost':>14}{'violation min':>15}{'switches':>10}"
+    )
+    for name, s in result.strategies.items():
+        lines.append(
+            f"  {name:<22}{_money(s.cost):>12}{_money(s.switch_cost):>14}"
+            f"{s.violation_minutes:>15.4g}{s.switches:>10}"
+        )
+    return "\n".join(lines)
+
+
+def _run_replay(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import json  # noqa: PLC0415
+
+    from servewise.core import replay  # noqa: PLC0415
+
+    inputs = _replay_inputs(args)
+    try:
+        times = replay.read_trace(args.trace)
+    except replay.TraceError as exc:
+        raise _Failure(str(exc)) from None
+    try:
+        result = replay.replay(
+            times,
+            inputs.candidates,
+            inputs.slo,
+            interval_s=args.interval_s,
+            time_scale=args.time_scale,
+            limits=inputs.limits,
+            seed=args.seed or 1,
+        )
+    except ValueError as exc:
+        raise _Failure(str(exc)) from None
+    print(format_replay(result))
+    try:
+        if args.out_json:
+            Path(args.out_json).write_text(
+                json.dumps(result.to_json(), indent=1) + "\n", encoding="utf-8"
+            )
+            print(f"wrote {args.out_json}")
+        if args.out_png:
+            replay.render_png(result, args.out_png, f"{Path(args.trace).name}")
+            print(f"wrote {args.out_png}")
+    except OSError as exc:
+        raise _Failure(f"cannot write: {exc.strerror or exc}") from None
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``servewise`` parser with every subcommand."""
     parser = _Parser(
@@ -1352,7 +1494,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(subparsers)
     _add_profile(subparsers)
     _add_plot(subparsers)
-    # Later: replay — an _add_replay(subparsers) whose handler returns an exit code like these.
+    _add_replay(subparsers)
     return parser
 
 

@@ -1,0 +1,105 @@
+"""servewise.core.replay on the real Azure conv trace (time-scaled) and on small synthetic ones."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from servewise.core import replay as rp
+from servewise.core.model import Slo
+from servewise.core.profiles import Candidate, InstanceType, LatencyProfile
+
+TRACES = Path(os.environ["SERVEWISE_DATA_DIR"]) / "traces"
+CONV = TRACES / "AzureLLMInferenceTrace_conv.csv"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# An LLM-like profile: 200 ms per batch plus 20 ms per item, batches up to 64.
+CANDIDATES = [
+    Candidate(InstanceType("gpu", 2.0, cold_start_s=60.0), LatencyProfile.linear(200, 20, 64))
+]
+SLO = Slo(2000.0)
+
+
+@pytest.fixture(scope="module")
+def conv_result() -> rp.ReplayResult:
+    times = rp.read_trace(CONV)
+    return rp.replay(times, CANDIDATES, SLO, interval_s=15.0, time_scale=4.0)
+
+
+def test_read_trace_azure_timestamps() -> None:
+    times = rp.read_trace(CONV)
+    assert times[0] == 0.0
+    assert np.all(np.diff(times) >= 0)
+    assert len(times) == 19366
+    # The trace spans just under an hour (18:15:46.68 to 19:14:08.40).
+    assert times[-1] == pytest.approx(3501.72, abs=0.01)
+
+
+def test_read_trace_seconds_with_and_without_header(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.csv"
+    plain.write_text("5.5\n3\n4\n", encoding="utf-8")
+    assert list(rp.read_trace(plain)) == [0.0, 1.0, 2.5]
+    headed = tmp_path / "headed.csv"
+    headed.write_text("t\n10\n12\n", encoding="utf-8")
+    assert list(rp.read_trace(headed)) == [0.0, 2.0]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("TIMESTAMP\nyesterday\n", encoding="utf-8")
+    with pytest.raises(rp.TraceError):
+        rp.read_trace(bad)
+
+
+def test_conv_trace_reports_all_five_strategies(conv_result: rp.ReplayResult) -> None:
+    r = conv_result
+    assert set(r.strategies) == set(rp.STRATEGIES)
+    count = len(r.rates_per_s)
+    assert count == 59  # 3501.7 s / 4 / 15 s
+    for s in r.strategies.values():
+        assert len(s.plans) == count
+        assert len(s.p99_ms) == count
+        assert s.cost > 0
+        assert 0 <= s.violation_minutes <= count * 15 / 60
+    assert any("4x the recorded rate" in note for note in r.notes)
+
+
+def test_hindsight_is_cheapest_among_strategies_with_no_more_violations(
+    conv_result: rp.ReplayResult,
+) -> None:
+    hindsight = conv_result.strategies[rp.HINDSIGHT]
+    for s in conv_result.strategies.values():
+        if s.violation_minutes <= hindsight.violation_minutes:
+            assert hindsight.cost <= s.cost + 1e-9, s.name
+
+
+def test_naive_switches_at_least_as_often_as_the_controller(conv_result: rp.ReplayResult) -> None:
+    naive = conv_result.strategies[rp.NAIVE]
+    controller = conv_result.strategies[rp.CONTROLLER]
+    assert naive.switches >= controller.switches
+    assert naive.switches > 0  # the conv rate crosses the break-even rate
+    assert conv_result.strategies[rp.STATIC_REALTIME].switches == 0
+
+
+def test_json_and_png_are_written(conv_result: rp.ReplayResult, tmp_path: Path) -> None:
+    data = json.loads(json.dumps(conv_result.to_json()))
+    assert set(data["strategies"]) == set(rp.STRATEGIES)
+    assert len(data["strategies"][rp.CONTROLLER]["timeline"]) == len(data["rates_per_s"])
+    png = tmp_path / "replay.png"
+    rp.render_png(conv_result, png)
+    assert png.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_hindsight_follows_a_step_in_the_rate() -> None:
+    """10 minutes at 2/s then 10 at 40/s: hindsight scales up exactly when needed."""
+    rng = np.random.default_rng(3)
+    low = np.cumsum(rng.exponential(1 / 2.0, 1200))
+    low = low[low < 600]
+    high = 600 + np.cumsum(rng.exponential(1 / 40.0, 24_000))
+    high = high[high < 1200]
+    result = rp.replay(np.concatenate([low, high]), CANDIDATES, SLO, interval_s=60.0)
+    hindsight = result.strategies[rp.HINDSIGHT]
+    assert hindsight.violation_minutes == 0
+    assert hindsight.switches <= 2
+    static = result.strategies[rp.STATIC_BATCHING]
+    assert hindsight.cost <= static.cost + 1e-9
