@@ -25,12 +25,13 @@ from dataclasses import dataclass, replace
 
 from servewise.api.converters import candidates_to_core, plan_to_pb
 from servewise.api.errors import NotFoundError
-from servewise.api.select_mode import MAX_TRAFFIC_CLASSES, _class_to_core, _rate_in_range
+from servewise.api.select_mode import MAX_TRAFFIC_CLASSES, class_to_core
 from servewise.api.validation import (
     Violations,
     check_non_negative,
     limits_to_core,
     plan_to_core,
+    rate_in_range,
     slo_to_core,
     use_p99_basis,
 )
@@ -207,7 +208,7 @@ def _traffic_classes(v: Violations, pb: servewise_pb2.Deployment, total: float |
             v.add(f"{path}.name", f"duplicates traffic_classes[{seen[item.name]}].name")
         elif item.name:
             seen[item.name] = i
-        _class_to_core(v, item, path, total)
+        class_to_core(v, item, path, total)
 
 
 def validate_deployment(pb: servewise_pb2.Deployment) -> servewise_pb2.Deployment:
@@ -231,7 +232,7 @@ def validate_deployment(pb: servewise_pb2.Deployment) -> servewise_pb2.Deploymen
     else:
         v.add("deployment.current_plan", "is required: the plan in force")
     _mode(v, pb, plan)
-    rate_ok = _rate_in_range(v, "deployment.planned_rate_per_s", pb.planned_rate_per_s)
+    rate_ok = rate_in_range(v, "deployment.planned_rate_per_s", pb.planned_rate_per_s)
     if pb.HasField("current_plan_since_s"):
         check_non_negative(v, "deployment.current_plan_since_s", pb.current_plan_since_s)
     _traffic_classes(v, pb, pb.planned_rate_per_s if rate_ok else None)

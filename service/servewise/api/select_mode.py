@@ -22,13 +22,12 @@ from servewise.api.converters import (
 from servewise.api.validation import (
     DEFAULT_ARRIVAL_CV,
     MAX_ARRIVAL_CV,
-    MAX_RATE_PER_S,
-    MIN_RATE_PER_S,
     Violations,
     check_non_negative,
     check_positive,
     check_some_batch_size_fits,
     limits_to_core,
+    rate_in_range,
     slo_to_core,
     use_p99_basis,
 )
@@ -63,22 +62,13 @@ class SelectModeArgs:
     notes: tuple[str, ...]
 
 
-def _rate_in_range(v: Violations, field: str, value: float) -> bool:
-    if not check_positive(v, field, value):
-        return False
-    if not MIN_RATE_PER_S <= value <= MAX_RATE_PER_S:
-        v.add(field, f"must be in [{MIN_RATE_PER_S:g}, {MAX_RATE_PER_S:g}] (got {value!r})")
-        return False
-    return True
-
-
 def _volume(
     v: Violations, pb: servewise_pb2.TrafficClass, path: str, total: float | None
 ) -> tuple[float | None, int | None]:
     """(rate, backlog) of one class; shares are resolved against ``total`` (None: invalid)."""
     kind = pb.WhichOneof("volume")
     if kind == "rate_per_s":
-        ok = _rate_in_range(v, f"{path}.rate_per_s", pb.rate_per_s)
+        ok = rate_in_range(v, f"{path}.rate_per_s", pb.rate_per_s)
         return (pb.rate_per_s if ok else None), None
     if kind == "share":
         share = pb.share
@@ -98,7 +88,7 @@ def _volume(
     return None, None
 
 
-def _class_to_core(
+def class_to_core(
     v: Violations, pb: servewise_pb2.TrafficClass, path: str, total: float | None
 ) -> modes.TrafficClass | None:
     start = len(v)
@@ -149,14 +139,14 @@ def _total_rate(v: Violations, request: servewise_pb2.SelectModeRequest) -> floa
     if not shares and request.total_rate_per_s == 0:
         return None
     if not shares:
-        _rate_in_range(v, "total_rate_per_s", request.total_rate_per_s)
+        rate_in_range(v, "total_rate_per_s", request.total_rate_per_s)
         return None
     if request.total_rate_per_s == 0:
         v.add("total_rate_per_s", "is required when a traffic class gives a share")
         return None
     return (
         request.total_rate_per_s
-        if _rate_in_range(v, "total_rate_per_s", request.total_rate_per_s)
+        if rate_in_range(v, "total_rate_per_s", request.total_rate_per_s)
         else None
     )
 
@@ -186,7 +176,7 @@ def _classes_to_core(
             share_sum += pb.share
             if share_sum > 1.0 + SHARE_SUM_TOLERANCE and 0 < pb.share <= 1:
                 v.add(f"{path}.share", f"shares sum to {share_sum:g} up to here; at most 1")
-        item = _class_to_core(v, pb, path, total)
+        item = class_to_core(v, pb, path, total)
         if item is not None:
             classes.append(item)
     return classes if len(v) == start else None

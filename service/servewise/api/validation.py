@@ -103,6 +103,16 @@ def check_positive(v: Violations, field: str, value: float) -> bool:
     return False
 
 
+def rate_in_range(v: Violations, field: str, value: float) -> bool:
+    """A rate the simulator can represent: finite, > 0 and in [MIN_RATE_PER_S, MAX_RATE_PER_S]."""
+    if not check_positive(v, field, value):
+        return False
+    if not MIN_RATE_PER_S <= value <= MAX_RATE_PER_S:
+        v.add(field, f"must be in [{MIN_RATE_PER_S:g}, {MAX_RATE_PER_S:g}] (got {value!r})")
+        return False
+    return True
+
+
 def check_non_negative(v: Violations, field: str, value: float) -> bool:
     """``value`` finite and >= 0."""
     if _finite(value) and value >= 0:
@@ -373,14 +383,7 @@ def workload_to_core(v: Violations, pb: types_pb2.Workload, path: str) -> Worklo
     times_path = f"{path}.arrival_times_s"
     n = len(pb.arrival_times_s)
     if n == 0:
-        rate_field = f"{path}.rate_per_s"
-        if check_positive(v, rate_field, pb.rate_per_s) and not (
-            MIN_RATE_PER_S <= pb.rate_per_s <= MAX_RATE_PER_S
-        ):
-            v.add(
-                rate_field,
-                f"must be in [{MIN_RATE_PER_S:g}, {MAX_RATE_PER_S:g}] (got {pb.rate_per_s!r})",
-            )
+        rate_in_range(v, f"{path}.rate_per_s", pb.rate_per_s)
         if len(v) > start:
             return None
         return Workload(rate_per_s=pb.rate_per_s, arrival_cv=cv)
