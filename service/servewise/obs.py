@@ -87,8 +87,51 @@ MSG_SENT: Final = Counter("grpc_server_msg_sent", "Stream messages sent by the s
 _log = structlog.get_logger("servewise.rpc")
 
 
+class _HandlerLogger:
+    """structlog's logger for our own events: writes each rendered JSON line straight to the
+    stdlib handler's stream, under the handler's lock (so lines from stdlib loggers, which go
+    through the handler's formatter, never interleave with them).
+
+    Why not route structlog events through stdlib logging as before: that builds two
+    LogRecords per line (ProcessorFormatter copies the record), looks up the caller's frame and
+    runs the handler chain, which made the per-RPC log line most of the cost of a cheap RPC such
+    as Route (issue 6's Route-vs-no-op benchmark, bench/ghz.py).
+    """
+
+    __slots__ = ("_handler", "name")
+
+    def __init__(self, handler: logging.StreamHandler[TextIO], name: str) -> None:
+        self._handler = handler
+        self.name = name  # for structlog.stdlib.add_logger_name
+
+    def msg(self, message: str) -> None:
+        handler = self._handler
+        handler.acquire()
+        try:
+            handler.stream.write(message + "\n")
+            handler.stream.flush()
+        finally:
+            handler.release()
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+class _HandlerLoggerFactory:
+    def __init__(self, handler: logging.StreamHandler[TextIO]) -> None:
+        self._handler = handler
+
+    def __call__(self, *args: Any) -> _HandlerLogger:
+        name = args[0] if args and isinstance(args[0], str) else ""
+        return _HandlerLogger(self._handler, name)
+
+
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
     """Send every log record, structlog's and the standard library's, as one JSON line.
+
+    structlog events are rendered by structlog itself and written to the stream directly
+    (:class:`_HandlerLogger`); records of standard-library loggers go through a handler on the
+    root logger whose formatter applies the same processors. Both produce the same fields
+    (``event``, ``level``, ``logger``, ``timestamp`` and the event's own), in the same order.
 
     Parameters
     ----------
@@ -106,29 +149,27 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    # Tracebacks as JSON, without frame locals (they can hold request data).
+    render: list[structlog.types.Processor] = [
+        structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        ),
+        structlog.processors.JSONRenderer(),
+    ]
+    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *render],
+        )
+    )
     structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, *render],
+        logger_factory=_HandlerLoggerFactory(handler),
+        # Disabled levels are no-op methods: a quiet service's debug line costs nothing.
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, name.upper())),
         cache_logger_on_first_use=True,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            # Tracebacks as JSON, without frame locals (they can hold request data).
-            structlog.processors.ExceptionRenderer(
-                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-            ),
-            structlog.processors.JSONRenderer(),
-        ],
-    )
-    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
-    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(name.upper())
