@@ -80,7 +80,9 @@ def load_average() -> list[float]:
 
 
 class ServerProcess:
-    """``servewise serve`` on an ephemeral port, its log in a file.
+    """``servewise serve`` on an ephemeral port (``--address 127.0.0.1:0``, the port read from
+    the log; at a level above info, where that line is not written, a free port picked here),
+    its log in a file.
 
     ``store`` is a ``--store`` URL (``sqlite://PATH``, ``redis://...``, ``memory``); the default
     is a SQLite file in a temporary directory that lives as long as this object.
@@ -101,8 +103,10 @@ class ServerProcess:
             p for p in (str(SERVICE_ROOT), env.get("PYTHONPATH", "")) if p
         )
         self._log = self.log_path.open("wb")
+        # Above info the server_started line is not written: pick the port here instead.
+        self.port = 0 if log_level in ("debug", "info") else free_port()
         self.proc = subprocess.Popen(  # noqa: S603  # our own interpreter and CLI
-            [sys.executable, "-m", "servewise", "serve", "--address", "127.0.0.1:0",
+            [sys.executable, "-m", "servewise", "serve", "--address", f"127.0.0.1:{self.port}",
              "--metrics-address", "off", "--log-level", log_level, "--grace-s", "1",
              "--store", self.store, *extra_args],
             cwd=REPO,
@@ -110,7 +114,6 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
-        self.port = 0
 
     @property
     def pid(self) -> int:
