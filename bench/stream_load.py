@@ -26,7 +26,9 @@ the client's own event-loop delay (its processes share the machine's cores with 
 
 Measured over ``--seconds`` after a ``--warmup`` (unmeasured; the samples still flow): p50/p90/
 p99/max event latency, samples and events counted, events whose kind is not HOLD, the server's
-VmRSS every second (max and last), VmHWM, and its CPU busy fraction.
+VmRSS every second (max and last), VmHWM, and its CPU busy fraction; and how the samples later
+than 20 ms spread over the seconds of the window (``late_samples``: evenly spread means the
+server is too slow per sample, bunched into a few seconds means it was stalled or starved).
 
 Writes bench/results/stream_load.json. Targets (issue 4): p99 <= 20 ms, RSS <= 300 MB at 1,000.
 """
@@ -127,6 +129,10 @@ async def _stream(
             out["kinds"][kind] = out["kinds"].get(kind, 0) + 1
             if ts >= t_measure:
                 out["latencies"].append(ms)
+                out["second"].append(int(ts - t_measure))
+        # Close only once every stream has sent its last sample: 1,000 streams ending while
+        # others still send would load the server with teardown inside the measured window.
+        await asyncio.sleep(max(0.0, t_end + 1.0 - time.time()))
         await call.done_writing()
         await call.read()
     except grpc.aio.AioRpcError as exc:
@@ -143,7 +149,7 @@ async def _client(
     t_measure: float,
     t_end: float,
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"latencies": [], "kinds": {}, "errors": []}
+    out: dict[str, Any] = {"latencies": [], "second": [], "kinds": {}, "errors": []}
     chans = [grpc.aio.insecure_channel(target) for _ in range(channels)]
     try:
         stubs = [servewise_pb2_grpc.ServewiseServiceStub(c) for c in chans]
@@ -225,6 +231,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else None
         )
     latencies = [x for o in outs for x in o["latencies"]]
+    # Late samples per second of the measured window: spread evenly, the server is too slow
+    # per sample; bunched into a few seconds, something stalled it (or its CPU) for a while.
+    late_by_second = [0] * (int(args.seconds) + 1)
+    for o in outs:
+        for ms, second in zip(o["latencies"], o["second"], strict=True):
+            if ms > TARGETS["p99_ms_max"]:
+                late_by_second[min(second, len(late_by_second) - 1)] += 1
+    late_total = sum(late_by_second)
+    worst = sorted(late_by_second, reverse=True)
     kinds: dict[str, int] = {}
     for o in outs:
         for k, v in o["kinds"].items():
@@ -254,6 +269,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "event_latency": lat,
         "samples_measured": len(latencies),
         "samples_per_s": len(latencies) / args.seconds,
+        "late_samples": {
+            "over_ms": TARGETS["p99_ms_max"],
+            "count": late_total,
+            "per_second": late_by_second,
+            "share_in_worst_10pct_of_seconds": (
+                sum(worst[: max(1, len(worst) // 10)]) / late_total if late_total else None
+            ),
+        },
         "event_kinds": kinds,
         "errors": errors[:20],
         "error_count": len(errors),
