@@ -38,8 +38,8 @@ from servewise.core.simulator import (
     LatencySummary,
     SimulationResult,
     capacity_per_s,
-    generate_arrivals_ms,
     relaxation_time_ms,
+    renewal_arrivals_ms,
     run_batches,
     select_ranks,
     simulate_with_latencies,
@@ -191,12 +191,15 @@ def _meets_with_confidence(
     a one-sided 90% Student t multiple of the standard error must stay within 1 - percentile.
     """
     allowed = 1.0 - slo.percentile / 100.0
-    slower = latencies > slo.latency_ms
+    # Positions of the slow requests (a few percent at most near a passing plan): counting
+    # them per chunk is far cheaper than averaging a boolean array chunk by chunk.
+    slower = np.flatnonzero(latencies > slo.latency_ms)
     chunks = int(min(MAX_CHUNKS, max(MIN_CHUNKS, relaxation_times // CHUNK_RELAXATION_TIMES)))
-    per_chunk = len(slower) // chunks
+    per_chunk = len(latencies) // chunks
     if per_chunk == 0:
-        return bool(slower.mean() <= allowed)
-    fractions = slower[: per_chunk * chunks].reshape(chunks, -1).mean(axis=1)
+        return bool(len(slower) <= allowed * len(latencies))
+    counts = np.bincount(slower // per_chunk, minlength=chunks + 1)[:chunks]
+    fractions = counts / per_chunk
     t_quantile = T_QUANTILE_90[chunks - 1]
     bound = fractions.mean() + t_quantile * fractions.std(ddof=1) / math.sqrt(chunks)
     return bool(bound <= allowed)
@@ -225,13 +228,12 @@ class _Search:
         else:
             self.rate_per_s = workload.rate_per_s
             self.arrival_cv = workload.arrival_cv
-            self.arrivals_ms = generate_arrivals_ms(
-                workload,
+            self.arrivals_ms = renewal_arrivals_ms(
+                workload.rate_per_s,
+                workload.arrival_cv,
                 _scaled_by_burstiness(SEARCH_REQUESTS, workload.arrival_cv, SEARCH_MAX_REQUESTS),
-                np.random.default_rng(seed),
+                seed,
             )
-        self._confirm_arrivals: npt.NDArray[np.float64] | None = None
-        self._confirm_rng: np.random.Generator | None = None
         self.cache: dict[tuple[str, int, float, int], _Run] = {}
         self.simulations = 0
         self.warmup = int(len(self.arrivals_ms) * WARMUP_FRACTION)
@@ -240,23 +242,12 @@ class _Search:
 
     def confirm_arrivals(self, count: int) -> npt.NDArray[np.float64]:
         """The first ``count`` arrivals of a fresh sample (seed + 1) shared by every
-        confirmation; drawn lazily and extended as longer runs are needed."""
+        confirmation; a prefix of any longer confirmation sample."""
         if self.workload.arrival_times_s is not None:
             return self.arrivals_ms
-        if self._confirm_rng is None:
-            self._confirm_rng = np.random.default_rng((self.seed + 1) % SEED_MODULUS)
-            self._confirm_arrivals = generate_arrivals_ms(self.workload, count, self._confirm_rng)
-        drawn = self._confirm_arrivals
-        if drawn is None or len(drawn) < count:
-            start = 0.0 if drawn is None or not len(drawn) else float(drawn[-1])
-            more = generate_arrivals_ms(
-                self.workload, count - (0 if drawn is None else len(drawn)), self._confirm_rng
-            )
-            extension = more + start
-            drawn = extension if drawn is None else np.concatenate((drawn, extension))
-            self._confirm_arrivals = drawn
-        sample: npt.NDArray[np.float64] = drawn[:count]
-        return sample
+        return renewal_arrivals_ms(
+            self.rate_per_s, self.arrival_cv, count, (self.seed + 1) % SEED_MODULUS
+        )
 
     def relaxation_times(
         self, candidate: Candidate, big_b: int, n: int, horizon_ms: float
@@ -291,7 +282,7 @@ class _Search:
                 trace = run_batches(
                     self.arrivals_ms, candidate.profile.table_ms(big_b), big_b, delay, n
                 )
-                latencies = trace.latencies_ms()[self.warmup :]
+                latencies = trace.latencies_ms(self.warmup)
             run = _Run(latencies)
             self.cache[key] = run
             self.simulations += 1
