@@ -703,8 +703,22 @@ def _screen_pool(
         )
         return np.asarray(tail <= 1.0 - slo.percentile / 100.0)
 
-    everything = np.arange(len(kinds), dtype=np.int64)
-    usable = (low < ceiling) & ok(everything, high)
+    # A ladder of replica counts above the floor, scored in one call, brackets each plan's
+    # answer (usually a few replicas above the floor); bisection then finishes inside the
+    # bracket instead of halving all the way down from the ceiling.
+    count = len(kinds)
+    ladder = np.minimum(
+        np.stack([low + 1, low + 2, low + low // 4 + 4, 2 * low + 8, high], axis=1), ceiling
+    )
+    rungs = ladder.shape[1]
+    rows_all = np.repeat(np.arange(count, dtype=np.int64), rungs)
+    passed = ok(rows_all, ladder.ravel()).reshape(count, rungs)
+    usable = (low < ceiling) & passed[:, -1]
+    first = np.argmax(passed, axis=1)
+    everything = np.arange(count)
+    high = np.where(usable, ladder[everything, first], high)
+    below = np.where(first > 0, ladder[everything, np.maximum(first - 1, 0)], low)
+    low = np.where(usable, np.maximum(low, np.minimum(below, high - 1)), low)
     while np.any(usable & (high - low > 1)):
         rows = np.flatnonzero(usable & (high - low > 1))
         mid = (high[rows] + low[rows]) // 2
