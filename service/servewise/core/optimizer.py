@@ -24,6 +24,7 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -154,9 +155,9 @@ class OptimizeResult:
     plans_considered: int = 0
 
 
-@dataclass(frozen=True)
-class _Option:
-    """A (type, B, T) with the analytic screen's replica count."""
+class _Option(NamedTuple):
+    """A (type, B, T) with the analytic screen's replica count (a tuple: the screen makes
+    one per plan it scores, ~1,500 per request)."""
 
     candidate: Candidate
     max_batch_size: int
@@ -439,16 +440,12 @@ def _screen(
         evaluated += len(active)
         high[active] = np.where(mid_ok, mid, high[active])
         low[active] = np.where(mid_ok, low[active], mid)
+    predicted = np.where(feasible, high, ceiling).tolist()
+    sizes, delays, floors = big_b.tolist(), delay.tolist(), floor.tolist()
     options = [
-        _Option(
-            candidates[kinds[i]],
-            int(big_b[i]),
-            float(delay[i]),
-            int(high[i]) if feasible[i] else ceiling,
-            int(floor[i]),
-        )
+        _Option(candidates[kinds[i]], sizes[i], delays[i], predicted[i], floors[i])
         for i in range(count)
-        if floor[i] <= ceiling
+        if floors[i] <= ceiling
     ]
     return options, evaluated
 
