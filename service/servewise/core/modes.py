@@ -253,11 +253,17 @@ def _meets_all(
     return all(float(v) <= s.latency_ms for v, s in zip(values, others, strict=True))
 
 
-def evaluate_pool(classes: list[TrafficClass], inputs: SelectInputs, seed: int) -> PoolEvaluation:
+def evaluate_pool(
+    classes: list[TrafficClass], inputs: SelectInputs, seed: int, realtime: bool = True
+) -> PoolEvaluation:
+    """Optimise the pool serving ``classes``; ``realtime``: also its real-time baseline (the
+    REALTIME mode's pool), which a pool only hybrid uses does not need."""
     by_name = {c.instance.name: c for c in inputs.candidates}
     workload = pool_workload(classes)
     primary, others = pool_requirements(classes)
-    result = optimize(inputs.candidates, workload, primary, inputs.limits, seed=seed)
+    result = optimize(
+        inputs.candidates, workload, primary, inputs.limits, seed=seed, realtime_baseline=realtime
+    )
     dyn_ok = _meets_all(
         by_name, result.recommended if result.feasible else None, workload, others, seed
     )
@@ -275,7 +281,14 @@ def evaluate_pool(classes: list[TrafficClass], inputs: SelectInputs, seed: int) 
             f"<= {primary.latency_ms:g} ms missed another class's requirement; re-optimised for "
             f"p{combined.percentile:g} <= {combined.latency_ms:g} ms"
         )
-        result = optimize(inputs.candidates, workload, combined, inputs.limits, seed=seed)
+        result = optimize(
+            inputs.candidates,
+            workload,
+            combined,
+            inputs.limits,
+            seed=seed,
+            realtime_baseline=realtime,
+        )
         primary = combined
         dyn_ok = result.feasible
         rt_ok = result.realtime_baseline is not None
@@ -534,16 +547,25 @@ def _evaluate_pools(
     inputs: SelectInputs,
     pool_of: dict[tuple[str, ...], PoolEvaluation],
     seed: int,
+    realtime_pool: tuple[str, ...] = (),
 ) -> None:
-    """Evaluate pools not yet known, two at a time (the simulator releases the GIL)."""
+    """Evaluate pools not yet known, two at a time (the simulator releases the GIL); only
+    ``realtime_pool`` (the pool of every class: REALTIME and DYNAMIC_BATCHING) gets a
+    real-time baseline, hybrid's pools of some classes do not report one."""
     todo = [g for g in groups if _class_names(g) not in pool_of]
     unique = list({_class_names(g): g for g in todo}.values())
     if len(unique) <= 1:
         for g in unique:
-            pool_of[_class_names(g)] = evaluate_pool(g, inputs, seed)
+            names = _class_names(g)
+            pool_of[names] = evaluate_pool(g, inputs, seed, names == realtime_pool)
         return
     with ThreadPoolExecutor(max_workers=2) as executor:
-        futures = {_class_names(g): executor.submit(evaluate_pool, g, inputs, seed) for g in unique}
+        futures = {
+            _class_names(g): executor.submit(
+                evaluate_pool, g, inputs, seed, _class_names(g) == realtime_pool
+            )
+            for g in unique
+        }
         for key, future in futures.items():
             pool_of[key] = future.result()
 
@@ -564,7 +586,13 @@ def evaluate_modes(
             wanted_pools.append(urgent)
         elif urgent:
             wanted_pools.extend([c] for c in urgent)
-    _evaluate_pools(wanted_pools, inputs, pool_of, seed)
+    _evaluate_pools(
+        wanted_pools,
+        inputs,
+        pool_of,
+        seed,
+        _class_names(classes) if all_rates else (),
+    )
     offline = (
         _offline_results(classes, inputs, seed)
         if {Mode.OFFLINE_BATCH, Mode.HYBRID} & set(modes)

@@ -848,6 +848,7 @@ def optimize(
     limits: SearchLimits = SearchLimits(),
     current_plan: Plan | None = None,
     seed: int = 0,
+    realtime_baseline: bool = True,
 ) -> OptimizeResult:
     """Cheapest (instance type, B, T, N) whose SLO percentile meets the bound.
 
@@ -861,6 +862,9 @@ def optimize(
         The team's plan today; assessed and compared against when given.
     seed:
         Seed of the search sample (the confirmation uses seed + 1); 0 means a fixed default.
+    realtime_baseline:
+        Whether to find and confirm the real-time baseline (B = 1, T = 0) as well; callers
+        that do not report it skip its confirmation, often the longest simulation of all.
 
     Returns
     -------
@@ -885,7 +889,7 @@ def optimize(
     chosen = _best_plan(search, _choose_refinements(options), ceiling)
     if chosen is not None:
         chosen = _polish_delay(search, chosen[0], chosen[1], limits)
-    realtime_options = [o for o in options if o.max_batch_size == 1]
+    realtime_options = [o for o in options if o.max_batch_size == 1] if realtime_baseline else []
     realtime = _best_plan(
         search, sorted(realtime_options, key=lambda o: o.predicted_replicas * o.price), ceiling
     )
