@@ -69,8 +69,10 @@ from servewise.core.optimizer import (
 from servewise.core.profiles import Candidate
 from servewise.core.simulator import (
     DEFAULT_SEED,
+    SEED_MODULUS,
     capacity_per_s,
     order_statistics,
+    renewal_arrivals_ms,
     simulate,
     simulate_with_latencies,
 )
@@ -234,6 +236,16 @@ class PoolEvaluation:
     note: str
 
 
+def _check_arrivals(workload: Workload, seed: int) -> npt.NDArray[np.float64] | None:
+    """The checks' arrival sample: the shared renewal sample of the pool's rate and CV (drawn
+    once per CV and seed; gamma draws for bursty pools are slow), or None for a trace."""
+    if workload.arrival_times_s is not None:
+        return None
+    return renewal_arrivals_ms(
+        workload.rate_per_s, workload.arrival_cv, CHECK_REQUESTS, seed % SEED_MODULUS
+    )
+
+
 def _meets_all(
     candidates: dict[str, Candidate],
     assessment: PlanAssessment | None,
@@ -247,7 +259,12 @@ def _meets_all(
         return True
     plan = assessment.plan
     _, latencies = simulate_with_latencies(
-        candidates[plan.instance_type].profile, plan, workload, CHECK_REQUESTS, seed + 7
+        candidates[plan.instance_type].profile,
+        plan,
+        workload,
+        CHECK_REQUESTS,
+        seed + 7,
+        arrivals_ms=_check_arrivals(workload, seed + 7),
     )
     values = order_statistics(latencies, [s.percentile for s in others])
     return all(float(v) <= s.latency_ms for v, s in zip(values, others, strict=True))
@@ -817,7 +834,13 @@ def _confirmed_pool(pool: _ScreenedPool, seed: int) -> tuple[float, float] | Non
             pool.workload.rate_per_s
         ):
             result = simulate(
-                pool.candidate.profile, plan, pool.workload, CHECK_REQUESTS, seed, slo=pool.slo
+                pool.candidate.profile,
+                plan,
+                pool.workload,
+                CHECK_REQUESTS,
+                seed,
+                slo=pool.slo,
+                arrivals_ms=_check_arrivals(pool.workload, seed),
             )
             observed = result.latency.slo_percentile_ms
             if result.stable and observed is not None and observed <= pool.slo.latency_ms:
