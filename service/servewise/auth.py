@@ -87,7 +87,6 @@ MIN_TOKEN_CHARS: Final = 16
 
 # RFC 6750 b64token: no whitespace, comma or '#', so separators and comments are unambiguous.
 _TOKEN68: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
-_BEARER: Final = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +(\S+)")
 
 
 class Scope(enum.IntEnum):
@@ -98,6 +97,7 @@ class Scope(enum.IntEnum):
 
 
 _SCOPE_NAMES: Final[Mapping[str, Scope]] = {scope.name.lower(): scope for scope in Scope}
+_SCOPE_BY_VALUE: Final[Mapping[int, Scope]] = {int(scope): scope for scope in Scope}
 
 _SERVICE: Final[str] = servewise_pb2.DESCRIPTOR.services_by_name["ServewiseService"].full_name
 
@@ -172,7 +172,7 @@ class TokenTable:
             # int(bool) * scope: no branch on the comparison's outcome.
             granted |= int(hmac.compare_digest(presented, digest)) * int(scope)
         # Duplicates are rejected when parsing, so at most one entry matched.
-        return Scope(granted) if granted else None
+        return _SCOPE_BY_VALUE.get(granted)
 
 
 def parse_tokens(text: str, source: str) -> TokenTable:
@@ -325,15 +325,22 @@ class TlsFiles:
 def _presented_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     """The bearer token in ``metadata``; raises ``LookupError`` when absent, ``ValueError``
     when the header is not exactly one well-formed ``Bearer <token68>``."""
-    values = [value for key, value in (metadata or ()) if key.lower() == "authorization"]
-    if not values:
+    # Plain string operations, not one big regex: this runs on every Route call.
+    found: str | bytes | None = None
+    for key, value in metadata or ():
+        if key.lower() == "authorization":
+            if found is not None:  # two headers: ambiguous, refuse rather than pick one
+                raise ValueError
+            found = value
+    if found is None:
         raise LookupError
-    if len(values) > 1 or not isinstance(values[0], str):
+    if not isinstance(found, str):
         raise ValueError
-    match = _BEARER.fullmatch(values[0].strip())
-    if match is None or not _TOKEN68.fullmatch(match.group(1)):
+    scheme, _, token = found.strip().partition(" ")
+    token = token.lstrip(" ")
+    if scheme.lower() != "bearer" or not _TOKEN68.fullmatch(token):
         raise ValueError
-    return match.group(1)
+    return token
 
 
 def _discard(_data: bytes) -> None:
