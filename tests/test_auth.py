@@ -595,4 +595,5 @@ def test_secured_serve_logs_refusals_but_never_a_token(
         for line in lines
         if line["event"] == "rpc" and line["method"].startswith(f"/{SERVICE}/")
     ]
-    assert rpc_codes == [*codes, "OK", "OK"]
+    # Sorted: an aborted call's line can follow the next call's (abort sends the status first).
+    assert sorted(rpc_codes) == sorted([*codes, "OK", "OK"])
