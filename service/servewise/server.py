@@ -23,6 +23,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from servewise.auth import AuthConfig
 from servewise.obs import ObservabilityInterceptor
 from servewise.store import StateStore
 from servewise.store.factory import open_store
@@ -188,6 +189,7 @@ async def start_server(
     store: StateStore | None = None,
     enable_reflection: bool = True,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    auth: AuthConfig | None = None,
 ) -> RunningServer:
     """Start ServewiseService with health, reflection, logging and metrics.
 
@@ -209,6 +211,9 @@ async def start_server(
         Serve ``grpc.reflection.v1alpha`` so ``grpcurl list`` / ``describe`` work.
     max_message_bytes:
         Largest request or response message.
+    auth:
+        TLS (mutual with a client CA) and bearer tokens (:mod:`servewise.auth`); the default
+        is a plaintext port without tokens.
 
     Returns
     -------
@@ -221,7 +226,13 @@ async def start_server(
         A malformed address.
     OSError, RuntimeError
         An address that cannot be bound.
+    servewise.auth.AuthConfigError
+        Unreadable or mismatched TLS files.
     """
+    # Auth: TLS credentials are checked before anything is bound; the token interceptor sits
+    # inside observability (refusals are logged and counted) and outside everything else.
+    auth = auth or AuthConfig()
+    credentials = auth.server_credentials()
     host, requested_port = parse_host_port(address)
     if requested_port != 0:
         try:
@@ -230,7 +241,11 @@ async def start_server(
             raise OSError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
     server = grpc.aio.server(
         # Observability outermost, so undecodable requests are logged and counted too.
-        interceptors=[ObservabilityInterceptor(), MalformedRequestInterceptor()],
+        interceptors=[
+            ObservabilityInterceptor(),
+            *auth.interceptors(),
+            MalformedRequestInterceptor(),
+        ],
         options=[
             # Without this, Linux lets a second server share the port and fails nothing.
             ("grpc.so_reuseport", 0),
@@ -250,7 +265,7 @@ async def start_server(
         )
 
     try:
-        port = server.add_insecure_port(address)
+        port = auth.add_port(server, address, credentials)
     except RuntimeError as exc:
         if owned_store is not None:
             owned_store.close()
@@ -285,6 +300,7 @@ async def start_server(
         port=port,
         metrics_port=running.metrics_port,
         reflection=enable_reflection,
+        **auth.describe(),
     )
     return running
 
@@ -295,14 +311,15 @@ async def serve(
     grace_s: float = DEFAULT_GRACE_S,
     *,
     store_url: str | None = None,
+    auth: AuthConfig | None = None,
 ) -> None:
     """Run the server until SIGTERM or SIGINT, then drain for up to ``grace_s`` seconds.
 
     ``store_url`` picks the deployment store (:func:`servewise.store.factory.open_store`; None or
-    "" reads ``SERVEWISE_STORE``)."""
+    "" reads ``SERVEWISE_STORE``); ``auth`` adds TLS and tokens (:mod:`servewise.auth`)."""
     store = open_store(store_url or None)
     try:
-        running = await start_server(address, metrics_address, store=store)
+        running = await start_server(address, metrics_address, store=store, auth=auth)
     except BaseException:
         store.close()
         raise
