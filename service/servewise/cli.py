@@ -125,7 +125,29 @@ def _add_serve(subparsers: argparse._SubParsersAction[_Parser]) -> None:
         help="deployment state (env SERVEWISE_STORE): sqlite (default, at SERVEWISE_SQLITE_PATH), "
         "sqlite://PATH, redis://HOST:PORT/DB or memory",
     )
+    _add_limit_flags(serve)
     serve.set_defaults(handler=_run_serve)
+
+
+def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
+    """One flag per field of servewise.limits.Limits (the table lives there, with defaults)."""
+    from servewise.limits import specs  # noqa: PLC0415  # pure and light
+
+    group = serve.add_argument_group("limits (see servewise.limits; flags win over env)")
+    for spec in specs():
+        parse = (
+            _bytes
+            if spec.name.endswith("_bytes")
+            else (_positive_int if spec.kind is int else _positive_float)
+        )
+        group.add_argument(
+            spec.flag,
+            dest=f"limit_{spec.name}",
+            type=parse,
+            metavar="N",
+            default=_env(spec.env_var, str(spec.default)),
+            help=f"{spec.meaning} (env {spec.env_var}; {spec.status})",
+        )
 
 
 # --- shared argument types -------------------------------------------------------------------
@@ -1517,12 +1539,16 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
     import structlog  # noqa: PLC0415
 
+    from servewise.limits import Limits, specs  # noqa: PLC0415
     from servewise.obs import configure_logging  # noqa: PLC0415
     from servewise.server import serve  # noqa: PLC0415
 
+    limits = Limits(**{s.name: getattr(args, f"limit_{s.name}") for s in specs()})
     configure_logging(args.log_level)
     try:
-        asyncio.run(serve(args.address, metrics_address, args.grace_s, store_url=args.store))
+        asyncio.run(
+            serve(args.address, metrics_address, args.grace_s, store_url=args.store, limits=limits)
+        )
     except OSError as exc:  # an address that cannot be bound
         _fail(str(exc))
         return EXIT_FAILURE
