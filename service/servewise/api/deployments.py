@@ -40,8 +40,8 @@ from servewise.core import control
 from servewise.core.model import Plan
 from servewise.core.optimizer import SearchLimits
 from servewise.core.profiles import Candidate
+from servewise.limits import DEFAULT_LIMITS, described, use
 from servewise.limits import current as current_limits
-from servewise.limits import described
 from servewise.store import StateStore
 from servewise.v1 import servewise_pb2, types_pb2
 
@@ -258,13 +258,25 @@ def validate_deployment(pb: servewise_pb2.Deployment) -> servewise_pb2.Deploymen
     return stored
 
 
+# What stored deployments are re-validated against: they passed the request-size limits when
+# they were written, and lowering a limit later must not make them unreadable (an INTERNAL).
+_STORED_LIMITS = replace(
+    DEFAULT_LIMITS, max_candidates=2**31, max_profile_points=2**31, max_arrival_times=2**31
+)
+
+
 def load(store: StateStore, deployment_id: str) -> StoredDeployment:
     """A stored deployment with its version and controller view; NotFoundError when unknown."""
     found = store.get(deployment_key(deployment_id))
     if found is None:
         raise NotFoundError(f"deployment {deployment_id!r} not found")
-    pb = servewise_pb2.Deployment.FromString(found.value)
-    pb.state_version = found.version
+    with use(_STORED_LIMITS):
+        return _stored(deployment_id, found.value, found.version)
+
+
+def _stored(deployment_id: str, value: bytes, version: int) -> StoredDeployment:
+    pb = servewise_pb2.Deployment.FromString(value)
+    pb.state_version = version
     v = Violations()
     use_p99 = use_p99_basis(v, "service_time_basis", pb.service_time_basis)
     converted = candidates_to_core(v, pb.candidates, use_p99)
@@ -315,7 +327,12 @@ def register(
 
 
 def _check_room(store: StateStore) -> None:
-    """LimitExceededError (RESOURCE_EXHAUSTED) when the store already holds max_deployments."""
+    """LimitExceededError when the store already holds max_deployments.
+
+    RESOURCE_EXHAUSTED rather than FAILED_PRECONDITION: it is a quota (AIP-193: "a resource
+    quota ... has been exhausted"), retrying after deployments are freed or the limit raised
+    succeeds unchanged, and FAILED_PRECONDITION already means a stale state_version here,
+    which clients answer by re-reading and retrying at once."""
     cap = current_limits().max_deployments
     count = len(store.keys(KEY_PREFIX))
     if count >= cap:
