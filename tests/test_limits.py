@@ -475,12 +475,12 @@ async def test_a_cancelled_call_stops_the_worker(local_stub: Stub) -> None:
     """A client that cancels mid-way: the worker stops at its next check; the service then
     serves the next call."""
     before = _cancelled_work("PlanResources")
-    call = local_stub.PlanResources(heavy_plan_resources(), timeout=120)
-    await asyncio.sleep(0.5)
-    call.cancel()
+    call = local_stub.PlanResources(heavy_plan_resources(deployments=6), timeout=120)
+    await asyncio.sleep(0.3)
+    assert call.cancel(), "the call had already finished"
     with pytest.raises(asyncio.CancelledError):
         await call
-    await _wait_for_counter("PlanResources", before, timeout_s=10)
+    await _wait_for_counter("PlanResources", before, timeout_s=20)
     await _serves(local_stub)
 
 

@@ -15,10 +15,10 @@ This module is pure (no grpc), so ``servewise serve --help`` stays light.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any, Final
+from typing import Any, Final, ParamSpec, TypeVar
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -28,9 +28,13 @@ __all__ = [
     "described",
     "env_var",
     "flag",
+    "run_with",
     "specs",
     "use",
 ]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _RESOURCE_EXHAUSTED: Final = "RESOURCE_EXHAUSTED"
 _INVALID_ARGUMENT: Final = "INVALID_ARGUMENT"
@@ -162,6 +166,13 @@ _current: contextvars.ContextVar[Limits] = contextvars.ContextVar(
 def current() -> Limits:
     """The limits of the RPC being served (``asyncio.to_thread`` carries them into workers)."""
     return _current.get()
+
+
+def run_with(limits: Limits, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """``fn(*args, **kwargs)`` with ``limits`` current (for ``asyncio.to_thread`` from code,
+    such as an async generator, that should not hold a context variable across yields)."""
+    with use(limits):
+        return fn(*args, **kwargs)
 
 
 @contextmanager

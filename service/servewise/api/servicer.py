@@ -22,14 +22,14 @@ from servewise.api.converters import (
     simulate_args,
     simulate_response_to_pb,
 )
-from servewise.api.errors import LimitExceededError, abort_for
+from servewise.api.errors import LimitExceededError, abort_for, maps_errors
 from servewise.api.guards import LIMIT_EXCEEDED, ControlStreams, TokenBucket, unary
 from servewise.api.plan_resources import plan_resources
 from servewise.api.routing import RouteTable
 from servewise.api.select_mode import select_mode
 from servewise.core.optimizer import optimize
 from servewise.core.simulator import capacity_per_s, simulate
-from servewise.limits import DEFAULT_LIMITS, Limits, described, use
+from servewise.limits import DEFAULT_LIMITS, Limits, described, run_with
 from servewise.store import StateStore
 from servewise.store.memory import MemoryStore
 from servewise.v1 import servewise_pb2, servewise_pb2_grpc
@@ -156,21 +156,21 @@ class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
         bucket = TokenBucket(self.limits.max_samples_per_s, self.limits.sample_burst)
         requests = aiter(request_iterator)
         try:
-            with use(self.limits):
-                while not slot.draining:
-                    slot.idle = True
-                    try:
-                        request = await anext(requests)
-                    except StopAsyncIteration:
-                        return
-                    finally:
-                        slot.idle = False
-                    if request.HasField("sample") and not bucket.take():
-                        LIMIT_EXCEEDED.labels(limit="max_samples_per_s").inc()
-                        yield self._over_budget(request, bucket.wait_s())
-                        continue
-                    for event in await asyncio.to_thread(session.handle, request):
-                        yield event
+            while not slot.draining:
+                slot.idle = True
+                try:
+                    request = await anext(requests)
+                except StopAsyncIteration:
+                    return
+                finally:
+                    slot.idle = False
+                if request.HasField("sample") and not bucket.take():
+                    LIMIT_EXCEEDED.labels(limit="max_samples_per_s").inc()
+                    yield self._over_budget(request, bucket.wait_s())
+                    continue
+                handled = await asyncio.to_thread(run_with, self.limits, session.handle, request)
+                for event in handled:
+                    yield event
         except asyncio.CancelledError:
             if not slot.interrupted:  # the client went away: nothing to answer
                 raise
@@ -205,7 +205,9 @@ class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
             sample_timestamp_s=sample.timestamp_s,
         )
 
-    @unary
+    # The hot path (every request a load balancer routes): no limits or cancel token to set up,
+    # it reads memory and does no long work.
+    @maps_errors
     async def Route(
         self, request: servewise_pb2.RouteRequest, context: Context
     ) -> servewise_pb2.RouteResponse:
