@@ -484,6 +484,24 @@ async def test_a_cancelled_call_stops_the_worker(local_stub: Stub) -> None:
     await _serves(local_stub)
 
 
+async def test_a_simulate_past_its_deadline_stops_before_the_kernel(local_stub: Stub) -> None:
+    """A 5M-request Simulate with a 50 ms deadline: DEADLINE_EXCEEDED, and the worker stops at
+    the check before the simulation kernel (drawing 5M bursty arrivals takes far longer than
+    the deadline), so no simulation runs for a caller that has gone."""
+    before = _cancelled_work("Simulate")
+    request = servewise_pb2.SimulateRequest(
+        candidate=linear_candidate(),
+        plan=types_pb2.ServingPlan(max_batch_size=16, max_queue_delay_ms=5.0, replicas=4),
+        workload=types_pb2.Workload(rate_per_s=2000.0, arrival_cv=2.0),
+        num_requests=DEFAULT_LIMITS.max_simulated_requests,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await local_stub.Simulate(request, timeout=0.05)
+    assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    await _wait_for_counter("Simulate", before, timeout_s=20)
+    await _serves(local_stub)
+
+
 def test_defaults_are_the_previous_hard_caps() -> None:
     """The configurable work limits default to the caps validation used before they were
     configurable, so a server without flags behaves as before."""
