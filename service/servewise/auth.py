@@ -304,9 +304,7 @@ class TlsFiles:
                 context.load_verify_locations(cafile=self.client_ca)
                 client_ca = self.client_ca.read_bytes()
             except (OSError, ssl.SSLError) as exc:
-                raise AuthConfigError(
-                    f"cannot use client CA {self.client_ca}: {exc}"
-                ) from None
+                raise AuthConfigError(f"cannot use client CA {self.client_ca}: {exc}") from None
         return grpc.ssl_server_credentials(
             [(self.key.read_bytes(), self.cert.read_bytes())],
             root_certificates=client_ca,

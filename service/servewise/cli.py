@@ -126,6 +126,7 @@ def _add_serve(subparsers: argparse._SubParsersAction[_Parser]) -> None:
         "sqlite://PATH, redis://HOST:PORT/DB or memory",
     )
     _add_serve_auth(serve)
+    _add_limit_flags(serve)
     serve.set_defaults(handler=_run_serve)
 
 
@@ -161,6 +162,27 @@ def _add_serve_auth(serve: argparse.ArgumentParser) -> None:
         help="bearer tokens, one '<read|write> <token>' per line (env SERVEWISE_TOKENS_FILE); "
         "env SERVEWISE_TOKENS adds tokens in the same format, comma-separated",
     )
+
+
+def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
+    """One flag per field of servewise.limits.Limits (the table lives there, with defaults)."""
+    from servewise.limits import specs  # noqa: PLC0415  # pure and light
+
+    group = serve.add_argument_group("limits (see servewise.limits; flags win over env)")
+    for spec in specs():
+        parse = (
+            _bytes
+            if spec.name.endswith("_bytes")
+            else (_positive_int if spec.kind is int else _positive_float)
+        )
+        group.add_argument(
+            spec.flag,
+            dest=f"limit_{spec.name}",
+            type=parse,
+            metavar="N",
+            default=_env(spec.env_var, str(spec.default)),
+            help=f"{spec.meaning} (env {spec.env_var}; {spec.status})",
+        )
 
 
 # --- shared argument types -------------------------------------------------------------------
@@ -1553,6 +1575,7 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     import structlog  # noqa: PLC0415
 
     from servewise.auth import AuthConfig, AuthConfigError  # noqa: PLC0415
+    from servewise.limits import Limits, specs  # noqa: PLC0415
     from servewise.obs import configure_logging  # noqa: PLC0415
     from servewise.server import serve  # noqa: PLC0415
 
@@ -1567,10 +1590,18 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     except AuthConfigError as exc:
         parser.error(str(exc))
 
+    limits = Limits(**{s.name: getattr(args, f"limit_{s.name}") for s in specs()})
     configure_logging(args.log_level)
     try:
         asyncio.run(
-            serve(args.address, metrics_address, args.grace_s, store_url=args.store, auth=auth)
+            serve(
+                args.address,
+                metrics_address,
+                args.grace_s,
+                store_url=args.store,
+                auth=auth,
+                limits=limits,
+            )
         )
     except AuthConfigError as exc:  # a certificate or key that does not load
         _fail(str(exc))

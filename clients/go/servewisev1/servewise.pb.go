@@ -2702,7 +2702,7 @@ func (x *SampleViolation) GetDescription() string {
 	return ""
 }
 
-// A sample the controller did not accept; nothing was persisted.
+// A sample the controller did not accept; nothing was persisted and the stream stays open.
 type SampleRejected struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Violations []*SampleViolation     `protobuf:"bytes,1,rep,name=violations,proto3" json:"violations,omitempty"`
@@ -2710,8 +2710,15 @@ type SampleRejected struct {
 	TimestampS float64 `protobuf:"fixed64,2,opt,name=timestamp_s,json=timestampS,proto3" json:"timestamp_s,omitempty"`
 	// NOT_FOUND-like: the sample names a deployment that is not registered.
 	UnknownDeployment bool `protobuf:"varint,3,opt,name=unknown_deployment,json=unknownDeployment,proto3" json:"unknown_deployment,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Why, as a google.rpc.Code value: INVALID_ARGUMENT (3) for field violations, NOT_FOUND (5) for
+	// an unknown deployment, RESOURCE_EXHAUSTED (8) for a sample over the stream's sample-rate limit
+	// (nothing is wrong with the sample itself; the stream stays open, send later samples within
+	// the budget). 0 from servers older than this field.
+	Code int32 `protobuf:"varint,4,opt,name=code,proto3" json:"code,omitempty"`
+	// With RESOURCE_EXHAUSTED: seconds until the stream's budget admits another sample.
+	RetryAfterS   float64 `protobuf:"fixed64,5,opt,name=retry_after_s,json=retryAfterS,proto3" json:"retry_after_s,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SampleRejected) Reset() {
@@ -2763,6 +2770,20 @@ func (x *SampleRejected) GetUnknownDeployment() bool {
 		return x.UnknownDeployment
 	}
 	return false
+}
+
+func (x *SampleRejected) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *SampleRejected) GetRetryAfterS() float64 {
+	if x != nil {
+		return x.RetryAfterS
+	}
+	return 0
 }
 
 // One control event for one deployment.
@@ -4201,14 +4222,16 @@ const file_servewise_v1_servewise_proto_rawDesc = "" +
 	"\v_step_index\"I\n" +
 	"\x0fSampleViolation\x12\x14\n" +
 	"\x05field\x18\x01 \x01(\tR\x05field\x12 \n" +
-	"\vdescription\x18\x02 \x01(\tR\vdescription\"\x9f\x01\n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\"\xd7\x01\n" +
 	"\x0eSampleRejected\x12=\n" +
 	"\n" +
 	"violations\x18\x01 \x03(\v2\x1d.servewise.v1.SampleViolationR\n" +
 	"violations\x12\x1f\n" +
 	"\vtimestamp_s\x18\x02 \x01(\x01R\n" +
 	"timestampS\x12-\n" +
-	"\x12unknown_deployment\x18\x03 \x01(\bR\x11unknownDeployment\"\xc7\x04\n" +
+	"\x12unknown_deployment\x18\x03 \x01(\bR\x11unknownDeployment\x12\x12\n" +
+	"\x04code\x18\x04 \x01(\x05R\x04code\x12\"\n" +
+	"\rretry_after_s\x18\x05 \x01(\x01R\vretryAfterS\"\xc7\x04\n" +
 	"\x0fControlResponse\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12>\n" +
 	"\fswitch_event\x18\x02 \x01(\v2\x19.servewise.v1.SwitchEventH\x00R\vswitchEvent\x12A\n" +

@@ -48,7 +48,7 @@ from enum import Enum
 import numpy as np
 import numpy.typing as npt
 
-from servewise.core import queueing
+from servewise.core import cancel, queueing
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.offline import (
     OfflineJob,
@@ -579,7 +579,7 @@ def _evaluate_pools(
     with ThreadPoolExecutor(max_workers=2) as executor:
         futures = {
             _class_names(g): executor.submit(
-                evaluate_pool, g, inputs, seed, _class_names(g) == realtime_pool
+                cancel.propagating(evaluate_pool), g, inputs, seed, _class_names(g) == realtime_pool
             )
             for g in unique
         }
@@ -987,6 +987,7 @@ def break_evens(
             continue
         lo, hi = math.log(factors[i]), math.log(factors[i + 1])
         for _ in range(BREAK_EVEN_BISECTIONS):
+            cancel.check()
             mid = (lo + hi) / 2
             m = _estimated_choice(classes, inputs, math.exp(mid))
             if m is below:

@@ -23,6 +23,7 @@ from enum import Enum
 import numpy as np
 import numpy.typing as npt
 
+from servewise.core import cancel
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.profiles import LatencyProfile
 
@@ -219,6 +220,7 @@ def run_batches(
     ``service_table_ms[b]`` is s(b); ``service_scale`` (one factor per batch, optional) makes
     service random (for example unit exponentials for M/M/c checks).
     """
+    cancel.check()  # every simulation (optimizer, modes, resources) starts here
     if _batchsim is None:
         return run_batches_python(
             arrivals_ms,

@@ -1283,17 +1283,27 @@ Global___SampleViolation: _TypeAlias = SampleViolation  # noqa: Y015
 
 @_typing.final
 class SampleRejected(_message.Message):
-    """A sample the controller did not accept; nothing was persisted."""
+    """A sample the controller did not accept; nothing was persisted and the stream stays open."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     VIOLATIONS_FIELD_NUMBER: _builtins.int
     TIMESTAMP_S_FIELD_NUMBER: _builtins.int
     UNKNOWN_DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_S_FIELD_NUMBER: _builtins.int
     timestamp_s: _builtins.float
     """The sample's timestamp, to correlate."""
     unknown_deployment: _builtins.bool
     """NOT_FOUND-like: the sample names a deployment that is not registered."""
+    code: _builtins.int
+    """Why, as a google.rpc.Code value: INVALID_ARGUMENT (3) for field violations, NOT_FOUND (5) for
+    an unknown deployment, RESOURCE_EXHAUSTED (8) for a sample over the stream's sample-rate limit
+    (nothing is wrong with the sample itself; the stream stays open, send later samples within
+    the budget). 0 from servers older than this field.
+    """
+    retry_after_s: _builtins.float
+    """With RESOURCE_EXHAUSTED: seconds until the stream's budget admits another sample."""
     @_builtins.property
     def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___SampleViolation]: ...
     def __init__(
@@ -1302,10 +1312,12 @@ class SampleRejected(_message.Message):
         violations: _abc.Iterable[Global___SampleViolation] | None = ...,
         timestamp_s: _builtins.float = ...,
         unknown_deployment: _builtins.bool = ...,
+        code: _builtins.int = ...,
+        retry_after_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["timestamp_s", b"timestamp_s", "unknown_deployment", b"unknown_deployment", "violations", b"violations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "retry_after_s", b"retry_after_s", "timestamp_s", b"timestamp_s", "unknown_deployment", b"unknown_deployment", "violations", b"violations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -574,13 +574,22 @@ export interface SampleViolation {
   description: string;
 }
 
-/** A sample the controller did not accept; nothing was persisted. */
+/** A sample the controller did not accept; nothing was persisted and the stream stays open. */
 export interface SampleRejected {
   violations: SampleViolation[];
   /** The sample's timestamp, to correlate. */
   timestampS: number;
   /** NOT_FOUND-like: the sample names a deployment that is not registered. */
   unknownDeployment: boolean;
+  /**
+   * Why, as a google.rpc.Code value: INVALID_ARGUMENT (3) for field violations, NOT_FOUND (5) for
+   * an unknown deployment, RESOURCE_EXHAUSTED (8) for a sample over the stream's sample-rate limit
+   * (nothing is wrong with the sample itself; the stream stays open, send later samples within
+   * the budget). 0 from servers older than this field.
+   */
+  code: number;
+  /** With RESOURCE_EXHAUSTED: seconds until the stream's budget admits another sample. */
+  retryAfterS: number;
 }
 
 /** One control event for one deployment. */
@@ -5642,7 +5651,7 @@ export const SampleViolation: MessageFns<SampleViolation> = {
 };
 
 function createBaseSampleRejected(): SampleRejected {
-  return { violations: [], timestampS: 0, unknownDeployment: false };
+  return { violations: [], timestampS: 0, unknownDeployment: false, code: 0, retryAfterS: 0 };
 }
 
 export const SampleRejected: MessageFns<SampleRejected> = {
@@ -5655,6 +5664,12 @@ export const SampleRejected: MessageFns<SampleRejected> = {
     }
     if (message.unknownDeployment !== false) {
       writer.uint32(24).bool(message.unknownDeployment);
+    }
+    if (message.code !== 0) {
+      writer.uint32(32).int32(message.code);
+    }
+    if (message.retryAfterS !== 0) {
+      writer.uint32(41).double(message.retryAfterS);
     }
     return writer;
   },
@@ -5696,6 +5711,22 @@ export const SampleRejected: MessageFns<SampleRejected> = {
             message.unknownDeployment = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.code = reader.int32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.retryAfterS = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5723,6 +5754,12 @@ export const SampleRejected: MessageFns<SampleRejected> = {
         : isSet(object.unknown_deployment)
         ? globalThis.Boolean(object.unknown_deployment)
         : false,
+      code: isSet(object.code) ? globalThis.Number(object.code) : 0,
+      retryAfterS: isSet(object.retryAfterS)
+        ? globalThis.Number(object.retryAfterS)
+        : isSet(object.retry_after_s)
+        ? globalThis.Number(object.retry_after_s)
+        : 0,
     };
   },
 
@@ -5737,6 +5774,12 @@ export const SampleRejected: MessageFns<SampleRejected> = {
     if (message.unknownDeployment !== false) {
       obj.unknownDeployment = message.unknownDeployment;
     }
+    if (message.code !== 0) {
+      obj.code = Math.round(message.code);
+    }
+    if (message.retryAfterS !== 0) {
+      obj.retryAfterS = floatToJson(message.retryAfterS);
+    }
     return obj;
   },
 
@@ -5748,6 +5791,8 @@ export const SampleRejected: MessageFns<SampleRejected> = {
     message.violations = object.violations?.map((e) => SampleViolation.fromPartial(e)) || [];
     message.timestampS = object.timestampS ?? 0;
     message.unknownDeployment = object.unknownDeployment ?? false;
+    message.code = object.code ?? 0;
+    message.retryAfterS = object.retryAfterS ?? 0;
     return message;
   },
 };
