@@ -58,6 +58,7 @@ from servewise.core.control import (
     optimizer_advisor,
     plan_cost_per_hour,
     rounded_rate,
+    switch_cost,
 )
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.optimizer import SearchLimits, optimize
@@ -282,11 +283,11 @@ class _Replay:
         return found
 
     def switch_cost(self, old: Plan, new: Plan) -> float:
-        """An immediate switch: the old plan kept while the target's replicas cold-start."""
-        if old == new:
-            return 0.0
-        cold = self.by_name[new.instance_type].instance.cold_start_s
-        return plan_cost_per_hour(old, self.candidates) * cold / 3600.0
+        """An immediate switch, priced by the controller's own rule
+        (:func:`servewise.core.control.switch_cost` without weighted steps): a scale up pays
+        the added replicas' cold start, a scale down nothing, a migration the old plan over the
+        target's cold start."""
+        return switch_cost(old, new, self.candidates).cost
 
     def record(self, result: StrategyResult, i: int, plan: Plan) -> None:
         served = self.serve(i, plan)
@@ -330,21 +331,26 @@ class _Replay:
     def _naive_plan(self, rate: float, break_even: float) -> Plan:
         return self.realtime(rate) if rate < break_even else self.best(rate)
 
+    def initial_plan(self) -> Plan:
+        """The plan deployed when the trace starts: the optimizer's at the first interval's rate
+        (where the controller and the hindsight schedule both begin)."""
+        return self.best(max(float(self.rates[0]), 1e-3))
+
     def controller(self) -> StrategyResult:
         result = StrategyResult(CONTROLLER)
         cache = AdviceCache()
         rate0 = max(float(self.rates[0]), 1e-3)
-        plan = self.best(rate0)
+        plan = self.initial_plan()
         state = DeploymentState(self.candidates, self.slo, plan, rate0, 0.0)
         samples: list[Sample] = []
-        pending: tuple[Plan, float, float] | None = None  # target, in force at, planned rate
+        pending: tuple[Plan, float, float, float] | None = None  # target, in force at, rate, cv
         end = len(self.rates) * self.interval_s
         window_s = max(self.settings.savings_window_s, self.settings.safety_window_s) * 2
         for i in range(len(self.rates)):
             start = i * self.interval_s
             if pending is not None and pending[1] <= start + 1e-9:
-                target, _, planned = pending
-                state = DeploymentState(self.candidates, self.slo, target, planned, start)
+                target, _, planned, cv = pending
+                state = DeploymentState(self.candidates, self.slo, target, planned, start, cv)
                 pending = None
             served = self.serve(i, state.current_plan)
             self.record(result, i, state.current_plan)
@@ -363,21 +369,20 @@ class _Replay:
             ev = evaluate(state, samples, self.settings, advise)
             if ev.decision is not Decision.SWITCH or ev.target_plan is None:
                 continue
-            cold = self.by_name[ev.target_plan.instance_type].instance.cold_start_s
-            overlap_s = cold + sum(s.dwell_s for s in ev.steps)
+            overlap_s = ev.overlap_s
             # The overlap is billed up to the replay's end (a transition may outlast it).
             inside = 1.0 if overlap_s <= 0 else min(1.0, (end - now) / overlap_s)
             self.bill_switch(result, ev.switch_cost * inside)
-            ready = now + overlap_s
+            ready = now + ev.ready_after_s
             boundary = math.ceil(ready / self.interval_s - 1e-9) * self.interval_s
-            planned = max(ev.smoothed_rate_per_s, 1e-3)
-            if ev.panic:
-                planned = max(planned, float(self.rates[i]))
-            pending = (ev.target_plan, boundary, planned)
+            planned = max(ev.sizing_rate_per_s, 1e-3)
+            pending = (ev.target_plan, boundary, planned, ev.arrival_cv)
             result.notes.append(f"t={now:g}s: {ev.reason}")
         return result
 
-    def hindsight(self, plans: Sequence[Plan], penalty_per_minute: float) -> StrategyResult:
+    def hindsight(
+        self, plans: Sequence[Plan], penalty_per_minute: float, initial: Plan
+    ) -> StrategyResult:
         n, k = len(self.rates), len(plans)
         score = np.empty((n, k))
         for i in range(n):
@@ -386,7 +391,10 @@ class _Replay:
                 minutes = self.interval_s / 60.0 if served.violated else 0.0
                 score[i, j] = served.cost + penalty_per_minute * minutes
         switch = np.array([[self.switch_cost(a, b) for b in plans] for a in plans])
-        best = score[0].copy()
+        # It starts where the controller starts (the plan deployed when the trace begins) and
+        # pays for leaving it like any other switch.
+        first = np.array([self.switch_cost(initial, p) for p in plans])
+        best = score[0] + first
         back = np.zeros((n, k), dtype=np.int64)
         for i in range(1, n):
             total = best[:, None] + switch
@@ -404,8 +412,8 @@ class _Replay:
             ],
         )
         for i, j in enumerate(choice):
-            if i > 0 and choice[i - 1] != j:
-                prev = plans[choice[i - 1]]
+            prev = initial if i == 0 else plans[choice[i - 1]]
+            if prev != plans[j]:
                 self.bill_switch(result, self.switch_cost(prev, plans[j]))
             self.record(result, i, plans[j])
         return result
@@ -476,7 +484,7 @@ def replay(
                 pool.append(plan)
     top = max(plan_cost_per_hour(p, candidates) for p in pool)
     say(f"hindsight over {len(pool)} plans")
-    strategies[HINDSIGHT] = r.hindsight(pool, top * VIOLATION_PENALTY_HOURS)
+    strategies[HINDSIGHT] = r.hindsight(pool, top * VIOLATION_PENALTY_HOURS, r.initial_plan())
     notes = [
         f"trace times divided by {time_scale:g} ({time_scale:g}x the recorded rate)"
         if time_scale != 1
