@@ -226,7 +226,7 @@ class ControlSession:
             step_started_at_s=sample.timestamp_s,
             reason=result.reason,
             panic=result.panic,
-            planned_rate_per_s=result.smoothed_rate_per_s,
+            planned_rate_per_s=result.sizing_rate_per_s or result.smoothed_rate_per_s,
         )
         updated = self._copy(stored)
         updated.transition.CopyFrom(transition)
