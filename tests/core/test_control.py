@@ -339,3 +339,24 @@ def test_advice_cache_reuses_answers_by_version_and_rounded_rate() -> None:
     assert calls == [1230.0, 1230.0]
     v1(10.0)
     assert len(cache) == 2
+
+
+def test_a_scale_of_the_current_configuration_beats_an_equal_cost_migration() -> None:
+    """When the current configuration scaled to the best plan's running cost also meets the
+    SLO, the controller scales (free downward) rather than migrate (old capacity kept through
+    cold start and four steps); without that alternative it migrates."""
+    samples = window([500.0] * 61)
+    settings = ControlSettings(ewma_half_life_s=0.0)
+
+    def advise(rate: float, arrival_cv: float = 1.0) -> Advice:
+        best = Plan("gpu", 16, 5.0, 5)
+        return Advice(rate, best, True, 5 * PRICE, True, scaled_plan=Plan("gpu", 8, 5.0, 5))
+
+    scaled = control.evaluate(state(cold=120.0), samples, settings, advise)
+    assert scaled.decision is Decision.SWITCH, scaled.reason
+    assert scaled.target_plan == Plan("gpu", 8, 5.0, 5)
+    assert scaled.switch_cost == 0.0
+    assert "scale" in scaled.reason
+    migrated = control.evaluate(state(cold=120.0), samples, settings, migrating_advisor())
+    assert migrated.target_plan == Plan("gpu", 16, 5.0, 5)
+    assert migrated.switch_cost > 0.0

@@ -40,9 +40,12 @@ The decision, in order:
    the band for a window on the sample timestamps: short toward safety, long toward savings (as
    Kubernetes HPA's scale-down stabilisation and Knative KPA's stable window); moves toward
    savings also wait for the plan's minimum dwell.
-7. **Net saving.** The target is the optimizer's best plan at the sizing rate. Its switch cost
-   is :func:`switch_cost`; over the expected dwell ``H`` the net saving per hour is
-   ``saving_per_hour - switch_cost / (H / 3600)``, and a move happens only when it is positive.
+7. **Net saving.** The target is the optimizer's best plan at the sizing rate, or the current
+   configuration scaled to no more running cost when that meets the SLO too
+   (``Advice.scaled_plan``), whichever has the larger net saving: a scale skips the migration's
+   overlap of old and new capacity. Its switch cost is :func:`switch_cost`; over the expected
+   dwell ``H`` the net saving per hour is ``saving_per_hour - switch_cost / (H / 3600)``, and a
+   move happens only when it is positive.
 8. **Transition** (:func:`transition_steps`). A change of replica count alone is a *scale*: the
    configuration is the one already serving, so there is nothing to canary; it takes one step
    at full weight whose dwell verifies the SLO. A change of instance type, batch size or delay is
@@ -158,6 +161,10 @@ class Advice:
     feasible: bool
     cost_per_hour: float
     current_meets_slo: bool
+    # The current configuration (instance type, B, T) with as many replicas as the best plan's
+    # running cost buys, when that meets the SLO too and differs from the current plan: moving
+    # there is a scale, not a migration, so it may be the cheaper move (see item 7).
+    scaled_plan: Plan | None = None
 
 
 class Advisor(Protocol):
@@ -621,6 +628,20 @@ def _switch_or_hold(
     base = replace(base, direction=direction)
     if target is None:
         return replace(base, reason=f"the optimizer found no stable plan at {rate:.4g}/s")
+    # A move away from a plan predicted to break the SLO goes in one step, as panic does: the
+    # low-weight canary steps would keep most traffic on the failing plan.
+    urgent = direction is Direction.SAFETY and not advice.current_meets_slo
+    weights = (1.0,) if urgent else settings.transition_weights
+    options = [target] if advice.scaled_plan is None else [target, advice.scaled_plan]
+    priced = []
+    for option in options:
+        option_steps, option_moved = _plan_switch(state, samples, settings, option, rate, weights)
+        option_cost = plan_cost_per_hour(option, state.candidates)
+        option_net = (
+            current_cost - option_cost - option_moved.cost / (settings.expected_dwell_s / 3600.0)
+        )
+        priced.append((option_net, option, option_steps, option_moved))
+    net, target, steps, moved = max(priced, key=lambda p: p[0])
     target_cost = plan_cost_per_hour(target, state.candidates)
     if target == current:
         return replace(
@@ -629,14 +650,8 @@ def _switch_or_hold(
             target_plan=target,
             target_cost_per_hour=target_cost,
         )
-    # A move away from a plan predicted to break the SLO goes in one step, as panic does: the
-    # low-weight canary steps would keep most traffic on the failing plan.
-    urgent = direction is Direction.SAFETY and not advice.current_meets_slo
-    weights = (1.0,) if urgent else settings.transition_weights
-    steps, moved = _plan_switch(state, samples, settings, target, rate, weights)
     cost, ready = moved.cost, moved.ready_after_s
     saving = current_cost - target_cost
-    net = saving - cost / (settings.expected_dwell_s / 3600.0)
     numbered = replace(
         base,
         target_plan=target,
@@ -792,9 +807,10 @@ def optimizer_advisor(
     workload."""
 
     def advise(rate_per_s: float, arrival_cv: float = 1.0) -> Advice:
+        workload = Workload(rate_per_s=rate_per_s, arrival_cv=arrival_cv)
         result = optimize(
             list(candidates),
-            Workload(rate_per_s=rate_per_s, arrival_cv=arrival_cv),
+            workload,
             slo,
             limits,
             current_plan=current_plan,
@@ -802,15 +818,42 @@ def optimizer_advisor(
         )
         best = result.recommended
         current_ok = result.current is not None and result.current.meets_slo
+        scaled = None
+        if best is not None and result.feasible and not is_scale(current_plan, best.plan):
+            scaled = _scaled_alternative(
+                candidates, slo, limits, current_plan, best.cost_per_hour, workload, seed
+            )
         return Advice(
             rate_per_s=rate_per_s,
             plan=None if best is None else best.plan,
             feasible=result.feasible,
             cost_per_hour=0.0 if best is None else best.cost_per_hour,
             current_meets_slo=current_ok,
+            scaled_plan=scaled,
         )
 
     return advise
+
+
+def _scaled_alternative(
+    candidates: Sequence[Candidate],
+    slo: Slo,
+    limits: SearchLimits,
+    current_plan: Plan,
+    best_cost_per_hour: float,
+    workload: Workload,
+    seed: int,
+) -> Plan | None:
+    """The current configuration with as many replicas as ``best_cost_per_hour`` buys, when
+    that differs from the current count and the optimizer's own assessment (the same
+    confirmation as its recommendation) says it meets the SLO; else None."""
+    price = _candidate(current_plan, candidates).instance.price_per_hour
+    replicas = min(math.floor(best_cost_per_hour / price + 1e-9), limits.max_replicas)
+    if replicas < 1 or replicas == current_plan.replicas:
+        return None
+    scaled = replace(current_plan, replicas=replicas)
+    result = optimize(list(candidates), workload, slo, limits, current_plan=scaled, seed=seed)
+    return scaled if result.current is not None and result.current.meets_slo else None
 
 
 def cached_advisor(cache: AdviceCache, key: Hashable, advise: Advisor) -> Advisor:
