@@ -12,23 +12,27 @@ The model, kept deliberately simple:
   next; an overloaded interval still shows its own tail.
 * Cost of an interval: ``replicas * price * interval_s / 3600``. An interval whose simulated
   SLO-percentile latency exceeds the bound counts ``interval_s / 60`` violation minutes.
-* A controller switch bills the overlap of old and new capacity as the controller prices it
-  (``Evaluation.switch_cost``: the old plan's cost over the target's cold start plus the dwell
-  of the weighted transition steps, billed up to the replay's end). The naive switcher and
-  the hindsight schedule switch at once, without weighted steps, so a switch bills the old
-  plan over the target's cold start only (the hindsight schedule is thereby a lower bound: any
-  other strategy's sequence of plans is a path it may take at no more switch cost).
-* **Controller**: after each interval it gets a sample (the interval's rate, and the interval's
-  simulated p99 as the observed latency) and :func:`servewise.core.control.evaluate` decides; on
-  SWITCH the switch cost is billed and the target plan is in force from the first interval
-  boundary after its cold start and transition steps (the old plan serves until then; step
-  judging and rollback are not replayed). No decisions are taken during a transition.
+* Switches are priced by one rule, :func:`servewise.core.control.switch_cost`: a scale (the
+  same instance type, B and T, another replica count) bills the added replicas over their
+  cold start, a scale down nothing; a migration bills the old plan's cost over the target's
+  cold start and the dwell of the controller's weighted steps (billed up to the replay's end).
+  The naive switcher and the hindsight schedule switch at once, without weighted steps, so a
+  migration costs them the cold start only (the hindsight schedule is thereby a lower bound:
+  any other strategy's sequence of plans is a path it may take at no more switch cost).
+* **Controller**: it starts on the optimizer's plan at the first interval's rate (the plan
+  deployed when the trace begins). After each interval it gets a sample (the interval's rate,
+  and the interval's simulated p99 as the observed latency) and
+  :func:`servewise.core.control.evaluate` decides; on SWITCH the switch cost is billed and the
+  target plan is in force from the first interval boundary after ``Evaluation.ready_after_s``
+  (the cold start, plus the steps before the last for a migration; the old plan serves until
+  then; step judging and rollback are not replayed). No decisions are taken during a transition.
 * **Naive**: after each interval it picks the real-time plan below the break-even rate and the
   batching plan at or above it, each sized (on the rate ladder) for the interval's rate; it
   switches at once, with no hysteresis, stabilisation or dwell (the switch cost is billed).
 * **Hindsight**: dynamic programming over intervals and the candidate plans (the optimizer's best
-  and real-time plans on a ladder of rates, plus the static plans), minimising cost + switch
-  cost + ``violation_penalty`` per violation minute, knowing the whole trace.
+  and real-time plans on a ladder of rates, plus every plan another strategy used), minimising
+  cost + switch cost + ``violation_penalty`` per violation minute, knowing the whole trace. It
+  starts where the controller starts and pays for leaving that plan like any other switch.
 
 Optimizer answers are cached per rounded rate, and simulations per (interval, plan).
 """
@@ -491,9 +495,12 @@ def replay(
         else "trace replayed at its recorded rate",
         f"{len(r.rates)} intervals of {interval_s:g} s, each simulated on its own arrivals with "
         "an empty queue at the start (nothing carried over between intervals)",
-        "switch cost: the controller pays the old plan over the target's cold start and its "
-        "weighted transition steps (billed up to the replay's end), the naive and hindsight "
-        "schedules switch at once and pay it over the cold start only",
+        "switch cost: a scale pays the added replicas' cold start (a scale down nothing); a "
+        "migration pays the old plan over the target's cold start and, for the controller, its "
+        "weighted transition steps (billed up to the replay's end); the naive and hindsight "
+        "schedules switch at once",
+        "the controller and the hindsight schedule start on the optimizer's plan at the first "
+        "interval's rate",
     ]
     return ReplayResult(interval_s, time_scale, slo, r.rates, break_even, strategies, notes)
 
