@@ -360,3 +360,25 @@ def test_a_scale_of_the_current_configuration_beats_an_equal_cost_migration() ->
     migrated = control.evaluate(state(cold=120.0), samples, settings, migrating_advisor())
     assert migrated.target_plan == Plan("gpu", 16, 5.0, 5)
     assert migrated.switch_cost > 0.0
+
+
+def test_leaving_a_failing_plan_keeps_no_fallback() -> None:
+    """A migration away from a plan predicted to break the SLO goes in one step and releases the
+    old capacity once the target is up (cold start only); a migration toward savings keeps the
+    old plan through every step for a rollback."""
+    settings = ControlSettings(ewma_half_life_s=0.0)
+    rising = window([1000.0] * 5 + [2000.0])
+
+    def failing(rate: float, arrival_cv: float = 1.0) -> Advice:
+        replicas = max(1, math.ceil(rate / 100.0))
+        return Advice(rate, Plan("gpu", 16, 5.0, replicas), True, replicas * PRICE, False)
+
+    urgent = control.evaluate(state(cold=120.0), rising, settings, failing)
+    assert urgent.decision is Decision.SWITCH, urgent.reason
+    assert [s.weight for s in urgent.steps] == [1.0]
+    assert urgent.overlap_s == pytest.approx(120.0)
+    assert urgent.switch_cost == pytest.approx(10 * PRICE * 120.0 / 3600.0)
+    saving = control.evaluate(
+        state(cold=120.0), window([500.0] * 61), settings, migrating_advisor()
+    )
+    assert saving.overlap_s == pytest.approx(120.0 + sum(s.dwell_s for s in saving.steps))

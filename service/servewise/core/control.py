@@ -35,7 +35,9 @@ The decision, in order:
    ``planned_rate * (1 +- band)``; a rate oscillating inside the band never triggers one.
 5. **Predicted breach.** Above the band the optimizer is asked at once; when it says the current
    plan no longer meets the SLO at the sizing rate (a prediction at the SLO's own confidence,
-   step 1), the controller scales up on this sample, without waiting for a window.
+   step 1), the controller moves on this sample, without waiting for a window, in one step,
+   and keeps no fallback: the old plan is released once the target is up, since rolling back
+   to a plan predicted to fail would not help (panic moves alike).
 6. **Stabilisation.** Other moves need the sizing rate to have stayed on the same side outside
    the band for a window on the sample timestamps: short toward safety, long toward savings (as
    Kubernetes HPA's scale-down stabilisation and Knative KPA's stable window); moves toward
@@ -314,7 +316,11 @@ class SwitchCost:
 
 
 def switch_cost(
-    current: Plan, target: Plan, candidates: Sequence[Candidate], steps: Sequence[Step] = ()
+    current: Plan,
+    target: Plan,
+    candidates: Sequence[Candidate],
+    steps: Sequence[Step] = (),
+    keep_fallback: bool = True,
 ) -> SwitchCost:
     """What moving from ``current`` to ``target`` through ``steps`` costs.
 
@@ -324,7 +330,9 @@ def switch_cost(
     cold start and every step's dwell (the overlap of old and new capacity: the old plan stays
     up until the last step has verified the target); the target carries all traffic once the
     steps before the last, full-weight one are done. The replay's naive and hindsight schedules
-    pass no steps: they switch at once and pay the cold start alone.
+    pass no steps: they switch at once and pay the cold start alone. Without ``keep_fallback``
+    (a move away from a plan predicted or observed to break the SLO, where rolling back would
+    not help) the old capacity goes as soon as the target carries all traffic.
     """
     if current == target:
         return SwitchCost(0.0, 0.0, 0.0)
@@ -335,8 +343,8 @@ def switch_cost(
         if added <= 0:
             return SwitchCost(0.0, 0.0, 0.0)
         return SwitchCost(price * added * cold / 3600.0, cold, cold)
-    overlap_s = cold + sum(s.dwell_s for s in steps)
     ready_s = cold + sum(s.dwell_s for s in steps[:-1])
+    overlap_s = cold + sum(s.dwell_s for s in steps) if keep_fallback else ready_s
     cost = plan_cost_per_hour(current, candidates) * overlap_s / 3600.0
     return SwitchCost(cost, ready_s, overlap_s)
 
@@ -600,6 +608,7 @@ def _plan_switch(
     target: Plan,
     rate: float,
     weights: Sequence[float],
+    keep_fallback: bool = True,
 ) -> tuple[tuple[Step, ...], SwitchCost]:
     """The steps and the cost of a move to ``target``: one verifying step for a scale, the
     ``weights`` for a migration."""
@@ -609,7 +618,7 @@ def _plan_switch(
         steps = transition_steps(rate, (1.0,), state.slo.percentile, low, high)
         return steps, switch_cost(current, target, state.candidates)
     steps = transition_steps(rate, weights, state.slo.percentile, low, high)
-    return steps, switch_cost(current, target, state.candidates, steps)
+    return steps, switch_cost(current, target, state.candidates, steps, keep_fallback)
 
 
 def _switch_or_hold(
@@ -635,7 +644,9 @@ def _switch_or_hold(
     options = [target] if advice.scaled_plan is None else [target, advice.scaled_plan]
     priced = []
     for option in options:
-        option_steps, option_moved = _plan_switch(state, samples, settings, option, rate, weights)
+        option_steps, option_moved = _plan_switch(
+            state, samples, settings, option, rate, weights, keep_fallback=not urgent
+        )
         option_cost = plan_cost_per_hour(option, state.candidates)
         option_net = (
             current_cost - option_cost - option_moved.cost / (settings.expected_dwell_s / 3600.0)
@@ -728,7 +739,9 @@ def _panic(
         grown = math.ceil(current.replicas * (1.0 + settings.hysteresis_band))
         target = replace(current, replicas=max(current.replicas + 1, grown))
     # Panic moves in a single step, whatever the kind of switch.
-    steps, moved = _plan_switch(state, samples, settings, target, panic_rate, (1.0,))
+    steps, moved = _plan_switch(
+        state, samples, settings, target, panic_rate, (1.0,), keep_fallback=False
+    )
     cost = moved.cost
     current_cost = base.current_cost_per_hour
     target_cost = plan_cost_per_hour(target, state.candidates)
