@@ -300,6 +300,7 @@ class ControlSession:
             window,
             stored.state.slo,
             stored.settings,
+            toward_safety=transition.panic,
         )
         if verdict.action is StepAction.WAIT:
             return self._hold(
