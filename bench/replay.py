@@ -21,7 +21,7 @@ is in ../shared/data; the serving model is ARCHITECTURE.md section 2):
   ``servewise replay`` example and its tests). One replica carries the traces at K=1; the
   choice is the batch size (equal cost, different capacity under bursts).
 * ``llm-large``: s(b) = 1000 + 150 b ms, b <= 32, $4/h, cold start 120 s, p99 SLO 10 s. The
-  replica count follows the traffic (1-4 replicas), so cost depends on the controller.
+  replica count follows the traffic (1-9 replicas), so cost depends on the controller.
 
 Writes bench/results/replay.json (per run: every strategy's cost, switch cost, violation
 minutes, switches, cost ratio to hindsight; the three target checks) and prints a table.
