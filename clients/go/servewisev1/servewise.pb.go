@@ -1905,7 +1905,8 @@ type TransitionStep struct {
 	// Fraction of traffic sent to the target plan during the step, in (0, 1].
 	Weight float64 `protobuf:"fixed64,1,opt,name=weight,proto3" json:"weight,omitempty"`
 	// How long the step lasts: long enough for the target's share of traffic to yield the requests
-	// an estimate of the SLO percentile needs (100 / (1 - q) of them), at least a floor.
+	// a verdict on the SLO percentile needs (z^2 (1 + sqrt 2)^2 / (1 - q), ~3,150 for p99), at
+	// least one sample period and at most the savings window shared by the steps.
 	DwellS float64 `protobuf:"fixed64,2,opt,name=dwell_s,json=dwellS,proto3" json:"dwell_s,omitempty"`
 	// Requests the target plan receives during the step at the smoothed rate.
 	ExpectedRequests float64 `protobuf:"fixed64,3,opt,name=expected_requests,json=expectedRequests,proto3" json:"expected_requests,omitempty"`
@@ -3098,8 +3099,8 @@ type DeploymentSettings struct {
 	SafetyStabilisationWindowS *float64 `protobuf:"fixed64,1,opt,name=safety_stabilisation_window_s,json=safetyStabilisationWindowS,proto3,oneof" json:"safety_stabilisation_window_s,omitempty"`
 	// How long the signal must hold before a move toward savings (less capacity); default 300.
 	SavingsStabilisationWindowS *float64 `protobuf:"fixed64,2,opt,name=savings_stabilisation_window_s,json=savingsStabilisationWindowS,proto3,oneof" json:"savings_stabilisation_window_s,omitempty"`
-	// The smoothed rate must leave planned_rate_per_s * (1 +- band) before a switch is considered,
-	// in [0, 1); default 0.1.
+	// The sizing rate (smoothed rate + established trend over the lead + z x sample spread) must
+	// leave planned_rate_per_s * (1 +- band) before a switch is considered, in [0, 1); default 0.1.
 	HysteresisBandFraction *float64 `protobuf:"fixed64,3,opt,name=hysteresis_band_fraction,json=hysteresisBandFraction,proto3,oneof" json:"hysteresis_band_fraction,omitempty"`
 	// Shortest time a plan stays in force before a switch toward savings; default 600.
 	MinDwellS *float64 `protobuf:"fixed64,4,opt,name=min_dwell_s,json=minDwellS,proto3,oneof" json:"min_dwell_s,omitempty"`
@@ -3109,7 +3110,7 @@ type DeploymentSettings struct {
 	// Half-life of the EWMA that smooths the sampled rate; default 60.
 	EwmaHalfLifeS *float64 `protobuf:"fixed64,6,opt,name=ewma_half_life_s,json=ewmaHalfLifeS,proto3,oneof" json:"ewma_half_life_s,omitempty"`
 	// Consecutive samples breaking the SLO (observed p99) or the error-rate limit that trigger panic
-	// mode; default 3.
+	// mode (fewer when they already carry the requests a percentile verdict needs); default 3.
 	PanicConsecutiveSamples *uint32 `protobuf:"varint,7,opt,name=panic_consecutive_samples,json=panicConsecutiveSamples,proto3,oneof" json:"panic_consecutive_samples,omitempty"`
 	// Largest acceptable fraction of failed requests, in (0, 1]; default 0.01.
 	ErrorRateLimit *float64 `protobuf:"fixed64,8,opt,name=error_rate_limit,json=errorRateLimit,proto3,oneof" json:"error_rate_limit,omitempty"`

@@ -228,7 +228,7 @@ class ControlSession:
             step_started_at_s=sample.timestamp_s,
             reason=result.reason,
             panic=result.panic,
-            planned_rate_per_s=result.smoothed_rate_per_s,
+            planned_rate_per_s=result.sizing_rate_per_s or result.smoothed_rate_per_s,
         )
         updated = self._copy(stored)
         updated.transition.CopyFrom(transition)
@@ -302,6 +302,7 @@ class ControlSession:
             window,
             stored.state.slo,
             stored.settings,
+            toward_safety=transition.panic,
         )
         if verdict.action is StepAction.WAIT:
             return self._hold(

@@ -912,7 +912,8 @@ class TransitionStep(_message.Message):
     """Fraction of traffic sent to the target plan during the step, in (0, 1]."""
     dwell_s: _builtins.float
     """How long the step lasts: long enough for the target's share of traffic to yield the requests
-    an estimate of the SLO percentile needs (100 / (1 - q) of them), at least a floor.
+    a verdict on the SLO percentile needs (z^2 (1 + sqrt 2)^2 / (1 - q), ~3,150 for p99), at
+    least one sample period and at most the savings window shared by the steps.
     """
     expected_requests: _builtins.float
     """Requests the target plan receives during the step at the smoothed rate."""
@@ -1459,8 +1460,8 @@ class DeploymentSettings(_message.Message):
     savings_stabilisation_window_s: _builtins.float
     """How long the signal must hold before a move toward savings (less capacity); default 300."""
     hysteresis_band_fraction: _builtins.float
-    """The smoothed rate must leave planned_rate_per_s * (1 +- band) before a switch is considered,
-    in [0, 1); default 0.1.
+    """The sizing rate (smoothed rate + established trend over the lead + z x sample spread) must
+    leave planned_rate_per_s * (1 +- band) before a switch is considered, in [0, 1); default 0.1.
     """
     min_dwell_s: _builtins.float
     """Shortest time a plan stays in force before a switch toward savings; default 600."""
@@ -1472,7 +1473,7 @@ class DeploymentSettings(_message.Message):
     """Half-life of the EWMA that smooths the sampled rate; default 60."""
     panic_consecutive_samples: _builtins.int
     """Consecutive samples breaking the SLO (observed p99) or the error-rate limit that trigger panic
-    mode; default 3.
+    mode (fewer when they already carry the requests a percentile verdict needs); default 3.
     """
     error_rate_limit: _builtins.float
     """Largest acceptable fraction of failed requests, in (0, 1]; default 0.01."""

@@ -425,7 +425,8 @@ export interface TransitionStep {
   weight: number;
   /**
    * How long the step lasts: long enough for the target's share of traffic to yield the requests
-   * an estimate of the SLO percentile needs (100 / (1 - q) of them), at least a floor.
+   * a verdict on the SLO percentile needs (z^2 (1 + sqrt 2)^2 / (1 - q), ~3,150 for p99), at
+   * least one sample period and at most the savings window shared by the steps.
    */
   dwellS: number;
   /** Requests the target plan receives during the step at the smoothed rate. */
@@ -641,8 +642,8 @@ export interface DeploymentSettings {
     | number
     | undefined;
   /**
-   * The smoothed rate must leave planned_rate_per_s * (1 +- band) before a switch is considered,
-   * in [0, 1); default 0.1.
+   * The sizing rate (smoothed rate + established trend over the lead + z x sample spread) must
+   * leave planned_rate_per_s * (1 +- band) before a switch is considered, in [0, 1); default 0.1.
    */
   hysteresisBandFraction?:
     | number
@@ -664,7 +665,7 @@ export interface DeploymentSettings {
     | undefined;
   /**
    * Consecutive samples breaking the SLO (observed p99) or the error-rate limit that trigger panic
-   * mode; default 3.
+   * mode (fewer when they already carry the requests a percentile verdict needs); default 3.
    */
   panicConsecutiveSamples?:
     | number
