@@ -352,21 +352,28 @@ static double lundberg_rate(double lam, double alpha, double per_request) {
  * the gap, between a + 1 points placed uniformly on it, that a random instant falls into.
  * Survival (1 - x)^a (1 + a x); its logarithm is concave and decreasing, so Newton lands
  * right of the root after the first step and then converges monotonically. */
-static double spacing_quantile(double a, double level) {
+static double spacing_quantile(double a, double level, double start) {
     if (level >= 1.0) return 0.0;
     if (level <= 0.0) return 1.0;
-    double target = log(level), x = 1.0 / (a + 1.0);
+    double target = log(level), x = start > 0.0 && start < 1.0 ? start : 1.0 / (a + 1.0);
     for (int k = 0; k < 60; k++) {
         double f = a * log1p(-x) + log1p(a * x) - target;
         double fp = -a * (a + 1.0) * x / ((1.0 - x) * (1.0 + a * x));
         double next = x - f / fp;
         if (next >= 1.0) next = 0.5 * (x + 1.0);
         if (next <= 0.0) next = 0.5 * x;
-        if (fabs(next - x) <= 1e-12 * x) { x = next; break; }
+        if (fabs(next - x) <= 1e-10 * x) { x = next; break; }
         x = next;
     }
     return x;
 }
+
+/* a X -> Gamma(2) for X ~ Beta(2, a) as a grows: its quantiles y at the rule's tail levels,
+ * e^-y (1 + y) = level, start Newton close to the root (x ~ y / (a + 2)). */
+static const double GAMMA2_AT_NODES[NODES] = {0.013345463752757513, 0.14033393702612762,
+                                              0.6068647982434232, 1.6783469900166603,
+                                              3.6155613165296736, 6.762979836857604,
+                                              11.891787151233691};
 
 /* P(a request finds all N replicas busy) at light load with a batching delay, from the
  * chain of batches that causes it. A replica that finds the queue empty starts its batch at
@@ -476,7 +483,7 @@ static void model_plan(const tables_t *t, Py_ssize_t k, int64_t b_int, double de
             double term = gamma_p(j * alpha, lam * alpha * window);
             if (j <= CLUMP_TERMS) count_over[j] = term;
             clump += term;
-            if (term < 1e-5) { j++; break; }
+            if (term < 1e-4) { j++; break; }
         }
         count_terms = j - 1; /* P(K > k) known for k = 1..count_terms, 0 beyond */
         if (clump > big_b) clump = big_b;
@@ -560,7 +567,9 @@ static void model_plan(const tables_t *t, Py_ssize_t k, int64_t b_int, double de
         m->s_busy_min = INFINITY;
         m->busy_hi = 0.0;
         for (int j = 0; j < NODES; j++) {
-            double gap = s_busy * spacing_quantile(n - 1.0, 0.5 * erfc(NODE_X[j] * 0.7071067811865476));
+            double level = 0.5 * erfc(NODE_X[j] * 0.7071067811865476);
+            double gap =
+                s_busy * spacing_quantile(n - 1.0, level, GAMMA2_AT_NODES[j] / (n + 1.0));
             /* Its own arrival plus the others of the gap; a request sees a count of a
              * renewal process size-biased, about lambda*gap + c_a^2. */
             double b = lam * gap + cv2;
