@@ -590,7 +590,13 @@ static void model_plan(const tables_t *t, Py_ssize_t k, int64_t b_int, double de
          * residuals overstated it: p99 +25% at N = 7). The timer does not add to it: by the
          * time a replica frees, the queue's oldest request has usually waited longer than T. */
         double s_busy_max;
-        batch_nodes(t, k, b_busy, arrival_cv * sqrt(b_busy), big_b, m->s_busy,
+        /* The batch a waiting request leaves in gathers the arrivals of about one stagger
+         * gap, lambda s / N; below one (light load) it is mostly the request alone, so the
+         * count is taken from that mean rather than from the batch floor of 1, which made
+         * every waiting request's batch twice as large. */
+        double gathered = b_busy;
+        if (gathered <= 1.0 && lam * s_busy / n < 1.0) gathered = lam * s_busy / n;
+        batch_nodes(t, k, gathered, arrival_cv * sqrt(gathered), big_b, m->s_busy,
                     &m->s_busy_min, &s_busy_max);
         for (int j = 0; j < NODES; j++) m->span[j] = s_busy / n;
         m->busy_hi = s_busy_max + s_busy / n;
