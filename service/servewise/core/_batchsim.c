@@ -564,12 +564,26 @@ static void model_plan(const tables_t *t, Py_ssize_t k, int64_t b_int, double de
          * wait is uniform over it. (The even stagger under-predicted p99 by 25-65% at
          * N = 2..10, s(b) = 10.7 + 0.185 b.) The rule's nodes are placed at the normal
          * tail levels of the Gauss-Hermite points mapped onto that gap distribution. */
+        /* That drift apart is driven by rho' = lambda s'(b), the extra service a longer gap
+         * buys. Against it, replicas that find the queue empty idle and then take
+         * consecutive arrivals, which stacks them together: with a flat profile (rho' -> 0)
+         * they dispatch as one cluster and a request waits up to a whole cycle (p99 about
+         * 2 s at N = 10, s(b) = 29 + 0.1 b). Only a share min(1, rho') of the replicas
+         * spreads out: the spacings are taken over 1 + (N-1) min(1, rho') points. */
+        double b_hi = b_busy + 1.0 <= big_b ? b_busy + 1.0 : big_b;
+        double b_lo = b_hi - 1.0 >= 1.0 ? b_hi - 1.0 : 1.0;
+        double drift = b_hi > b_lo ? lam * (table_at(t, k, b_hi) - table_at(t, k, b_lo)) : 0.0;
+        if (drift > 1.0) drift = 1.0;
+        if (drift < 0.0) drift = 0.0;
+        double spread = (n - 1.0) * drift; /* a in Beta(2, a) */
         m->s_busy_min = INFINITY;
         m->busy_hi = 0.0;
         for (int j = 0; j < NODES; j++) {
             double level = 0.5 * erfc(NODE_X[j] * 0.7071067811865476);
-            double gap =
-                s_busy * spacing_quantile(n - 1.0, level, GAMMA2_AT_NODES[j] / (n + 1.0));
+            double gap = spread > 1e-9 ? s_busy * spacing_quantile(spread, level,
+                                                                   GAMMA2_AT_NODES[j] /
+                                                                       (spread + 2.0))
+                                       : s_busy;
             /* Its own arrival plus the others of the gap; a request sees a count of a
              * renewal process size-biased, about lambda*gap + c_a^2. */
             double b = lam * gap + cv2;

@@ -27,7 +27,10 @@ shape 1/c_a^2):
   dispatch epochs are then modelled at random phases of the cycle s(b_bal): the gap a request
   falls into is a size-biased uniform spacing, Beta(2, N-1) * s, its batch is that gap's
   arrivals and its wait is uniform over it. (The even stagger under-predicted p99 by up to
-  65%; bench scenario s2026-012 by 36%.)
+  65%; bench scenario s2026-012 by 36%.) The drift is driven by rho' = lambda s'(b); idle
+  replicas stacking onto consecutive arrivals pull the other way, so with a nearly flat
+  profile they dispatch as one cluster: the spacings are taken over 1 + (N-1) min(1, rho')
+  points, a whole cycle at rho' = 0.
 * Clumps at T = 0 (c_a > 1): the share 1 - (1 - exp(-lambda s)) / P(gap < s) of the waits,
   those in excess of what Poisson arrivals would see, comes from a clump whose first request
   started the batch in service, so it waits out nearly all of that service: the residual has
