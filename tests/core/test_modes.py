@@ -159,14 +159,19 @@ def test_break_even_is_where_the_choice_flips() -> None:
     realtime=st.booleans(),
     max_replicas=st.sampled_from([4, 64, 256]),
 )
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 def test_screen_ladder_finds_the_fewest_replicas_bisection_would(
     rate_per_s: float, arrival_cv: float, slo_ms: float, realtime: bool, max_replicas: int
 ) -> None:
     """The break-even screen brackets each plan's replica count with a ladder before
     bisecting; its cheapest pool is the one a plain scan of the predictor picks."""
     cls = TrafficClass("web", rate_per_s=rate_per_s, arrival_cv=arrival_cv, slo=Slo(slo_ms))
-    inputs = SelectInputs([G4DN], limits=SearchLimits(max_replicas=max_replicas))
+    # Two types at different prices and speeds, so that the screen's cost bound prunes.
+    v100 = Candidate(
+        InstanceType("p3.2xlarge", 3.06),
+        LatencyProfile((1, 8, 64, 256), (6.0, 7.5, 22.0, 80.0)),
+    )
+    inputs = SelectInputs([G4DN, v100], limits=SearchLimits(max_replicas=max_replicas))
     screened = modes._screen_pool([cls], inputs, realtime)
     cands = inputs.candidates
     kinds, sizes, delays = modes._screen_grid(cands, cls.requirement(), inputs.limits, realtime)

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 static void sift_down(double *heap, Py_ssize_t n, Py_ssize_t i) {
     double value = heap[i];
@@ -903,7 +904,7 @@ static int select_bracketed(const double *a, Py_ssize_t n, const int64_t *r, Py_
 
 static PyObject *select_ranks(PyObject *self, PyObject *args) {
     Py_buffer work, ranks, out;
-    if (!PyArg_ParseTuple(args, "w*y*w*", &work, &ranks, &out)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*y*w*", &work, &ranks, &out)) return NULL;
     Py_ssize_t n = work.len / (Py_ssize_t)sizeof(double);
     Py_ssize_t m = ranks.len / (Py_ssize_t)sizeof(int64_t);
     const int64_t *r = (const int64_t *)ranks.buf;
@@ -915,19 +916,33 @@ static PyObject *select_ranks(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "select_ranks: ranks must be sorted and in range");
         return NULL;
     }
-    double *a = (double *)work.buf, *o = (double *)out.buf;
+    const double *a = (const double *)work.buf;
+    double *o = (double *)out.buf;
+    int failed = 0;
     Py_BEGIN_ALLOW_THREADS
     uint64_t state = 0x9E3779B97F4A7C15ULL;
-    if (m == 0 || n < BRACKET_MIN_N || !select_bracketed(a, n, r, m, o, &state)) {
-        Py_ssize_t lo = 0;
-        for (Py_ssize_t j = 0; j < m; j++) {
-            /* ranks ascend, so each search starts past the previous rank */
-            select_rank(a, lo, n - 1, (Py_ssize_t)r[j], &state);
-            o[j] = a[r[j]];
-            lo = (Py_ssize_t)r[j];
+    if (m > 0 && (n < BRACKET_MIN_N || !select_bracketed(a, n, r, m, o, &state))) {
+        /* quickselect rearranges, so it works on a copy: the input stays untouched */
+        double *copy = (double *)malloc((size_t)n * sizeof(double));
+        if (copy) {
+            memcpy(copy, a, (size_t)n * sizeof(double));
+            Py_ssize_t lo = 0;
+            for (Py_ssize_t j = 0; j < m; j++) {
+                /* ranks ascend, so each search starts past the previous rank */
+                select_rank(copy, lo, n - 1, (Py_ssize_t)r[j], &state);
+                o[j] = copy[r[j]];
+                lo = (Py_ssize_t)r[j];
+            }
+            free(copy);
+        } else {
+            failed = 1;
         }
     }
     Py_END_ALLOW_THREADS
+    if (failed) {
+        PyBuffer_Release(&work); PyBuffer_Release(&ranks); PyBuffer_Release(&out);
+        return PyErr_NoMemory();
+    }
     PyBuffer_Release(&work); PyBuffer_Release(&ranks); PyBuffer_Release(&out);
     Py_RETURN_NONE;
 }
@@ -988,7 +1003,7 @@ static PyMethodDef methods[] = {
     {"request_latencies", request_latencies, METH_VARARGS,
      "request_latencies(arrivals, completion, sizes, skip, out[n - skip]) -> None"},
     {"select_ranks", select_ranks, METH_VARARGS,
-     "select_ranks(work (may be rearranged in place), sorted ranks int64, out) -> None"},
+     "select_ranks(values (not modified), sorted ranks int64, out) -> None"},
     {NULL, NULL, 0, NULL},
 };
 
