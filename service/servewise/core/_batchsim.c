@@ -456,7 +456,8 @@ static void model_plan(const tables_t *t, Py_ssize_t k, int64_t b_int, double de
     if (delay < window) window = delay;
     double b_idle = 1.0 + lam * window;
     if (b_idle > big_b) b_idle = big_b;
-    double b_busy = balance_batch(t, k, lam, n, b_int);
+    double b_balance = balance_batch(t, k, lam, n, b_int);
+    double b_busy = b_balance;
     if (b_busy < b_idle) b_busy = b_idle;
     if (b_busy > big_b) b_busy = big_b;
     double s_busy = table_at(t, k, b_busy);
@@ -610,7 +611,8 @@ static void model_plan(const tables_t *t, Py_ssize_t k, int64_t b_int, double de
          * count is taken from that mean rather than from the batch floor of 1, which made
          * every waiting request's batch twice as large. */
         double gathered = b_busy;
-        if (gathered <= 1.0 && lam * s_busy / n < 1.0) gathered = lam * s_busy / n;
+        if (b_balance <= 1.0 && lam * s_busy / n < 1.0)
+            gathered = lam * s_busy / n;
         batch_nodes(t, k, gathered, arrival_cv * sqrt(gathered), big_b, m->s_busy,
                     &m->s_busy_min, &s_busy_max);
         for (int j = 0; j < NODES; j++) m->span[j] = s_busy / n;
