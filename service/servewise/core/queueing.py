@@ -31,6 +31,12 @@ shape 1/c_a^2):
   replicas stacking onto consecutive arrivals pull the other way, so with a nearly flat
   profile they dispatch as one cluster: the spacings are taken over 1 + (N-1) min(1, rho')
   points, a whole cycle at rho' = 0.
+* Clumps with a delay (c_a > 1, T > 0): an idle replica's batch holds a whole clump,
+  K = 1 + N(w) with P(K > k) = P(S_k <= w), mostly 1 and sometimes many; the idle nodes are
+  the size-biased quantiles of those exact counts, and later members wait nearly the whole
+  window, (1 - x/w)^alpha. A request then waits only when N timer-dispatched batches, each
+  at least w after the previous, and itself all came within w + s of the first (a chain of
+  excess intervals, summed with a local power law), unless a clump filling B broke the chain.
 * Clumps at T = 0 (c_a > 1): the share 1 - (1 - exp(-lambda s)) / P(gap < s) of the waits,
   those in excess of what Poisson arrivals would see, comes from a clump whose first request
   started the batch in service, so it waits out nearly all of that service: the residual has
