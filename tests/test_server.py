@@ -414,7 +414,10 @@ def test_serve_logs_each_rpc_and_exits_0_on_signal(
     ]
     events = [line["event"] for line in lines]
     assert events[0] == "server_started"
-    assert events[-2:] == ["server_draining", "server_stopped"]
+    # A refused call's status can reach the client a moment before its log line is written,
+    # so the last RPC line may follow server_draining; the stop line is always last.
+    assert events[-1] == "server_stopped"
+    assert events.count("server_draining") == 1
 
 
 @pytest.mark.slow

@@ -125,7 +125,64 @@ def _add_serve(subparsers: argparse._SubParsersAction[_Parser]) -> None:
         help="deployment state (env SERVEWISE_STORE): sqlite (default, at SERVEWISE_SQLITE_PATH), "
         "sqlite://PATH, redis://HOST:PORT/DB or memory",
     )
+    _add_serve_auth(serve)
+    _add_limit_flags(serve)
     serve.set_defaults(handler=_run_serve)
+
+
+def _add_serve_auth(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group(
+        "security",
+        "TLS from PEM files (mutual TLS with --tls-client-ca) and bearer tokens with read or write "
+        "scope (see servewise.auth). Without them the port is plaintext and open.",
+    )
+    group.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        default=_env("SERVEWISE_TLS_CERT", ""),
+        help="server certificate chain (env SERVEWISE_TLS_CERT); needs --tls-key",
+    )
+    group.add_argument(
+        "--tls-key",
+        metavar="PEM",
+        default=_env("SERVEWISE_TLS_KEY", ""),
+        help="server private key, unencrypted (env SERVEWISE_TLS_KEY)",
+    )
+    group.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        default=_env("SERVEWISE_TLS_CLIENT_CA", ""),
+        help="CA that signs client certificates; clients without one are refused (mutual TLS; "
+        "env SERVEWISE_TLS_CLIENT_CA)",
+    )
+    group.add_argument(
+        "--tokens-file",
+        metavar="FILE",
+        default=_env("SERVEWISE_TOKENS_FILE", ""),
+        help="bearer tokens, one '<read|write> <token>' per line (env SERVEWISE_TOKENS_FILE); "
+        "env SERVEWISE_TOKENS adds tokens in the same format, comma-separated",
+    )
+
+
+def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
+    """One flag per field of servewise.limits.Limits (the table lives there, with defaults)."""
+    from servewise.limits import specs  # noqa: PLC0415  # pure and light
+
+    group = serve.add_argument_group("limits (see servewise.limits; flags win over env)")
+    for spec in specs():
+        parse = (
+            _bytes
+            if spec.name.endswith("_bytes")
+            else (_positive_int if spec.kind is int else _positive_float)
+        )
+        group.add_argument(
+            spec.flag,
+            dest=f"limit_{spec.name}",
+            type=parse,
+            metavar="N",
+            default=_env(spec.env_var, str(spec.default)),
+            help=f"{spec.meaning} (env {spec.env_var}; {spec.status})",
+        )
 
 
 # --- shared argument types -------------------------------------------------------------------
@@ -1517,12 +1574,38 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
     import structlog  # noqa: PLC0415
 
+    from servewise.auth import AuthConfig, AuthConfigError  # noqa: PLC0415
+    from servewise.limits import Limits, specs  # noqa: PLC0415
     from servewise.obs import configure_logging  # noqa: PLC0415
     from servewise.server import serve  # noqa: PLC0415
 
+    try:
+        auth = AuthConfig.from_settings(
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            tokens_file=args.tokens_file,
+            tokens_env=os.environ.get("SERVEWISE_TOKENS"),
+        )
+    except AuthConfigError as exc:
+        parser.error(str(exc))
+
+    limits = Limits(**{s.name: getattr(args, f"limit_{s.name}") for s in specs()})
     configure_logging(args.log_level)
     try:
-        asyncio.run(serve(args.address, metrics_address, args.grace_s, store_url=args.store))
+        asyncio.run(
+            serve(
+                args.address,
+                metrics_address,
+                args.grace_s,
+                store_url=args.store,
+                auth=auth,
+                limits=limits,
+            )
+        )
+    except AuthConfigError as exc:  # a certificate or key that does not load
+        _fail(str(exc))
+        return EXIT_FAILURE
     except OSError as exc:  # an address that cannot be bound
         _fail(str(exc))
         return EXIT_FAILURE

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -33,6 +34,7 @@ __all__ = [
     "STARTED",
     "ObservabilityInterceptor",
     "configure_logging",
+    "redact_secrets",
 ]
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
@@ -85,6 +87,34 @@ MSG_RECEIVED: Final = Counter(
 MSG_SENT: Final = Counter("grpc_server_msg_sent", "Stream messages sent by the server.", _LABELS)
 
 _log = structlog.get_logger("servewise.rpc")
+
+# Defence in depth for bearer tokens (servewise.auth): nothing here logs request metadata, and
+# this scrubs any field named like a credential, or any "Bearer <token>" text, should a future
+# log call or an exception message carry one.
+_SECRET_KEYS: Final = frozenset({"authorization", "metadata", "invocation_metadata", "token"})
+_BEARER_TEXT: Final = re.compile(r"(?i)(bearer)\s+[A-Za-z0-9\-._~+/]+=*")
+REDACTED: Final = "[redacted]"
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _BEARER_TEXT.sub(rf"\1 {REDACTED}", value)
+    if isinstance(value, dict):
+        return {
+            key: REDACTED if str(key).lower() in _SECRET_KEYS else _scrub(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_scrub(item) for item in value]
+    return value
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """structlog processor: credential-named fields and ``Bearer`` values become [redacted]."""
+    scrubbed: structlog.types.EventDict = _scrub(event_dict)
+    return scrubbed
 
 
 class _HandlerLogger:
@@ -154,6 +184,8 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         structlog.processors.ExceptionRenderer(
             structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
         ),
+        # Last before rendering, so it sees contextvars and rendered tracebacks too.
+        redact_secrets,
         structlog.processors.JSONRenderer(),
     ]
     handler = logging.StreamHandler(stream if stream is not None else sys.stdout)

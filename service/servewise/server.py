@@ -23,6 +23,8 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from servewise.auth import AuthConfig
+from servewise.limits import DEFAULT_LIMITS, Limits
 from servewise.obs import ObservabilityInterceptor
 from servewise.store import StateStore
 from servewise.store.factory import open_store
@@ -45,7 +47,7 @@ DEFAULT_ADDRESS: Final = "localhost:50051"
 DEFAULT_METRICS_ADDRESS: Final = "localhost:9464"
 DEFAULT_GRACE_S: Final = 10.0
 # Replayed traces travel as repeated doubles; gRPC's 4 MiB default is ~500k timestamps.
-DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES: Final = DEFAULT_LIMITS.max_message_bytes
 
 SERVICE_NAME: Final[str] = servewise_pb2.DESCRIPTOR.services_by_name["ServewiseService"].full_name
 # Every service in the generated descriptors, so reflection lists new ones without edits here.
@@ -109,6 +111,9 @@ class RunningServer:
         self._stopped = True
         _log.info("server_draining", port=self.port, grace_s=grace_s)
         await self.health.enter_graceful_shutdown()
+        drain = getattr(self._servicer, "drain", None)  # Control streams end with a status
+        if drain is not None:
+            await drain()
         await self.server.stop(grace_s)
         aclose = getattr(self._servicer, "aclose", None)
         if aclose is not None:
@@ -151,7 +156,9 @@ def check_bindable(host: str, port: int) -> None:
         raise first_error
 
 
-def _default_servicer(store: StateStore) -> servewise_pb2_grpc.ServewiseServiceServicer:
+def _default_servicer(
+    store: StateStore, limits: Limits = DEFAULT_LIMITS
+) -> servewise_pb2_grpc.ServewiseServiceServicer:
     # Imported here so that importing servewise.server (for parse_host_port, constants, the CLI's
     # --help) does not pull in the servicer's whole dependency tree.
     from servewise.api.servicer import ServewiseServicer  # noqa: PLC0415
@@ -159,19 +166,22 @@ def _default_servicer(store: StateStore) -> servewise_pb2_grpc.ServewiseServiceS
     # mypy-protobuf marks every generated servicer method abstract, so a servicer that inherits
     # the UNIMPLEMENTED defaults looks abstract to mypy although it is instantiable at run time.
     factory = cast(
-        "Callable[[StateStore], servewise_pb2_grpc.ServewiseServiceServicer]", ServewiseServicer
+        "Callable[[StateStore, Limits], servewise_pb2_grpc.ServewiseServiceServicer]",
+        ServewiseServicer,
     )
-    return factory(store)
+    return factory(store, limits)
 
 
 def _servicer_and_store(
-    servicer: servewise_pb2_grpc.ServewiseServiceServicer | None, store: StateStore | None
+    servicer: servewise_pb2_grpc.ServewiseServiceServicer | None,
+    store: StateStore | None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[servewise_pb2_grpc.ServewiseServiceServicer, StateStore | None]:
     """The servicer to serve, and the store opened here (to close on stop), if any."""
     if servicer is not None:
         return servicer, None
     owned = open_store() if store is None else None
-    return _default_servicer(store if store is not None else cast(StateStore, owned)), owned
+    return _default_servicer(store if store is not None else cast(StateStore, owned), limits), owned
 
 
 def _start_metrics(metrics_address: str) -> tuple[WSGIServer, threading.Thread, int]:
@@ -187,7 +197,8 @@ async def start_server(
     servicer: servewise_pb2_grpc.ServewiseServiceServicer | None = None,
     store: StateStore | None = None,
     enable_reflection: bool = True,
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    limits: Limits = DEFAULT_LIMITS,
+    auth: AuthConfig | None = None,
 ) -> RunningServer:
     """Start ServewiseService with health, reflection, logging and metrics.
 
@@ -207,8 +218,12 @@ async def start_server(
         Ignored when ``servicer`` is given.
     enable_reflection:
         Serve ``grpc.reflection.v1alpha`` so ``grpcurl list`` / ``describe`` work.
-    max_message_bytes:
-        Largest request or response message.
+    limits:
+        The server's limits (:mod:`servewise.limits`): message size and streams per connection
+        here, the rest in the default servicer.
+    auth:
+        TLS (mutual with a client CA) and bearer tokens (:mod:`servewise.auth`); the default
+        is a plaintext port without tokens.
 
     Returns
     -------
@@ -221,7 +236,13 @@ async def start_server(
         A malformed address.
     OSError, RuntimeError
         An address that cannot be bound.
+    servewise.auth.AuthConfigError
+        Unreadable or mismatched TLS files.
     """
+    # Auth: TLS credentials are checked before anything is bound; the token interceptor sits
+    # inside observability (refusals are logged and counted) and outside everything else.
+    auth = auth or AuthConfig()
+    credentials = auth.server_credentials()
     host, requested_port = parse_host_port(address)
     if requested_port != 0:
         try:
@@ -230,15 +251,20 @@ async def start_server(
             raise OSError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
     server = grpc.aio.server(
         # Observability outermost, so undecodable requests are logged and counted too.
-        interceptors=[ObservabilityInterceptor(), MalformedRequestInterceptor()],
+        interceptors=[
+            ObservabilityInterceptor(),
+            *auth.interceptors(),
+            MalformedRequestInterceptor(),
+        ],
         options=[
             # Without this, Linux lets a second server share the port and fails nothing.
             ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", limits.max_message_bytes),
+            ("grpc.max_send_message_length", limits.max_message_bytes),
+            ("grpc.max_concurrent_streams", limits.max_streams_per_connection),
         ],
     )
-    servicer, owned_store = _servicer_and_store(servicer, store)
+    servicer, owned_store = _servicer_and_store(servicer, store, limits)
     servewise_pb2_grpc.add_ServewiseServiceServicer_to_server(servicer, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -250,7 +276,7 @@ async def start_server(
         )
 
     try:
-        port = server.add_insecure_port(address)
+        port = auth.add_port(server, address, credentials)
     except RuntimeError as exc:
         if owned_store is not None:
             owned_store.close()
@@ -285,6 +311,7 @@ async def start_server(
         port=port,
         metrics_port=running.metrics_port,
         reflection=enable_reflection,
+        **auth.describe(),
     )
     return running
 
@@ -295,14 +322,18 @@ async def serve(
     grace_s: float = DEFAULT_GRACE_S,
     *,
     store_url: str | None = None,
+    auth: AuthConfig | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> None:
     """Run the server until SIGTERM or SIGINT, then drain for up to ``grace_s`` seconds.
 
     ``store_url`` picks the deployment store (:func:`servewise.store.factory.open_store`; None or
-    "" reads ``SERVEWISE_STORE``)."""
+    "" reads ``SERVEWISE_STORE``); ``auth`` adds TLS and tokens (:mod:`servewise.auth`)."""
     store = open_store(store_url or None)
     try:
-        running = await start_server(address, metrics_address, store=store)
+        running = await start_server(
+            address, metrics_address, store=store, auth=auth, limits=limits
+        )
     except BaseException:
         store.close()
         raise

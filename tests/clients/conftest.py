@@ -101,7 +101,8 @@ def server_address() -> Iterator[str]:
 class RecordingServicer(ServewiseServicer):
     """The real servicer that records each call's metadata and can fail the first calls.
 
-    ``failures`` lists status codes to answer the next OptimizeBatch calls with, one per call,
+    ``failures`` lists status codes to answer the next OptimizeBatch (or EvaluateSwitch) calls
+    with, one per call,
     before behaving normally; ``delay_s`` sleeps before answering.
     """
 
@@ -121,6 +122,13 @@ class RecordingServicer(ServewiseServicer):
             code = self.failures.pop(0)
             await context.abort(code, f"injected {code.name}")
         return await super().OptimizeBatch(request, context)
+
+    async def EvaluateSwitch(self, request: Any, context: Any) -> Any:
+        self.calls += 1
+        if self.failures:
+            code = self.failures.pop(0)
+            await context.abort(code, f"injected {code.name}")
+        return await super().EvaluateSwitch(request, context)
 
 
 @pytest.fixture

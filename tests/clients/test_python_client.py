@@ -298,3 +298,16 @@ def test_profile_point_round_trip_to_pb() -> None:
     with_p99 = ProfilePoint(4, 2.5, 3.0).to_pb()
     assert with_p99 == types_pb2.ProfilePoint(batch_size=4, latency_ms=2.5, p99_latency_ms=3.0)
     assert not ProfilePoint(4, 2.5).to_pb().HasField("p99_latency_ms")
+
+
+def test_writes_are_not_retried_on_unavailable(recording_server: Callable[..., Any]) -> None:
+    """EvaluateSwitch logs a decision: an UNAVAILABLE answer may follow a logged decision, so
+    the client raises it after one attempt instead of risking a duplicate."""
+    with (
+        recording_server(failures=[grpc.StatusCode.UNAVAILABLE]) as (address, servicer),
+        ServewiseClient(address, retry=FAST_RETRY) as client,
+        pytest.raises(ServewiseError) as caught,
+    ):
+        client.evaluate_switch(servewise_pb2.EvaluateSwitchRequest(deployment_id="d"))
+    assert caught.value.code is grpc.StatusCode.UNAVAILABLE
+    assert servicer.calls == 1

@@ -53,6 +53,16 @@ def test_consecutive_breaches_roll_back(values: dict[str, float]) -> None:
     assert "3 consecutive samples" in three.reason
 
 
+def test_a_move_to_safety_is_kept_not_rolled_back() -> None:
+    """Breaches during a panic move complete it instead of rolling back to the plan that broke
+    the SLO first; the controller then escalates from the target."""
+    three = window(0.0, 3, p99_ms=250.0)
+    kept = judge_step(STEPS, 0, 0.0, three, SLO, SETTINGS, toward_safety=True)
+    assert kept.action is StepAction.COMPLETE
+    assert "move to safety" in kept.reason
+    assert judge_step(STEPS, 0, 0.0, three, SLO, SETTINGS).action is StepAction.ROLLBACK
+
+
 def test_a_breach_after_the_dwell_delays_the_advance() -> None:
     """The dwell has elapsed but the newest sample breaks the SLO: wait (not yet a rollback)."""
     samples = window(0.0, 7, p99_ms=50.0)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from servewise.core import modes, queueing
 from servewise.core.model import Slo
 from servewise.core.modes import (
     Mode,
@@ -16,7 +20,7 @@ from servewise.core.modes import (
     pool_workload,
     select_mode,
 )
-from servewise.core.optimizer import Binding, optimize
+from servewise.core.optimizer import Binding, SearchLimits, optimize
 from servewise.core.profiles import Candidate, InstanceType, LatencyProfile
 
 # ResNet-50 v1.5 on T4, AMP (NVIDIA DeepLearningExamples, p99 per batch); g4dn.xlarge price.
@@ -146,3 +150,55 @@ def test_break_even_is_where_the_choice_flips() -> None:
     )
     assert below.chosen is point.below
     assert above.chosen is point.above
+
+
+@given(
+    rate_per_s=st.floats(0.5, 20_000.0),
+    arrival_cv=st.sampled_from([1.0, 2.0, 3.5]),
+    slo_ms=st.floats(20.0, 2_000.0),
+    realtime=st.booleans(),
+    max_replicas=st.sampled_from([4, 64, 256]),
+)
+@settings(max_examples=60, deadline=None)
+def test_screen_ladder_finds_the_fewest_replicas_bisection_would(
+    rate_per_s: float, arrival_cv: float, slo_ms: float, realtime: bool, max_replicas: int
+) -> None:
+    """The break-even screen brackets each plan's replica count with a ladder before
+    bisecting; its cheapest pool is the one a plain scan of the predictor picks."""
+    cls = TrafficClass("web", rate_per_s=rate_per_s, arrival_cv=arrival_cv, slo=Slo(slo_ms))
+    # Two types at different prices and speeds, so that the screen's cost bound prunes.
+    v100 = Candidate(
+        InstanceType("p3.2xlarge", 3.06),
+        LatencyProfile((1, 8, 64, 256), (6.0, 7.5, 22.0, 80.0)),
+    )
+    inputs = SelectInputs([G4DN, v100], limits=SearchLimits(max_replicas=max_replicas))
+    screened = modes._screen_pool([cls], inputs, realtime)
+    cands = inputs.candidates
+    kinds, sizes, delays = modes._screen_grid(cands, cls.requirement(), inputs.limits, realtime)
+    tables = queueing.ServiceTables.build(
+        [c.profile for c in cands], [c.max_batch_size for c in cands]
+    )
+    best: tuple[float, int] | None = None
+    for row, (k, b, t) in enumerate(zip(kinds, sizes, delays, strict=True)):
+        floor = math.floor(rate_per_s * float(tables.service_ms[k, b]) / (b * 1000.0))
+        for n in range(max(floor + 1, 1), max_replicas + 1):
+            tail = queueing.tail_probability(
+                tables,
+                np.array([k]),
+                rate_per_s,
+                arrival_cv,
+                np.array([b]),
+                np.array([t]),
+                np.array([n]),
+                slo_ms,
+            )
+            if tail[0] <= 0.01:
+                cost = n * cands[k].instance.price_per_hour
+                if best is None or cost < best[0]:
+                    best = (cost, row)
+                break
+    if best is None:
+        assert screened is None
+    else:
+        assert screened is not None
+        assert screened.cost_per_hour == pytest.approx(best[0])

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from servewise.core import optimizer, queueing
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.optimizer import Binding, SearchLimits, optimize
 from servewise.core.profiles import Candidate, InstanceType, LatencyProfile
@@ -218,3 +219,73 @@ def test_feasible_answers_meet_the_slo_in_independent_simulation(
     observed = referee_percentile(by_name[plan.instance_type], plan, workload, slo)
     assert observed <= slo.latency_ms * 1.03
     assert math.isfinite(result.recommended.cost_per_hour)
+
+
+def _exact_screen(candidates: list[Candidate], search: optimizer._Search) -> list:
+    """Every plan of the screen's grid with its fewest passing replica count, by scanning."""
+    kinds, pairs = optimizer._screen_grid(candidates, search, search.limits)
+    tables = queueing.ServiceTables.build(
+        [c.profile for c in candidates], [c.max_batch_size for c in candidates]
+    )
+    ceiling = search.limits.max_replicas
+    options = []
+    for k, (b, t) in zip(kinds, pairs, strict=True):
+        floor = math.floor(search.rate_per_s * float(tables.service_ms[k, b]) / (b * 1000.0)) + 1
+        if floor > ceiling:
+            continue
+        counts = np.arange(floor, ceiling + 1)
+        tail = queueing.tail_probability(
+            tables,
+            np.full(len(counts), k),
+            search.rate_per_s,
+            search.arrival_cv,
+            np.full(len(counts), b),
+            np.full(len(counts), t),
+            counts,
+            search.slo.latency_ms,
+        )
+        passing = counts[tail <= 1.0 - search.quantile]
+        n = int(passing[0]) if len(passing) else ceiling
+        options.append(optimizer._Option(candidates[k], b, t, n, floor))
+    return options
+
+
+@given(
+    rate_per_s=st.floats(1.0, 30_000.0),
+    arrival_cv=st.sampled_from([1.0, 2.5]),
+    slo_ms=st.floats(25.0, 1_000.0),
+    types=st.integers(1, 4),
+)
+@settings(max_examples=25, deadline=None)
+def test_pruned_screen_refines_what_an_exact_screen_would(
+    rate_per_s: float, arrival_cv: float, slo_ms: float, types: int
+) -> None:
+    """The screen settles only the plans that could be refined; what it hands on (the plans
+    to refine, the real-time options) is what scanning every replica count gives."""
+    pool = [
+        G4DN,
+        P3,
+        Candidate(InstanceType("cpu", 0.106), LatencyProfile.linear(20.0, 4.0, 16)),
+        Candidate(
+            InstanceType("h100", 6.88, max_batch_size=48), LatencyProfile.linear(2.0, 0.05, 512)
+        ),
+    ][:types]
+    slo = Slo(slo_ms)
+    limits = SearchLimits(max_replicas=64)
+    search = optimizer._Search(Workload(rate_per_s, arrival_cv), slo, limits, 1)
+    pruned, _ = optimizer._screen(pool, search, limits)
+    exact = _exact_screen(pool, search)
+
+    def chosen(options: list) -> list:
+        return [
+            (o.candidate.instance.name, *tuple(o)[1:])
+            for o in optimizer._choose_refinements(options)
+        ]
+
+    def realtime(options: list) -> list:
+        return sorted(
+            (o.candidate.instance.name, *tuple(o)[1:]) for o in options if o.max_batch_size == 1
+        )
+
+    assert chosen(pruned) == chosen(exact)
+    assert realtime(pruned) == realtime(exact)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from servewise.core import control
 from servewise.core import replay as rp
 from servewise.core.model import Slo
 from servewise.core.profiles import Candidate, InstanceType, LatencyProfile
@@ -67,10 +68,15 @@ def test_conv_trace_reports_all_five_strategies(conv_result: rp.ReplayResult) ->
 def test_hindsight_is_cheapest_among_strategies_with_no_more_violations(
     conv_result: rp.ReplayResult,
 ) -> None:
+    """The DP starts where the controller does and may follow any other strategy's plans after
+    one switch from there, so it costs no more than that strategy plus that switch."""
     hindsight = conv_result.strategies[rp.HINDSIGHT]
+    initial = conv_result.strategies[rp.CONTROLLER].plans[0]
+    assert hindsight.plans[0] == initial or hindsight.switches >= 1
     for s in conv_result.strategies.values():
         if s.violation_minutes <= hindsight.violation_minutes:
-            assert hindsight.cost <= s.cost + 1e-9, s.name
+            entry = control.switch_cost(initial, s.plans[0], CANDIDATES).cost
+            assert hindsight.cost <= s.cost + entry + 1e-9, s.name
 
 
 def test_naive_switches_at_least_as_often_as_the_controller(conv_result: rp.ReplayResult) -> None:
@@ -103,3 +109,49 @@ def test_hindsight_follows_a_step_in_the_rate() -> None:
     assert hindsight.switches <= 2
     static = result.strategies[rp.STATIC_BATCHING]
     assert hindsight.cost <= static.cost + 1e-9
+
+
+def _step_trace(low_per_s: float, high_per_s: float, seed: int = 3) -> np.ndarray:
+    """10 minutes of Poisson arrivals at ``low_per_s``, then 10 at ``high_per_s``."""
+    rng = np.random.default_rng(seed)
+    low = np.cumsum(rng.exponential(1 / low_per_s, int(low_per_s * 700)))
+    low = low[low < 600]
+    high = 600 + np.cumsum(rng.exponential(1 / high_per_s, int(high_per_s * 700)))
+    high = high[high < 1200]
+    return np.concatenate([low, high])
+
+
+def test_controller_scales_up_within_two_intervals_of_a_step() -> None:
+    """A step from 10/s to 120/s at minute 10: the controller's first sample of the rise
+    predicts the breach and the bigger plan serves from the interval after its 60 s cold start
+    (interval 12); at most the two intervals before it violate the SLO, and it never switches
+    more than twice."""
+    result = rp.replay(_step_trace(10.0, 120.0), CANDIDATES, SLO, interval_s=60.0)
+    ctl = result.strategies[rp.CONTROLLER]
+    capacity = [control.plan_capacity_per_s(p, CANDIDATES) for p in ctl.plans]
+    assert all(c > 120.0 for c in capacity[12:]), [p.describe() for p in ctl.plans]
+    assert ctl.violation_minutes <= 2.0
+    assert ctl.switches <= 2
+
+
+def test_no_controller_flapping_on_a_stationary_trace() -> None:
+    """Twenty minutes of Poisson arrivals at 20/s: the controller makes at most one switch (to
+    the headroom its noise needs) and no interval breaks the SLO."""
+    rng = np.random.default_rng(11)
+    times = np.cumsum(rng.exponential(1 / 20.0, 26_000))
+    result = rp.replay(times[times < 1200], CANDIDATES, SLO, interval_s=30.0)
+    assert result.strategies[rp.CONTROLLER].switches <= 1
+    assert result.strategies[rp.CONTROLLER].violation_minutes == 0
+
+
+def test_replay_prices_switches_with_the_controllers_rule() -> None:
+    """The naive and hindsight schedules' switches cost what control.switch_cost says for an
+    immediate switch: a scale up the added replicas' cold start, a scale down nothing."""
+    result = rp.replay(_step_trace(10.0, 120.0), CANDIDATES, SLO, interval_s=60.0)
+    hindsight = result.strategies[rp.HINDSIGHT]
+    expected = 0.0
+    previous = result.strategies[rp.CONTROLLER].plans[0]
+    for plan in hindsight.plans:
+        expected += control.switch_cost(previous, plan, CANDIDATES).cost
+        previous = plan
+    assert hindsight.switch_cost == pytest.approx(expected)

@@ -617,3 +617,85 @@ def test_rate_at_capacity_is_unstable_on_a_shared_arrival_sample() -> None:
     on_shared = simulate(profile, realtime(), workload, arrivals_ms=shared)
     assert not fresh.stable
     assert not on_shared.stable, on_shared.stability_reason
+
+
+# --- shared renewal samples, latencies and order statistics in the kernel --------------------
+
+
+@pytest.mark.parametrize("cv", [0.0, 1.0, 2.5])
+def test_renewal_sample_is_the_same_however_far_it_was_extended(cv: float) -> None:
+    """A sample is a prefix of every longer one of its seed, whether the cache drew it in one
+    go or extended a shorter one, and one rate is another's sample with time scaled."""
+    cache = simulator._UnitSamples(max_floats=10_000_000)
+    short = cache.get(cv, 7, 1_000)
+    long = cache.get(cv, 7, 3 * simulator.ARRIVAL_BLOCK + 5)
+    fresh = simulator._UnitSamples(max_floats=10_000_000).get(
+        cv, 7, 3 * simulator.ARRIVAL_BLOCK + 5
+    )
+    assert np.array_equal(short, long[:1_000])
+    assert np.array_equal(long, fresh)
+    assert (np.diff(long) >= 0).all()
+    at_250 = simulator.renewal_arrivals_ms(250.0, cv, 50_000, 11)
+    at_1000 = simulator.renewal_arrivals_ms(1000.0, cv, 50_000, 11)
+    assert np.allclose(at_250, 4.0 * at_1000, rtol=1e-12)
+    assert (
+        not np.array_equal(at_250, simulator.renewal_arrivals_ms(250.0, cv, 50_000, 12))
+        or cv == 0.0
+    )
+
+
+@pytest.mark.parametrize("cv", [0.5, 1.0, 3.0])
+def test_renewal_sample_has_the_requested_rate_and_cv(cv: float) -> None:
+    gaps = np.diff(simulator.renewal_arrivals_ms(250.0, cv, 200_000, SEED))
+    assert gaps.mean() == pytest.approx(4.0, rel=0.02)
+    assert gaps.std() / gaps.mean() == pytest.approx(cv, abs=0.03 * max(cv, 1.0))
+
+
+def test_renewal_cache_stays_within_its_bound() -> None:
+    cache = simulator._UnitSamples(max_floats=3 * simulator.ARRIVAL_BLOCK)
+    for seed in range(5):
+        cache.get(1.0, seed, simulator.ARRIVAL_BLOCK)
+    assert sum(len(d) for _, d in cache._samples.values()) <= 3 * simulator.ARRIVAL_BLOCK
+    # An evicted sample comes back identical.
+    again = cache.get(1.0, 0, 10)
+    assert np.array_equal(again, simulator._UnitSamples(10**7).get(1.0, 0, 10))
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    replicas=st.integers(1, 4),
+    big_b=st.integers(1, 16),
+    skip=st.integers(0, 50),
+)
+@settings(max_examples=60, deadline=None)
+def test_kernel_latencies_equal_completion_minus_arrival(
+    seed: int, replicas: int, big_b: int, skip: int
+) -> None:
+    arrivals = np.cumsum(np.random.default_rng(seed).exponential(1.0, 400))
+    table = 0.5 + 0.3 * np.arange(big_b + 1, dtype=np.float64)
+    trace = simulator.run_batches(arrivals, table, big_b, 0.7, replicas)
+    expected = (np.repeat(trace.completion_ms, trace.sizes) - trace.arrivals_ms)[skip:]
+    assert np.array_equal(trace.latencies_ms(skip), expected)
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    size=st.sampled_from([100, 8_191, 8_192, 20_000, 120_000]),
+    kind=st.sampled_from(["continuous", "few_values", "constant", "autocorrelated"]),
+    count=st.integers(1, 8),
+)
+@settings(max_examples=40, deadline=None)
+def test_select_ranks_equals_sorting(seed: int, size: int, kind: str, count: int) -> None:
+    """The kernel's bracketed selection (large arrays) and quickselect (small, or fallback)
+    give exactly the sorted array's values, duplicates and time-ordered data included."""
+    rng = np.random.default_rng(seed)
+    values = {
+        "continuous": lambda: rng.exponential(1.0, size),
+        "few_values": lambda: rng.integers(0, 4, size).astype(np.float64),
+        "constant": lambda: np.full(size, 2.5),
+        "autocorrelated": lambda: np.cumsum(rng.normal(0.0, 1.0, size)),
+    }[kind]()
+    ranks = [int(r) for r in rng.integers(0, size, count)] + [size - 1, 0]
+    given_values = values.copy()
+    assert np.array_equal(simulator.select_ranks(given_values, ranks), np.sort(values)[ranks])
+    assert np.array_equal(given_values, values)  # the input is left as it was

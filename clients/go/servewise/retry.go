@@ -16,9 +16,10 @@ import (
 // mean the request or the server's state is at fault, and repeating the call would fail the same
 // way. Streams (Control) are never retried, since messages already sent cannot be replayed.
 //
-// Every unary Servewise RPC is safe to repeat: OptimizeBatch, Simulate, SelectMode and
-// PlanResources are pure functions of the request, and EvaluateSwitch and Route read a
-// deployment's state.
+// OptimizeBatch, Simulate, SelectMode, PlanResources, Route and the deployment reads are safe
+// to repeat. EvaluateSwitch (it logs a decision) and RegisterDeployment (it writes state) are
+// not retried: an UNAVAILABLE may follow a write that happened, and repeating it could log the
+// decision twice.
 type RetryPolicy struct {
 	// MaxAttempts is the most calls made, the first included; 1 or less disables retries.
 	MaxAttempts int
@@ -80,6 +81,9 @@ func (p RetryPolicy) interceptor(
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
 		invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		err := invoker(ctx, method, req, reply, cc, opts...)
+		if notRetried[method] {
+			return err
+		}
 		for retry := 1; retry < p.MaxAttempts && err != nil && Retryable(err); retry++ {
 			wait := p.jittered(p.Backoff(retry), uniform())
 			if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) <= wait {
@@ -92,6 +96,12 @@ func (p RetryPolicy) interceptor(
 		}
 		return err
 	}
+}
+
+// notRetried lists the full method names of the RPCs that write state.
+var notRetried = map[string]bool{
+	"/servewise.v1.ServewiseService/EvaluateSwitch":     true,
+	"/servewise.v1.ServewiseService/RegisterDeployment": true,
 }
 
 func sleepContext(ctx context.Context, d time.Duration) error {

@@ -215,3 +215,23 @@ func TestRetryable(t *testing.T) {
 		}
 	}
 }
+
+// TestWritesAreNotRetried pins that EvaluateSwitch and RegisterDeployment are called once even
+// on UNAVAILABLE: the write may have happened, and EvaluateSwitch logs a decision.
+func TestWritesAreNotRetried(t *testing.T) {
+	for _, method := range []string{
+		"/servewise.v1.ServewiseService/EvaluateSwitch",
+		"/servewise.v1.ServewiseService/RegisterDeployment",
+	} {
+		calls := 0
+		invoker := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+			calls++
+			return status.Error(codes.Unavailable, "gone")
+		}
+		intercept := fastRetry.interceptor(func() float64 { return 0.5 }, sleepContext)
+		err := intercept(context.Background(), method, nil, nil, nil, invoker)
+		if Code(err) != codes.Unavailable || calls != 1 {
+			t.Fatalf("%s: err = %v after %d calls, want UNAVAILABLE after 1", method, err, calls)
+		}
+	}
+}

@@ -1905,7 +1905,8 @@ type TransitionStep struct {
 	// Fraction of traffic sent to the target plan during the step, in (0, 1].
 	Weight float64 `protobuf:"fixed64,1,opt,name=weight,proto3" json:"weight,omitempty"`
 	// How long the step lasts: long enough for the target's share of traffic to yield the requests
-	// an estimate of the SLO percentile needs (100 / (1 - q) of them), at least a floor.
+	// a verdict on the SLO percentile needs (z^2 (1 + sqrt 2)^2 / (1 - q), ~3,150 for p99), at
+	// least one sample period and at most the savings window shared by the steps.
 	DwellS float64 `protobuf:"fixed64,2,opt,name=dwell_s,json=dwellS,proto3" json:"dwell_s,omitempty"`
 	// Requests the target plan receives during the step at the smoothed rate.
 	ExpectedRequests float64 `protobuf:"fixed64,3,opt,name=expected_requests,json=expectedRequests,proto3" json:"expected_requests,omitempty"`
@@ -2702,7 +2703,7 @@ func (x *SampleViolation) GetDescription() string {
 	return ""
 }
 
-// A sample the controller did not accept; nothing was persisted.
+// A sample the controller did not accept; nothing was persisted and the stream stays open.
 type SampleRejected struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Violations []*SampleViolation     `protobuf:"bytes,1,rep,name=violations,proto3" json:"violations,omitempty"`
@@ -2710,8 +2711,15 @@ type SampleRejected struct {
 	TimestampS float64 `protobuf:"fixed64,2,opt,name=timestamp_s,json=timestampS,proto3" json:"timestamp_s,omitempty"`
 	// NOT_FOUND-like: the sample names a deployment that is not registered.
 	UnknownDeployment bool `protobuf:"varint,3,opt,name=unknown_deployment,json=unknownDeployment,proto3" json:"unknown_deployment,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Why, as a google.rpc.Code value: INVALID_ARGUMENT (3) for field violations, NOT_FOUND (5) for
+	// an unknown deployment, RESOURCE_EXHAUSTED (8) for a sample over the stream's sample-rate limit
+	// (nothing is wrong with the sample itself; the stream stays open, send later samples within
+	// the budget). 0 from servers older than this field.
+	Code int32 `protobuf:"varint,4,opt,name=code,proto3" json:"code,omitempty"`
+	// With RESOURCE_EXHAUSTED: seconds until the stream's budget admits another sample.
+	RetryAfterS   float64 `protobuf:"fixed64,5,opt,name=retry_after_s,json=retryAfterS,proto3" json:"retry_after_s,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SampleRejected) Reset() {
@@ -2763,6 +2771,20 @@ func (x *SampleRejected) GetUnknownDeployment() bool {
 		return x.UnknownDeployment
 	}
 	return false
+}
+
+func (x *SampleRejected) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *SampleRejected) GetRetryAfterS() float64 {
+	if x != nil {
+		return x.RetryAfterS
+	}
+	return 0
 }
 
 // One control event for one deployment.
@@ -3077,8 +3099,8 @@ type DeploymentSettings struct {
 	SafetyStabilisationWindowS *float64 `protobuf:"fixed64,1,opt,name=safety_stabilisation_window_s,json=safetyStabilisationWindowS,proto3,oneof" json:"safety_stabilisation_window_s,omitempty"`
 	// How long the signal must hold before a move toward savings (less capacity); default 300.
 	SavingsStabilisationWindowS *float64 `protobuf:"fixed64,2,opt,name=savings_stabilisation_window_s,json=savingsStabilisationWindowS,proto3,oneof" json:"savings_stabilisation_window_s,omitempty"`
-	// The smoothed rate must leave planned_rate_per_s * (1 +- band) before a switch is considered,
-	// in [0, 1); default 0.1.
+	// The sizing rate (smoothed rate + established trend over the lead + z x sample spread) must
+	// leave planned_rate_per_s * (1 +- band) before a switch is considered, in [0, 1); default 0.1.
 	HysteresisBandFraction *float64 `protobuf:"fixed64,3,opt,name=hysteresis_band_fraction,json=hysteresisBandFraction,proto3,oneof" json:"hysteresis_band_fraction,omitempty"`
 	// Shortest time a plan stays in force before a switch toward savings; default 600.
 	MinDwellS *float64 `protobuf:"fixed64,4,opt,name=min_dwell_s,json=minDwellS,proto3,oneof" json:"min_dwell_s,omitempty"`
@@ -3088,7 +3110,7 @@ type DeploymentSettings struct {
 	// Half-life of the EWMA that smooths the sampled rate; default 60.
 	EwmaHalfLifeS *float64 `protobuf:"fixed64,6,opt,name=ewma_half_life_s,json=ewmaHalfLifeS,proto3,oneof" json:"ewma_half_life_s,omitempty"`
 	// Consecutive samples breaking the SLO (observed p99) or the error-rate limit that trigger panic
-	// mode; default 3.
+	// mode (fewer when they already carry the requests a percentile verdict needs); default 3.
 	PanicConsecutiveSamples *uint32 `protobuf:"varint,7,opt,name=panic_consecutive_samples,json=panicConsecutiveSamples,proto3,oneof" json:"panic_consecutive_samples,omitempty"`
 	// Largest acceptable fraction of failed requests, in (0, 1]; default 0.01.
 	ErrorRateLimit *float64 `protobuf:"fixed64,8,opt,name=error_rate_limit,json=errorRateLimit,proto3,oneof" json:"error_rate_limit,omitempty"`
@@ -4201,14 +4223,16 @@ const file_servewise_v1_servewise_proto_rawDesc = "" +
 	"\v_step_index\"I\n" +
 	"\x0fSampleViolation\x12\x14\n" +
 	"\x05field\x18\x01 \x01(\tR\x05field\x12 \n" +
-	"\vdescription\x18\x02 \x01(\tR\vdescription\"\x9f\x01\n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\"\xd7\x01\n" +
 	"\x0eSampleRejected\x12=\n" +
 	"\n" +
 	"violations\x18\x01 \x03(\v2\x1d.servewise.v1.SampleViolationR\n" +
 	"violations\x12\x1f\n" +
 	"\vtimestamp_s\x18\x02 \x01(\x01R\n" +
 	"timestampS\x12-\n" +
-	"\x12unknown_deployment\x18\x03 \x01(\bR\x11unknownDeployment\"\xc7\x04\n" +
+	"\x12unknown_deployment\x18\x03 \x01(\bR\x11unknownDeployment\x12\x12\n" +
+	"\x04code\x18\x04 \x01(\x05R\x04code\x12\"\n" +
+	"\rretry_after_s\x18\x05 \x01(\x01R\vretryAfterS\"\xc7\x04\n" +
 	"\x0fControlResponse\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12>\n" +
 	"\fswitch_event\x18\x02 \x01(\v2\x19.servewise.v1.SwitchEventH\x00R\vswitchEvent\x12A\n" +

@@ -2,9 +2,10 @@
 
 One ``grpc.Channel`` per client (plaintext, TLS or mutual TLS), an optional bearer token sent as
 ``authorization`` metadata, a deadline on every call, retries with exponential backoff only when
-the status is ``UNAVAILABLE`` (the server could not be reached or is restarting: every
-Servewise RPC so far is a pure computation, so repeating it is safe), and every other failure
-raised as :class:`~servewise_client.errors.ServewiseError` with its code and field violations.
+the status is ``UNAVAILABLE`` (the server could not be reached or is restarting) and only for
+RPCs that are safe to repeat (the computations and reads; not EvaluateSwitch, which logs a
+decision, nor RegisterDeployment, which writes state), and every other failure raised as
+:class:`~servewise_client.errors.ServewiseError` with its code and field violations.
 
 Example
 -------
@@ -35,6 +36,9 @@ from servewise_client.errors import ServewiseError, from_rpc_error
 from servewise_client.specs import optimize_request, simulate_request
 
 __all__ = ["DEFAULT_ADDRESS", "DEFAULT_TIMEOUT_S", "RetryPolicy", "ServewiseClient"]
+
+# RPCs that change server state: never repeated automatically.
+_NOT_RETRIED = frozenset({"EvaluateSwitch", "RegisterDeployment"})
 
 DEFAULT_ADDRESS: Final = "localhost:50051"
 DEFAULT_TIMEOUT_S: Final = 60.0
@@ -268,6 +272,9 @@ class ServewiseClient:
         request: _Req,
         timeout_s: float | None,
     ) -> _Resp:
+        # A write whose response was lost may already have happened: repeating it could log a
+        # decision twice, so writes are tried once and the caller decides.
+        attempts = 1 if method in _NOT_RETRIED else self.retry.max_attempts
         timeout = self.timeout_s if timeout_s is None else timeout_s
         deadline = None if timeout is None else time.monotonic() + timeout
         attempt = 0
@@ -278,7 +285,7 @@ class ServewiseClient:
                 return call(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc, method)
-            if error.code is not grpc.StatusCode.UNAVAILABLE or attempt >= self.retry.max_attempts:
+            if error.code is not grpc.StatusCode.UNAVAILABLE or attempt >= attempts:
                 raise error
             pause = self.retry.backoff_s(attempt)
             if deadline is not None and time.monotonic() + pause >= deadline:

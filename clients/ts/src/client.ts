@@ -92,6 +92,12 @@ interface UnaryDefinition<Req, Res> {
 }
 
 /** `OptimizeBatch` from `/servewise.v1.ServewiseService/OptimizeBatch`. */
+/**
+ * RPCs that write state, never repeated: an UNAVAILABLE may follow a write that happened, and
+ * repeating EvaluateSwitch could log its decision twice.
+ */
+const NOT_RETRIED: ReadonlySet<string> = new Set(["EvaluateSwitch", "RegisterDeployment"]);
+
 function methodName(path: string): string {
   return path.slice(path.lastIndexOf("/") + 1);
 }
@@ -275,7 +281,9 @@ export class ServewiseClient {
         return await this.attempt(definition, message, metadata.clone(), deadline, options.signal);
       } catch (caught) {
         const error = toServewiseError(caught, method, attempt);
-        if (!isRetryable(error.code) || attempt >= policy.maxAttempts) throw error;
+        if (!isRetryable(error.code) || attempt >= policy.maxAttempts || NOT_RETRIED.has(method)) {
+          throw error;
+        }
         const wait = backoffMs(attempt, policy);
         // The deadline covers the retries: give up when the next attempt could not start in time.
         if (Date.now() + wait >= deadline) throw error;

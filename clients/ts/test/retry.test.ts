@@ -98,6 +98,10 @@ describe("retries against a fake server", () => {
   before(async () => {
     server = await startFakeServer({
       handlers: {
+        evaluateSwitch: (_call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
+          attempts++;
+          callback({ code: Status.UNAVAILABLE, details: "scripted UNAVAILABLE" });
+        },
         simulate: (_call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
           const step = script[Math.min(attempts, script.length - 1)];
           attempts++;
@@ -164,6 +168,18 @@ describe("retries against a fake server", () => {
       }
     });
   }
+
+  test("EvaluateSwitch writes a decision: UNAVAILABLE is not retried", async () => {
+    const c = client({ retry: { ...FAST, maxAttempts: 5 } });
+    try {
+      const error = await rejection(c.evaluateSwitch({ deploymentId: "d" }));
+      assert.equal(error.code, Status.UNAVAILABLE);
+      assert.equal(error.attempts, 1);
+      assert.equal(attempts, 1);
+    } finally {
+      c.close();
+    }
+  });
 
   test("retry: false on the client disables retries; a call can turn them back on", async () => {
     script = [Status.UNAVAILABLE, "ok"];

@@ -40,6 +40,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from google.rpc import code_pb2  # type: ignore[import-untyped]  # no stubs for googleapis protos
+
 from servewise.api import deployments
 from servewise.api.converters import plan_to_pb
 from servewise.api.errors import NotFoundError
@@ -242,7 +244,7 @@ class ControlSession:
             step_started_at_s=sample.timestamp_s,
             reason=result.reason,
             panic=result.panic,
-            planned_rate_per_s=result.smoothed_rate_per_s,
+            planned_rate_per_s=result.sizing_rate_per_s or result.smoothed_rate_per_s,
         )
         updated = self._copy(stored)
         updated.transition.CopyFrom(transition)
@@ -316,6 +318,7 @@ class ControlSession:
             window,
             stored.state.slo,
             stored.settings,
+            toward_safety=transition.panic,
         )
         if verdict.action is StepAction.WAIT:
             return self._hold(
@@ -471,7 +474,10 @@ def _rejected(
     return servewise_pb2.ControlResponse(
         deployment_id=deployment_id,
         sample_rejected=servewise_pb2.SampleRejected(
-            violations=violations, timestamp_s=timestamp_s, unknown_deployment=unknown
+            violations=violations,
+            timestamp_s=timestamp_s,
+            unknown_deployment=unknown,
+            code=code_pb2.NOT_FOUND if unknown else code_pb2.INVALID_ARGUMENT,
         ),
         sample_timestamp_s=timestamp_s,
     )

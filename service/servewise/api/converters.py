@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
 from servewise.api.validation import (
-    MAX_CANDIDATES,
-    MAX_TOTAL_PROFILE_POINTS,
     ConvertedCandidate,
     Violations,
     candidate_to_core,
@@ -24,6 +22,7 @@ from servewise.api.validation import (
     distribution_to_core,
     limits_to_core,
     num_requests_to_core,
+    over_limit,
     plan_to_core,
     slo_to_core,
     use_p99_basis,
@@ -77,10 +76,7 @@ class OptimizeArgs:
 
 
 def _too_many_points(v: Violations, field: str, total: int) -> bool:
-    if total > MAX_TOTAL_PROFILE_POINTS:
-        v.add(field, f"at most {MAX_TOTAL_PROFILE_POINTS} profile points in total (got {total})")
-        return True
-    return False
+    return over_limit(v, field, total, "max_profile_points", "profile points in total")
 
 
 def simulate_args(request: servewise_pb2.SimulateRequest) -> SimulateArgs:
@@ -135,8 +131,7 @@ def candidates_to_core(
     if count == 0:
         v.add(field, "at least one candidate is required")
         return None
-    if count > MAX_CANDIDATES:
-        v.add(field, f"at most {MAX_CANDIDATES} candidates (got {count})")
+    if over_limit(v, field, count, "max_candidates", "candidates"):
         return None
     if _too_many_points(v, field, sum(map(count_profile_points, candidates))):
         return None

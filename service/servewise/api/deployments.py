@@ -19,12 +19,13 @@ import base64
 import binascii
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from servewise.api.converters import candidates_to_core, plan_to_pb
-from servewise.api.errors import NotFoundError
+from servewise.api.errors import LimitExceededError, NotFoundError
 from servewise.api.select_mode import MAX_TRAFFIC_CLASSES, class_to_core
 from servewise.api.validation import (
     Violations,
@@ -39,6 +40,8 @@ from servewise.core import control
 from servewise.core.model import Plan
 from servewise.core.optimizer import SearchLimits
 from servewise.core.profiles import Candidate
+from servewise.limits import DEFAULT_LIMITS, described, use
+from servewise.limits import current as current_limits
 from servewise.store import StateStore
 from servewise.v1 import servewise_pb2, types_pb2
 
@@ -53,6 +56,12 @@ MAX_PANIC_SAMPLES = 1000
 MAX_TRANSITION_STEPS = 10
 # Largest observed latency accepted in a sample: an hour.
 MAX_LATENCY_MS = 3_600_000.0
+
+
+# Creations in this process take turns counting, so concurrent RegisterDeployments cannot both
+# take the last free place. Replicas sharing a Redis store count independently: across replicas
+# the cap can be passed by at most one creation per replica racing for the last place.
+_CREATE_LOCK = threading.Lock()
 
 
 def deployment_key(deployment_id: str) -> str:
@@ -249,13 +258,25 @@ def validate_deployment(pb: servewise_pb2.Deployment) -> servewise_pb2.Deploymen
     return stored
 
 
+# What stored deployments are re-validated against: they passed the request-size limits when
+# they were written, and lowering a limit later must not make them unreadable (an INTERNAL).
+_STORED_LIMITS = replace(
+    DEFAULT_LIMITS, max_candidates=2**31, max_profile_points=2**31, max_arrival_times=2**31
+)
+
+
 def load(store: StateStore, deployment_id: str) -> StoredDeployment:
     """A stored deployment with its version and controller view; NotFoundError when unknown."""
     found = store.get(deployment_key(deployment_id))
     if found is None:
         raise NotFoundError(f"deployment {deployment_id!r} not found")
-    pb = servewise_pb2.Deployment.FromString(found.value)
-    pb.state_version = found.version
+    with use(_STORED_LIMITS):
+        return _stored(deployment_id, found.value, found.version)
+
+
+def _stored(deployment_id: str, value: bytes, version: int) -> StoredDeployment:
+    pb = servewise_pb2.Deployment.FromString(value)
+    pb.state_version = version
     v = Violations()
     use_p99 = use_p99_basis(v, "service_time_basis", pb.service_time_basis)
     converted = candidates_to_core(v, pb.candidates, use_p99)
@@ -291,13 +312,35 @@ def register(
         v.raise_if_any()
     stored = validate_deployment(request.deployment)
     stored.updated_at_s = clock()
-    version = store.compare_and_set(
-        deployment_key(stored.deployment_id),
-        request.deployment.state_version,
-        stored.SerializeToString(deterministic=True),
-    )
+    key = deployment_key(stored.deployment_id)
+    expected = request.deployment.state_version
+    value = stored.SerializeToString(deterministic=True)
+    if expected != 0 or store.get(key) is not None:
+        # An update (or a stale create, which compare_and_set refuses): never capped.
+        version = store.compare_and_set(key, expected, value)
+    else:
+        with _CREATE_LOCK:
+            _check_room(store)
+            version = store.compare_and_set(key, expected, value)
     stored.state_version = version
     return servewise_pb2.RegisterDeploymentResponse(deployment=stored)
+
+
+def _check_room(store: StateStore) -> None:
+    """LimitExceededError when the store already holds max_deployments.
+
+    RESOURCE_EXHAUSTED rather than FAILED_PRECONDITION: it is a quota (AIP-193: "a resource
+    quota ... has been exhausted"), retrying after deployments are freed or the limit raised
+    succeeds unchanged, and FAILED_PRECONDITION already means a stale state_version here,
+    which clients answer by re-reading and retrying at once."""
+    cap = current_limits().max_deployments
+    count = len(store.keys(KEY_PREFIX))
+    if count >= cap:
+        raise LimitExceededError(
+            "max_deployments",
+            f"{count} deployments are registered, the {described('max_deployments')} "
+            f"({cap}); update an existing deployment or raise the limit",
+        )
 
 
 def get(

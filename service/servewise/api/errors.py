@@ -5,6 +5,10 @@
 - any other ``ValueError`` from the core -> ``INVALID_ARGUMENT`` with its message.
 - :class:`NotFoundError` (an unknown deployment) -> ``NOT_FOUND``.
 - :class:`servewise.store.StaleVersionError` -> ``FAILED_PRECONDITION`` naming both versions.
+- :class:`LimitExceededError` (a server limit, :mod:`servewise.limits`) -> ``RESOURCE_EXHAUSTED``
+  with a ``google.rpc.QuotaFailure`` naming the limit's flag.
+- :class:`servewise.core.cancel.WorkCancelledError` (work stopped because the caller went away) ->
+  ``DEADLINE_EXCEEDED`` or ``CANCELLED``; the caller has usually gone, so nobody reads it.
 - anything else -> ``INTERNAL`` with a generic message; the exception is logged, not leaked.
 """
 
@@ -24,7 +28,9 @@ from google.rpc import (  # type: ignore[import-untyped]  # no stubs for googlea
 )
 from grpc_status import rpc_status
 
+from servewise.core.cancel import WorkCancelledError
 from servewise.core.errors import InvalidInputError
+from servewise.limits import flag
 from servewise.store import StaleVersionError
 
 logger = logging.getLogger(__name__)
@@ -39,8 +45,16 @@ class NotFoundError(LookupError):
     """An unknown deployment (NOT_FOUND)."""
 
 
+class LimitExceededError(Exception):
+    """A server limit was reached (RESOURCE_EXHAUSTED); ``limit`` is its Limits field name."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
 # Exceptions that are the caller's doing: mapped to a status, not logged as server errors.
-_EXPECTED = (ValueError, NotFoundError, StaleVersionError)
+_EXPECTED = (ValueError, NotFoundError, StaleVersionError, LimitExceededError, WorkCancelledError)
 
 
 class AbortsWithStatus(Protocol):
@@ -74,6 +88,31 @@ def bad_request_status(error: InvalidInputError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+def limit_status(error: LimitExceededError) -> grpc.Status:
+    """RESOURCE_EXHAUSTED with a QuotaFailure whose subject is the limit's flag."""
+    quota = error_details_pb2.QuotaFailure(
+        violations=[
+            error_details_pb2.QuotaFailure.Violation(
+                subject=flag(error.limit), description=str(error)
+            )
+        ]
+    )
+    detail = any_pb2.Any()
+    detail.Pack(quota)
+    status = status_pb2.Status(
+        code=code_pb2.RESOURCE_EXHAUSTED, message=str(error), details=[detail]
+    )
+    return rpc_status.to_status(status)
+
+
+def _stop_status(exc: LimitExceededError | WorkCancelledError) -> grpc.Status:
+    """RESOURCE_EXHAUSTED for a limit; DEADLINE_EXCEEDED or CANCELLED for stopped work."""
+    if isinstance(exc, LimitExceededError):
+        return limit_status(exc)
+    code = code_pb2.DEADLINE_EXCEEDED if exc.deadline else code_pb2.CANCELLED
+    return rpc_status.to_status(status_pb2.Status(code=code, message=str(exc)))
+
+
 def status_for(exc: Exception) -> grpc.Status:
     """The status an exception raised while serving a request becomes."""
     if isinstance(exc, InvalidInputError):
@@ -87,6 +126,8 @@ def status_for(exc: Exception) -> grpc.Status:
                 message=f"stale state_version: expected {exc.expected}, current is {exc.actual}",
             )
         )
+    if isinstance(exc, LimitExceededError | WorkCancelledError):
+        return _stop_status(exc)
     if isinstance(exc, ValueError):
         message = str(exc).splitlines()[0] if str(exc) else "invalid request"
         return rpc_status.to_status(

@@ -4,8 +4,9 @@ Validation reuses the shared validators (candidates, SLO, limits, plans) with pa
 ``deployments[i]``, and adds the fields only this RPC has:
 
 - ``deployments``: 1..:data:`MAX_DEPLOYMENTS`; ``deployments[i].name`` non-empty and unique.
-- ``deployments[i].rate_profile``: 1..:data:`MAX_RATE_POINTS` points (and
-  :data:`MAX_TOTAL_RATE_POINTS` over all deployments); ``time_s`` finite, >= 0, at most
+- ``deployments[i].rate_profile``: 1..:data:`MAX_RATE_POINTS` points (and the server limit
+  ``--max-rate-points`` over all deployments; profile points over all deployments' candidates
+  are capped by ``--max-profile-points``, as in one OptimizeBatch); ``time_s`` finite, >= 0, at most
   MAX_ARRIVAL_TIME_S, strictly increasing; ``rate_per_s`` finite, in [0, MAX_RATE_PER_S], some
   > 0.
 - ``deployments[i].arrival_cv``: finite, in [0, 20] (1 when unset).
@@ -35,7 +36,9 @@ from servewise.api.validation import (
     MIN_RATE_PER_S,
     Violations,
     check_some_batch_size_fits,
+    count_profile_points,
     limits_to_core,
+    over_limit,
     plan_to_core,
     slo_to_core,
     use_p99_basis,
@@ -55,11 +58,12 @@ from servewise.core.resources import (
 from servewise.core.resources import (
     plan_resources as plan_resources_core,
 )
+from servewise.limits import DEFAULT_LIMITS
 from servewise.v1 import servewise_pb2, types_pb2
 
 MAX_DEPLOYMENTS = 32
 MAX_RATE_POINTS = 100_000
-MAX_TOTAL_RATE_POINTS = 200_000
+MAX_TOTAL_RATE_POINTS = DEFAULT_LIMITS.max_rate_points  # the default of --max-rate-points
 # One week: longer windows or delays than this describe no autoscaler worth simulating.
 MAX_AUTOSCALER_SECONDS = 604_800.0
 # Index-level violations reported per rule for a long rate profile.
@@ -243,8 +247,13 @@ def plan_resources_args(request: servewise_pb2.PlanResourcesRequest) -> PlanReso
         v.add("deployments", f"at most {MAX_DEPLOYMENTS} deployments (got {count})")
     else:
         points = sum(len(d.rate_profile) for d in request.deployments)
-        if points > MAX_TOTAL_RATE_POINTS:
-            v.add("deployments", f"at most {MAX_TOTAL_RATE_POINTS} rate points in total")
+        over_limit(v, "deployments", points, "max_rate_points", "rate points in total")
+        profile_points = sum(
+            count_profile_points(c) for d in request.deployments for c in d.candidates
+        )
+        over_limit(
+            v, "deployments", profile_points, "max_profile_points", "profile points in total"
+        )
     shared = request.shared_instance_memory_bytes
     shared_memory = shared if shared > 0 and count >= 2 else None
     if shared > 0 and count == 1:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.rpc import code_pb2  # type: ignore[import-untyped]  # no stubs for googleapis protos
 
 from servewise.api import deployments
 from servewise.api.control_stream import ControlHub
@@ -21,12 +22,14 @@ from servewise.api.converters import (
     simulate_args,
     simulate_response_to_pb,
 )
-from servewise.api.errors import maps_errors
+from servewise.api.errors import LimitExceededError, abort_for, maps_errors
+from servewise.api.guards import LIMIT_EXCEEDED, ControlStreams, TokenBucket, unary
 from servewise.api.plan_resources import plan_resources
 from servewise.api.routing import RouteTable
 from servewise.api.select_mode import select_mode
 from servewise.core.optimizer import optimize
 from servewise.core.simulator import capacity_per_s, simulate
+from servewise.limits import DEFAULT_LIMITS, Limits, described, run_with
 from servewise.store import StateStore
 from servewise.store.memory import MemoryStore
 from servewise.v1 import servewise_pb2, servewise_pb2_grpc
@@ -39,11 +42,13 @@ class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
     EvaluateSwitch, the Control stream and Route.
 
     ``store`` holds deployments and decision logs; a MemoryStore when omitted (the server passes
-    the one ``SERVEWISE_STORE`` names).
+    the one ``SERVEWISE_STORE`` names). ``limits`` are the server's (:mod:`servewise.limits`).
     """
 
-    def __init__(self, store: StateStore | None = None) -> None:
+    def __init__(self, store: StateStore | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
         self.store: StateStore = store if store is not None else MemoryStore()
+        self.limits = limits
+        self.streams = ControlStreams(limits)
         self.switches = deployments.SwitchEvaluator(self.store)
         # Route's in-memory view of every deployment, polled from the store.
         self.routes = RouteTable(self.store)
@@ -51,11 +56,16 @@ class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
         # every transition they write.
         self.control = ControlHub(self.store, self.switches.cache, on_write=self.routes.apply)
 
+    async def drain(self) -> None:
+        """Close every Control stream with UNAVAILABLE and refuse new ones (the server calls
+        it when it starts draining, so streams end with a status instead of a cut connection)."""
+        self.streams.drain()
+
     async def aclose(self) -> None:
         """Stop background work (Route's store poller); the server calls it on stop."""
         await self.routes.aclose()
 
-    @maps_errors
+    @unary
     async def Simulate(
         self, request: servewise_pb2.SimulateRequest, context: Context
     ) -> servewise_pb2.SimulateResponse:
@@ -74,7 +84,7 @@ class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
         capacity = capacity_per_s(profile, plan.max_batch_size, plan.replicas)
         return simulate_response_to_pb(args, result, capacity)
 
-    @maps_errors
+    @unary
     async def OptimizeBatch(
         self, request: servewise_pb2.OptimizeBatchRequest, context: Context
     ) -> servewise_pb2.OptimizeBatchResponse:
@@ -90,19 +100,19 @@ class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
         )
         return optimize_response_to_pb(args, result)
 
-    @maps_errors
+    @unary
     async def SelectMode(
         self, request: servewise_pb2.SelectModeRequest, context: Context
     ) -> servewise_pb2.SelectModeResponse:
         return await select_mode(request)
 
-    @maps_errors
+    @unary
     async def PlanResources(
         self, request: servewise_pb2.PlanResourcesRequest, context: Context
     ) -> servewise_pb2.PlanResourcesResponse:
         return await plan_resources(request)
 
-    @maps_errors
+    @unary
     async def RegisterDeployment(
         self, request: servewise_pb2.RegisterDeploymentRequest, context: Context
     ) -> servewise_pb2.RegisterDeploymentResponse:
@@ -111,19 +121,19 @@ class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
         await asyncio.to_thread(self.routes.apply, response.deployment)
         return response
 
-    @maps_errors
+    @unary
     async def GetDeployment(
         self, request: servewise_pb2.GetDeploymentRequest, context: Context
     ) -> servewise_pb2.GetDeploymentResponse:
         return await asyncio.to_thread(deployments.get, self.store, request)
 
-    @maps_errors
+    @unary
     async def ListDeployments(
         self, request: servewise_pb2.ListDeploymentsRequest, context: Context
     ) -> servewise_pb2.ListDeploymentsResponse:
         return await asyncio.to_thread(deployments.list_deployments, self.store, request)
 
-    @maps_errors
+    @unary
     async def EvaluateSwitch(
         self, request: servewise_pb2.EvaluateSwitchRequest, context: Context
     ) -> servewise_pb2.EvaluateSwitchResponse:
@@ -132,13 +142,71 @@ class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
     async def Control(
         self, request_iterator: AsyncIterator[servewise_pb2.ControlRequest], context: Context
     ) -> AsyncIterator[servewise_pb2.ControlResponse]:
-        """Samples in, events out; an invalid sample is answered on the stream, never an abort
-        (see :mod:`servewise.api.control_stream`)."""
+        """Samples in, events out; an invalid or over-budget sample is answered on the stream,
+        never an abort (see :mod:`servewise.api.control_stream`). Refused with
+        RESOURCE_EXHAUSTED beyond ``max_control_streams``; ends with UNAVAILABLE when the
+        server drains."""
+        try:
+            slot = self.streams.open()
+        except LimitExceededError as exc:
+            await abort_for(exc, context)
+        except RuntimeError as exc:  # draining
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         session = self.control.session()
-        async for request in request_iterator:
-            for event in await asyncio.to_thread(session.handle, request):
-                yield event
+        bucket = TokenBucket(self.limits.max_samples_per_s, self.limits.sample_burst)
+        requests = aiter(request_iterator)
+        try:
+            while not slot.draining:
+                slot.idle = True
+                try:
+                    request = await anext(requests)
+                except StopAsyncIteration:
+                    return
+                finally:
+                    slot.idle = False
+                if request.HasField("sample") and not bucket.take():
+                    LIMIT_EXCEEDED.labels(limit="max_samples_per_s").inc()
+                    yield self._over_budget(request, bucket.wait_s())
+                    continue
+                handled = await asyncio.to_thread(run_with, self.limits, session.handle, request)
+                for event in handled:
+                    yield event
+        except asyncio.CancelledError:
+            if not slot.interrupted:  # the client went away: nothing to answer
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+        finally:
+            self.streams.close(slot)
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            "the server is shutting down; reconnect (transitions in force are kept in the store)",
+        )
 
+    def _over_budget(
+        self, request: servewise_pb2.ControlRequest, wait_s: float
+    ) -> servewise_pb2.ControlResponse:
+        """A SampleRejected with RESOURCE_EXHAUSTED: the sample was not looked at."""
+        sample = request.sample
+        rate, burst = self.limits.max_samples_per_s, self.limits.sample_burst
+        description = (
+            f"more than {rate:g} samples/s (burst {burst}) on this stream, the "
+            f"{described('max_samples_per_s')}; retry in {wait_s:.3g} s"
+        )
+        return servewise_pb2.ControlResponse(
+            deployment_id=sample.deployment_id or request.deployment_id,
+            sample_rejected=servewise_pb2.SampleRejected(
+                violations=[servewise_pb2.SampleViolation(field="sample", description=description)],
+                timestamp_s=sample.timestamp_s,
+                code=code_pb2.RESOURCE_EXHAUSTED,
+                retry_after_s=wait_s,
+            ),
+            sample_timestamp_s=sample.timestamp_s,
+        )
+
+    # The hot path (every request a load balancer routes): no limits or cancel token to set up,
+    # it reads memory and does no long work.
     @maps_errors
     async def Route(
         self, request: servewise_pb2.RouteRequest, context: Context

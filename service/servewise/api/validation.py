@@ -33,13 +33,16 @@ from servewise.core.profiles import (
     memory_batch_cap,
 )
 from servewise.core.simulator import DEFAULT_NUM_REQUESTS, ServiceDistribution
+from servewise.limits import DEFAULT_LIMITS, described
+from servewise.limits import current as current_limits
 from servewise.v1 import types_pb2
 
 # --- Limits on request size (guards against messages that would make the service do unbounded
-# work or allocate unbounded memory). -------------------------------------------------------------
-MAX_CANDIDATES = 64
-MAX_TOTAL_PROFILE_POINTS = 4096
-MAX_ARRIVAL_TIMES = 2_000_000
+# work or allocate unbounded memory). The configurable ones live in servewise.limits (read per
+# request through current_limits()); these names are their defaults. ------------------------------
+MAX_CANDIDATES = DEFAULT_LIMITS.max_candidates
+MAX_TOTAL_PROFILE_POINTS = DEFAULT_LIMITS.max_profile_points
+MAX_ARRIVAL_TIMES = DEFAULT_LIMITS.max_arrival_times
 MAX_ALLOWED_BATCH_SIZES = 4096
 
 # --- Limits on values. ------------------------------------------------------------------------
@@ -54,7 +57,7 @@ MAX_ARRIVAL_TIME_S = 1e9
 MAX_REPLICAS = 4096
 MAX_QUEUE_DELAY_MS = 3_600_000.0
 MIN_NUM_REQUESTS = 100
-MAX_NUM_REQUESTS = 5_000_000
+MAX_NUM_REQUESTS = DEFAULT_LIMITS.max_simulated_requests
 DEFAULT_ARRIVAL_CV = 1.0
 
 # A measured p99 below the typical (average) latency of the same batch is physically odd but
@@ -89,6 +92,16 @@ class Violations:
     def raise_if_any(self) -> None:
         if self.items:
             raise InvalidInputError(self.items)
+
+
+def over_limit(v: Violations, field: str, count: int, limit: str, what: str) -> bool:
+    """Add a violation naming the server limit ``limit`` (a Limits field) when ``count`` exceeds
+    it; True when it did."""
+    cap = getattr(current_limits(), limit)
+    if count <= cap:
+        return False
+    v.add(field, f"at most {cap} {what} (got {count}; {described(limit)})")
+    return True
 
 
 def _finite(value: float) -> bool:
@@ -387,8 +400,7 @@ def workload_to_core(v: Violations, pb: types_pb2.Workload, path: str) -> Worklo
         if len(v) > start:
             return None
         return Workload(rate_per_s=pb.rate_per_s, arrival_cv=cv)
-    if n > MAX_ARRIVAL_TIMES:
-        v.add(times_path, f"at most {MAX_ARRIVAL_TIMES} timestamps (got {n})")
+    if over_limit(v, times_path, n, "max_arrival_times", "timestamps"):
         return None
     times = np.asarray(pb.arrival_times_s, dtype=np.float64)
     rate = math.nan
@@ -545,12 +557,13 @@ def plan_to_core(
 
 
 def num_requests_to_core(v: Violations, field: str, value: int) -> int:
+    most = current_limits().max_simulated_requests
     if value == 0:
-        return DEFAULT_NUM_REQUESTS
-    if not MIN_NUM_REQUESTS <= value <= MAX_NUM_REQUESTS:
+        return min(DEFAULT_NUM_REQUESTS, max(most, MIN_NUM_REQUESTS))
+    if not MIN_NUM_REQUESTS <= value <= most:
         v.add(
             field,
             f"must be 0 (default {DEFAULT_NUM_REQUESTS}) or in "
-            f"[{MIN_NUM_REQUESTS}, {MAX_NUM_REQUESTS}] (got {value})",
+            f"[{MIN_NUM_REQUESTS}, {most}] (got {value}; {described('max_simulated_requests')})",
         )
     return int(value)

@@ -1,51 +1,76 @@
-"""The switching controller's decision core: smoothing, hysteresis, stabilisation, panic, the
-switch-or-hold decision and the transition plan (ARCHITECTURE.md section 6).
+"""The switching controller's decision core: smoothing, headroom, hysteresis, stabilisation,
+panic, the switch-or-hold decision and the transition plan (ARCHITECTURE.md section 6).
 
 Pure: no grpc, no I/O, no clock. "Now" is the newest sample's timestamp, so a decision is a
 function of the deployment's state, the sample window and the settings alone. The optimizer is
-reached through an ``advise(rate)`` callable, so tests can hand in a fake and the service caches
-the real one (:class:`AdviceCache`).
+reached through an ``advise(rate, arrival_cv)`` callable, so tests can hand in a fake and the
+service caches the real one (:class:`AdviceCache`).
+
+Every number below is derived from the request (SLO percentile and bound), the samples (rates,
+their spacing and spread, observed latency), the candidates (cold start, price) and the
+deployment's settings; nothing is tuned to a trace.
 
 The decision, in order:
 
-1. **Smoothing.** The sampled rate is smoothed by an EWMA over irregular timestamps: each sample
-   pulls the average by ``1 - 2**(-dt / half_life)``.
-2. **Panic.** When the newest ``panic_samples`` samples all break the SLO (observed p99 above the
-   bound) or the error-rate limit, the controller moves to safety at once: the optimizer's plan at
-   the higher of the smoothed and the newest raw rate, plus the hysteresis band as headroom (and
-   at least one more replica than now), in a single step. No stabilisation, no minimum dwell, no
-   net-saving test.
-3. **Hysteresis.** Otherwise a switch is considered only when the smoothed rate has left
-   ``planned_rate * (1 +- band)``, the band around the rate the current plan was chosen for; a
-   rate oscillating inside the band never triggers one.
-4. **Stabilisation.** The smoothed rate must have stayed on the same side outside the band for a
-   window measured on the sample timestamps: short for a rise (toward safety), long for a fall
-   (toward savings), as Kubernetes HPA's scale-down stabilisation and Knative KPA's stable
-   window do. Moves toward savings also wait for the plan's minimum dwell.
-5. **Net saving.** The optimizer's best plan at the smoothed rate is the target. The switch costs
-   the current plan's capacity kept running while the target's replicas cold-start and traffic
-   shifts through the weighted steps (the overlap of old and new capacity):
-   ``switch_cost = current_cost_per_hour * (cold_start_s + total_dwell_s) / 3600``; over the
-   expected dwell ``H`` the net saving per hour is ``saving_per_hour - switch_cost / (H / 3600)``.
-   Toward savings the controller switches only when that is positive; toward safety it switches
-   whenever the current plan no longer meets the SLO at the smoothed rate (the optimizer's
-   assessment of the current plan), and otherwise by the same net-saving test.
-6. **Transition.** Each step sends ``weight`` of the traffic to the target and dwells until the
-   target has seen the requests a percentile estimate needs: ``n = 100 / (1 - q)`` (about 100
-   requests beyond the percentile; 10,000 for p99), ``dwell = n / (rate * weight)``, clamped to
-   ``[MIN_STEP_DWELL_S, MAX_STEP_DWELL_S]``.
+1. **Rate estimate** (:func:`estimate_rate`). The sampled rate is smoothed by an EWMA over
+   irregular timestamps (each sample pulls the average by ``1 - 2**(-dt / half_life)``). The plan
+   must then hold until a correction can take effect: the *lead* is the current instance type's
+   cold start plus one sample period. The *sizing rate* the optimizer is asked about is the
+   smoothed level, plus the rise over the lead at the trend's lower confidence bound (a
+   forecast; a falling or insignificant trend adds nothing), plus ``z * sigma`` where
+   ``sigma`` is the sample-to-sample spread of the rate (successive differences, so a slow
+   trend does not count as spread) and ``z`` the normal quantile of the SLO percentile: the
+   plan covers the next samples' rate as often as the SLO asks requests to be served in time.
+2. **Burstiness** (:func:`estimate_arrival_cv`). Sub-sample bursts are invisible in the rates
+   but not in the latency: for each sample served by the current plan the inter-arrival CV at
+   which the queueing model predicts the observed p99 is found by bisection; the window's
+   root-mean-square CV goes to the optimizer's workload (``Workload.arrival_cv``), so replicas
+   and batch size are sized for the burstiness observed instead of Poisson.
+3. **Panic.** When the newest breaching samples (observed p99 above the bound, or error rate
+   above its limit) number ``panic_samples``, or together carry enough requests to be a
+   confident verdict on the percentile (:func:`requests_for_percentile`), the controller moves
+   to safety at once: the optimizer's plan at the higher of the sizing rate and the newest raw
+   rate, plus the hysteresis band as headroom (at least one more replica than now), in one step.
+4. **Hysteresis.** Otherwise a switch is considered only when the sizing rate has left
+   ``planned_rate * (1 +- band)``; a rate oscillating inside the band never triggers one.
+5. **Predicted breach.** Above the band the optimizer is asked at once; when it says the current
+   plan no longer meets the SLO at the sizing rate (a prediction at the SLO's own confidence,
+   step 1), the controller moves on this sample, without waiting for a window, in one step,
+   and keeps no fallback: the old plan is released once the target is up, since rolling back
+   to a plan predicted to fail would not help (panic moves alike).
+6. **Stabilisation.** Other moves need the sizing rate to have stayed on the same side outside
+   the band for a window on the sample timestamps: short toward safety, long toward savings (as
+   Kubernetes HPA's scale-down stabilisation and Knative KPA's stable window); moves toward
+   savings also wait for the plan's minimum dwell.
+7. **Net saving.** The target is the optimizer's best plan at the sizing rate, or the current
+   configuration scaled to no more running cost when that meets the SLO too
+   (``Advice.scaled_plan``), whichever has the larger net saving: a scale skips the migration's
+   overlap of old and new capacity. Its switch cost is :func:`switch_cost`; over the expected
+   dwell ``H`` the net saving per hour is ``saving_per_hour - switch_cost / (H / 3600)``, and a
+   move happens only when it is positive.
+8. **Transition** (:func:`transition_steps`). A change of replica count alone is a *scale*: the
+   configuration is the one already serving, so there is nothing to canary; it takes one step
+   at full weight whose dwell verifies the SLO. A change of instance type, batch size or delay is
+   a *migration* through the weighted steps. Each step dwells until the target's share of the
+   rate has sent the requests a verdict on the percentile needs, at least one sample period (a
+   step must see a sample) and at most ``savings_window_s / len(steps)``: a transition proves
+   its target in no more time than the controller waited before deciding to save money, which
+   keeps the overlap of old and new capacity to minutes.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import statistics
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Protocol
 
+from servewise.core import queueing
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.optimizer import SearchLimits, optimize
 from servewise.core.profiles import Candidate
@@ -61,14 +86,19 @@ DEFAULT_PANIC_SAMPLES = 3
 DEFAULT_ERROR_RATE_LIMIT = 0.01
 DEFAULT_TRANSITION_WEIGHTS = (0.1, 0.25, 0.5, 1.0)
 
-# Requests beyond the SLO percentile a step should see: n = TAIL_REQUESTS / (1 - q) in total.
-TAIL_REQUESTS = 100
-# Bounds on one step's dwell: long enough for a scrape or two of metrics, short enough that a
-# very low rate does not stall a transition for days (the estimate is then rougher).
+# A step's dwell when the samples give no period (fewer than two samples): a typical metrics
+# scrape, so a step still sees a sample.
 MIN_STEP_DWELL_S = 30.0
-MAX_STEP_DWELL_S = 3600.0
-# Significant digits the smoothed rate is rounded to before the optimizer is asked (cache key).
+# Significant digits the sizing rate is rounded to before the optimizer is asked (cache key),
+# and those of the arrival CV.
 RATE_SIGNIFICANT_DIGITS = 3
+CV_SIGNIFICANT_DIGITS = 2
+# The bracket searched for the arrival CV that explains an observed p99 (1 = Poisson; the
+# upper end is far past the burstiness the queueing model is calibrated for, so a sample
+# beyond it is simply "very bursty").
+MIN_ARRIVAL_CV = 1.0
+MAX_ARRIVAL_CV = 16.0
+CV_BISECTION_STEPS = 24
 
 
 class Decision(Enum):
@@ -112,13 +142,15 @@ class Sample:
 
 @dataclass(frozen=True)
 class DeploymentState:
-    """What the controller needs of a stored deployment."""
+    """What the controller needs of a stored deployment. ``planned_arrival_cv`` is the CV the
+    current plan was sized for: the estimate used until samples served by it say otherwise."""
 
     candidates: tuple[Candidate, ...]
     slo: Slo
     current_plan: Plan
     planned_rate_per_s: float
     plan_since_s: float | None = None
+    planned_arrival_cv: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -131,9 +163,16 @@ class Advice:
     feasible: bool
     cost_per_hour: float
     current_meets_slo: bool
+    # The current configuration (instance type, B, T) with as many replicas as the best plan's
+    # running cost buys, when that meets the SLO too and differs from the current plan: moving
+    # there is a scale, not a migration, so it may be the cheaper move (see item 7).
+    scaled_plan: Plan | None = None
 
 
-Advisor = Callable[[float], Advice]
+class Advisor(Protocol):
+    """The optimizer at a rate and an inter-arrival CV."""
+
+    def __call__(self, rate_per_s: float, arrival_cv: float = 1.0) -> Advice: ...
 
 
 @dataclass(frozen=True)
@@ -141,6 +180,18 @@ class Step:
     weight: float
     dwell_s: float
     expected_requests: float
+
+
+@dataclass(frozen=True)
+class RateEstimate:
+    """What the samples say about the rate (see :func:`estimate_rate`)."""
+
+    smoothed_per_s: float
+    trend_per_s2: float
+    spread_per_s: float
+    lead_s: float
+    sizing_per_s: float
+    sample_period_s: float | None
 
 
 @dataclass(frozen=True)
@@ -158,6 +209,13 @@ class Evaluation:
     net_saving_per_hour: float = 0.0
     steps: tuple[Step, ...] = ()
     panic: bool = False
+    # The rate and CV the target was sized for (the deployment's new planned rate and CV).
+    sizing_rate_per_s: float = 0.0
+    arrival_cv: float = 1.0
+    # Seconds until the target carries all the traffic, and of capacity paid for while not
+    # serving (see :func:`switch_cost`).
+    ready_after_s: float = 0.0
+    overlap_s: float = 0.0
 
 
 # --- Building blocks --------------------------------------------------------------------------
@@ -186,25 +244,113 @@ def rounded_rate(rate_per_s: float, digits: int = RATE_SIGNIFICANT_DIGITS) -> fl
     return float(f"{rate_per_s:.{digits}g}")
 
 
+def slo_z(percentile: float) -> float:
+    """The standard normal quantile at the SLO percentile (2.33 for p99): the confidence every
+    statistical margin of the controller is taken at, so a p99.9 SLO gets wider ones."""
+    q = min(max(percentile / 100.0, 0.5), 1.0 - 1e-9)
+    return statistics.NormalDist().inv_cdf(q)
+
+
 def requests_for_percentile(percentile: float) -> int:
-    """Requests a step needs to estimate the ``percentile`` (e.g. 99): ``100 / (1 - q)``."""
+    """Requests a verdict on the ``percentile`` (e.g. 99) needs: ``k / (1 - q)``.
+
+    When a plan just meets the SLO, the number of requests over the bound among ``n`` is about
+    Poisson with mean ``k = n (1 - q)``; a plan twice as bad shows ``2k``. Telling the two apart
+    with both errors at the SLO's own confidence ``z`` (:func:`slo_z`) needs
+    ``k >= z * (sqrt(k) + sqrt(2k))``, i.e. ``k = z**2 (1 + sqrt 2)**2`` (31.5 for p99, so
+    3,150 requests; at least one request beyond the percentile whatever the confidence).
+    """
     tail = 1.0 - percentile / 100.0
-    return math.ceil(TAIL_REQUESTS / tail - 1e-6)
+    k = max(slo_z(percentile) ** 2 * (1.0 + math.sqrt(2.0)) ** 2, 1.0)
+    return math.ceil(k / tail - 1e-6)
+
+
+def sample_period_s(samples: Sequence[Sample]) -> float | None:
+    """The median gap between the samples' timestamps (None with fewer than two)."""
+    gaps = [b.timestamp_s - a.timestamp_s for a, b in itertools.pairwise(samples)]
+    gaps = [g for g in gaps if g > 0]
+    return statistics.median(gaps) if gaps else None
 
 
 def transition_steps(
-    rate_per_s: float, weights: Sequence[float], percentile: float
+    rate_per_s: float,
+    weights: Sequence[float],
+    percentile: float,
+    min_dwell_s: float = MIN_STEP_DWELL_S,
+    max_dwell_s: float = math.inf,
 ) -> tuple[Step, ...]:
     """A step per weight, each dwelling until the target's share of ``rate_per_s`` has sent the
-    requests :func:`requests_for_percentile` asks for, within the step dwell bounds."""
+    requests :func:`requests_for_percentile` asks for, within ``[min_dwell_s, max_dwell_s]``
+    (the lower bound wins when they cross: a step must see a sample)."""
     needed = requests_for_percentile(percentile)
     steps = []
     for weight in weights:
         share = rate_per_s * weight
-        dwell = MAX_STEP_DWELL_S if share <= 0 else needed / share
-        dwell = min(max(dwell, MIN_STEP_DWELL_S), MAX_STEP_DWELL_S)
+        dwell = math.inf if share <= 0 else needed / share
+        dwell = max(min(dwell, max_dwell_s), min_dwell_s)
         steps.append(Step(weight=weight, dwell_s=dwell, expected_requests=share * dwell))
     return tuple(steps)
+
+
+def step_dwell_bounds(samples: Sequence[Sample], settings: ControlSettings) -> tuple[float, float]:
+    """(min, max) dwell of one step: one sample period (a step must see a sample), and the
+    savings window shared by the steps (module docstring, item 8)."""
+    period = sample_period_s(samples) or MIN_STEP_DWELL_S
+    steps = max(len(settings.transition_weights), 1)
+    return period, max(settings.savings_window_s / steps, period)
+
+
+def is_scale(current: Plan, target: Plan) -> bool:
+    """Whether ``target`` differs from ``current`` in the replica count alone."""
+    return replace(target, replicas=current.replicas) == current
+
+
+@dataclass(frozen=True)
+class SwitchCost:
+    """What a move costs: ``cost`` in currency; ``ready_after_s`` until the target carries all
+    traffic; ``overlap_s`` of capacity paid for that does not serve (billed in ``cost``)."""
+
+    cost: float
+    ready_after_s: float
+    overlap_s: float
+
+
+def switch_cost(
+    current: Plan,
+    target: Plan,
+    candidates: Sequence[Candidate],
+    steps: Sequence[Step] = (),
+    keep_fallback: bool = True,
+) -> SwitchCost:
+    """What moving from ``current`` to ``target`` through ``steps`` costs.
+
+    A scale up bills the added replicas while they cold-start (they are paid for before they
+    serve; the target carries the traffic once they are up) and a scale down costs nothing
+    (replicas are removed). A migration keeps the current plan's capacity through the target's
+    cold start and every step's dwell (the overlap of old and new capacity: the old plan stays
+    up until the last step has verified the target); the target carries all traffic once the
+    steps before the last, full-weight one are done. The replay's naive and hindsight schedules
+    pass no steps: they switch at once and pay the cold start alone. Without ``keep_fallback``
+    (a move away from a plan predicted or observed to break the SLO, where rolling back would
+    not help) the old capacity goes as soon as the target carries all traffic.
+    """
+    if current == target:
+        return SwitchCost(0.0, 0.0, 0.0)
+    cold = _candidate(target, candidates).instance.cold_start_s
+    price = _candidate(target, candidates).instance.price_per_hour
+    if is_scale(current, target):
+        added = target.replicas - current.replicas
+        if added <= 0:
+            return SwitchCost(0.0, 0.0, 0.0)
+        return SwitchCost(price * added * cold / 3600.0, cold, cold)
+    ready_s = cold + sum(s.dwell_s for s in steps[:-1])
+    overlap_s = cold + sum(s.dwell_s for s in steps) if keep_fallback else ready_s
+    cost = plan_cost_per_hour(current, candidates) * overlap_s / 3600.0
+    return SwitchCost(cost, ready_s, overlap_s)
+
+
+def breach(sample: Sample, slo: Slo, error_rate_limit: float) -> bool:
+    return sample.p99_ms > slo.latency_ms or sample.error_rate > error_rate_limit
 
 
 def panic_run(samples: Sequence[Sample], slo: Slo, error_rate_limit: float) -> int:
@@ -212,24 +358,136 @@ def panic_run(samples: Sequence[Sample], slo: Slo, error_rate_limit: float) -> i
     the error-rate limit."""
     run = 0
     for s in reversed(samples):
-        if s.p99_ms > slo.latency_ms or s.error_rate > error_rate_limit:
+        if breach(s, slo, error_rate_limit):
             run += 1
         else:
             break
     return run
 
 
+def run_requests(samples: Sequence[Sample], run: int) -> float:
+    """Requests the newest ``run`` samples covered (each sample's rate over the gap before it;
+    the first sample of the window, with no gap, counts none)."""
+    total = 0.0
+    pairs = list(itertools.pairwise(samples))[-run:] if run > 0 else []
+    for prev, cur in pairs:
+        total += cur.rate_per_s * (cur.timestamp_s - prev.timestamp_s)
+    return total
+
+
 def held_for_s(
-    samples: Sequence[Sample], smoothed: Sequence[float], outside: Callable[[float], bool]
+    samples: Sequence[Sample], series: Sequence[float], outside: Callable[[float], bool]
 ) -> float:
-    """Seconds the newest samples' smoothed rate has been ``outside`` without interruption
+    """Seconds the newest samples' ``series`` value has been ``outside`` without interruption
     (0 when the newest one is not)."""
     start: float | None = None
-    for s, rate in zip(reversed(samples), reversed(smoothed), strict=True):
+    for s, rate in zip(reversed(samples), reversed(series), strict=True):
         if not outside(rate):
             break
         start = s.timestamp_s
     return 0.0 if start is None else samples[-1].timestamp_s - start
+
+
+def rising_trend(
+    samples: Sequence[Sample], i: int, span_s: float, spread_per_s: float, z: float
+) -> float:
+    """The lower confidence bound of the rate's rise: the least-squares slope of the raw rate
+    over the ``span_s`` seconds up to sample ``i`` less ``z`` standard errors
+    (``spread / sqrt(Sxx)``), or 0 when that is not positive. The forecast follows only the part
+    of a trend the samples establish at the SLO's confidence; a noisy or short rise adds
+    nothing."""
+    t_end = samples[i].timestamp_s
+    j = i
+    while j > 0 and samples[j - 1].timestamp_s >= t_end - span_s:
+        j -= 1
+    points = samples[j : i + 1]
+    if len(points) < 3:
+        return 0.0
+    t_mean = sum(p.timestamp_s for p in points) / len(points)
+    r_mean = sum(p.rate_per_s for p in points) / len(points)
+    sxx = sum((p.timestamp_s - t_mean) ** 2 for p in points)
+    if sxx <= 0:
+        return 0.0
+    slope = sum((p.timestamp_s - t_mean) * (p.rate_per_s - r_mean) for p in points) / sxx
+    return max(slope - z * spread_per_s / math.sqrt(sxx), 0.0)
+
+
+def sizing_series(
+    samples: Sequence[Sample], settings: ControlSettings, slo: Slo, cold_start_s: float
+) -> tuple[list[float], RateEstimate]:
+    """The sizing rate after each sample, and the newest :class:`RateEstimate`.
+
+    ``sizing = smoothed + trend * lead + z * spread`` (module docstring, item 1). The spread
+    is ``sqrt(mean(diff(rate)**2) / 2)`` over the window (successive differences remove a slow
+    trend; the halving undoes the difference of two samples' variances); the trend is
+    :func:`rising_trend` over the last two half-lives (at least three sample periods).
+    """
+    smoothed = ewma_rates(samples, settings.ewma_half_life_s)
+    period = sample_period_s(samples)
+    lead = cold_start_s + (period or 0.0)
+    # The spread as known after each sample (causal: history is judged as it was seen).
+    spreads = [0.0]
+    squares = 0.0
+    for count, (a, b) in enumerate(itertools.pairwise(samples), start=1):
+        squares += (b.rate_per_s - a.rate_per_s) ** 2
+        spreads.append(math.sqrt(squares / (2 * count)))
+    z = slo_z(slo.percentile)
+    span = max(2.0 * settings.ewma_half_life_s, 3.0 * (period or 0.0))
+    trends = [rising_trend(samples, i, span, spreads[i], z) for i in range(len(samples))]
+    series = [s + tr * lead + z * sp for s, tr, sp in zip(smoothed, trends, spreads, strict=True)]
+    estimate = RateEstimate(smoothed[-1], trends[-1], spreads[-1], lead, series[-1], period)
+    return series, estimate
+
+
+def estimate_rate(
+    samples: Sequence[Sample], settings: ControlSettings, slo: Slo, cold_start_s: float
+) -> RateEstimate:
+    """The newest :class:`RateEstimate` (see :func:`sizing_series`)."""
+    return sizing_series(samples, settings, slo, cold_start_s)[1]
+
+
+def cv_for_latency(
+    candidate: Candidate, plan: Plan, rate_per_s: float, observed_p99_ms: float
+) -> float | None:
+    """The inter-arrival CV at which the queueing model predicts ``observed_p99_ms`` for
+    ``plan`` at ``rate_per_s`` (clamped to ``[MIN_ARRIVAL_CV, MAX_ARRIVAL_CV]``); None when the
+    plan is unstable at that rate (the latency then says nothing about burstiness)."""
+    if rate_per_s >= capacity_per_s(candidate.profile, plan.max_batch_size, plan.replicas):
+        return None
+
+    def p99(cv: float) -> float:
+        return queueing.predict(candidate.profile, plan, Workload(rate_per_s, cv), None).p99_ms
+
+    if observed_p99_ms <= p99(MIN_ARRIVAL_CV):
+        return MIN_ARRIVAL_CV
+    if observed_p99_ms >= p99(MAX_ARRIVAL_CV):
+        return MAX_ARRIVAL_CV
+    lo, hi = math.log(MIN_ARRIVAL_CV), math.log(MAX_ARRIVAL_CV)
+    for _ in range(CV_BISECTION_STEPS):
+        mid = (lo + hi) / 2
+        if p99(math.exp(mid)) < observed_p99_ms:
+            lo = mid
+        else:
+            hi = mid
+    return math.exp((lo + hi) / 2)
+
+
+def estimate_arrival_cv(state: DeploymentState, samples: Sequence[Sample]) -> float:
+    """The root-mean-square of :func:`cv_for_latency` over the samples served by the current
+    plan (after ``plan_since_s``, with a p99 and a rate); the plan's ``planned_arrival_cv`` when
+    there are none. CVs enter queueing delay squared, so their squares are averaged."""
+    candidate = _candidate(state.current_plan, state.candidates)
+    since = -math.inf if state.plan_since_s is None else state.plan_since_s
+    squares = []
+    for s in samples:
+        if s.timestamp_s <= since or s.p99_ms <= 0 or s.rate_per_s <= 0:
+            continue
+        cv = cv_for_latency(candidate, state.current_plan, s.rate_per_s, s.p99_ms)
+        if cv is not None:
+            squares.append(cv * cv)
+    if not squares:
+        return state.planned_arrival_cv
+    return math.sqrt(sum(squares) / len(squares))
 
 
 def plan_cost_per_hour(plan: Plan, candidates: Sequence[Candidate]) -> float:
@@ -265,47 +523,69 @@ def evaluate(
     Parameters
     ----------
     state:
-        The deployment: candidates, SLO, the plan in force and the rate it was chosen for.
+        The deployment: candidates, SLO, the plan in force and the rate and CV it was sized for.
     samples:
         Recent samples, oldest first, validated (finite, rates >= 0, timestamps non-decreasing).
     settings:
         Windows, band, dwell, smoothing, panic and transition settings.
     advise:
-        The optimizer at a rate (``advise(rate)``); called at most once.
+        The optimizer at a rate and CV (``advise(rate, cv)``); called at most once.
     """
-    smoothed = ewma_rates(samples, settings.ewma_half_life_s)
-    rate = smoothed[-1]
-    now = samples[-1].timestamp_s
     current = state.current_plan
+    cold = _candidate(current, state.candidates).instance.cold_start_s
+    series, estimate = sizing_series(samples, settings, state.slo, cold)
+    rate = estimate.sizing_per_s
+    cv = estimate_arrival_cv(state, samples)
+    now = samples[-1].timestamp_s
     current_cost = plan_cost_per_hour(current, state.candidates)
-    base = Evaluation(Decision.HOLD, Direction.NONE, "", rate, now, current_cost)
+    base = Evaluation(
+        Decision.HOLD,
+        Direction.NONE,
+        "",
+        estimate.smoothed_per_s,
+        now,
+        current_cost,
+        sizing_rate_per_s=rate,
+        arrival_cv=cv,
+    )
     run = panic_run(samples, state.slo, settings.error_rate_limit)
-    if run >= settings.panic_samples:
+    needed = requests_for_percentile(state.slo.percentile)
+    if run >= settings.panic_samples or (run > 0 and run_requests(samples, run) >= needed):
         return _panic(state, samples, settings, advise, run, base)
 
+    sizing = (
+        f"sizing rate {rate:.4g}/s (smoothed {estimate.smoothed_per_s:.4g}/s, trend "
+        f"{estimate.trend_per_s2:+.3g}/s² over a {estimate.lead_s:.4g} s lead, spread "
+        f"{estimate.spread_per_s:.3g}/s; arrival CV {cv:.3g})"
+    )
     band = settings.hysteresis_band
     upper = state.planned_rate_per_s * (1.0 + band)
     lower = state.planned_rate_per_s * (1.0 - band)
     if lower <= rate <= upper:
         return replace(
             base,
-            reason=f"smoothed rate {rate:.4g}/s is inside the hysteresis band [{lower:.4g}, "
-            f"{upper:.4g}]/s around the planned {state.planned_rate_per_s:.4g}/s",
+            reason=f"{sizing} is inside the hysteresis band [{lower:.4g}, {upper:.4g}]/s around "
+            f"the planned {state.planned_rate_per_s:.4g}/s",
         )
     if rate > upper:
         direction, window = Direction.SAFETY, settings.safety_window_s
-        held = held_for_s(samples, smoothed, lambda r: r > upper)
+        held = held_for_s(samples, series, lambda r: r > upper)
         side = f"above {upper:.4g}/s"
+        advice = advise(rate, cv)
+        if not advice.current_meets_slo:
+            # A predicted breach: no window (module docstring, item 5).
+            return _switch_or_hold(state, samples, settings, advice, direction, base, sizing)
     else:
         direction, window = Direction.SAVINGS, settings.savings_window_s
-        held = held_for_s(samples, smoothed, lambda r: r < lower)
+        held = held_for_s(samples, series, lambda r: r < lower)
         side = f"below {lower:.4g}/s"
+        advice = None
     if held < window:
         return replace(
             base,
             direction=direction,
-            reason=f"smoothed rate {rate:.4g}/s has been {side} for {held:.4g} s of the "
-            f"{window:.4g} s stabilisation window {direction.value}",
+            reason=f"{sizing} has been {side} for {held:.4g} s of the {window:.4g} s "
+            f"stabilisation window {direction.value}",
         )
     if direction is Direction.SAVINGS and state.plan_since_s is not None:
         in_force = now - state.plan_since_s
@@ -316,85 +596,106 @@ def evaluate(
                 reason=f"current plan in force for {in_force:.4g} s, under the minimum dwell "
                 f"of {settings.min_dwell_s:.4g} s",
             )
-    advice = advise(rate)
-    return _switch_or_hold(state, settings, advice, rate, direction, base)
+    if advice is None:
+        advice = advise(rate, cv)
+    return _switch_or_hold(state, samples, settings, advice, direction, base, sizing)
 
 
-def _costs(
+def _plan_switch(
     state: DeploymentState,
-    target: Plan,
-    steps: tuple[Step, ...],
-    current_cost: float,
+    samples: Sequence[Sample],
     settings: ControlSettings,
-) -> tuple[float, float, float, float]:
-    """(target cost per hour, saving per hour, switch cost, net saving per hour)."""
-    target_cost = plan_cost_per_hour(target, state.candidates)
-    saving = current_cost - target_cost
-    cold = _candidate(target, state.candidates).instance.cold_start_s
-    overlap_s = cold + sum(s.dwell_s for s in steps)
-    switch_cost = current_cost * overlap_s / 3600.0
-    net = saving - switch_cost / (settings.expected_dwell_s / 3600.0)
-    return target_cost, saving, switch_cost, net
+    target: Plan,
+    rate: float,
+    weights: Sequence[float],
+    keep_fallback: bool = True,
+) -> tuple[tuple[Step, ...], SwitchCost]:
+    """The steps and the cost of a move to ``target``: one verifying step for a scale, the
+    ``weights`` for a migration."""
+    low, high = step_dwell_bounds(samples, settings)
+    current = state.current_plan
+    if is_scale(current, target):
+        steps = transition_steps(rate, (1.0,), state.slo.percentile, low, high)
+        return steps, switch_cost(current, target, state.candidates)
+    steps = transition_steps(rate, weights, state.slo.percentile, low, high)
+    return steps, switch_cost(current, target, state.candidates, steps, keep_fallback)
 
 
 def _switch_or_hold(
     state: DeploymentState,
+    samples: Sequence[Sample],
     settings: ControlSettings,
     advice: Advice,
-    rate: float,
     direction: Direction,
     base: Evaluation,
+    sizing: str,
 ) -> Evaluation:
     current = state.current_plan
     current_cost = base.current_cost_per_hour
+    rate = base.sizing_rate_per_s
     target = advice.plan
     base = replace(base, direction=direction)
     if target is None:
         return replace(base, reason=f"the optimizer found no stable plan at {rate:.4g}/s")
-    steps = transition_steps(rate, settings.transition_weights, state.slo.percentile)
-    target_cost, saving, switch_cost, net = _costs(state, target, steps, current_cost, settings)
+    # A move away from a plan predicted to break the SLO goes in one step, as panic does: the
+    # low-weight canary steps would keep most traffic on the failing plan.
+    urgent = direction is Direction.SAFETY and not advice.current_meets_slo
+    weights = (1.0,) if urgent else settings.transition_weights
+    options = [target] if advice.scaled_plan is None else [target, advice.scaled_plan]
+    priced = []
+    for option in options:
+        option_steps, option_moved = _plan_switch(
+            state, samples, settings, option, rate, weights, keep_fallback=not urgent
+        )
+        option_cost = plan_cost_per_hour(option, state.candidates)
+        option_net = (
+            current_cost - option_cost - option_moved.cost / (settings.expected_dwell_s / 3600.0)
+        )
+        priced.append((option_net, option, option_steps, option_moved))
+    net, target, steps, moved = max(priced, key=lambda p: p[0])
+    target_cost = plan_cost_per_hour(target, state.candidates)
     if target == current:
         return replace(
             base,
-            reason=f"the best plan at {rate:.4g}/s is the current plan ({current.describe()})",
+            reason=f"the best plan at the {sizing} is the current plan ({current.describe()})",
             target_plan=target,
             target_cost_per_hour=target_cost,
         )
+    cost, ready = moved.cost, moved.ready_after_s
+    saving = current_cost - target_cost
     numbered = replace(
         base,
         target_plan=target,
         target_cost_per_hour=target_cost,
         saving_per_hour=saving,
-        switch_cost=switch_cost,
+        switch_cost=cost,
         net_saving_per_hour=net,
         steps=steps,
+        ready_after_s=ready,
+        overlap_s=moved.overlap_s,
     )
-    overlap_s = switch_cost / current_cost * 3600.0 if current_cost else 0.0
+    kind = "scale" if is_scale(current, target) else f"migration in {len(steps)} steps"
     money = (
         f"${current_cost:.4g}/h now vs ${target_cost:.4g}/h for {target.describe()}: saving "
-        f"${saving:.4g}/h, switch cost ${switch_cost:.4g} (current capacity kept {overlap_s:.4g} s "
-        f"through cold start and {len(steps)} steps), net ${net:.4g}/h over the expected "
-        f"{settings.expected_dwell_s:.4g} s"
+        f"${saving:.4g}/h, switch cost ${cost:.4g} ({kind}, target ready after {ready:.4g} s), "
+        f"net ${net:.4g}/h over the expected {settings.expected_dwell_s:.4g} s"
     )
     if not advice.feasible:
         return _infeasible(state, advice, rate, numbered, money)
-    if direction is Direction.SAFETY and not advice.current_meets_slo:
+    if urgent:
         return replace(
             numbered,
             decision=Decision.SWITCH,
-            reason=f"the current plan {current.describe()} no longer meets the "
-            f"p{state.slo.percentile:g} {state.slo.latency_ms:g} ms SLO at the smoothed "
-            f"{rate:.4g}/s: {money}",
+            reason=f"the current plan {current.describe()} is predicted to break the "
+            f"p{state.slo.percentile:g} {state.slo.latency_ms:g} ms SLO at the {sizing}: {money}",
         )
     if net > 0:
         return replace(
             numbered,
             decision=Decision.SWITCH,
-            reason=f"switching pays at the smoothed {rate:.4g}/s: {money}",
+            reason=f"switching pays at the {sizing}: {money}",
         )
-    return replace(
-        numbered, reason=f"the switch does not pay at the smoothed {rate:.4g}/s: {money}"
-    )
+    return replace(numbered, reason=f"the switch does not pay at the {sizing}: {money}")
 
 
 def _infeasible(
@@ -430,16 +731,22 @@ def _panic(
 ) -> Evaluation:
     current = state.current_plan
     newest = samples[-1]
-    panic_rate = max(base.smoothed_rate_per_s, newest.rate_per_s) * (1.0 + settings.hysteresis_band)
-    advice = advise(panic_rate)
+    panic_rate = max(base.sizing_rate_per_s, newest.rate_per_s) * (1.0 + settings.hysteresis_band)
+    advice = advise(panic_rate, base.arrival_cv)
     current_capacity = plan_capacity_per_s(current, state.candidates)
     target = advice.plan
     if target is None or plan_capacity_per_s(target, state.candidates) <= current_capacity:
         grown = math.ceil(current.replicas * (1.0 + settings.hysteresis_band))
         target = replace(current, replicas=max(current.replicas + 1, grown))
-    steps = transition_steps(panic_rate, (1.0,), state.slo.percentile)
+    # Panic moves in a single step, whatever the kind of switch.
+    steps, moved = _plan_switch(
+        state, samples, settings, target, panic_rate, (1.0,), keep_fallback=False
+    )
+    cost = moved.cost
     current_cost = base.current_cost_per_hour
-    target_cost, saving, switch_cost, net = _costs(state, target, steps, current_cost, settings)
+    target_cost = plan_cost_per_hour(target, state.candidates)
+    saving = current_cost - target_cost
+    net = saving - cost / (settings.expected_dwell_s / 3600.0)
     return replace(
         base,
         decision=Decision.SWITCH,
@@ -447,15 +754,18 @@ def _panic(
         reason=f"panic: the newest {run} samples broke the SLO (observed p99 "
         f"{newest.p99_ms:.4g} ms vs {state.slo.latency_ms:g} ms) or the error-rate limit "
         f"({newest.error_rate:.4g} vs {settings.error_rate_limit:g}); moving at once to "
-        f"{target.describe()} sized for {panic_rate:.4g}/s (${target_cost:.4g}/h vs "
-        f"${current_cost:.4g}/h now)",
+        f"{target.describe()} sized for {panic_rate:.4g}/s at arrival CV "
+        f"{base.arrival_cv:.3g} (${target_cost:.4g}/h vs ${current_cost:.4g}/h now)",
         target_plan=target,
         target_cost_per_hour=target_cost,
         saving_per_hour=saving,
-        switch_cost=switch_cost,
+        switch_cost=cost,
         net_saving_per_hour=net,
         steps=steps,
         panic=True,
+        sizing_rate_per_s=panic_rate,
+        ready_after_s=moved.ready_after_s,
+        overlap_s=moved.overlap_s,
     )
 
 
@@ -463,10 +773,11 @@ def _panic(
 
 
 class AdviceCache:
-    """A bounded LRU of optimizer answers keyed by (deployment, state version, rounded rate).
+    """A bounded LRU of optimizer answers keyed by (deployment, state version, rounded rate,
+    rounded CV).
 
     A deployment's version changes whenever its candidates, SLO or plan do, so an entry never
-    goes stale; the rate is rounded (:func:`rounded_rate`) so nearby rates share an entry.
+    goes stale; the rate and CV are rounded (:func:`rounded_rate`) so nearby ones share an entry.
     """
 
     def __init__(self, max_entries: int = 4096) -> None:
@@ -504,13 +815,15 @@ def optimizer_advisor(
     current_plan: Plan,
     seed: int = 0,
 ) -> Advisor:
-    """``advise(rate)`` backed by :func:`servewise.core.optimizer.optimize` (Poisson arrivals at
-    the rate), assessing the current plan at the same rate."""
+    """``advise(rate, cv)`` backed by :func:`servewise.core.optimizer.optimize` (renewal
+    arrivals at the rate with that inter-arrival CV), assessing the current plan at the same
+    workload."""
 
-    def advise(rate_per_s: float) -> Advice:
+    def advise(rate_per_s: float, arrival_cv: float = 1.0) -> Advice:
+        workload = Workload(rate_per_s=rate_per_s, arrival_cv=arrival_cv)
         result = optimize(
             list(candidates),
-            Workload(rate_per_s=rate_per_s),
+            workload,
             slo,
             limits,
             current_plan=current_plan,
@@ -518,23 +831,51 @@ def optimizer_advisor(
         )
         best = result.recommended
         current_ok = result.current is not None and result.current.meets_slo
+        scaled = None
+        if best is not None and result.feasible and not is_scale(current_plan, best.plan):
+            scaled = _scaled_alternative(
+                candidates, slo, limits, current_plan, best.cost_per_hour, workload, seed
+            )
         return Advice(
             rate_per_s=rate_per_s,
             plan=None if best is None else best.plan,
             feasible=result.feasible,
             cost_per_hour=0.0 if best is None else best.cost_per_hour,
             current_meets_slo=current_ok,
+            scaled_plan=scaled,
         )
 
     return advise
 
 
-def cached_advisor(cache: AdviceCache, key: Hashable, advise: Advisor) -> Advisor:
-    """``advise`` at the rate rounded by :func:`rounded_rate`, memoised in ``cache`` under
-    ``(key, rounded rate)``; ``key`` must change whenever the deployment does (its version)."""
+def _scaled_alternative(
+    candidates: Sequence[Candidate],
+    slo: Slo,
+    limits: SearchLimits,
+    current_plan: Plan,
+    best_cost_per_hour: float,
+    workload: Workload,
+    seed: int,
+) -> Plan | None:
+    """The current configuration with as many replicas as ``best_cost_per_hour`` buys, when
+    that differs from the current count and the optimizer's own assessment (the same
+    confirmation as its recommendation) says it meets the SLO; else None."""
+    price = _candidate(current_plan, candidates).instance.price_per_hour
+    replicas = min(math.floor(best_cost_per_hour / price + 1e-9), limits.max_replicas)
+    if replicas < 1 or replicas == current_plan.replicas:
+        return None
+    scaled = replace(current_plan, replicas=replicas)
+    result = optimize(list(candidates), workload, slo, limits, current_plan=scaled, seed=seed)
+    return scaled if result.current is not None and result.current.meets_slo else None
 
-    def cached(rate_per_s: float) -> Advice:
+
+def cached_advisor(cache: AdviceCache, key: Hashable, advise: Advisor) -> Advisor:
+    """``advise`` at the rate and CV rounded by :func:`rounded_rate`, memoised in ``cache``
+    under ``(key, rate, cv)``; ``key`` must change whenever the deployment does (its version)."""
+
+    def cached(rate_per_s: float, arrival_cv: float = 1.0) -> Advice:
         rate = max(rounded_rate(rate_per_s), 1e-9)
-        return cache.get_or_compute((key, rate), lambda: advise(rate))
+        cv = max(rounded_rate(arrival_cv, CV_SIGNIFICANT_DIGITS), MIN_ARRIVAL_CV)
+        return cache.get_or_compute((key, rate, cv), lambda: advise(rate, cv))
 
     return cached

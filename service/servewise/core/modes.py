@@ -48,7 +48,7 @@ from enum import Enum
 import numpy as np
 import numpy.typing as npt
 
-from servewise.core import queueing
+from servewise.core import cancel, queueing
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.offline import (
     OfflineJob,
@@ -69,8 +69,10 @@ from servewise.core.optimizer import (
 from servewise.core.profiles import Candidate
 from servewise.core.simulator import (
     DEFAULT_SEED,
+    SEED_MODULUS,
     capacity_per_s,
     order_statistics,
+    renewal_arrivals_ms,
     simulate,
     simulate_with_latencies,
 )
@@ -234,6 +236,16 @@ class PoolEvaluation:
     note: str
 
 
+def _check_arrivals(workload: Workload, seed: int) -> npt.NDArray[np.float64] | None:
+    """The checks' arrival sample: the shared renewal sample of the pool's rate and CV (drawn
+    once per CV and seed; gamma draws for bursty pools are slow), or None for a trace."""
+    if workload.arrival_times_s is not None:
+        return None
+    return renewal_arrivals_ms(
+        workload.rate_per_s, workload.arrival_cv, CHECK_REQUESTS, seed % SEED_MODULUS
+    )
+
+
 def _meets_all(
     candidates: dict[str, Candidate],
     assessment: PlanAssessment | None,
@@ -247,17 +259,28 @@ def _meets_all(
         return True
     plan = assessment.plan
     _, latencies = simulate_with_latencies(
-        candidates[plan.instance_type].profile, plan, workload, CHECK_REQUESTS, seed + 7
+        candidates[plan.instance_type].profile,
+        plan,
+        workload,
+        CHECK_REQUESTS,
+        seed + 7,
+        arrivals_ms=_check_arrivals(workload, seed + 7),
     )
     values = order_statistics(latencies, [s.percentile for s in others])
     return all(float(v) <= s.latency_ms for v, s in zip(values, others, strict=True))
 
 
-def evaluate_pool(classes: list[TrafficClass], inputs: SelectInputs, seed: int) -> PoolEvaluation:
+def evaluate_pool(
+    classes: list[TrafficClass], inputs: SelectInputs, seed: int, realtime: bool = True
+) -> PoolEvaluation:
+    """Optimise the pool serving ``classes``; ``realtime``: also its real-time baseline (the
+    REALTIME mode's pool), which a pool only hybrid uses does not need."""
     by_name = {c.instance.name: c for c in inputs.candidates}
     workload = pool_workload(classes)
     primary, others = pool_requirements(classes)
-    result = optimize(inputs.candidates, workload, primary, inputs.limits, seed=seed)
+    result = optimize(
+        inputs.candidates, workload, primary, inputs.limits, seed=seed, realtime_baseline=realtime
+    )
     dyn_ok = _meets_all(
         by_name, result.recommended if result.feasible else None, workload, others, seed
     )
@@ -275,7 +298,14 @@ def evaluate_pool(classes: list[TrafficClass], inputs: SelectInputs, seed: int) 
             f"<= {primary.latency_ms:g} ms missed another class's requirement; re-optimised for "
             f"p{combined.percentile:g} <= {combined.latency_ms:g} ms"
         )
-        result = optimize(inputs.candidates, workload, combined, inputs.limits, seed=seed)
+        result = optimize(
+            inputs.candidates,
+            workload,
+            combined,
+            inputs.limits,
+            seed=seed,
+            realtime_baseline=realtime,
+        )
         primary = combined
         dyn_ok = result.feasible
         rt_ok = result.realtime_baseline is not None
@@ -534,16 +564,25 @@ def _evaluate_pools(
     inputs: SelectInputs,
     pool_of: dict[tuple[str, ...], PoolEvaluation],
     seed: int,
+    realtime_pool: tuple[str, ...] = (),
 ) -> None:
-    """Evaluate pools not yet known, two at a time (the simulator releases the GIL)."""
+    """Evaluate pools not yet known, two at a time (the simulator releases the GIL); only
+    ``realtime_pool`` (the pool of every class: REALTIME and DYNAMIC_BATCHING) gets a
+    real-time baseline, hybrid's pools of some classes do not report one."""
     todo = [g for g in groups if _class_names(g) not in pool_of]
     unique = list({_class_names(g): g for g in todo}.values())
     if len(unique) <= 1:
         for g in unique:
-            pool_of[_class_names(g)] = evaluate_pool(g, inputs, seed)
+            names = _class_names(g)
+            pool_of[names] = evaluate_pool(g, inputs, seed, names == realtime_pool)
         return
     with ThreadPoolExecutor(max_workers=2) as executor:
-        futures = {_class_names(g): executor.submit(evaluate_pool, g, inputs, seed) for g in unique}
+        futures = {
+            _class_names(g): executor.submit(
+                cancel.propagating(evaluate_pool), g, inputs, seed, _class_names(g) == realtime_pool
+            )
+            for g in unique
+        }
         for key, future in futures.items():
             pool_of[key] = future.result()
 
@@ -564,7 +603,13 @@ def evaluate_modes(
             wanted_pools.append(urgent)
         elif urgent:
             wanted_pools.extend([c] for c in urgent)
-    _evaluate_pools(wanted_pools, inputs, pool_of, seed)
+    _evaluate_pools(
+        wanted_pools,
+        inputs,
+        pool_of,
+        seed,
+        _class_names(classes) if all_rates else (),
+    )
     offline = (
         _offline_results(classes, inputs, seed)
         if {Mode.OFFLINE_BATCH, Mode.HYBRID} & set(modes)
@@ -668,6 +713,58 @@ def _screen_grid(
     return kinds, sizes, delays
 
 
+def _fewest_replicas(
+    ok: Callable[[npt.NDArray[np.int64], npt.NDArray[np.int64]], npt.NDArray[np.bool_]],
+    low: npt.NDArray[np.int64],
+    prices: npt.NDArray[np.float64],
+    ceiling: int,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+    """Per plan: whether some replica count up to the ceiling passes ``ok``, and the fewest
+    that does, for every plan that could be the cheapest (others are marked unusable).
+    ``low`` is each plan's capacity floor, a count that fails."""
+    count = len(low)
+    everything = np.arange(count)
+    # Only the cheapest pool is wanted: score one replica above each plan's capacity floor
+    # first; the cheapest of those that pass bounds the cost, and a plan that cannot come in
+    # at or under that bound is not searched further (ties are kept, so the choice is the
+    # one a full search makes).
+    open_rows = low < ceiling
+    at_floor = np.zeros(count, dtype=bool)
+    at_floor[open_rows] = ok(everything[open_rows], low[open_rows] + 1)
+    bound = float(np.min((low + 1) * prices, where=at_floor, initial=np.inf))
+    cap = np.full(count, ceiling, dtype=np.int64)
+    if math.isfinite(bound):
+        cap = np.minimum(cap, np.floor(bound / prices + 1e-9).astype(np.int64))
+    high = np.where(at_floor, low + 1, cap)
+    rest = everything[open_rows & ~at_floor & (cap > low + 1)]
+    # A ladder of replica counts scored in one call brackets each remaining plan's answer
+    # (usually a few replicas above the floor); bisection then finishes inside the bracket
+    # instead of halving all the way down from the ceiling.
+    ladder = np.minimum(
+        np.stack(
+            [low[rest] + 2, low[rest] + low[rest] // 4 + 4, 2 * low[rest] + 8, cap[rest]], axis=1
+        ),
+        cap[rest][:, np.newaxis],
+    )
+    rungs = ladder.shape[1]
+    passed = ok(np.repeat(rest, rungs), ladder.ravel()).reshape(len(rest), rungs)
+    usable = at_floor.copy()
+    usable[rest] = passed[:, -1]
+    first = np.argmax(passed, axis=1)
+    inside = np.arange(len(rest))
+    high[rest] = np.where(passed[:, -1], ladder[inside, first], cap[rest])
+    below = np.where(first > 0, ladder[inside, np.maximum(first - 1, 0)], low[rest] + 1)
+    low = low.copy()
+    low[rest] = np.minimum(below, high[rest] - 1)
+    while np.any(usable & (high - low > 1)):
+        rows = np.flatnonzero(usable & (high - low > 1))
+        mid = (high[rows] + low[rows]) // 2
+        good = ok(rows, mid)
+        high[rows] = np.where(good, mid, high[rows])
+        low[rows] = np.where(good, low[rows], mid)
+    return usable, high
+
+
 def _screen_pool(
     classes: list[TrafficClass], inputs: SelectInputs, realtime: bool
 ) -> _ScreenedPool | None:
@@ -688,9 +785,10 @@ def _screen_pool(
     delay = np.array(delays, dtype=np.float64)
     floor = np.floor(workload.rate_per_s * tables.service_ms[kind, big_b] / (big_b * 1000.0))
     low = floor.astype(np.int64)  # at or below capacity: fails
-    high = np.full(len(kinds), ceiling, dtype=np.int64)
 
     def ok(rows: npt.NDArray[np.int64], n: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        if len(rows) == 0:
+            return np.zeros(0, dtype=bool)
         tail = queueing.tail_probability(
             tables,
             kind[rows],
@@ -703,17 +801,10 @@ def _screen_pool(
         )
         return np.asarray(tail <= 1.0 - slo.percentile / 100.0)
 
-    everything = np.arange(len(kinds), dtype=np.int64)
-    usable = (low < ceiling) & ok(everything, high)
-    while np.any(usable & (high - low > 1)):
-        rows = np.flatnonzero(usable & (high - low > 1))
-        mid = (high[rows] + low[rows]) // 2
-        good = ok(rows, mid)
-        high[rows] = np.where(good, mid, high[rows])
-        low[rows] = np.where(good, low[rows], mid)
+    prices = np.array([cands[k].instance.price_per_hour for k in kinds])
+    usable, high = _fewest_replicas(ok, low, prices, ceiling)
     if not np.any(usable):
         return None
-    prices = np.array([cands[k].instance.price_per_hour for k in kinds])
     cost = np.where(usable, high * prices, np.inf)
     best = int(np.argmin(cost))
     latency = 0.0
@@ -743,7 +834,13 @@ def _confirmed_pool(pool: _ScreenedPool, seed: int) -> tuple[float, float] | Non
             pool.workload.rate_per_s
         ):
             result = simulate(
-                pool.candidate.profile, plan, pool.workload, CHECK_REQUESTS, seed, slo=pool.slo
+                pool.candidate.profile,
+                plan,
+                pool.workload,
+                CHECK_REQUESTS,
+                seed,
+                slo=pool.slo,
+                arrivals_ms=_check_arrivals(pool.workload, seed),
             )
             observed = result.latency.slo_percentile_ms
             if result.stable and observed is not None and observed <= pool.slo.latency_ms:
@@ -753,7 +850,11 @@ def _confirmed_pool(pool: _ScreenedPool, seed: int) -> tuple[float, float] | Non
 
 
 def _estimate(
-    mode: Mode, classes: list[TrafficClass], inputs: SelectInputs, confirm: bool = False
+    mode: Mode,
+    classes: list[TrafficClass],
+    inputs: SelectInputs,
+    confirm: bool = False,
+    screens: dict[tuple[tuple[str, ...], bool], _ScreenedPool | None] | None = None,
 ) -> float:
     """A mode's objective per million requests (inf when infeasible): from the analytic
     screen, or with ``confirm`` from simulations of the screened plans (jobs: closed form,
@@ -774,7 +875,15 @@ def _estimate(
         return None if res.plan is None else (res.plan.cost_per_hour, res.plan.latency_ms)
 
     def pool(group: list[TrafficClass], realtime: bool) -> tuple[float, float] | None:
-        screened = _screen_pool(group, inputs, realtime)
+        # Modes share pools (dynamic batching's pool of one class is hybrid's too): each is
+        # screened once per rate.
+        key = (_class_names(group), realtime)
+        if screens is not None and key in screens:
+            screened = screens[key]
+        else:
+            screened = _screen_pool(group, inputs, realtime)
+            if screens is not None:
+                screens[key] = screened
         if screened is None:
             return None
         if confirm:
@@ -850,7 +959,11 @@ def _estimated_choice(
     """Cheapest mode at ``factor`` times today's rates by the screen; the ``confirm`` modes'
     pools are checked by simulation instead."""
     scaled = [c.scaled(factor) for c in classes]
-    scores = [(_estimate(m, scaled, inputs, m in confirm), i, m) for i, m in enumerate(MODE_ORDER)]
+    screens: dict[tuple[tuple[str, ...], bool], _ScreenedPool | None] = {}
+    scores = [
+        (_estimate(m, scaled, inputs, m in confirm, screens), i, m)
+        for i, m in enumerate(MODE_ORDER)
+    ]
     best = min(scores)
     return None if math.isinf(best[0]) else best[2]
 
@@ -874,6 +987,7 @@ def break_evens(
             continue
         lo, hi = math.log(factors[i]), math.log(factors[i + 1])
         for _ in range(BREAK_EVEN_BISECTIONS):
+            cancel.check()
             mid = (lo + hi) / 2
             m = _estimated_choice(classes, inputs, math.exp(mid))
             if m is below:

@@ -24,6 +24,7 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -38,8 +39,8 @@ from servewise.core.simulator import (
     LatencySummary,
     SimulationResult,
     capacity_per_s,
-    generate_arrivals_ms,
     relaxation_time_ms,
+    renewal_arrivals_ms,
     run_batches,
     select_ranks,
     simulate_with_latencies,
@@ -154,9 +155,9 @@ class OptimizeResult:
     plans_considered: int = 0
 
 
-@dataclass(frozen=True)
-class _Option:
-    """A (type, B, T) with the analytic screen's replica count."""
+class _Option(NamedTuple):
+    """A (type, B, T) with the analytic screen's replica count (a tuple: the screen makes
+    one per plan it scores, ~1,500 per request)."""
 
     candidate: Candidate
     max_batch_size: int
@@ -191,12 +192,15 @@ def _meets_with_confidence(
     a one-sided 90% Student t multiple of the standard error must stay within 1 - percentile.
     """
     allowed = 1.0 - slo.percentile / 100.0
-    slower = latencies > slo.latency_ms
+    # Positions of the slow requests (a few percent at most near a passing plan): counting
+    # them per chunk is far cheaper than averaging a boolean array chunk by chunk.
+    slower = np.flatnonzero(latencies > slo.latency_ms)
     chunks = int(min(MAX_CHUNKS, max(MIN_CHUNKS, relaxation_times // CHUNK_RELAXATION_TIMES)))
-    per_chunk = len(slower) // chunks
+    per_chunk = len(latencies) // chunks
     if per_chunk == 0:
-        return bool(slower.mean() <= allowed)
-    fractions = slower[: per_chunk * chunks].reshape(chunks, -1).mean(axis=1)
+        return bool(len(slower) <= allowed * len(latencies))
+    counts = np.bincount(slower // per_chunk, minlength=chunks + 1)[:chunks]
+    fractions = counts / per_chunk
     t_quantile = T_QUANTILE_90[chunks - 1]
     bound = fractions.mean() + t_quantile * fractions.std(ddof=1) / math.sqrt(chunks)
     return bool(bound <= allowed)
@@ -225,13 +229,12 @@ class _Search:
         else:
             self.rate_per_s = workload.rate_per_s
             self.arrival_cv = workload.arrival_cv
-            self.arrivals_ms = generate_arrivals_ms(
-                workload,
+            self.arrivals_ms = renewal_arrivals_ms(
+                workload.rate_per_s,
+                workload.arrival_cv,
                 _scaled_by_burstiness(SEARCH_REQUESTS, workload.arrival_cv, SEARCH_MAX_REQUESTS),
-                np.random.default_rng(seed),
+                seed,
             )
-        self._confirm_arrivals: npt.NDArray[np.float64] | None = None
-        self._confirm_rng: np.random.Generator | None = None
         self.cache: dict[tuple[str, int, float, int], _Run] = {}
         self.simulations = 0
         self.warmup = int(len(self.arrivals_ms) * WARMUP_FRACTION)
@@ -240,23 +243,12 @@ class _Search:
 
     def confirm_arrivals(self, count: int) -> npt.NDArray[np.float64]:
         """The first ``count`` arrivals of a fresh sample (seed + 1) shared by every
-        confirmation; drawn lazily and extended as longer runs are needed."""
+        confirmation; a prefix of any longer confirmation sample."""
         if self.workload.arrival_times_s is not None:
             return self.arrivals_ms
-        if self._confirm_rng is None:
-            self._confirm_rng = np.random.default_rng((self.seed + 1) % SEED_MODULUS)
-            self._confirm_arrivals = generate_arrivals_ms(self.workload, count, self._confirm_rng)
-        drawn = self._confirm_arrivals
-        if drawn is None or len(drawn) < count:
-            start = 0.0 if drawn is None or not len(drawn) else float(drawn[-1])
-            more = generate_arrivals_ms(
-                self.workload, count - (0 if drawn is None else len(drawn)), self._confirm_rng
-            )
-            extension = more + start
-            drawn = extension if drawn is None else np.concatenate((drawn, extension))
-            self._confirm_arrivals = drawn
-        sample: npt.NDArray[np.float64] = drawn[:count]
-        return sample
+        return renewal_arrivals_ms(
+            self.rate_per_s, self.arrival_cv, count, (self.seed + 1) % SEED_MODULUS
+        )
 
     def relaxation_times(
         self, candidate: Candidate, big_b: int, n: int, horizon_ms: float
@@ -291,7 +283,7 @@ class _Search:
                 trace = run_batches(
                     self.arrivals_ms, candidate.profile.table_ms(big_b), big_b, delay, n
                 )
-                latencies = trace.latencies_ms()[self.warmup :]
+                latencies = trace.latencies_ms(self.warmup)
             run = _Run(latencies)
             self.cache[key] = run
             self.simulations += 1
@@ -376,14 +368,10 @@ def _delays(slo: Slo, fastest_ms: float, limits: SearchLimits) -> list[float]:
     return sorted(delays)
 
 
-def _screen(
+def _screen_grid(
     candidates: list[Candidate], search: _Search, limits: SearchLimits
-) -> tuple[list[_Option], int]:
-    """Analytic fewest replicas for every (type, B, T), all types in one vectorised pass.
-
-    Replica counts are tried first on a coarse ladder above the capacity floor (one call for
-    all plans), then bisected inside the bracketing rung.
-    """
+) -> tuple[list[int], list[tuple[int, float]]]:
+    """(candidate index, (B, T)) of every plan the screen scores."""
     kinds: list[int] = []
     pairs: list[tuple[int, float]] = []
     fill_per_request_ms = 1000.0 / search.rate_per_s
@@ -398,6 +386,19 @@ def _screen(
             for d in kept if b > 1 else [0.0]:
                 kinds.append(k)
                 pairs.append((b, d))
+    return kinds, pairs
+
+
+def _screen(
+    candidates: list[Candidate], search: _Search, limits: SearchLimits
+) -> tuple[list[_Option], int]:
+    """Analytic fewest replicas for every (type, B, T), all types in one vectorised pass.
+
+    Every plan is scored at its capacity floor first; the plans that fail there and could
+    still be refined are tried on a coarse ladder above it (one call), then bisected inside
+    the bracketing rung.
+    """
+    kinds, pairs = _screen_grid(candidates, search, limits)
     if not pairs:
         return [], 0
     tables = queueing.ServiceTables.build(
@@ -425,22 +426,41 @@ def _screen(
         result: npt.NDArray[np.bool_] = tail <= 1.0 - search.quantile
         return result
 
-    # Ladder of replica counts per plan: floor, a little above, ..., the ceiling.
-    ladder = np.stack(
-        [floor, floor + 2, floor * 2 + 6, np.full(count, ceiling)],
-        axis=1,
-    )
-    ladder = np.minimum(ladder, ceiling)
-    rungs = ladder.shape[1]
-    rows = np.repeat(np.arange(count), rungs)
-    passed = ok(rows, ladder.ravel()).reshape(count, rungs) & (ladder >= floor[:, np.newaxis])
-    evaluated = count * rungs
-    feasible = passed.any(axis=1) & (floor <= ceiling)
-    first = np.argmax(passed, axis=1)
+    # Every plan at its capacity floor first: many pass there, which settles them, and the
+    # cheapest of those bound what the others must beat to be refined at all.
+    prices = np.array([c.instance.price_per_hour for c in candidates])[kind]
     everything = np.arange(count)
-    high = np.where(feasible, ladder[everything, first], ceiling)
-    low = np.where(first > 0, ladder[everything, np.maximum(first - 1, 0)], floor - 1)
-    low = np.where(feasible, np.minimum(low, high - 1), high)
+    valid = floor <= ceiling
+    at_floor = np.zeros(count, dtype=bool)
+    at_floor[valid] = ok(everything[valid], floor[valid])
+    evaluated = int(valid.sum())
+    bound = _refinement_bounds(kind, big_b, delay, floor * prices, at_floor, len(candidates))
+    # Real-time plans are always settled: the real-time baseline is chosen among them.
+    searched = valid & ~at_floor & ((big_b == 1) | ((floor + 1) * prices <= bound))
+    rest = everything[searched]
+    # Ladder of replica counts per remaining plan: a little above the floor, ..., the
+    # ceiling, in one call; then bisection inside the bracketing rung.
+    ladder = np.minimum(
+        np.stack(
+            [floor[rest] + 1, floor[rest] + 2, floor[rest] * 2 + 6, np.full(len(rest), ceiling)],
+            axis=1,
+        ),
+        ceiling,
+    )
+    rungs = ladder.shape[1]
+    passed = np.zeros((len(rest), rungs), dtype=bool)
+    if len(rest):
+        passed = ok(np.repeat(rest, rungs), ladder.ravel()).reshape(len(rest), rungs)
+    evaluated += len(rest) * rungs
+    feasible = at_floor.copy()
+    feasible[rest] = passed.any(axis=1)
+    first = np.argmax(passed, axis=1)
+    inside = np.arange(len(rest))
+    high = np.where(at_floor, floor, ceiling)
+    low = np.where(at_floor, floor - 1, ceiling)
+    high[rest] = np.where(feasible[rest], ladder[inside, first], ceiling)
+    below = np.where(first > 0, ladder[inside, np.maximum(first - 1, 0)], floor[rest])
+    low[rest] = np.where(feasible[rest], np.minimum(below, high[rest] - 1), high[rest])
     while np.any(high - low > 1):
         active = np.flatnonzero(high - low > 1)
         mid = (high[active] + low[active]) // 2
@@ -448,18 +468,43 @@ def _screen(
         evaluated += len(active)
         high[active] = np.where(mid_ok, mid, high[active])
         low[active] = np.where(mid_ok, low[active], mid)
+    predicted = np.where(feasible, high, ceiling).tolist()
+    sizes, delays, floors = big_b.tolist(), delay.tolist(), floor.tolist()
+    kept = (at_floor | searched).tolist()
     options = [
-        _Option(
-            candidates[kinds[i]],
-            int(big_b[i]),
-            float(delay[i]),
-            int(high[i]) if feasible[i] else ceiling,
-            int(floor[i]),
-        )
+        _Option(candidates[kinds[i]], sizes[i], delays[i], predicted[i], floors[i])
         for i in range(count)
-        if floor[i] <= ceiling
+        if kept[i]
     ]
     return options, evaluated
+
+
+def _refinement_bounds(
+    kind: npt.NDArray[np.int64],
+    big_b: npt.NDArray[np.int64],
+    delay: npt.NDArray[np.float64],
+    cost: npt.NDArray[np.float64],
+    settled: npt.NDArray[np.bool_],
+    types: int,
+) -> npt.NDArray[np.float64]:
+    """Per plan, a cost above which it cannot be refined, from the plans already settled.
+
+    _choose_refinements keeps each type's best and the best of the (type, B, T > 0) groups up
+    to a count; a group's best costs at most its cheapest settled plan, so the count-th
+    cheapest settled group (and the type's cheapest settled plan) bound what a plan must
+    cost, at most, to be kept. Plans above that are not refined, whatever their exact count.
+    """
+    group_best: dict[tuple[int, int, bool], float] = {}
+    for i in np.flatnonzero(settled).tolist():
+        key = (int(kind[i]), int(big_b[i]), bool(delay[i] > 0))
+        group_best[key] = min(group_best.get(key, math.inf), float(cost[i]))
+    ranked = sorted(group_best.values())
+    cutoff = max(REFINE_CANDIDATES, types)
+    overall = ranked[cutoff - 1] if len(ranked) >= cutoff else math.inf
+    per_type = np.full(types, math.inf)
+    np.minimum.at(per_type, kind[settled], cost[settled])
+    bound: npt.NDArray[np.float64] = np.maximum(overall, per_type[kind])
+    return bound
 
 
 def _choose_refinements(options: list[_Option]) -> list[_Option]:
@@ -803,6 +848,7 @@ def optimize(
     limits: SearchLimits = SearchLimits(),
     current_plan: Plan | None = None,
     seed: int = 0,
+    realtime_baseline: bool = True,
 ) -> OptimizeResult:
     """Cheapest (instance type, B, T, N) whose SLO percentile meets the bound.
 
@@ -816,6 +862,9 @@ def optimize(
         The team's plan today; assessed and compared against when given.
     seed:
         Seed of the search sample (the confirmation uses seed + 1); 0 means a fixed default.
+    realtime_baseline:
+        Whether to find and confirm the real-time baseline (B = 1, T = 0) as well; callers
+        that do not report it skip its confirmation, often the longest simulation of all.
 
     Returns
     -------
@@ -840,7 +889,7 @@ def optimize(
     chosen = _best_plan(search, _choose_refinements(options), ceiling)
     if chosen is not None:
         chosen = _polish_delay(search, chosen[0], chosen[1], limits)
-    realtime_options = [o for o in options if o.max_batch_size == 1]
+    realtime_options = [o for o in options if o.max_batch_size == 1] if realtime_baseline else []
     realtime = _best_plan(
         search, sorted(realtime_options, key=lambda o: o.predicted_replicas * o.price), ceiling
     )

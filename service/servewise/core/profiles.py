@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -50,14 +51,29 @@ class LatencyProfile:
         """s(b); ``inf`` when b is above the largest measured size."""
         if batch_size > self.batch_sizes[-1]:
             return math.inf
+        if isinstance(batch_size, int) and batch_size >= 0:
+            return float(self._table[batch_size])
         return float(np.interp(batch_size, self.batch_sizes, self.latencies_ms))
 
     def table_ms(self, up_to: int) -> npt.NDArray[np.float64]:
-        """s(b) for b = 0..up_to as an array (index 0 is 0; sizes beyond the profile are inf)."""
-        sizes = np.arange(up_to + 1, dtype=np.float64)
+        """s(b) for b = 0..up_to as a read-only array (index 0 is 0; sizes beyond the profile
+        are inf)."""
+        full = self._table
+        if up_to < len(full):
+            return full[: up_to + 1]
+        table = np.full(up_to + 1, math.inf)
+        table[: len(full)] = full
+        table.flags.writeable = False
+        return table
+
+    @cached_property
+    def _table(self) -> npt.NDArray[np.float64]:
+        # Interpolated once per profile: the optimizer asks for s(b) and tables thousands of
+        # times per request, and np.interp's per-call overhead dominated those lookups.
+        sizes = np.arange(self.batch_sizes[-1] + 1, dtype=np.float64)
         table = np.interp(sizes, self.batch_sizes, self.latencies_ms)
         table[0] = 0.0
-        table[sizes > self.batch_sizes[-1]] = math.inf
+        table.flags.writeable = False
         return table
 
     @classmethod

@@ -21,9 +21,27 @@ shape 1/c_a^2):
   of a GI/D/1 queue drained at capacity (Kingman in heavy traffic, and the waits inside a
   burst at light load). A request that finds a replica idle waits for its batch's window
   (uniform; the first request the whole window).
-* Known gap: T = 0 plans with large batches on several replicas fall into an oscillation of
-  batch sizes (long and short batches alternate) that this stationary model does not
-  describe; their p99 is under-predicted (up to ~35% on the bench).
+* T = 0 with N >= 2 and B >= 2: a freed replica takes everything queued, the arrivals since
+  the previous dispatch, so a long gap makes a long service and the replicas' phases drift
+  apart instead of settling into an even stagger (batch sizes alternate long and short). The
+  dispatch epochs are then modelled at random phases of the cycle s(b_bal): the gap a request
+  falls into is a size-biased uniform spacing, Beta(2, N-1) * s, its batch is that gap's
+  arrivals and its wait is uniform over it. (The even stagger under-predicted p99 by up to
+  65%; bench scenario s2026-012 by 36%.) The drift is driven by rho' = lambda s'(b); idle
+  replicas stacking onto consecutive arrivals pull the other way, so with a nearly flat
+  profile they dispatch as one cluster: the spacings are taken over 1 + (N-1) min(1, rho')
+  points, a whole cycle at rho' = 0.
+* Clumps with a delay (c_a > 1, T > 0): an idle replica's batch holds a whole clump,
+  K = 1 + N(w) with P(K > k) = P(S_k <= w), mostly 1 and sometimes many; the idle nodes are
+  the size-biased quantiles of those exact counts, and later members wait nearly the whole
+  window, (1 - x/w)^alpha. A request then waits only when N timer-dispatched batches, each
+  at least w after the previous, and itself all came within w + s of the first (a chain of
+  excess intervals, summed with a local power law), unless a clump filling B broke the chain.
+* Clumps at T = 0 (c_a > 1): the share 1 - (1 - exp(-lambda s)) / P(gap < s) of the waits,
+  those in excess of what Poisson arrivals would see, comes from a clump whose first request
+  started the batch in service, so it waits out nearly all of that service: the residual has
+  tail (1 - x/s)^(N alpha) instead of being uniform, plus one more batch (then two) when B
+  more arrivals of the clump came within that service.
 """
 
 from __future__ import annotations

@@ -12,23 +12,27 @@ The model, kept deliberately simple:
   next; an overloaded interval still shows its own tail.
 * Cost of an interval: ``replicas * price * interval_s / 3600``. An interval whose simulated
   SLO-percentile latency exceeds the bound counts ``interval_s / 60`` violation minutes.
-* A controller switch bills the overlap of old and new capacity as the controller prices it
-  (``Evaluation.switch_cost``: the old plan's cost over the target's cold start plus the dwell
-  of the weighted transition steps, billed up to the replay's end). The naive switcher and
-  the hindsight schedule switch at once, without weighted steps, so a switch bills the old
-  plan over the target's cold start only (the hindsight schedule is thereby a lower bound: any
-  other strategy's sequence of plans is a path it may take at no more switch cost).
-* **Controller**: after each interval it gets a sample (the interval's rate, and the interval's
-  simulated p99 as the observed latency) and :func:`servewise.core.control.evaluate` decides; on
-  SWITCH the switch cost is billed and the target plan is in force from the first interval
-  boundary after its cold start and transition steps (the old plan serves until then; step
-  judging and rollback are not replayed). No decisions are taken during a transition.
+* Switches are priced by one rule, :func:`servewise.core.control.switch_cost`: a scale (the
+  same instance type, B and T, another replica count) bills the added replicas over their
+  cold start, a scale down nothing; a migration bills the old plan's cost over the target's
+  cold start and the dwell of the controller's weighted steps (billed up to the replay's end).
+  The naive switcher and the hindsight schedule switch at once, without weighted steps, so a
+  migration costs them the cold start only (the hindsight schedule is thereby a lower bound:
+  any other strategy's sequence of plans is a path it may take at no more switch cost).
+* **Controller**: it starts on the optimizer's plan at the first interval's rate (the plan
+  deployed when the trace begins). After each interval it gets a sample (the interval's rate,
+  and the interval's simulated p99 as the observed latency) and
+  :func:`servewise.core.control.evaluate` decides; on SWITCH the switch cost is billed and the
+  target plan is in force from the first interval boundary after ``Evaluation.ready_after_s``
+  (the cold start, plus the steps before the last for a migration; the old plan serves until
+  then; step judging and rollback are not replayed). No decisions are taken during a transition.
 * **Naive**: after each interval it picks the real-time plan below the break-even rate and the
   batching plan at or above it, each sized (on the rate ladder) for the interval's rate; it
   switches at once, with no hysteresis, stabilisation or dwell (the switch cost is billed).
 * **Hindsight**: dynamic programming over intervals and the candidate plans (the optimizer's best
-  and real-time plans on a ladder of rates, plus the static plans), minimising cost + switch
-  cost + ``violation_penalty`` per violation minute, knowing the whole trace.
+  and real-time plans on a ladder of rates, plus every plan another strategy used), minimising
+  cost + switch cost + ``violation_penalty`` per violation minute, knowing the whole trace. It
+  starts where the controller starts and pays for leaving that plan like any other switch.
 
 Optimizer answers are cached per rounded rate, and simulations per (interval, plan).
 """
@@ -58,6 +62,7 @@ from servewise.core.control import (
     optimizer_advisor,
     plan_cost_per_hour,
     rounded_rate,
+    switch_cost,
 )
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.optimizer import SearchLimits, optimize
@@ -282,11 +287,11 @@ class _Replay:
         return found
 
     def switch_cost(self, old: Plan, new: Plan) -> float:
-        """An immediate switch: the old plan kept while the target's replicas cold-start."""
-        if old == new:
-            return 0.0
-        cold = self.by_name[new.instance_type].instance.cold_start_s
-        return plan_cost_per_hour(old, self.candidates) * cold / 3600.0
+        """An immediate switch, priced by the controller's own rule
+        (:func:`servewise.core.control.switch_cost` without weighted steps): a scale up pays
+        the added replicas' cold start, a scale down nothing, a migration the old plan over the
+        target's cold start."""
+        return switch_cost(old, new, self.candidates).cost
 
     def record(self, result: StrategyResult, i: int, plan: Plan) -> None:
         served = self.serve(i, plan)
@@ -330,21 +335,26 @@ class _Replay:
     def _naive_plan(self, rate: float, break_even: float) -> Plan:
         return self.realtime(rate) if rate < break_even else self.best(rate)
 
+    def initial_plan(self) -> Plan:
+        """The plan deployed when the trace starts: the optimizer's at the first interval's rate
+        (where the controller and the hindsight schedule both begin)."""
+        return self.best(max(float(self.rates[0]), 1e-3))
+
     def controller(self) -> StrategyResult:
         result = StrategyResult(CONTROLLER)
         cache = AdviceCache()
         rate0 = max(float(self.rates[0]), 1e-3)
-        plan = self.best(rate0)
+        plan = self.initial_plan()
         state = DeploymentState(self.candidates, self.slo, plan, rate0, 0.0)
         samples: list[Sample] = []
-        pending: tuple[Plan, float, float] | None = None  # target, in force at, planned rate
+        pending: tuple[Plan, float, float, float] | None = None  # target, in force at, rate, cv
         end = len(self.rates) * self.interval_s
         window_s = max(self.settings.savings_window_s, self.settings.safety_window_s) * 2
         for i in range(len(self.rates)):
             start = i * self.interval_s
             if pending is not None and pending[1] <= start + 1e-9:
-                target, _, planned = pending
-                state = DeploymentState(self.candidates, self.slo, target, planned, start)
+                target, _, planned, cv = pending
+                state = DeploymentState(self.candidates, self.slo, target, planned, start, cv)
                 pending = None
             served = self.serve(i, state.current_plan)
             self.record(result, i, state.current_plan)
@@ -363,21 +373,20 @@ class _Replay:
             ev = evaluate(state, samples, self.settings, advise)
             if ev.decision is not Decision.SWITCH or ev.target_plan is None:
                 continue
-            cold = self.by_name[ev.target_plan.instance_type].instance.cold_start_s
-            overlap_s = cold + sum(s.dwell_s for s in ev.steps)
+            overlap_s = ev.overlap_s
             # The overlap is billed up to the replay's end (a transition may outlast it).
             inside = 1.0 if overlap_s <= 0 else min(1.0, (end - now) / overlap_s)
             self.bill_switch(result, ev.switch_cost * inside)
-            ready = now + overlap_s
+            ready = now + ev.ready_after_s
             boundary = math.ceil(ready / self.interval_s - 1e-9) * self.interval_s
-            planned = max(ev.smoothed_rate_per_s, 1e-3)
-            if ev.panic:
-                planned = max(planned, float(self.rates[i]))
-            pending = (ev.target_plan, boundary, planned)
+            planned = max(ev.sizing_rate_per_s, 1e-3)
+            pending = (ev.target_plan, boundary, planned, ev.arrival_cv)
             result.notes.append(f"t={now:g}s: {ev.reason}")
         return result
 
-    def hindsight(self, plans: Sequence[Plan], penalty_per_minute: float) -> StrategyResult:
+    def hindsight(
+        self, plans: Sequence[Plan], penalty_per_minute: float, initial: Plan
+    ) -> StrategyResult:
         n, k = len(self.rates), len(plans)
         score = np.empty((n, k))
         for i in range(n):
@@ -386,7 +395,10 @@ class _Replay:
                 minutes = self.interval_s / 60.0 if served.violated else 0.0
                 score[i, j] = served.cost + penalty_per_minute * minutes
         switch = np.array([[self.switch_cost(a, b) for b in plans] for a in plans])
-        best = score[0].copy()
+        # It starts where the controller starts (the plan deployed when the trace begins) and
+        # pays for leaving it like any other switch.
+        first = np.array([self.switch_cost(initial, p) for p in plans])
+        best = score[0] + first
         back = np.zeros((n, k), dtype=np.int64)
         for i in range(1, n):
             total = best[:, None] + switch
@@ -404,8 +416,8 @@ class _Replay:
             ],
         )
         for i, j in enumerate(choice):
-            if i > 0 and choice[i - 1] != j:
-                prev = plans[choice[i - 1]]
+            prev = initial if i == 0 else plans[choice[i - 1]]
+            if prev != plans[j]:
                 self.bill_switch(result, self.switch_cost(prev, plans[j]))
             self.record(result, i, plans[j])
         return result
@@ -476,16 +488,19 @@ def replay(
                 pool.append(plan)
     top = max(plan_cost_per_hour(p, candidates) for p in pool)
     say(f"hindsight over {len(pool)} plans")
-    strategies[HINDSIGHT] = r.hindsight(pool, top * VIOLATION_PENALTY_HOURS)
+    strategies[HINDSIGHT] = r.hindsight(pool, top * VIOLATION_PENALTY_HOURS, r.initial_plan())
     notes = [
         f"trace times divided by {time_scale:g} ({time_scale:g}x the recorded rate)"
         if time_scale != 1
         else "trace replayed at its recorded rate",
         f"{len(r.rates)} intervals of {interval_s:g} s, each simulated on its own arrivals with "
         "an empty queue at the start (nothing carried over between intervals)",
-        "switch cost: the controller pays the old plan over the target's cold start and its "
-        "weighted transition steps (billed up to the replay's end), the naive and hindsight "
-        "schedules switch at once and pay it over the cold start only",
+        "switch cost: a scale pays the added replicas' cold start (a scale down nothing); a "
+        "migration pays the old plan over the target's cold start and, for the controller, its "
+        "weighted transition steps (billed up to the replay's end); the naive and hindsight "
+        "schedules switch at once",
+        "the controller and the hindsight schedule start on the optimizer's plan at the first "
+        "interval's rate",
     ]
     return ReplayResult(interval_s, time_scale, slo, r.rates, break_even, strategies, notes)
 

@@ -46,7 +46,7 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
-from servewise.core import queueing
+from servewise.core import cancel, queueing
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.optimizer import SearchLimits, optimize
 from servewise.core.profiles import Candidate
@@ -393,6 +393,7 @@ def replica_curve(
     need = np.empty(len(grid), dtype=np.int64)
     previous = 1
     for i, rate in enumerate(grid):
+        cancel.check()
         floor = max(math.floor(rate / c1) + 1, previous)
         need[i] = _fewest_analytic(tables, big_b, delay, float(rate), cv, slo, floor, ceiling)
         previous = int(min(need[i], ceiling))

@@ -15,12 +15,15 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
 import numpy.typing as npt
 
+from servewise.core import cancel
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.profiles import LatencyProfile
 
@@ -90,11 +93,22 @@ class BatchTrace:
     # Most requests ever waiting (queued, not in service), just before some dispatch.
     max_queue_length: int
 
-    def latencies_ms(self) -> npt.NDArray[np.float64]:
-        result: npt.NDArray[np.float64] = (
-            np.repeat(self.completion_ms, self.sizes) - self.arrivals_ms
+    def latencies_ms(self, skip: int = 0) -> npt.NDArray[np.float64]:
+        """Latency of every request from the ``skip``-th on, in arrival order."""
+        if _batchsim is None:
+            result: npt.NDArray[np.float64] = (
+                np.repeat(self.completion_ms, self.sizes) - self.arrivals_ms
+            )[skip:]
+            return result
+        out = np.empty(len(self.arrivals_ms) - skip)
+        _batchsim.request_latencies(
+            np.ascontiguousarray(self.arrivals_ms, dtype=np.float64),
+            np.ascontiguousarray(self.completion_ms, dtype=np.float64),
+            np.ascontiguousarray(self.sizes, dtype=np.int64),
+            skip,
+            out,
         )
-        return result
+        return out
 
 
 def generate_arrivals_ms(
@@ -118,6 +132,81 @@ def generate_arrivals_ms(
     return np.cumsum(gaps)
 
 
+# Rate-free renewal samples are drawn in blocks of this many gaps, each block's cumulative sum
+# offset by the previous block's end, so a sample is the same however far it was extended.
+ARRIVAL_BLOCK = 1 << 16
+# Most unit-rate arrivals kept across calls (8 bytes each): about 64 MB.
+UNIT_SAMPLE_CACHE_FLOATS = 8_000_000
+
+
+class _UnitSamples:
+    """Unit-mean renewal arrival samples, per (CV, seed), shared by every caller.
+
+    A gamma renewal process of rate r is the unit-rate process of the same CV with time scaled
+    by 1/r, so one sample serves every rate; drawing the gaps (gamma draws of shape 1/CV^2 are
+    slow) dominates short optimisations, which would otherwise draw it afresh on every call.
+    """
+
+    def __init__(self, max_floats: int) -> None:
+        self.max_floats = max_floats
+        self._lock = threading.Lock()
+        self._samples: OrderedDict[
+            tuple[float, int], tuple[np.random.Generator, npt.NDArray[np.float64]]
+        ] = OrderedDict()
+
+    def get(self, arrival_cv: float, seed: int, count: int) -> npt.NDArray[np.float64]:
+        key = (arrival_cv, seed)
+        with self._lock:
+            entry = self._samples.pop(key, None)
+            if entry is None:
+                entry = (np.random.default_rng(seed), np.empty(0))
+            rng, drawn = entry
+            if len(drawn) < count:
+                blocks = [drawn]
+                end = float(drawn[-1]) if len(drawn) else 0.0
+                have = len(drawn)
+                while have < count:
+                    block = np.cumsum(_unit_gaps(arrival_cv, ARRIVAL_BLOCK, rng)) + end
+                    end = float(block[-1])
+                    blocks.append(block)
+                    have += ARRIVAL_BLOCK
+                drawn = np.concatenate(blocks)
+                drawn.flags.writeable = False
+            self._samples[key] = (rng, drawn)
+            total = sum(len(d) for _, d in self._samples.values())
+            while total > self.max_floats and len(self._samples) > 1:
+                _, (_, evicted) = self._samples.popitem(last=False)
+                total -= len(evicted)
+            return drawn[:count]
+
+
+def _unit_gaps(arrival_cv: float, count: int, rng: np.random.Generator) -> npt.NDArray[np.float64]:
+    if arrival_cv < MIN_ARRIVAL_CV:
+        return np.ones(count)
+    if arrival_cv == 1.0:
+        return rng.standard_exponential(count)
+    shape = 1.0 / (arrival_cv * arrival_cv)
+    gaps: npt.NDArray[np.float64] = rng.standard_gamma(shape, count) / shape
+    return gaps
+
+
+_UNIT_SAMPLES = _UnitSamples(UNIT_SAMPLE_CACHE_FLOATS)
+
+
+def renewal_arrivals_ms(
+    rate_per_s: float, arrival_cv: float, num_requests: int, seed: int
+) -> npt.NDArray[np.float64]:
+    """The first ``num_requests`` arrivals (ms) of the gamma renewal process of this rate and
+    CV drawn with ``seed``; deterministic, and a prefix of any longer sample of the same seed.
+
+    Drawn at unit rate once per (CV, seed) and kept (bounded), so repeated optimisations of
+    similar workloads skip the draw.
+    """
+    unit = _UNIT_SAMPLES.get(float(arrival_cv), int(seed), num_requests)
+    result: npt.NDArray[np.float64] = unit * (1000.0 / rate_per_s)
+    return result
+
+
 def run_batches(
     arrivals_ms: npt.NDArray[np.float64],
     service_table_ms: npt.NDArray[np.float64],
@@ -131,6 +220,7 @@ def run_batches(
     ``service_table_ms[b]`` is s(b); ``service_scale`` (one factor per batch, optional) makes
     service random (for example unit exponentials for M/M/c checks).
     """
+    cancel.check()  # every simulation (optimizer, modes, resources) starts here
     if _batchsim is None:
         return run_batches_python(
             arrivals_ms,
@@ -261,8 +351,9 @@ def order_statistics(
 ) -> npt.NDArray[np.float64]:
     """Empirical percentiles without interpolation: the ceil(n*p/100)-th smallest value.
 
-    Selected in the C extension (three-way quickselect on a copy): numpy's partition slows
-    tenfold on the many equal latencies of a lightly loaded deterministic system.
+    Selected in the C extension (one sample-bracketed pass; three-way quickselect on a copy for
+    small arrays): numpy's partition slows tenfold on the many equal latencies of a lightly
+    loaded deterministic system.
     """
     n = len(values)
     # The epsilon keeps float noise (190000 * 99.9 / 100 = 189810.00000000003) off the ceiling.
@@ -279,7 +370,9 @@ def select_ranks(values: npt.NDArray[np.float64], ranks: list[int]) -> npt.NDArr
         partitioned = np.partition(values, sorted_ranks)
         selected = partitioned[sorted_ranks]
     else:
-        _batchsim.select_ranks(np.array(values, dtype=np.float64), sorted_ranks, selected)
+        _batchsim.select_ranks(
+            np.ascontiguousarray(values, dtype=np.float64), sorted_ranks, selected
+        )
     result = np.empty(len(ranks))
     result[order] = selected
     return result
@@ -349,10 +442,10 @@ def simulate_with_latencies(
     trace = run_batches(
         arrivals_ms, table, plan.max_batch_size, plan.max_queue_delay_ms, plan.replicas, scale
     )
-    latencies = trace.latencies_ms()
     skip = int(n * WARMUP_FRACTION)
     if n - skip < 100:
         skip = 0
+    kept = trace.latencies_ms(skip)
     duration_ms = float(trace.completion_ms.max() - arrivals_ms[0])
     horizon_ms = float(arrivals_ms[-1] - arrivals_ms[0])
     if generated:
@@ -388,7 +481,6 @@ def simulate_with_latencies(
             f"load {rate_per_ms / capacity_per_ms:.1%} of capacity; run spans "
             f"{horizon_ms / relax_ms if relax_ms > 0 else math.inf:.3g} relaxation times"
         )
-    kept = latencies[skip:]
     result = SimulationResult(
         latency=summarise(kept, slo),
         throughput_per_s=n / duration_ms * 1000.0 if duration_ms > 0 else 0.0,

@@ -9,7 +9,10 @@ The rules, in order:
 1. A sample older than the step's start says nothing about the step (another stream may have
    advanced it already): wait.
 2. **Rollback** when the newest ``panic_samples`` samples of the step all broke the SLO (observed
-   p99 above the bound) or the error-rate limit.
+   p99 above the bound) or the error-rate limit — unless the transition is a move to safety
+   (``toward_safety``, e.g. panic): the plan it replaces broke the SLO already, so rolling back
+   would not help; the step **completes** instead, and the controller, seeing the breaches with
+   the target in force, escalates from there.
 3. Wait until the step has dwelt ``dwell_s`` (newest timestamp - step start).
 4. Wait while the newest sample breaks the limits (a breach run shorter than the panic count: the
    step has not shown it meets the SLO yet, nor that it breaks it).
@@ -56,6 +59,7 @@ def judge_step(
     samples: Sequence[Sample],
     slo: Slo,
     settings: ControlSettings,
+    toward_safety: bool = False,
 ) -> StepVerdict:
     """The verdict on step ``step_index`` given recent samples (oldest first, the newest last);
     only samples at or after ``step_started_at_s`` count (see the module docstring)."""
@@ -84,6 +88,15 @@ def judge_step(
         breach_run=run,
     )
     where = f"step {step_index} (weight {step.weight:g})"
+    if run >= settings.panic_samples and toward_safety:
+        return replace(
+            observed,
+            action=StepAction.COMPLETE,
+            reason=f"{where} broke the limits for {run} consecutive samples (observed p99 "
+            f"{newest.p99_ms:.4g} ms vs the p{slo.percentile:g} {slo.latency_ms:g} ms SLO), but "
+            "it is a move to safety from a plan that broke them already: the target is kept "
+            "and the controller re-evaluates with it in force",
+        )
     if run >= settings.panic_samples:
         return replace(
             observed,

@@ -912,7 +912,8 @@ class TransitionStep(_message.Message):
     """Fraction of traffic sent to the target plan during the step, in (0, 1]."""
     dwell_s: _builtins.float
     """How long the step lasts: long enough for the target's share of traffic to yield the requests
-    an estimate of the SLO percentile needs (100 / (1 - q) of them), at least a floor.
+    a verdict on the SLO percentile needs (z^2 (1 + sqrt 2)^2 / (1 - q), ~3,150 for p99), at
+    least one sample period and at most the savings window shared by the steps.
     """
     expected_requests: _builtins.float
     """Requests the target plan receives during the step at the smoothed rate."""
@@ -1283,17 +1284,27 @@ Global___SampleViolation: _TypeAlias = SampleViolation  # noqa: Y015
 
 @_typing.final
 class SampleRejected(_message.Message):
-    """A sample the controller did not accept; nothing was persisted."""
+    """A sample the controller did not accept; nothing was persisted and the stream stays open."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     VIOLATIONS_FIELD_NUMBER: _builtins.int
     TIMESTAMP_S_FIELD_NUMBER: _builtins.int
     UNKNOWN_DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_S_FIELD_NUMBER: _builtins.int
     timestamp_s: _builtins.float
     """The sample's timestamp, to correlate."""
     unknown_deployment: _builtins.bool
     """NOT_FOUND-like: the sample names a deployment that is not registered."""
+    code: _builtins.int
+    """Why, as a google.rpc.Code value: INVALID_ARGUMENT (3) for field violations, NOT_FOUND (5) for
+    an unknown deployment, RESOURCE_EXHAUSTED (8) for a sample over the stream's sample-rate limit
+    (nothing is wrong with the sample itself; the stream stays open, send later samples within
+    the budget). 0 from servers older than this field.
+    """
+    retry_after_s: _builtins.float
+    """With RESOURCE_EXHAUSTED: seconds until the stream's budget admits another sample."""
     @_builtins.property
     def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___SampleViolation]: ...
     def __init__(
@@ -1302,10 +1313,12 @@ class SampleRejected(_message.Message):
         violations: _abc.Iterable[Global___SampleViolation] | None = ...,
         timestamp_s: _builtins.float = ...,
         unknown_deployment: _builtins.bool = ...,
+        code: _builtins.int = ...,
+        retry_after_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["timestamp_s", b"timestamp_s", "unknown_deployment", b"unknown_deployment", "violations", b"violations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "retry_after_s", b"retry_after_s", "timestamp_s", b"timestamp_s", "unknown_deployment", b"unknown_deployment", "violations", b"violations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1447,8 +1460,8 @@ class DeploymentSettings(_message.Message):
     savings_stabilisation_window_s: _builtins.float
     """How long the signal must hold before a move toward savings (less capacity); default 300."""
     hysteresis_band_fraction: _builtins.float
-    """The smoothed rate must leave planned_rate_per_s * (1 +- band) before a switch is considered,
-    in [0, 1); default 0.1.
+    """The sizing rate (smoothed rate + established trend over the lead + z x sample spread) must
+    leave planned_rate_per_s * (1 +- band) before a switch is considered, in [0, 1); default 0.1.
     """
     min_dwell_s: _builtins.float
     """Shortest time a plan stays in force before a switch toward savings; default 600."""
@@ -1460,7 +1473,7 @@ class DeploymentSettings(_message.Message):
     """Half-life of the EWMA that smooths the sampled rate; default 60."""
     panic_consecutive_samples: _builtins.int
     """Consecutive samples breaking the SLO (observed p99) or the error-rate limit that trigger panic
-    mode; default 3.
+    mode (fewer when they already carry the requests a percentile verdict needs); default 3.
     """
     error_rate_limit: _builtins.float
     """Largest acceptable fraction of failed requests, in (0, 1]; default 0.01."""

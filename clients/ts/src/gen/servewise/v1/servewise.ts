@@ -425,7 +425,8 @@ export interface TransitionStep {
   weight: number;
   /**
    * How long the step lasts: long enough for the target's share of traffic to yield the requests
-   * an estimate of the SLO percentile needs (100 / (1 - q) of them), at least a floor.
+   * a verdict on the SLO percentile needs (z^2 (1 + sqrt 2)^2 / (1 - q), ~3,150 for p99), at
+   * least one sample period and at most the savings window shared by the steps.
    */
   dwellS: number;
   /** Requests the target plan receives during the step at the smoothed rate. */
@@ -574,13 +575,22 @@ export interface SampleViolation {
   description: string;
 }
 
-/** A sample the controller did not accept; nothing was persisted. */
+/** A sample the controller did not accept; nothing was persisted and the stream stays open. */
 export interface SampleRejected {
   violations: SampleViolation[];
   /** The sample's timestamp, to correlate. */
   timestampS: number;
   /** NOT_FOUND-like: the sample names a deployment that is not registered. */
   unknownDeployment: boolean;
+  /**
+   * Why, as a google.rpc.Code value: INVALID_ARGUMENT (3) for field violations, NOT_FOUND (5) for
+   * an unknown deployment, RESOURCE_EXHAUSTED (8) for a sample over the stream's sample-rate limit
+   * (nothing is wrong with the sample itself; the stream stays open, send later samples within
+   * the budget). 0 from servers older than this field.
+   */
+  code: number;
+  /** With RESOURCE_EXHAUSTED: seconds until the stream's budget admits another sample. */
+  retryAfterS: number;
 }
 
 /** One control event for one deployment. */
@@ -632,8 +642,8 @@ export interface DeploymentSettings {
     | number
     | undefined;
   /**
-   * The smoothed rate must leave planned_rate_per_s * (1 +- band) before a switch is considered,
-   * in [0, 1); default 0.1.
+   * The sizing rate (smoothed rate + established trend over the lead + z x sample spread) must
+   * leave planned_rate_per_s * (1 +- band) before a switch is considered, in [0, 1); default 0.1.
    */
   hysteresisBandFraction?:
     | number
@@ -655,7 +665,7 @@ export interface DeploymentSettings {
     | undefined;
   /**
    * Consecutive samples breaking the SLO (observed p99) or the error-rate limit that trigger panic
-   * mode; default 3.
+   * mode (fewer when they already carry the requests a percentile verdict needs); default 3.
    */
   panicConsecutiveSamples?:
     | number
@@ -5642,7 +5652,7 @@ export const SampleViolation: MessageFns<SampleViolation> = {
 };
 
 function createBaseSampleRejected(): SampleRejected {
-  return { violations: [], timestampS: 0, unknownDeployment: false };
+  return { violations: [], timestampS: 0, unknownDeployment: false, code: 0, retryAfterS: 0 };
 }
 
 export const SampleRejected: MessageFns<SampleRejected> = {
@@ -5655,6 +5665,12 @@ export const SampleRejected: MessageFns<SampleRejected> = {
     }
     if (message.unknownDeployment !== false) {
       writer.uint32(24).bool(message.unknownDeployment);
+    }
+    if (message.code !== 0) {
+      writer.uint32(32).int32(message.code);
+    }
+    if (message.retryAfterS !== 0) {
+      writer.uint32(41).double(message.retryAfterS);
     }
     return writer;
   },
@@ -5696,6 +5712,22 @@ export const SampleRejected: MessageFns<SampleRejected> = {
             message.unknownDeployment = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.code = reader.int32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.retryAfterS = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5723,6 +5755,12 @@ export const SampleRejected: MessageFns<SampleRejected> = {
         : isSet(object.unknown_deployment)
         ? globalThis.Boolean(object.unknown_deployment)
         : false,
+      code: isSet(object.code) ? globalThis.Number(object.code) : 0,
+      retryAfterS: isSet(object.retryAfterS)
+        ? globalThis.Number(object.retryAfterS)
+        : isSet(object.retry_after_s)
+        ? globalThis.Number(object.retry_after_s)
+        : 0,
     };
   },
 
@@ -5737,6 +5775,12 @@ export const SampleRejected: MessageFns<SampleRejected> = {
     if (message.unknownDeployment !== false) {
       obj.unknownDeployment = message.unknownDeployment;
     }
+    if (message.code !== 0) {
+      obj.code = Math.round(message.code);
+    }
+    if (message.retryAfterS !== 0) {
+      obj.retryAfterS = floatToJson(message.retryAfterS);
+    }
     return obj;
   },
 
@@ -5748,6 +5792,8 @@ export const SampleRejected: MessageFns<SampleRejected> = {
     message.violations = object.violations?.map((e) => SampleViolation.fromPartial(e)) || [];
     message.timestampS = object.timestampS ?? 0;
     message.unknownDeployment = object.unknownDeployment ?? false;
+    message.code = object.code ?? 0;
+    message.retryAfterS = object.retryAfterS ?? 0;
     return message;
   },
 };
