@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -49,13 +48,13 @@ import grpc
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("servewise") is None:
-    sys.path.insert(0, str(REPO / "service"))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-import servewise  # noqa: E402
-from servewise.v1 import servewise_pb2, types_pb2  # noqa: E402
+from bench.harness import SERVICE_ROOT, free_port, shifting_deployment  # noqa: E402
+from bench.harness import cpu_seconds as _cpu_s  # noqa: E402
+from servewise.v1 import servewise_pb2  # noqa: E402
 
-SERVICE_ROOT = Path(servewise.__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "route.json"
 ROUTE = "/servewise.v1.ServewiseService/Route"
 CHECK = "/grpc.health.v1.Health/Check"
@@ -129,49 +128,6 @@ def _open_worker(args: tuple[str, str, float, float, float]) -> list[float]:
     return asyncio.run(_open(*args))
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _deployment() -> servewise_pb2.Deployment:
-    realtime = types_pb2.ServingPlan(
-        instance_type="g4dn.xlarge", max_batch_size=1, max_queue_delay_ms=0.0, replicas=20
-    )
-    batching = types_pb2.ServingPlan(
-        instance_type="g4dn.xlarge", max_batch_size=16, max_queue_delay_ms=5.0, replicas=4
-    )
-    return servewise_pb2.Deployment(
-        deployment_id=DEPLOYMENT_ID,
-        candidates=[
-            types_pb2.Candidate(
-                instance_type=types_pb2.InstanceType(
-                    name="g4dn.xlarge", price_per_hour=0.526, max_batch_size=64
-                ),
-                profile=types_pb2.LatencyProfile(
-                    linear=types_pb2.LinearProfile(base_ms=5.24, per_item_ms=2.288)
-                ),
-            )
-        ],
-        slo=types_pb2.Slo(percentile=99.0, latency_ms=200.0),
-        current_plan=realtime,
-        planned_rate_per_s=1000.0,
-        traffic_classes=[
-            servewise_pb2.TrafficClass(
-                name="interactive", share=1.0, slo=types_pb2.Slo(latency_ms=200.0)
-            )
-        ],
-        transition=servewise_pb2.Transition(
-            from_mode=types_pb2.SERVING_MODE_REALTIME,
-            from_plan=realtime,
-            to_mode=types_pb2.SERVING_MODE_DYNAMIC_BATCHING,
-            to_plan=batching,
-            steps=[servewise_pb2.TransitionStep(weight=w) for w in (0.1, 0.25, 0.5, 1.0)],
-            step_index=1,
-        ),
-    )
-
-
 def _start_server(db: Path, port: int, log_level: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(SERVICE_ROOT)}
     return subprocess.Popen(  # noqa: S603  # our own interpreter and CLI
@@ -180,14 +136,6 @@ def _start_server(db: Path, port: int, log_level: str) -> subprocess.Popen[bytes
         env=env,
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
-
-
-def _free_port() -> int:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_and_register(target: str) -> int:
@@ -199,9 +147,10 @@ def _wait_and_register(target: str) -> int:
         grpc.channel_ready_future(channel).result(timeout=30)
         health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         stub = servewise_pb2_grpc.ServewiseServiceStub(channel)
-        response = stub.RegisterDeployment(
-            servewise_pb2.RegisterDeploymentRequest(deployment=_deployment()), timeout=30
+        request = servewise_pb2.RegisterDeploymentRequest(
+            deployment=shifting_deployment(DEPLOYMENT_ID)
         )
+        response = stub.RegisterDeployment(request, timeout=30)
         return int(response.deployment.state_version)
 
 
@@ -220,7 +169,7 @@ def measure(args: argparse.Namespace, log_level: str) -> dict[str, Any]:
     """Saturation phases and half-load latency against one server at ``log_level``."""
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
-        port = _free_port()
+        port = free_port()
         target = f"127.0.0.1:{port}"
         proc = _start_server(Path(tmp) / "servewise.db", port, log_level)
         try:

@@ -112,13 +112,68 @@ def _scrub(value: Any) -> Any:
 def redact_secrets(
     _logger: Any, _method: str, event_dict: structlog.types.EventDict
 ) -> structlog.types.EventDict:
-    """structlog processor: credential-named fields and ``Bearer`` values become [redacted]."""
-    scrubbed: structlog.types.EventDict = _scrub(event_dict)
-    return scrubbed
+    """structlog processor: credential-named fields and ``Bearer`` values become [redacted].
+
+    It runs on every log line, the per-RPC one included, so the top level is scanned in place
+    and a string is only rewritten when it contains "bearer" (the same result as substituting
+    every string, at a fraction of the cost on the hot path; bench/ghz.py's Route figure).
+    """
+    for key, value in event_dict.items():
+        if str(key).lower() in _SECRET_KEYS:
+            event_dict[key] = REDACTED
+        elif isinstance(value, str):
+            if "bearer" in value.lower():
+                event_dict[key] = _BEARER_TEXT.sub(rf"\1 {REDACTED}", value)
+        elif isinstance(value, dict | list | tuple):
+            event_dict[key] = _scrub(value)
+    return event_dict
+
+
+class _HandlerLogger:
+    """structlog's logger for our own events: writes each rendered JSON line straight to the
+    stdlib handler's stream, under the handler's lock (so lines from stdlib loggers, which go
+    through the handler's formatter, never interleave with them).
+
+    Why not route structlog events through stdlib logging as before: that builds two
+    LogRecords per line (ProcessorFormatter copies the record), looks up the caller's frame and
+    runs the handler chain, which made the per-RPC log line most of the cost of a cheap RPC such
+    as Route (issue 6's Route-vs-no-op benchmark, bench/ghz.py).
+    """
+
+    __slots__ = ("_handler", "name")
+
+    def __init__(self, handler: logging.StreamHandler[TextIO], name: str) -> None:
+        self._handler = handler
+        self.name = name  # for structlog.stdlib.add_logger_name
+
+    def msg(self, message: str) -> None:
+        handler = self._handler
+        handler.acquire()
+        try:
+            handler.stream.write(message + "\n")
+            handler.stream.flush()
+        finally:
+            handler.release()
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+class _HandlerLoggerFactory:
+    def __init__(self, handler: logging.StreamHandler[TextIO]) -> None:
+        self._handler = handler
+
+    def __call__(self, *args: Any) -> _HandlerLogger:
+        name = args[0] if args and isinstance(args[0], str) else ""
+        return _HandlerLogger(self._handler, name)
 
 
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
     """Send every log record, structlog's and the standard library's, as one JSON line.
+
+    structlog events are rendered by structlog itself and written to the stream directly
+    (:class:`_HandlerLogger`); records of standard-library loggers go through a handler on the
+    root logger whose formatter applies the same processors. Both produce the same fields
+    (``event``, ``level``, ``logger``, ``timestamp`` and the event's own), in the same order.
 
     Parameters
     ----------
@@ -136,31 +191,29 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    # Tracebacks as JSON, without frame locals (they can hold request data).
+    render: list[structlog.types.Processor] = [
+        structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        ),
+        # Last before rendering, so it sees contextvars and rendered tracebacks too.
+        redact_secrets,
+        structlog.processors.JSONRenderer(),
+    ]
+    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *render],
+        )
+    )
     structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, *render],
+        logger_factory=_HandlerLoggerFactory(handler),
+        # Disabled levels are no-op methods: a quiet service's debug line costs nothing.
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, name.upper())),
         cache_logger_on_first_use=True,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            # Tracebacks as JSON, without frame locals (they can hold request data).
-            structlog.processors.ExceptionRenderer(
-                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-            ),
-            # Last before rendering, so it sees contextvars and rendered tracebacks too.
-            redact_secrets,
-            structlog.processors.JSONRenderer(),
-        ],
-    )
-    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
-    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(name.upper())

@@ -75,6 +75,22 @@ class ControlHub:
         self.on_write = on_write
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        # deployment id -> (version, stored bytes, converted): converting a stored deployment
+        # (candidates, profiles, settings) costs more than the store read, and every sample
+        # re-reads its deployment; the bytes are compared, so a hit is the same stored value.
+        self._loaded: dict[str, tuple[int, bytes, deployments.StoredDeployment]] = {}
+
+    def load(self, deployment_id: str) -> deployments.StoredDeployment:
+        """:func:`deployments.load`, reusing the conversion while the stored value is unchanged
+        (the store is still read every time: another stream or replica may have written)."""
+        found = self.store.get(deployments.deployment_key(deployment_id))
+        cached = self._loaded.get(deployment_id)
+        if found is not None and cached is not None and cached[:2] == (found.version, found.value):
+            return cached[2]
+        stored = deployments.load(self.store, deployment_id)
+        if found is not None and stored.pb.state_version == found.version:
+            self._loaded[deployment_id] = (found.version, found.value, stored)
+        return stored
 
     def lock(self, deployment_id: str) -> threading.Lock:
         with self._guard:
@@ -149,7 +165,7 @@ class ControlSession:
         if sample is None:
             return [_rejected(deployment_id, pb.timestamp_s, violations)]
         try:
-            stored = deployments.load(self.hub.store, deployment_id)
+            stored = self.hub.load(deployment_id)
         except NotFoundError as exc:
             return [
                 _rejected(
@@ -181,7 +197,7 @@ class ControlSession:
         """Read, decide, write; again from a fresh read when the write finds a newer version."""
         for _ in range(MAX_ATTEMPTS):
             if stored is None:
-                stored = deployments.load(self.hub.store, deployment_id)
+                stored = self.hub.load(deployment_id)
             try:
                 if stored.pb.HasField("transition"):
                     return self._step(deployment_id, sample, track, stored)
