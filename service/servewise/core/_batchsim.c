@@ -448,8 +448,21 @@ typedef struct {
 } plan_model_t;
 
 /* Everything about one plan that does not depend on the latency level asked for. */
+/* The renewal sum over an idle replica's window (dozens of incomplete gammas for bursty
+ * traffic) depends on (rate, CV, B, window) only; callers score the same (B, T) at several
+ * replica counts in a row (the screen's ladder), so the last sum is kept. */
+typedef struct {
+    int valid;
+    double lam, alpha, window;
+    int64_t b_int;
+    double clump;
+    int count_terms;
+    double count_over[CLUMP_TERMS + 1];
+} clump_memo_t;
+
 static void model_plan(const tables_t *t, Py_ssize_t k, int64_t b_int, double delay,
-                       int64_t n_int, double lam, double cv2, plan_model_t *out) {
+                       int64_t n_int, double lam, double cv2, plan_model_t *out,
+                       clump_memo_t *memo) {
     double big_b = (double)b_int, n = (double)n_int;
     double capacity = n * big_b / t->service[k * t->width + b_int];
     double window = (big_b - 1.0) / lam;
@@ -470,7 +483,7 @@ static void model_plan(const tables_t *t, Py_ssize_t k, int64_t b_int, double de
     double alpha = cv2 > 1e-12 ? 1.0 / cv2 : 0.0;
     double wait_p, wait_shape = 0.0;
     /* Arrivals an idle replica's batch gathers: K = 1 + N(w), P(K > k) = P(S_k <= w). */
-    double count_over[CLUMP_TERMS + 1];
+    double count_over[CLUMP_TERMS + 1] = {0.0};
     int count_terms = -1;
     double idle_count_mean = b_idle;
     if (alpha == 0.0 || alpha > 1e6) wait_p = n / lam < s_busy ? 1.0 : 0.0; /* even gaps */
@@ -480,15 +493,29 @@ static void model_plan(const tables_t *t, Py_ssize_t k, int64_t b_int, double de
          * request, given that one just arrived, are the renewal function M(w) = sum_k
          * P(S_k <= w), which for bursty traffic far exceeds lambda * w. */
         double clump = 1.0;
-        int j = 1;
-        for (; j < (int)big_b; j++) {
-            double term = gamma_p(j * alpha, lam * alpha * window);
-            if (j <= CLUMP_TERMS) count_over[j] = term;
-            clump += term;
-            if (term < 1e-4) { j++; break; }
+        if (memo != NULL && memo->valid && memo->lam == lam && memo->alpha == alpha &&
+            memo->window == window && memo->b_int == b_int) {
+            /* The same (B, window) at another replica count: the sum does not depend on N. */
+            clump = memo->clump;
+            count_terms = memo->count_terms;
+            memcpy(count_over, memo->count_over, sizeof(count_over));
+        } else {
+            int j = 1;
+            for (; j < (int)big_b; j++) {
+                double term = gamma_p(j * alpha, lam * alpha * window);
+                if (j <= CLUMP_TERMS) count_over[j] = term;
+                clump += term;
+                if (term < 1e-4) { j++; break; }
+            }
+            count_terms = j - 1; /* P(K > k) known for k = 1..count_terms, 0 beyond */
+            if (clump > big_b) clump = big_b;
+            if (memo != NULL) {
+                memo->valid = 1; memo->lam = lam; memo->alpha = alpha;
+                memo->window = window; memo->b_int = b_int;
+                memo->clump = clump; memo->count_terms = count_terms;
+                memcpy(memo->count_over, count_over, sizeof(count_over));
+            }
         }
-        count_terms = j - 1; /* P(K > k) known for k = 1..count_terms, 0 beyond */
-        if (clump > big_b) clump = big_b;
         idle_count_mean = clump;
         wait_shape = n * clump * alpha;
         wait_p = gamma_p(wait_shape, lam * alpha * s_busy);
@@ -710,9 +737,11 @@ static PyObject *predict_plans(PyObject *self, PyObject *args) {
     double *batch = (double *)a.out2.buf, *util = (double *)a.out3.buf;
     double lam = a.rate_per_s / 1000.0, cv2 = a.arrival_cv * a.arrival_cv;
     Py_BEGIN_ALLOW_THREADS
+    clump_memo_t memo;
+    memo.valid = 0;
     for (Py_ssize_t i = 0; i < a.plans; i++) {
         plan_model_t pm;
-        model_plan(&t, (Py_ssize_t)kind[i], bs[i], delays[i], ns[i], lam, cv2, &pm);
+        model_plan(&t, (Py_ssize_t)kind[i], bs[i], delays[i], ns[i], lam, cv2, &pm, &memo);
         int stable = pm.util < 1.0;
         for (Py_ssize_t j = 0; j < a.nlevels; j++)
             latency[i * a.nlevels + j] = stable ? mixture_quantile(&pm.m, qs[j]) : INFINITY;
@@ -745,9 +774,11 @@ static PyObject *tail_at(PyObject *self, PyObject *args) {
     double *batch = (double *)a.out2.buf, *util = (double *)a.out3.buf;
     double lam = a.rate_per_s / 1000.0, cv2 = a.arrival_cv * a.arrival_cv;
     Py_BEGIN_ALLOW_THREADS
+    clump_memo_t memo;
+    memo.valid = 0;
     for (Py_ssize_t i = 0; i < a.plans; i++) {
         plan_model_t pm;
-        model_plan(&t, (Py_ssize_t)kind[i], bs[i], delays[i], ns[i], lam, cv2, &pm);
+        model_plan(&t, (Py_ssize_t)kind[i], bs[i], delays[i], ns[i], lam, cv2, &pm, &memo);
         int stable = pm.util < 1.0;
         tail[i] = stable ? mixture_tail(&pm.m, threshold) : 1.0;
         mean[i] = stable ? pm.mean : INFINITY;

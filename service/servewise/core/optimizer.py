@@ -236,7 +236,6 @@ class _Search:
                 seed,
             )
         self.cache: dict[tuple[str, int, float, int], _Run] = {}
-        self.simulations = 0
         self.warmup = int(len(self.arrivals_ms) * WARMUP_FRACTION)
         count = len(self.arrivals_ms) - self.warmup
         self.quantile_index = min(max(math.ceil(count * self.quantile) - 1, 0), count - 1)
@@ -286,7 +285,6 @@ class _Search:
                 latencies = trace.latencies_ms(self.warmup)
             run = _Run(latencies)
             self.cache[key] = run
-            self.simulations += 1
         return run
 
     def passes(self, candidate: Candidate, big_b: int, delay: float, n: int) -> bool:
@@ -664,7 +662,18 @@ def _frontier(
             plan = Plan(name, big_b, delay, n)
             cost = n * by_name[name].instance.price_per_hour
             points.append(FrontierPoint(plan, cost, latency, latency <= search.slo.latency_ms))
-    points.sort(key=lambda p: (p.cost_per_hour, p.latency_ms))
+    # The plan breaks exact ties, so the frontier does not depend on which of the two search
+    # threads simulated a plan first.
+    points.sort(
+        key=lambda p: (
+            p.cost_per_hour,
+            p.latency_ms,
+            p.plan.instance_type,
+            p.plan.max_batch_size,
+            p.plan.max_queue_delay_ms,
+            p.plan.replicas,
+        )
+    )
     frontier: list[FrontierPoint] = []
     for point in points:
         if not frontier or point.latency_ms < frontier[-1].latency_ms:
@@ -706,29 +715,36 @@ def _best_plan(
 _Confirmation = tuple[PlanAssessment, PlanAssessment | None]
 
 
-def _confirm_both(
-    search: _Search,
-    chosen: tuple[Plan, Candidate] | None,
-    realtime: tuple[Plan, Candidate] | None,
-    ceiling: int,
+def _search_both(
+    search: _Search, options: list[_Option], realtime_options: list[_Option], limits: SearchLimits
 ) -> tuple[_Confirmation | None, _Confirmation | None]:
-    """Confirm the recommendation and the real-time baseline, side by side.
+    """Find and confirm the recommendation and the real-time baseline, side by side.
 
-    A near-capacity real-time baseline can need a run of several hundred thousand requests;
-    the kernel and numpy release the GIL, so on two cores the two confirmations overlap. The
-    shared confirmation sample is drawn first, at the larger of the two lengths, so the
-    threads only read it.
+    The two searches share nothing but the cache of simulations on the common sample (equal
+    keys give equal runs, whichever thread computes them), and a near-capacity real-time
+    baseline can need a confirmation of several hundred thousand requests; the kernel and
+    numpy release the GIL, so on two cores the baseline's whole search overlaps the
+    recommendation's.
     """
-    if chosen is None or realtime is None:
-        return (
-            None if chosen is None else _confirm(search, chosen[1], chosen[0], ceiling),
-            None if realtime is None else _confirm(search, realtime[1], realtime[0], ceiling),
-        )
-    search.confirm_arrivals(max(_confirm_requests(search, c, p) for p, c in (chosen, realtime)))
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        baseline = pool.submit(_confirm, search, realtime[1], realtime[0], ceiling)
-        recommended = _confirm(search, chosen[1], chosen[0], ceiling)
-        return recommended, baseline.result()
+    ceiling = limits.max_replicas
+
+    def recommendation() -> _Confirmation | None:
+        chosen = _best_plan(search, _choose_refinements(options), ceiling)
+        if chosen is None:
+            return None
+        plan, candidate = _polish_delay(search, chosen[0], chosen[1], limits)
+        return _confirm(search, candidate, plan, ceiling)
+
+    def baseline() -> _Confirmation | None:
+        ranked = sorted(realtime_options, key=lambda o: o.predicted_replicas * o.price)
+        realtime = _best_plan(search, ranked, ceiling)
+        return None if realtime is None else _confirm(search, realtime[1], realtime[0], ceiling)
+
+    if not realtime_options:
+        return recommendation(), None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(baseline)
+        return recommendation(), pending.result()
 
 
 def _confirmed(
@@ -885,20 +901,13 @@ def optimize(
         )
 
     options, considered = _screen(candidates, search, limits)
-
-    chosen = _best_plan(search, _choose_refinements(options), ceiling)
-    if chosen is not None:
-        chosen = _polish_delay(search, chosen[0], chosen[1], limits)
     realtime_options = [o for o in options if o.max_batch_size == 1] if realtime_baseline else []
-    realtime = _best_plan(
-        search, sorted(realtime_options, key=lambda o: o.predicted_replicas * o.price), ceiling
-    )
 
     recommended: PlanAssessment | None = None
     near_miss: PlanAssessment | None = None
     realtime_assessment: PlanAssessment | None = None
     realtime_near_miss: PlanAssessment | None = None
-    confirmations = _confirm_both(search, chosen, realtime, ceiling)
+    confirmations = _search_both(search, options, realtime_options, limits)
     if confirmations[0] is not None:
         recommended, near_miss = confirmations[0]
     if confirmations[1] is not None:
@@ -932,7 +941,7 @@ def optimize(
     saving_rt, saving_rt_fraction = _saving(baseline, chosen_for_saving)
     saving_cur, saving_cur_fraction = _saving(current, chosen_for_saving)
     notes.append(
-        f"screened {considered} plans analytically, simulated {search.simulations} on a shared "
+        f"screened {considered} plans analytically, simulated {len(search.cache)} on a shared "
         f"sample of {len(search.arrivals_ms)} requests"
     )
     return OptimizeResult(
