@@ -224,7 +224,7 @@ class ControlSession:
         state = stored.state
         advise = control.cached_advisor(
             self.hub.cache,
-            (deployment_id, version),
+            control.advice_key(state.candidates, state.slo, stored.limits, state.current_plan),
             control.optimizer_advisor(
                 state.candidates, state.slo, stored.limits, state.current_plan
             ),

@@ -498,7 +498,12 @@ class SwitchEvaluator:
         version = stored.pb.state_version
         advise = control.cached_advisor(
             self.cache,
-            (request.deployment_id, version),
+            control.advice_key(
+                stored.state.candidates,
+                stored.state.slo,
+                stored.limits,
+                stored.state.current_plan,
+            ),
             control.optimizer_advisor(
                 stored.state.candidates,
                 stored.state.slo,

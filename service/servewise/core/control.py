@@ -786,11 +786,11 @@ def _panic(
 
 
 class AdviceCache:
-    """A bounded LRU of optimizer answers keyed by (deployment, state version, rounded rate,
-    rounded CV).
+    """A bounded LRU of optimizer answers keyed by (:func:`advice_key`, rounded rate, rounded
+    CV).
 
-    A deployment's version changes whenever its candidates, SLO or plan do, so an entry never
-    goes stale; the rate and CV are rounded (:func:`rounded_rate`) so nearby ones share an entry.
+    The key holds everything the answer depends on, so an entry never goes stale; the rate and
+    CV are rounded (:func:`rounded_rate`) so nearby ones share an entry.
     """
 
     def __init__(self, max_entries: int = 4096) -> None:
@@ -882,9 +882,19 @@ def _scaled_alternative(
     return scaled if result.current is not None and result.current.meets_slo else None
 
 
+def advice_key(
+    candidates: Sequence[Candidate], slo: Slo, limits: SearchLimits, current_plan: Plan
+) -> Hashable:
+    """What :func:`optimizer_advisor`'s answers depend on, as a cache key: deployments that
+    share a model, SLO, limits and plan (replicas of one service, many tenants of one model)
+    share its optimizer answers, and any change to them is a new key."""
+    return (tuple(candidates), slo, limits, current_plan)
+
+
 def cached_advisor(cache: AdviceCache, key: Hashable, advise: Advisor) -> Advisor:
     """``advise`` at the rate and CV rounded by :func:`rounded_rate`, memoised in ``cache``
-    under ``(key, rate, cv)``; ``key`` must change whenever the deployment does (its version)."""
+    under ``(key, rate, cv)``; ``key`` must change whenever the answer could
+    (:func:`advice_key`)."""
 
     def cached(rate_per_s: float, arrival_cv: float = 1.0) -> Advice:
         rate = max(rounded_rate(rate_per_s), 1e-9)
