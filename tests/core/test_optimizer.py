@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from servewise.core import optimizer, queueing
@@ -221,7 +221,7 @@ def test_feasible_answers_meet_the_slo_in_independent_simulation(
     assert math.isfinite(result.recommended.cost_per_hour)
 
 
-def _exact_screen(candidates: list[Candidate], search: optimizer._Search) -> list:
+def _exact_screen(candidates: list[Candidate], search: optimizer._Search) -> list | None:
     """Every plan of the screen's grid with its fewest passing replica count, by scanning."""
     kinds, pairs = optimizer._screen_grid(candidates, search, search.limits)
     tables = queueing.ServiceTables.build(
@@ -244,7 +244,12 @@ def _exact_screen(candidates: list[Candidate], search: optimizer._Search) -> lis
             counts,
             search.slo.latency_ms,
         )
-        passing = counts[tail <= 1.0 - search.quantile]
+        ok = tail <= 1.0 - search.quantile
+        if ok.any() and not ok[int(np.argmax(ok)) :].all():
+            # The predictor is not monotone in N here (a pass, then a fail with more
+            # replicas): any search that brackets N, pruned or not, may find another count.
+            return None
+        passing = counts[ok]
         n = int(passing[0]) if len(passing) else ceiling
         options.append(optimizer._Option(candidates[k], b, t, n, floor))
     return options
@@ -261,7 +266,8 @@ def test_pruned_screen_refines_what_an_exact_screen_would(
     rate_per_s: float, arrival_cv: float, slo_ms: float, types: int
 ) -> None:
     """The screen settles only the plans that could be refined; what it hands on (the plans
-    to refine, the real-time options) is what scanning every replica count gives."""
+    to refine, the real-time options) is what scanning every replica count gives, wherever
+    the predictor is monotone in the replica count (which bisection assumes)."""
     pool = [
         G4DN,
         P3,
@@ -275,6 +281,8 @@ def test_pruned_screen_refines_what_an_exact_screen_would(
     search = optimizer._Search(Workload(rate_per_s, arrival_cv), slo, limits, 1)
     pruned, _ = optimizer._screen(pool, search, limits)
     exact = _exact_screen(pool, search)
+    assume(exact is not None)
+    assert exact is not None
 
     def chosen(options: list) -> list:
         return [
