@@ -64,6 +64,7 @@ from servewise.core.optimizer import (
     OptimizeResult,
     PlanAssessment,
     SearchLimits,
+    bisect_fewest,
     optimize,
 )
 from servewise.core.profiles import Candidate
@@ -756,12 +757,7 @@ def _fewest_replicas(
     below = np.where(first > 0, ladder[inside, np.maximum(first - 1, 0)], low[rest] + 1)
     low = low.copy()
     low[rest] = np.minimum(below, high[rest] - 1)
-    while np.any(usable & (high - low > 1)):
-        rows = np.flatnonzero(usable & (high - low > 1))
-        mid = (high[rows] + low[rows]) // 2
-        good = ok(rows, mid)
-        high[rows] = np.where(good, mid, high[rows])
-        low[rows] = np.where(good, low[rows], mid)
+    bisect_fewest(ok, low, high, usable)
     return usable, high
 
 

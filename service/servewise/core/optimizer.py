@@ -21,6 +21,7 @@ predictor for predicted latency, the simulator for the confirmation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
@@ -459,13 +460,7 @@ def _screen(
     high[rest] = np.where(feasible[rest], ladder[inside, first], ceiling)
     below = np.where(first > 0, ladder[inside, np.maximum(first - 1, 0)], floor[rest])
     low[rest] = np.where(feasible[rest], np.minimum(below, high[rest] - 1), high[rest])
-    while np.any(high - low > 1):
-        active = np.flatnonzero(high - low > 1)
-        mid = (high[active] + low[active]) // 2
-        mid_ok = ok(active, mid)
-        evaluated += len(active)
-        high[active] = np.where(mid_ok, mid, high[active])
-        low[active] = np.where(mid_ok, low[active], mid)
+    evaluated += bisect_fewest(ok, low, high)
     predicted = np.where(feasible, high, ceiling).tolist()
     sizes, delays, floors = big_b.tolist(), delay.tolist(), floor.tolist()
     kept = (at_floor | searched).tolist()
@@ -475,6 +470,28 @@ def _screen(
         if kept[i]
     ]
     return options, evaluated
+
+
+def bisect_fewest(
+    ok: Callable[[npt.NDArray[np.int64], npt.NDArray[np.int64]], npt.NDArray[np.bool_]],
+    low: npt.NDArray[np.int64],
+    high: npt.NDArray[np.int64],
+    active: npt.NDArray[np.bool_] | None = None,
+) -> int:
+    """Per row, narrow a bracket (``low`` fails, ``high`` passes ``ok(rows, counts)``) to
+    adjacent counts, all rows in one call per halving; ``high`` ends as the fewest passing
+    count (assuming ``ok`` is monotone). Updates in place; returns the evaluations made."""
+    evaluated = 0
+    searching = high - low > 1 if active is None else active & (high - low > 1)
+    while np.any(searching):
+        rows = np.flatnonzero(searching)
+        mid = (high[rows] + low[rows]) // 2
+        good = ok(rows, mid)
+        evaluated += len(rows)
+        high[rows] = np.where(good, mid, high[rows])
+        low[rows] = np.where(good, low[rows], mid)
+        searching = high - low > 1 if active is None else active & (high - low > 1)
+    return evaluated
 
 
 def _refinement_bounds(
