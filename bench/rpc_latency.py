@@ -57,6 +57,7 @@ if importlib.util.find_spec("servewise") is None:
 
 import servewise  # noqa: E402
 from bench import scenarios as scen  # noqa: E402
+from bench.harness import percentiles  # noqa: E402
 from bench.plan_quality import source_info  # noqa: E402
 from servewise.v1 import servewise_pb2, servewise_pb2_grpc, types_pb2  # noqa: E402
 
@@ -209,20 +210,6 @@ class Server:
                 self.proc.wait()
 
 
-def _pcts(ms: list[float]) -> dict[str, float | int | None]:
-    if not ms:
-        return {"count": 0, "p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None}
-    a = np.asarray(ms)
-    return {
-        "count": len(ms),
-        "mean_ms": float(a.mean()),
-        "p50_ms": float(np.percentile(a, 50)),
-        "p90_ms": float(np.percentile(a, 90)),
-        "p99_ms": float(np.percentile(a, 99)),
-        "max_ms": float(a.max()),
-    }
-
-
 async def _wait_serving(target: str, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     async with grpc.aio.insecure_channel(target) as ch:
@@ -311,10 +298,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "first_error": errs[0] if errs else None,
                 "wall_s": wall,
                 "throughput_per_s": per * clients / wall,
-                "client": _pcts(lat),
-                "server": _pcts(server.rpc_durations("OptimizeBatch")),
+                "client": percentiles(lat),
+                "server": percentiles(server.rpc_durations("OptimizeBatch")),
                 "client_by_workload": [
-                    {"rate_per_s": w[0], "arrival_cv": w[1], "slo_p99_ms": w[2], **_pcts(ms)}
+                    {"rate_per_s": w[0], "arrival_cv": w[1], "slo_p99_ms": w[2], **percentiles(ms)}
                     for w, ms in zip(WORKLOADS, by_req, strict=True)
                 ],
             }
@@ -347,8 +334,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         doc["simulate_200k"] = {
             "plan": "g4dn.xlarge T4 AMP B=32 T=5ms N=2 at 1500 req/s Poisson",
             **sim_result,
-            "client": _pcts(sim_ms),
-            "server": _pcts(server.rpc_durations("Simulate")),
+            "client": percentiles(sim_ms),
+            "server": percentiles(server.rpc_durations("Simulate")),
         }
         doc["server"]["rss_at_end_mb"] = server.status_kb("VmRSS") / 1024.0
         doc["server"]["peak_rss_mb"] = server.status_kb("VmHWM") / 1024.0
