@@ -237,6 +237,7 @@ class _Search:
                 seed,
             )
         self.cache: dict[tuple[str, int, float, int], _Run] = {}
+        self._confirm_scaled: npt.NDArray[np.float64] = np.empty(0)
         self.warmup = int(len(self.arrivals_ms) * WARMUP_FRACTION)
         count = len(self.arrivals_ms) - self.warmup
         self.quantile_index = min(max(math.ceil(count * self.quantile) - 1, 0), count - 1)
@@ -246,9 +247,15 @@ class _Search:
         confirmation; a prefix of any longer confirmation sample."""
         if self.workload.arrival_times_s is not None:
             return self.arrivals_ms
-        return renewal_arrivals_ms(
-            self.rate_per_s, self.arrival_cv, count, (self.seed + 1) % SEED_MODULUS
-        )
+        # Each confirmation attempt (up to MAX_CONFIRM_ATTEMPTS, two searches) asks again;
+        # the longest sample scaled so far serves every shorter request as a prefix.
+        scaled = self._confirm_scaled
+        if len(scaled) < count:
+            scaled = renewal_arrivals_ms(
+                self.rate_per_s, self.arrival_cv, count, (self.seed + 1) % SEED_MODULUS
+            )
+            self._confirm_scaled = scaled
+        return scaled[:count]
 
     def relaxation_times(
         self, candidate: Candidate, big_b: int, n: int, horizon_ms: float
