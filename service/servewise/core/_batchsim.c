@@ -832,7 +832,12 @@ static void select_rank(double *a, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t rank
 #define BRACKET_MIN_N 8192
 #define BRACKET_SIGMAS 4.0
 
-typedef struct { double lo, hi; double *buf; Py_ssize_t len, cap, below; } bracket_t;
+/* A bracket's values equal to either bound are counted, not copied: a lightly loaded
+ * deterministic system puts nearly every latency on one value, and copying (then selecting
+ * among) a million equal values cost more than the whole simulation. */
+typedef struct {
+    double lo, hi; double *buf; Py_ssize_t len, cap, below, at_lo, at_hi;
+} bracket_t;
 
 static int bracket_push(bracket_t *b, double x) {
     if (b->len == b->cap) {
@@ -910,23 +915,34 @@ static int select_bracketed(const double *a, Py_ssize_t n, const int64_t *r, Py_
             double x = a[i];
             if (x < g[0].lo) { below_first++; continue; }
             for (Py_ssize_t k = 0; k < groups; k++) {
-                if (x <= g[k].hi) { ok = bracket_push(&g[k], x); break; }
+                if (x <= g[k].hi) {
+                    if (x == g[k].lo) g[k].at_lo++;
+                    else if (x == g[k].hi) g[k].at_hi++;
+                    else ok = bracket_push(&g[k], x);
+                    break;
+                }
                 if (k + 1 == groups || x < g[k + 1].lo) { gap[k]++; break; }
             }
         }
         Py_ssize_t below = below_first;
         for (Py_ssize_t k = 0; ok && k < groups; k++) {
             g[k].below = below;
-            below += g[k].len + gap[k];
+            below += g[k].at_lo + g[k].len + g[k].at_hi + gap[k];
         }
         free(gap);
         for (Py_ssize_t j = 0; ok && j < m; j++) {
             bracket_t *b = &g[group_of[j]];
             Py_ssize_t local = (Py_ssize_t)r[j] - b->below;
-            ok = local >= 0 && local < b->len;
-            if (ok) {
+            ok = local >= 0 && local < b->at_lo + b->len + b->at_hi;
+            if (!ok) break;
+            if (local < b->at_lo) {
+                o[j] = b->lo;
+            } else if (local - b->at_lo < b->len) {
+                local -= b->at_lo;
                 select_rank(b->buf, 0, b->len - 1, local, state);
                 o[j] = b->buf[local];
+            } else {
+                o[j] = b->hi;
             }
         }
     }
