@@ -42,7 +42,7 @@ from servewise.core.simulator import (
     capacity_per_s,
     relaxation_time_ms,
     renewal_arrivals_ms,
-    run_batches,
+    run_latencies,
     select_ranks,
     simulate_with_latencies,
 )
@@ -287,10 +287,14 @@ class _Search:
         if run is None:
             latencies = None
             if self.verifiable(candidate, big_b, n):
-                trace = run_batches(
-                    self.arrivals_ms, candidate.profile.table_ms(big_b), big_b, delay, n
-                )
-                latencies = trace.latencies_ms(self.warmup)
+                latencies = run_latencies(
+                    self.arrivals_ms,
+                    candidate.profile.table_ms(big_b),
+                    big_b,
+                    delay,
+                    n,
+                    self.warmup,
+                )[0]
             run = _Run(latencies)
             self.cache[key] = run
         return run
