@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from servewise.core import optimizer, queueing
+from servewise.core import cancel, optimizer, queueing
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.optimizer import Binding, SearchLimits, optimize
 from servewise.core.profiles import Candidate, InstanceType, LatencyProfile
@@ -297,3 +297,28 @@ def test_pruned_screen_refines_what_an_exact_screen_would(
 
     assert chosen(pruned) == chosen(exact)
     assert realtime(pruned) == realtime(exact)
+
+
+def test_the_baseline_search_runs_under_the_callers_cancellation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real-time baseline is searched on a pooled thread; it must see the call's cancel
+    token (a cancelled RPC stops both searches), and a cancelled call raises."""
+    seen: list[tuple[bool, object]] = []
+    confirm = optimizer._confirm
+
+    def recording(search, candidate, plan, ceiling):  # type: ignore[no-untyped-def]
+        seen.append((plan.max_batch_size == 1, cancel.current()))
+        return confirm(search, candidate, plan, ceiling)
+
+    monkeypatch.setattr(optimizer, "_confirm", recording)
+    token = cancel.CancelToken()
+    with cancel.scope(token):
+        result = optimize([G4DN, P3], Workload(2_000.0), Slo(60.0))
+    assert result.realtime_baseline is not None
+    assert any(realtime for realtime, _ in seen)
+    assert all(current is token for _, current in seen)
+
+    token.cancel()
+    with cancel.scope(token), pytest.raises(cancel.WorkCancelledError):
+        optimize([G4DN, P3], Workload(2_000.0), Slo(60.0))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import NamedTuple
@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from servewise.core import queueing
+from servewise.core import cancel, queueing
 from servewise.core.model import Plan, Slo, Workload, cost_per_million_requests
 from servewise.core.profiles import Candidate
 from servewise.core.simulator import (
@@ -742,6 +742,10 @@ def _best_plan(
 
 _Confirmation = tuple[PlanAssessment, PlanAssessment | None]
 
+# The real-time baseline's searches, kept across calls: starting a thread per request cost
+# about a third of a millisecond. Sized for a few concurrent requests; more queue briefly.
+_BASELINE_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="servewise-baseline")
+
 
 def _search_both(
     search: _Search, options: list[_Option], realtime_options: list[_Option], limits: SearchLimits
@@ -770,9 +774,16 @@ def _search_both(
 
     if not realtime_options:
         return recommendation(), None
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(baseline)
-        return recommendation(), pending.result()
+    # The baseline runs under the caller's context, so a cancelled call stops it too.
+    pending = _BASELINE_POOL.submit(cancel.propagating(baseline))
+    try:
+        chosen = recommendation()
+    except BaseException:
+        # No work left running on behalf of a failed call (it shares the search's cache).
+        if not pending.cancel():
+            wait([pending])
+        raise
+    return chosen, pending.result()
 
 
 def _confirmed(
