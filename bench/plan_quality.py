@@ -294,7 +294,15 @@ def confirm(
     sc: scen.Scenario, plan: Plan, arrivals_ms: np.ndarray, long_ms: np.ndarray, seed: int
 ) -> dict[str, Any]:
     """Simulate ``plan`` on the fresh sample; a below-capacity plan whose run is too short to
-    verify its tail is re-run on the longer fresh sample (same seed)."""
+    verify its tail is re-run on the longer fresh sample (same seed).
+
+    A plan meets the SLO when it passes there and also on the whole long fresh sample: a
+    single 200k-request run cannot tell a plan whose long-run p99 sits a hair above the
+    bound from one a hair below it (s2026-002's 7-replica plan passed its 200k run by 0.06%
+    while its p99 over six 1M-request seeds averaged 0.2% over), and the exhaustive search's
+    winner, a minimum over many plans, is exactly where such plans collect. The optimizer's
+    answer and the search's winner are judged alike.
+    """
     spec = {c.name: c for c in sc.candidates}[plan.instance_type]
     t0 = time.perf_counter()
     res = simulator.simulate(
@@ -308,6 +316,20 @@ def confirm(
         )
         used = len(long_ms)
     lat = res.latency.slo_percentile_ms
+    meets = bool(res.stable and lat is not None and lat <= sc.slo_ms)
+    long_check: dict[str, Any] | None = None
+    if meets and used < len(long_ms):
+        whole = simulator.simulate(
+            spec.profile(), plan, sc.workload(), slo=sc.slo(), arrivals_ms=long_ms
+        )
+        whole_lat = whole.latency.slo_percentile_ms
+        long_check = {
+            "requests": len(long_ms),
+            "slo_percentile_ms": whole_lat,
+            "stable": whole.stable,
+            "meets_slo": bool(whole.stable and whole_lat is not None and whole_lat <= sc.slo_ms),
+        }
+        meets = long_check["meets_slo"]
     return {
         "seed": seed,
         "requests": used,
@@ -318,7 +340,8 @@ def confirm(
         "stability_reason": res.stability_reason,
         "utilisation": res.utilisation,
         "mean_batch_size": res.mean_batch_size,
-        "meets_slo": bool(res.stable and lat is not None and lat <= sc.slo_ms),
+        "long_check": long_check,
+        "meets_slo": meets,
         "seconds": time.perf_counter() - t0,
     }
 
