@@ -322,3 +322,34 @@ def test_the_baseline_search_runs_under_the_callers_cancellation(
     token.cancel()
     with cancel.scope(token), pytest.raises(cancel.WorkCancelledError):
         optimize([G4DN, P3], Workload(2_000.0), Slo(60.0))
+
+
+def test_a_cheaper_near_critical_plan_gets_a_longer_confirmation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At 97% load nine replicas meet the SLO, but only a run longer than CONFIRM_MAX_REQUESTS
+    spans enough relaxation times to verify it: the optimizer runs that longer confirmation
+    rather than answer ten replicas, and the plan holds on an independent long run."""
+    workload, slo = Workload(10_141.0, 2.76), Slo(440.0)
+    result = optimize([G4DN], workload, slo)
+    assert result.feasible
+    assert result.recommended is not None
+    chosen = result.recommended
+    assert chosen.plan.replicas == 9
+    assert chosen.simulated is not None
+    assert chosen.simulated.requests_simulated > optimizer.CONFIRM_MAX_REQUESTS
+    independent = simulate(
+        G4DN.profile,
+        chosen.plan,
+        workload,
+        optimizer.STRETCH_MAX_REQUESTS,
+        seed=REFEREE_SEED,
+        slo=slo,
+    )
+    assert independent.stable
+    assert independent.latency.p99_ms <= slo.latency_ms
+
+    monkeypatch.setattr(optimizer, "STRETCH_CANDIDATES", 0)
+    without = optimize([G4DN], workload, slo)
+    assert without.recommended is not None
+    assert without.recommended.plan.replicas == 10
