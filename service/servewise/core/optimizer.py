@@ -819,14 +819,19 @@ def _near_critical_cheaper(
     if search.workload.arrival_times_s is not None:
         return None  # a trace is as long as it is: nothing longer to run
     picks: list[tuple[float, float, float, Plan, Candidate]] = []
+    # Whether a (type, B) qualifies does not depend on the delay: decided once per shape.
+    qualifies: dict[tuple[str, int], bool] = {}
     for opt in options:
         replicas = math.ceil(cost_per_hour / opt.price - 1e-9) - 1
         big_b = opt.max_batch_size
-        if (
-            replicas < opt.floor_replicas
-            or search.verifiable(opt.candidate, big_b, replicas)
-            or not search.verifiable(opt.candidate, big_b, replicas, STRETCH_MAX_REQUESTS)
-        ):
+        if replicas < opt.floor_replicas:
+            continue
+        shape = (opt.candidate.instance.name, big_b)
+        if shape not in qualifies:
+            qualifies[shape] = not search.verifiable(
+                opt.candidate, big_b, replicas
+            ) and search.verifiable(opt.candidate, big_b, replicas, STRETCH_MAX_REQUESTS)
+        if not qualifies[shape]:
             continue
         plan = Plan(opt.candidate.instance.name, big_b, opt.max_queue_delay_ms, replicas)
         predicted = queueing.predict(
