@@ -15,6 +15,7 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
+from servewise import obs
 from servewise.auth import (
     METHOD_SCOPES,
     MIN_TOKEN_CHARS,
@@ -156,11 +157,17 @@ def test_every_rpc_has_a_scope() -> None:
         ((("authorization", f"Basic {READ}"),), "UNAUTHENTICATED", "malformed"),
         ((("authorization", "Bearer"),), "UNAUTHENTICATED", "malformed"),
         ((("authorization", f"Bearer {READ} {READ}"),), "UNAUTHENTICATED", "malformed"),
-        ((("authorization", f"Bearer {READ}"), ("authorization", f"Bearer {WRITE}")),
-         "UNAUTHENTICATED", "malformed"),
+        (
+            (("authorization", f"Bearer {READ}"), ("authorization", f"Bearer {WRITE}")),
+            "UNAUTHENTICATED",
+            "malformed",
+        ),
         ((("authorization", f"Bearer {READ}x"),), "UNAUTHENTICATED", "invalid bearer token"),
-        ((("authorization", f"Bearer {READ}"),), "PERMISSION_DENIED", "needs a token with the "
-         "write scope; this token has read"),
+        (
+            (("authorization", f"Bearer {READ}"),),
+            "PERMISSION_DENIED",
+            "needs a token with the write scope; this token has read",
+        ),
         ((("authorization", f"bearer   {WRITE}"),), None, None),
         ((("Authorization", f"Bearer {WRITE}"),), None, None),
     ],
@@ -188,9 +195,10 @@ def test_open_services_and_unlisted_methods() -> None:
     interceptor = TokenAuthInterceptor(parse_tokens(f"read {READ}", "test"))
     assert interceptor.check("/grpc.health.v1.Health/Check", ()) is None
     assert interceptor.check("/grpc.health.v1.Health/Watch", ()) is None
-    assert interceptor.check(
-        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", ()
-    ) is None
+    assert (
+        interceptor.check("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", ())
+        is None
+    )
     outcome = interceptor.check(
         "/servewise.v1.ServewiseService/SomethingNew", (("authorization", f"Bearer {READ}"),)
     )
@@ -204,6 +212,7 @@ def json_log() -> Iterator[io.StringIO]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     previous = structlog.get_config()
+    previous_rpc_line = obs._rpc_line
     buffer = io.StringIO()
     configure_logging("debug", stream=buffer)
     try:
@@ -212,6 +221,7 @@ def json_log() -> Iterator[io.StringIO]:
         root.handlers[:] = handlers
         root.setLevel(level)
         structlog.configure(**previous)
+        obs._rpc_line = previous_rpc_line
 
 
 def test_log_lines_redact_credentials(json_log: io.StringIO) -> None:
@@ -231,3 +241,31 @@ def test_log_lines_redact_credentials(json_log: io.StringIO) -> None:
     assert READ not in text
     assert WRITE not in text
     assert lines[1]["error"] == "header was 'Bearer [redacted]'"
+
+
+@pytest.mark.parametrize("deployment_id", [None, "dep-1", 'quote"and\\slash', "ünïcode"])
+def test_the_fast_rpc_line_is_the_structlog_line(
+    json_log: io.StringIO, deployment_id: str | None
+) -> None:
+    """The per-RPC line written without structlog's processors has the same fields, values
+    and order as the one structlog renders; a value that might hold a credential, or bound
+    context variables, take the structlog path (so they are scrubbed and merged)."""
+    fields = {"method": "/servewise.v1.ServewiseService/Route", "code": "OK", "duration_ms": 0.25}
+    if deployment_id is not None:
+        fields["deployment_id"] = deployment_id
+    structlog.get_logger("servewise.rpc").info("rpc", **fields)
+    assert obs._rpc_line is not None
+    assert obs._rpc_line.write("/servewise.v1.ServewiseService/Route", "OK", 0.25, deployment_id)
+    slow, fast = (json.loads(line) for line in json_log.getvalue().splitlines())
+    assert list(slow) == list(fast)
+    assert {k: v for k, v in slow.items() if k != "timestamp"} == {
+        k: v for k, v in fast.items() if k != "timestamp"
+    }
+    assert fast["timestamp"].endswith("Z")
+
+    assert not obs._rpc_line.write("/m", "OK", 1.0, f"x Bearer {READ}")
+    structlog.contextvars.bind_contextvars(request_id="r-1")
+    try:
+        assert not obs._rpc_line.write("/m", "OK", 1.0, None)
+    finally:
+        structlog.contextvars.clear_contextvars()

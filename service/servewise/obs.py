@@ -15,7 +15,9 @@ Kubernetes probe every few seconds does not flood the log.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import inspect
+import json
 import logging
 import re
 import sys
@@ -167,6 +169,50 @@ class _HandlerLoggerFactory:
         return _HandlerLogger(self._handler, name)
 
 
+class _RpcLine:
+    """The per-RPC access line at info, written without structlog's processor chain.
+
+    A load balancer calls Route once per request, so this line is written as often as the
+    service's cheapest RPC runs; through the chain (context merge, level and logger names,
+    timestamp, traceback and secret processors, the renderer) it cost ~17 us, a tenth of what
+    Route itself costs the server. The line is the same JSON, with the same fields in the same
+    order. Lines that could need a processor (bound context variables, a value that might
+    carry a credential) take the structlog path instead.
+    """
+
+    __slots__ = ("_handler",)
+
+    def __init__(self, handler: logging.StreamHandler[TextIO]) -> None:
+        self._handler = handler
+
+    def write(self, method: str, code: str, duration_ms: float, deployment_id: str | None) -> bool:
+        """Write the line; False (nothing written) when it needs the structlog path."""
+        if structlog.contextvars.get_contextvars():
+            return False
+        text = f'{{"method": {json.dumps(method)}, "code": "{code}", "duration_ms": {duration_ms!r}'
+        if deployment_id is not None:
+            if "bearer" in deployment_id.lower():
+                return False
+            text += f', "deployment_id": {json.dumps(deployment_id)}'
+        now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+        text += (
+            f', "event": "rpc", "level": "info", "logger": "servewise.rpc", '
+            f'"timestamp": "{now.isoformat()}Z"}}\n'
+        )
+        handler = self._handler
+        handler.acquire()
+        try:
+            handler.stream.write(text)
+            handler.stream.flush()
+        finally:
+            handler.release()
+        return True
+
+
+# Set by configure_logging when info lines are on; None otherwise.
+_rpc_line: _RpcLine | None = None
+
+
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
     """Send every log record, structlog's and the standard library's, as one JSON line.
 
@@ -217,6 +263,8 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(name.upper())
+    global _rpc_line  # noqa: PLW0603 - the logging configuration is process-wide
+    _rpc_line = _RpcLine(handler) if getattr(logging, name.upper()) <= logging.INFO else None
 
 
 def _split_method(method: str) -> tuple[str, str]:
@@ -277,7 +325,9 @@ class _Call:
             _log.error("rpc", exc_info=error, **fields)
         elif self._quiet:
             _log.debug("rpc", **fields)
-        else:
+        elif _rpc_line is None or not _rpc_line.write(
+            self._method, code.name, fields["duration_ms"], self.deployment_id
+        ):
             _log.info("rpc", **fields)
 
 
