@@ -12,7 +12,9 @@ Four stages, as ARCHITECTURE.md section 2 suggests:
 3. Polish. Longer delays for the winner at one replica fewer.
 4. Confirm. The winner and the real-time baseline are simulated on a fresh sample spanning
    VERIFY_RELAXATION_TIMES relaxation times (in parallel); a plan failing gains replicas.
-   Near-capacity plans no affordable run can verify are never recommended.
+   Near-capacity plans no affordable run can verify are never recommended; a plan a replica
+   price cheaper than the confirmed one, passed over only because verifying it needs more than
+   CONFIRM_MAX_REQUESTS, gets a run of up to STRETCH_MAX_REQUESTS (at most two such plans).
 
 Every figure in the result follows from the inputs: prices times replicas for cost, the
 predictor for predicted latency, the simulator for the confirmation.
