@@ -223,6 +223,34 @@ def _duplicate_class(pb: servewise_pb2.Deployment) -> None:
     pb.traffic_classes[1].share = 0.5
 
 
+def _transition(**broken: object) -> Mutation:
+    """A well-formed two-step shift to one more replica, then ``broken`` applied to it (a
+    dotted name inside the transition, e.g. steps.1.weight)."""
+
+    def mutate(pb: servewise_pb2.Deployment) -> None:
+        t = pb.transition
+        t.to_plan.CopyFrom(pb.current_plan)
+        t.to_plan.replicas += 1
+        t.steps.add(weight=0.5, dwell_s=60.0, expected_requests=3150.0)
+        t.steps.add(weight=1.0, dwell_s=60.0, expected_requests=6300.0)
+        for name, value in broken.items():
+            *heads, last = name.split(".")
+            target: object = t
+            for head in heads:
+                target = target[int(head)] if head.isdigit() else getattr(target, head)  # type: ignore[index]
+            setattr(target, last, value)
+
+    return mutate
+
+
+def _transition_without(field: str) -> Mutation:
+    def mutate(pb: servewise_pb2.Deployment) -> None:
+        _transition()(pb)
+        pb.transition.ClearField(field)  # type: ignore[arg-type]
+
+    return mutate
+
+
 INVALID_DEPLOYMENTS: list[tuple[str, Mutation, str]] = [
     ("id empty", _set("deployment_id", ""), "deployment.deployment_id"),
     ("id with slash", _set("deployment_id", "a/b"), "deployment.deployment_id"),
@@ -322,6 +350,39 @@ INVALID_DEPLOYMENTS: list[tuple[str, Mutation, str]] = [
     ("weights not ending at 1", _weights(0.1, 0.5), "deployment.settings.transition_weights[1]"),
     ("weight above 1", _weights(0.5, 2.0), "deployment.settings.transition_weights[1]"),
     ("weight nan", _weights(NAN, 1.0), "deployment.settings.transition_weights[0]"),
+    ("transition step past the end", _transition(step_index=7), "deployment.transition.step_index"),
+    ("transition no steps", _transition_without("steps"), "deployment.transition.steps"),
+    ("transition no target", _transition_without("to_plan"), "deployment.transition.to_plan"),
+    (
+        "transition target unknown type",
+        _transition(**{"to_plan.instance_type": "p9.huge"}),
+        "deployment.transition.to_plan.instance_type",
+    ),
+    (
+        "transition weight nan",
+        _transition(**{"steps.0.weight": NAN}),
+        "deployment.transition.steps[0].weight",
+    ),
+    (
+        "transition last weight not 1",
+        _transition(**{"steps.1.weight": 0.75}),
+        "deployment.transition.steps[1].weight",
+    ),
+    (
+        "transition dwell negative",
+        _transition(**{"steps.0.dwell_s": -1.0}),
+        "deployment.transition.steps[0].dwell_s",
+    ),
+    (
+        "transition started nan",
+        _transition(step_started_at_s=NAN),
+        "deployment.transition.step_started_at_s",
+    ),
+    (
+        "transition to offline",
+        _transition(to_mode=types_pb2.SERVING_MODE_OFFLINE_BATCH),
+        "deployment.transition.to_mode",
+    ),
 ]
 
 
@@ -500,3 +561,14 @@ async def test_invalid_evaluate_request_fields(
     await register(h, deployment())
     assert await rejected_fields(h.stub.EvaluateSwitch(request_, timeout=5)) == [field]
     assert h.store.decisions(deployment_key("resnet-t4")) == []
+
+
+async def test_a_well_formed_transition_round_trips(h: Harness) -> None:
+    """What the Control stream stores comes back on re-registration (read-modify-write): a
+    whole transition is accepted and kept as written."""
+    pb = deployment()
+    _transition()(pb)
+    response = await h.stub.RegisterDeployment(
+        servewise_pb2.RegisterDeploymentRequest(deployment=pb), timeout=5
+    )
+    assert response.deployment.transition == pb.transition

@@ -202,6 +202,51 @@ def _mode(v: Violations, pb: servewise_pb2.Deployment, plan: Plan | None) -> Non
         v.add(field, "REALTIME needs current_plan with max_batch_size 1 and max_queue_delay_ms 0")
 
 
+def _transition_steps(v: Violations, t: servewise_pb2.Transition, path: str) -> None:
+    if not t.steps:
+        v.add(f"{path}.steps", "a transition needs its steps (leave transition unset for none)")
+        return
+    for i, step in enumerate(t.steps):
+        field, w = f"{path}.steps[{i}].weight", step.weight
+        if not (math.isfinite(w) and 0.0 < w <= 1.0):
+            v.add(field, f"must be in (0, 1] (got {w!r})")
+        elif i > 0 and w <= t.steps[i - 1].weight:
+            v.add(field, f"must be greater than the previous step's {t.steps[i - 1].weight!r}")
+        elif i == len(t.steps) - 1 and w != 1.0:
+            v.add(field, f"the last step's weight must be 1 (got {w!r})")
+        check_non_negative(v, f"{path}.steps[{i}].dwell_s", step.dwell_s)
+        check_non_negative(v, f"{path}.steps[{i}].expected_requests", step.expected_requests)
+    if t.step_index >= len(t.steps):
+        v.add(
+            f"{path}.step_index",
+            f"must index one of the {len(t.steps)} steps (got {t.step_index})",
+        )
+
+
+def _transition(
+    v: Violations, pb: servewise_pb2.Deployment, by_name: dict[str, Candidate] | None
+) -> None:
+    """A transition the Control stream wrote comes back when a client re-registers what it
+    read (read-modify-write), so it is accepted, but only whole: the stream and Route act on
+    its steps, index and plans, and a malformed one stored would fail every later sample."""
+    if not pb.HasField("transition"):
+        return
+    t = pb.transition
+    path = "deployment.transition"
+    _transition_steps(v, t, path)
+    check_non_negative(v, f"{path}.step_started_at_s", t.step_started_at_s)
+    check_non_negative(v, f"{path}.planned_rate_per_s", t.planned_rate_per_s)
+    if t.HasField("to_plan"):
+        plan_to_core(v, t.to_plan, f"{path}.to_plan", by_name)
+    else:
+        v.add(f"{path}.to_plan", "is required: the plan traffic shifts to")
+    if t.HasField("from_plan"):
+        plan_to_core(v, t.from_plan, f"{path}.from_plan", by_name)
+    for field, mode in (("from_mode", t.from_mode), ("to_mode", t.to_mode)):
+        if mode != types_pb2.SERVING_MODE_UNSPECIFIED and mode not in _ONLINE_MODES:
+            v.add(f"{path}.{field}", "the controller shifts between REALTIME and DYNAMIC_BATCHING")
+
+
 def _traffic_classes(v: Violations, pb: servewise_pb2.Deployment, total: float | None) -> None:
     count = len(pb.traffic_classes)
     if count > MAX_TRAFFIC_CLASSES:
@@ -245,6 +290,7 @@ def validate_deployment(pb: servewise_pb2.Deployment) -> servewise_pb2.Deploymen
     if pb.HasField("current_plan_since_s"):
         check_non_negative(v, "deployment.current_plan_since_s", pb.current_plan_since_s)
     _traffic_classes(v, pb, pb.planned_rate_per_s if rate_ok else None)
+    _transition(v, pb, by_name)
     settings = settings_to_core(v, pb.settings, "deployment.settings", control.ControlSettings())
     v.raise_if_any()
     assert plan is not None
