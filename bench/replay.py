@@ -120,6 +120,8 @@ def run_one(trace: str, path: Path, model: Model, k: float, interval_s: float) -
             "switch_cost": round(r.switch_cost, 4),
             "slo_violation_minutes": r.violation_minutes,
             "switches": r.switches,
+            "scale_actions": r.scales,
+            "migrations": r.migrations,
             "cost_ratio_to_hindsight": round(r.cost / hindsight.cost, 3),
         }
         for name, r in s.items()
@@ -158,14 +160,15 @@ def run_one(trace: str, path: Path, model: Model, k: float, interval_s: float) -
 def print_table(runs: list[dict[str, Any]]) -> None:
     print(
         f"{'trace':5} {'model':9} {'K':>2} {'strategy':22} {'cost $':>8} {'/hind':>6} "
-        f"{'viol min':>8} {'switches':>8}"
+        f"{'viol min':>8} {'switches':>8} {'scales':>6} {'migr':>4}"
     )
     for run in runs:
         for name, r in run["strategies"].items():
             print(
                 f"{run['trace']:5} {run['model']:9} {run['time_scale']:>2g} {name:22} "
                 f"{r['cost']:>8.3f} {r['cost_ratio_to_hindsight']:>6.3f} "
-                f"{r['slo_violation_minutes']:>8.2f} {r['switches']:>8}"
+                f"{r['slo_violation_minutes']:>8.2f} {r['switches']:>8} {r['scale_actions']:>6} "
+                f"{r['migrations']:>4}"
             )
         t = run["targets"]
         marks = " ".join(f"{key}={'yes' if ok else 'NO'}" for key, ok in t.items())

@@ -236,32 +236,36 @@ def test_panic_needs_consecutive_breaches_or_one_confident_sample() -> None:
 
 def test_net_saving_sign_follows_the_expected_dwell() -> None:
     """The same drop to a new configuration (a migration) switches when the new plan is
-    expected to last an hour and holds when it is expected to last five minutes: the overlap
-    costs more than five minutes of saving."""
+    expected to last an hour and holds when it is expected to last 200 s: the overlap costs
+    more than 200 s of saving."""
     samples = window([500.0] * 61)
     base = ControlSettings(ewma_half_life_s=0.0)
     long_stay = control.evaluate(state(cold=120.0), samples, base, migrating_advisor())
     assert long_stay.decision is Decision.SWITCH, long_stay.reason
     assert long_stay.net_saving_per_hour > 0
     assert len(long_stay.steps) == 4
-    short = ControlSettings(ewma_half_life_s=0.0, expected_dwell_s=300.0)
+    short = ControlSettings(ewma_half_life_s=0.0, expected_dwell_s=200.0)
     short_stay = control.evaluate(state(cold=120.0), samples, short, migrating_advisor())
     assert short_stay.decision is Decision.HOLD
     assert short_stay.net_saving_per_hour < 0
-    # $10/h now, $5/h after; old capacity kept through cold start and every step; the target
-    # carries everything once the steps before the last are done.
+    # $10/h now, $5/h after. The old plan serves (and is billed as running cost) until the
+    # target carries everything, once the steps before the last are done: the extra is the
+    # $5/h target over its cold start and those steps, then the $10/h old plan kept as the
+    # fallback through the last step.
     dwell = [s.dwell_s for s in short_stay.steps]
     assert short_stay.saving_per_hour == pytest.approx(5.0)
-    assert short_stay.switch_cost == pytest.approx(10.0 * (120.0 + sum(dwell)) / 3600.0)
-    assert short_stay.ready_after_s == pytest.approx(120.0 + sum(dwell[:-1]))
+    ready = 120.0 + sum(dwell[:-1])
+    assert short_stay.ready_after_s == pytest.approx(ready)
+    assert short_stay.switch_cost == pytest.approx((5.0 * ready + 10.0 * dwell[-1]) / 3600.0)
     assert short_stay.net_saving_per_hour == pytest.approx(
-        5.0 - short_stay.switch_cost / (300.0 / 3600.0)
+        5.0 - short_stay.switch_cost / (200.0 / 3600.0)
     )
 
 
 def test_switch_cost_of_scales_and_migrations() -> None:
-    """Scale up: the added replicas over the cold start; scale down: free; migration: the old
-    plan over the cold start and all steps."""
+    """Scale up: the added replicas over the cold start; scale down: free; migration: the
+    target over its cold start and the steps before the last (the old plan serves, billed as
+    running cost, until then), and the old plan kept as a fallback through the last step."""
     cands = (candidate(cold_start_s=60.0),)
     now = Plan("gpu", 8, 5.0, 10)
     up = control.switch_cost(now, Plan("gpu", 8, 5.0, 13), cands)
@@ -270,8 +274,14 @@ def test_switch_cost_of_scales_and_migrations() -> None:
     steps = control.transition_steps(1000.0, (0.5, 1.0), 99.0, 10.0, 100.0)
     moved = control.switch_cost(now, Plan("gpu", 16, 5.0, 6), cands, steps)
     assert moved.overlap_s == pytest.approx(60.0 + steps[0].dwell_s + steps[1].dwell_s)
-    assert moved.cost == pytest.approx(10.0 * moved.overlap_s / 3600.0)
     assert moved.ready_after_s == pytest.approx(60.0 + steps[0].dwell_s)
+    assert moved.cost == pytest.approx(
+        (6.0 * moved.ready_after_s + 10.0 * steps[1].dwell_s) / 3600.0
+    )
+    # Without a fallback (leaving a failing plan) the old capacity goes once the target is up.
+    urgent = control.switch_cost(now, Plan("gpu", 16, 5.0, 6), cands, steps, keep_fallback=False)
+    assert urgent.overlap_s == pytest.approx(moved.ready_after_s)
+    assert urgent.cost == pytest.approx(6.0 * moved.ready_after_s / 3600.0)
 
 
 def test_sizing_rate_adds_spread_and_only_an_established_trend() -> None:
@@ -377,7 +387,11 @@ def test_leaving_a_failing_plan_keeps_no_fallback() -> None:
     assert urgent.decision is Decision.SWITCH, urgent.reason
     assert [s.weight for s in urgent.steps] == [1.0]
     assert urgent.overlap_s == pytest.approx(120.0)
-    assert urgent.switch_cost == pytest.approx(10 * PRICE * 120.0 / 3600.0)
+    # The target (28 replicas) over its cold start, while the old plan still serves.
+    assert urgent.target_plan is not None
+    assert urgent.switch_cost == pytest.approx(
+        urgent.target_plan.replicas * PRICE * 120.0 / 3600.0
+    )
     saving = control.evaluate(
         state(cold=120.0), window([500.0] * 61), settings, migrating_advisor()
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -155,3 +156,22 @@ def test_replay_prices_switches_with_the_controllers_rule() -> None:
         expected += control.switch_cost(previous, plan, CANDIDATES).cost
         previous = plan
     assert hindsight.switch_cost == pytest.approx(expected)
+
+
+def test_scales_and_migrations_are_counted_apart_for_every_strategy(
+    conv_result: rp.ReplayResult,
+) -> None:
+    """Every strategy's switches split into scale actions (the replica count alone changes) and
+    migrations (instance type, batch size or delay change), counted by the same rule."""
+    initial = conv_result.strategies[rp.CONTROLLER].plans[0]
+    for s in conv_result.strategies.values():
+        assert s.switches == s.scales + s.migrations, s.name
+        # The hindsight schedule starts on the controller's initial plan.
+        path = [initial, *s.plans] if s.name == rp.HINDSIGHT else s.plans
+        changes = [(a, b) for a, b in itertools.pairwise(path) if a != b]
+        assert s.switches == len(changes), s.name
+        assert s.scales == sum(control.is_scale(a, b) for a, b in changes), s.name
+    # Real-time and batching plans differ in batch size: the naive switcher migrates.
+    assert conv_result.strategies[rp.NAIVE].migrations > 0
+    data = conv_result.to_json()["strategies"][rp.NAIVE]
+    assert data["scale_actions"] + data["migrations"] == data["switches"]

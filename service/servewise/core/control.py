@@ -215,8 +215,8 @@ class Evaluation:
     # The rate and CV the target was sized for (the deployment's new planned rate and CV).
     sizing_rate_per_s: float = 0.0
     arrival_cv: float = 1.0
-    # Seconds until the target carries all the traffic, and of capacity paid for while not
-    # serving (see :func:`switch_cost`).
+    # Seconds until the target carries all the traffic, and during which old and new capacity
+    # are both paid for (see :func:`switch_cost`).
     ready_after_s: float = 0.0
     overlap_s: float = 0.0
 
@@ -310,8 +310,9 @@ def is_scale(current: Plan, target: Plan) -> bool:
 
 @dataclass(frozen=True)
 class SwitchCost:
-    """What a move costs: ``cost`` in currency; ``ready_after_s`` until the target carries all
-    traffic; ``overlap_s`` of capacity paid for that does not serve (billed in ``cost``)."""
+    """What a move costs beyond the running cost of the plan serving: ``cost`` in currency;
+    ``ready_after_s`` until the target carries all traffic; ``overlap_s`` during which the
+    old and the new capacity are both paid for (see :func:`switch_cost`)."""
 
     cost: float
     ready_after_s: float
@@ -325,17 +326,21 @@ def switch_cost(
     steps: Sequence[Step] = (),
     keep_fallback: bool = True,
 ) -> SwitchCost:
-    """What moving from ``current`` to ``target`` through ``steps`` costs.
+    """What moving from ``current`` to ``target`` through ``steps`` costs, beyond the running
+    cost of whichever plan carries the traffic (the plan in force until the target is ready,
+    the target after).
 
-    A scale up bills the added replicas while they cold-start (they are paid for before they
-    serve; the target carries the traffic once they are up) and a scale down costs nothing
-    (replicas are removed). A migration keeps the current plan's capacity through the target's
-    cold start and every step's dwell (the overlap of old and new capacity: the old plan stays
-    up until the last step has verified the target); the target carries all traffic once the
-    steps before the last, full-weight one are done. The replay's naive and hindsight schedules
-    pass no steps: they switch at once and pay the cold start alone. Without ``keep_fallback``
-    (a move away from a plan predicted or observed to break the SLO, where rolling back would
-    not help) the old capacity goes as soon as the target carries all traffic.
+    Until the target carries all traffic (its cold start, then every step before the last,
+    full-weight one) the current plan serves and is paid for as usual: the extra is the
+    target's capacity, booting or carrying a share. After that the target serves and the extra
+    is the old capacity kept as a fallback through the last step's dwell (the old plan stays
+    up until that step has verified the target). So a scale up bills the added replicas over
+    their cold start (the replicas already running serve, and are paid for, throughout) and a
+    scale down costs nothing (replicas are removed). The replay's naive and hindsight schedules
+    pass no steps: they switch at once and pay the target's cold start alone. Without
+    ``keep_fallback`` (a move away from a plan predicted or observed to break the SLO, where
+    rolling back would not help) the old capacity goes as soon as the target carries all
+    traffic. ``overlap_s`` is how long both plans are paid for.
     """
     if current == target:
         return SwitchCost(0.0, 0.0, 0.0)
@@ -347,9 +352,12 @@ def switch_cost(
             return SwitchCost(0.0, 0.0, 0.0)
         return SwitchCost(price * added * cold / 3600.0, cold, cold)
     ready_s = cold + sum(s.dwell_s for s in steps[:-1])
-    overlap_s = cold + sum(s.dwell_s for s in steps) if keep_fallback else ready_s
-    cost = plan_cost_per_hour(current, candidates) * overlap_s / 3600.0
-    return SwitchCost(cost, ready_s, overlap_s)
+    fallback_s = steps[-1].dwell_s if keep_fallback and steps else 0.0
+    cost = (
+        plan_cost_per_hour(target, candidates) * ready_s
+        + plan_cost_per_hour(current, candidates) * fallback_s
+    ) / 3600.0
+    return SwitchCost(cost, ready_s, ready_s + fallback_s)
 
 
 def breach(sample: Sample, slo: Slo, error_rate_limit: float) -> bool:
