@@ -199,13 +199,23 @@ def test_window_restarts_when_the_signal_returns_inside_the_band() -> None:
     assert "for 90 s" in result.reason
 
 
-def test_min_dwell_blocks_savings_but_not_panic() -> None:
-    """A plan in force for 200 s of a 600 s minimum dwell is kept toward savings; panic acts."""
+def test_min_dwell_blocks_migrations_toward_savings_but_not_scales_or_panic() -> None:
+    """A plan in force for 200 s of a 600 s minimum dwell is not migrated away from toward
+    savings, but its replicas scale down once the savings window has passed (a scale shifts no
+    traffic: an HPA's stabilisation window is its only brake); panic acts."""
     settings = ControlSettings(ewma_half_life_s=0.0)
     samples = window([200.0] * 40)  # t = 0 .. 390
-    held = control.evaluate(state(since=190.0), samples, settings, sized_advisor())
+    held = control.evaluate(state(since=190.0), samples, settings, migrating_advisor())
     assert held.decision is Decision.HOLD
     assert "minimum dwell" in held.reason
+    scaled = control.evaluate(state(since=190.0), samples, settings, sized_advisor())
+    assert scaled.decision is Decision.SWITCH, scaled.reason
+    assert scaled.target_plan == Plan("gpu", 8, 5.0, 2)
+    assert scaled.switch_cost == 0.0
+    # Before the savings window has passed, the scale down waits too.
+    early = control.evaluate(state(since=190.0), samples[:20], settings, sized_advisor())
+    assert early.decision is Decision.HOLD
+    assert "stabilisation window" in early.reason
     broken = window([1000.0] * 3, p99_ms=150.0)
     panicked = control.evaluate(state(since=15.0), broken, settings, sized_advisor())
     assert panicked.decision is Decision.SWITCH

@@ -40,8 +40,9 @@ The decision, in order:
    to a plan predicted to fail would not help (panic moves alike).
 6. **Stabilisation.** Other moves need the sizing rate to have stayed on the same side outside
    the band for a window on the sample timestamps: short toward safety, long toward savings (as
-   Kubernetes HPA's scale-down stabilisation and Knative KPA's stable window); moves toward
-   savings also wait for the plan's minimum dwell.
+   Kubernetes HPA's scale-down stabilisation and Knative KPA's stable window). Migrations
+   toward savings also wait for the plan's minimum dwell; a scale down of the configuration
+   serving does not (item 8).
 7. **Net saving.** The target is the optimizer's best plan at the sizing rate, or the current
    configuration scaled to no more running cost when that meets the SLO too
    (``Advice.scaled_plan``), whichever has the larger net saving: a scale skips the migration's
@@ -49,13 +50,15 @@ The decision, in order:
    dwell ``H`` the net saving per hour is ``saving_per_hour - switch_cost / (H / 3600)``, and a
    move happens only when it is positive.
 8. **Transition** (:func:`transition_steps`). A change of replica count alone is a *scale*: the
-   configuration is the one already serving, so there is nothing to canary; it takes one step
-   at full weight whose dwell verifies the SLO. A change of instance type, batch size or delay is
-   a *migration* through the weighted steps. Each step dwells until the target's share of the
-   rate has sent the requests a verdict on the percentile needs, at least one sample period (a
-   step must see a sample) and at most ``savings_window_s / len(steps)``: a transition proves
-   its target in no more time than the controller waited before deciding to save money, which
-   keeps the overlap of old and new capacity to minutes.
+   configuration is the one already serving, so there is nothing to canary; it takes one step at
+   full weight whose dwell verifies the SLO, and, like an HPA, a scale down needs only the
+   savings stabilisation window (the minimum dwell, which keeps a deployment from migrating back
+   and forth, does not apply: removing replicas shifts no traffic). A change of instance type,
+   batch size or delay is a *migration* through the weighted steps. Each step dwells until the
+   target's share of the rate has sent the requests a verdict on the percentile needs, at least
+   one sample period (a step must see a sample) and at most ``savings_window_s / len(steps)``: a
+   transition proves its target in no more time than the controller waited before deciding to
+   save money, which keeps the overlap of old and new capacity to minutes.
 """
 
 from __future__ import annotations
@@ -608,18 +611,22 @@ def evaluate(
             reason=f"{sizing} has been {side} for {held:.4g} s of the {window:.4g} s "
             f"stabilisation window {direction.value}",
         )
+    dwelling = ""
     if direction is Direction.SAVINGS and state.plan_since_s is not None:
         in_force = now - state.plan_since_s
         if in_force < settings.min_dwell_s:
-            return replace(
-                base,
-                direction=direction,
-                reason=f"current plan in force for {in_force:.4g} s, under the minimum dwell "
-                f"of {settings.min_dwell_s:.4g} s",
+            # The minimum dwell holds back migrations only: a scale down of the configuration
+            # already serving shifts no traffic and needs nothing verified, so, like an HPA,
+            # it waits for the savings stabilisation window alone (item 8).
+            dwelling = (
+                f"current plan in force for {in_force:.4g} s, under the minimum dwell of "
+                f"{settings.min_dwell_s:.4g} s for a migration"
             )
     if advice is None:
         advice = advise(rate, cv)
-    return _switch_or_hold(state, samples, settings, advice, direction, base, sizing)
+    return _switch_or_hold(
+        state, samples, settings, advice, direction, base, sizing, scale_only=dwelling
+    )
 
 
 def _plan_switch(
@@ -650,19 +657,30 @@ def _switch_or_hold(
     direction: Direction,
     base: Evaluation,
     sizing: str,
+    scale_only: str = "",
 ) -> Evaluation:
+    """Switch to the option (the optimizer's best plan, or the current configuration scaled)
+    with the larger net saving, or hold. ``scale_only``, when not empty, is why migrations are
+    held back: only a scale is considered."""
     current = state.current_plan
     current_cost = base.current_cost_per_hour
     rate = base.sizing_rate_per_s
     target = advice.plan
     base = replace(base, direction=direction)
-    if target is None:
-        return replace(base, reason=f"the optimizer found no stable plan at {rate:.4g}/s")
+    options = [] if target is None else [target]
+    if advice.scaled_plan is not None:
+        options.append(advice.scaled_plan)
+    if scale_only:
+        options = [o for o in options if is_scale(current, o)]
+    if target is None or not options:
+        why = f"{scale_only}, and no scale of it pays at the {sizing}"
+        if target is None:
+            why = f"the optimizer found no stable plan at {rate:.4g}/s"
+        return replace(base, reason=why)
     # A move away from a plan predicted to break the SLO goes in one step, as panic does: the
     # low-weight canary steps would keep most traffic on the failing plan.
     urgent = direction is Direction.SAFETY and not advice.current_meets_slo
     weights = (1.0,) if urgent else settings.transition_weights
-    options = [target] if advice.scaled_plan is None else [target, advice.scaled_plan]
     priced = []
     for option in options:
         option_steps, option_moved = _plan_switch(
