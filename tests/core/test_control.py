@@ -171,6 +171,24 @@ def test_savings_wait_for_the_long_window_then_scale_down_free() -> None:
     assert [s.weight for s in switched.steps] == [1.0]
 
 
+def test_a_move_toward_savings_is_sized_for_the_highest_sizing_rate_of_its_window() -> None:
+    """As an HPA's scale-down stabilisation takes the highest recommendation of its window: a
+    fall from 700/s to 400/s, held below the band for longer than the 300 s window, scales down
+    to what the window's highest sizing rate (the 700/s still in it) needs, not the newest."""
+    settings = ControlSettings(ewma_half_life_s=0.0)
+    samples = window([700.0] * 16 + [400.0] * 30)  # t = 0 .. 450; the fall at t = 160
+    series, estimate = control.sizing_series(samples, settings, SLO, 0.0)
+    in_window = [r for x, r in zip(samples, series, strict=True) if x.timestamp_s >= 150.0]
+    assert max(in_window) == pytest.approx(700.0)
+    assert estimate.sizing_per_s < 500.0
+    calls: list[float] = []
+    result = control.evaluate(state(), samples, settings, sized_advisor(calls))
+    assert result.decision is Decision.SWITCH, result.reason
+    assert calls == [pytest.approx(700.0)]
+    assert result.target_plan == Plan("gpu", 8, 5.0, 7)
+    assert result.sizing_rate_per_s == pytest.approx(700.0)
+
+
 def test_a_rise_the_plan_still_meets_waits_and_a_predicted_breach_does_not() -> None:
     """Above the band, a plan the optimizer says still meets the SLO waits for the safety
     window (and then holds: more capacity costs money it need not spend); one it says fails

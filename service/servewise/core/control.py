@@ -40,9 +40,11 @@ The decision, in order:
    to a plan predicted to fail would not help (panic moves alike).
 6. **Stabilisation.** Other moves need the sizing rate to have stayed on the same side outside
    the band for a window on the sample timestamps: short toward safety, long toward savings (as
-   Kubernetes HPA's scale-down stabilisation and Knative KPA's stable window). Migrations
-   toward savings also wait for the plan's minimum dwell; a scale down of the configuration
-   serving does not (item 8).
+   Kubernetes HPA's scale-down stabilisation and Knative KPA's stable window). A move toward
+   savings is then sized for the highest sizing rate of its window, not the newest (as the
+   HPA scales down to the highest recommendation of its window): the smaller plan must carry
+   what the window has seen. Migrations toward savings also wait for the plan's minimum
+   dwell; a scale down of the configuration serving does not (item 8).
 7. **Net saving.** The target is the optimizer's best plan at the sizing rate, or the current
    configuration scaled to no more running cost when that meets the SLO too
    (``Advice.scaled_plan``), whichever has the larger net saving: a scale skips the migration's
@@ -622,6 +624,16 @@ def evaluate(
                 f"current plan in force for {in_force:.4g} s, under the minimum dwell of "
                 f"{settings.min_dwell_s:.4g} s for a migration"
             )
+    if direction is Direction.SAVINGS:
+        # Like an HPA's scale-down stabilisation, a move toward savings is sized for the highest
+        # sizing rate of its window, not the newest: the window proved the rate stayed below
+        # the band, and its peak is what the smaller plan has seen it must carry.
+        recent = [r for x, r in zip(samples, series, strict=True) if x.timestamp_s >= now - window]
+        peak = max(recent)
+        if peak > rate:
+            sizing += f"; sized for the window's highest, {peak:.4g}/s"
+            rate = peak
+            base = replace(base, sizing_rate_per_s=rate)
     if advice is None:
         advice = advise(rate, cv)
     return _switch_or_hold(
