@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import platform
 import sys
@@ -67,6 +68,8 @@ DATA_DIR = _data_dir()
 DEFAULT_OUT = REPO / "bench" / "results" / "replay.json"
 RUNS = ((1.0, 60.0), (4.0, 15.0))  # (time scale K, interval s)
 COST_TARGET = 1.10
+CONTROLLER = rp.CONTROLLER
+STATIC_BATCHING = rp.STATIC_BATCHING
 SWITCH_TARGET = 0.2
 
 
@@ -136,6 +139,16 @@ def run_one(trace: str, path: Path, model: Model, k: float, interval_s: float) -
             break
         if latency > model.slo.latency_ms:
             startup += interval_s / 60.0
+    # Diagnostic: violation minutes from the first interval a switch could serve at the
+    # earliest (decided on the first sample, at the end of interval 0, then a cold start):
+    # before it, any strategy that starts on the initial plan and reacts to samples is still on
+    # that plan, whereas the static plans are sized for the trace's peak from the start.
+    reachable = math.ceil((interval_s + model.candidate.instance.cold_start_s) / interval_s - 1e-9)
+
+    def minutes_from(result: rp.StrategyResult, first: int) -> float:
+        late = result.p99_ms[first:]
+        return sum(interval_s / 60.0 for q in late if q > model.slo.latency_ms)
+
     return {
         "trace": trace,
         "model": model.name,
@@ -147,6 +160,11 @@ def run_one(trace: str, path: Path, model: Model, k: float, interval_s: float) -
         "seconds": round(time.perf_counter() - started, 1),
         "strategies": strategies,
         "controller_violation_minutes_under_initial_plan": startup,
+        "first_reachable_interval": reachable,
+        "violation_minutes_from_first_reachable_interval": {
+            CONTROLLER: minutes_from(controller, reachable),
+            STATIC_BATCHING: minutes_from(batching, reachable),
+        },
         "targets": {
             "cost_within_10pct_of_hindsight": controller.cost <= COST_TARGET * hindsight.cost,
             "violations_le_static_batching": controller.violation_minutes
@@ -173,9 +191,12 @@ def print_table(runs: list[dict[str, Any]]) -> None:
         t = run["targets"]
         marks = " ".join(f"{key}={'yes' if ok else 'NO'}" for key, ok in t.items())
         print(f"      targets: {marks}")
+        late = run["violation_minutes_from_first_reachable_interval"]
         print(
             "      controller violation minutes under its initial plan: "
-            f"{run['controller_violation_minutes_under_initial_plan']:g}"
+            f"{run['controller_violation_minutes_under_initial_plan']:g}; from interval "
+            f"{run['first_reachable_interval']} (the first a reaction to the first sample can "
+            f"serve): controller {late[CONTROLLER]:g}, static batching {late[STATIC_BATCHING]:g}"
         )
     met = {key: sum(run["targets"][key] for run in runs) for key in runs[0]["targets"]}
     print("runs meeting each target: " + ", ".join(f"{k} {v}/{len(runs)}" for k, v in met.items()))

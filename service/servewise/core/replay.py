@@ -29,7 +29,9 @@ The model, kept deliberately simple:
   :func:`servewise.core.control.evaluate` decides; on SWITCH the switch cost is billed and the
   target plan is in force from the first interval boundary after ``Evaluation.ready_after_s``
   (the cold start, plus the steps before the last for a migration; the old plan serves until
-  then; step judging and rollback are not replayed). No decisions are taken during a transition.
+  then; step judging and rollback are not replayed). No decisions are taken during a
+  transition; the sample taken at the boundary where it completes is judged against the new
+  plan's state.
 * **Naive**: after each interval it picks the real-time plan below the break-even rate and the
   batching plan at or above it, each sized (on the rate ladder) for the interval's rate; it
   switches at once, with no hysteresis, stabilisation or dwell (the switch cost is billed).
@@ -370,15 +372,17 @@ class _Replay:
         window_s = max(self.settings.savings_window_s, self.settings.safety_window_s) * 2
         for i in range(len(self.rates)):
             start = i * self.interval_s
-            if pending is not None and pending[1] <= start + 1e-9:
-                target, _, planned, cv = pending
-                state = DeploymentState(self.candidates, self.slo, target, planned, start, cv)
-                pending = None
             served = self.serve(i, state.current_plan)
             self.record(result, i, state.current_plan)
             now = start + self.interval_s
             samples.append(Sample(now, float(self.rates[i]), p99_ms=served.p99_ms))
             samples = [s for s in samples if s.timestamp_s >= now - window_s]
+            if pending is not None and pending[1] <= now + 1e-9:
+                # The transition completes at this boundary: the sample taken now is judged
+                # against the new plan's state (it serves from the next interval on).
+                target, _, planned, cv = pending
+                state = DeploymentState(self.candidates, self.slo, target, planned, now, cv)
+                pending = None
             if pending is not None:
                 continue
             advise = cached_advisor(
