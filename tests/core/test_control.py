@@ -262,6 +262,19 @@ def test_panic_needs_consecutive_breaches_or_one_confident_sample() -> None:
     assert control.evaluate(state(), one, settings, sized_advisor()).panic
 
 
+def test_panic_counts_only_breaches_of_the_plan_in_force() -> None:
+    """Breaches observed before the current plan took over (``plan_since_s``) were the old
+    plan's: three of them do not panic the new one; three after it do."""
+    settings = ControlSettings(panic_samples=3, ewma_half_life_s=0.0)
+    bad = [Sample(t, 10.0, p99_ms=150.0) for t in (0, 10, 20)]
+    assert control.evaluate(state(), bad, settings, sized_advisor()).panic
+    took_over = control.evaluate(state(since=20.0), bad, settings, sized_advisor())
+    assert not took_over.panic
+    assert took_over.decision is Decision.HOLD, took_over.reason
+    later = [*bad, *(Sample(t, 10.0, p99_ms=150.0) for t in (30, 40, 50))]
+    assert control.evaluate(state(since=20.0), later, settings, sized_advisor()).panic
+
+
 def test_net_saving_sign_follows_the_expected_dwell() -> None:
     """The same drop to a new configuration (a migration) switches when the new plan is
     expected to last an hour and holds when it is expected to last 200 s: the overlap costs

@@ -175,3 +175,20 @@ def test_scales_and_migrations_are_counted_apart_for_every_strategy(
     assert conv_result.strategies[rp.NAIVE].migrations > 0
     data = conv_result.to_json()["strategies"][rp.NAIVE]
     assert data["scale_actions"] + data["migrations"] == data["switches"]
+
+
+def test_the_sample_at_a_completed_transition_is_judged_at_once() -> None:
+    """10/s, then 120/s for a minute, then 400/s: the controller moves on the 120/s sample
+    (t = 660 s, ready at 720 s); the 400/s sample taken at 720 s, when that move completes, is
+    judged against the new plan then (a second move at t = 720 s), not an interval later."""
+    rng = np.random.default_rng(5)
+    parts = []
+    for start, end, rate in ((0.0, 600.0, 10.0), (600.0, 660.0, 120.0), (660.0, 1200.0, 400.0)):
+        t = start + np.cumsum(rng.exponential(1 / rate, int(rate * (end - start) * 1.3)))
+        parts.append(t[t < end])
+    result = rp.replay(np.concatenate(parts), CANDIDATES, SLO, interval_s=60.0)
+    ctl = result.strategies[rp.CONTROLLER]
+    times = [note.split("s:", 1)[0] for note in ctl.notes]
+    assert times[:2] == ["t=660", "t=720"], ctl.notes
+    capacity = [control.plan_capacity_per_s(p, CANDIDATES) for p in ctl.plans]
+    assert capacity[13] > 400.0  # the second move serves from 780 s (720 s + 60 s cold start)

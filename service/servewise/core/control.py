@@ -31,6 +31,8 @@ The decision, in order:
    confident verdict on the percentile (:func:`requests_for_percentile`), the controller moves
    to safety at once: the optimizer's plan at the higher of the sizing rate and the newest raw
    rate, plus the hysteresis band as headroom (at least one more replica than now), in one step.
+   Only samples taken after the plan in force took over (``plan_since_s``) count: the breaches
+   of the plan it replaced are what the last move answered.
 4. **Hysteresis.** Otherwise a switch is considered only when the sizing rate has left
    ``planned_rate * (1 +- band)``; a rate oscillating inside the band never triggers one.
 5. **Predicted breach.** Above the band the optimizer is asked at once; when it says the current
@@ -369,11 +371,16 @@ def breach(sample: Sample, slo: Slo, error_rate_limit: float) -> bool:
     return sample.p99_ms > slo.latency_ms or sample.error_rate > error_rate_limit
 
 
-def panic_run(samples: Sequence[Sample], slo: Slo, error_rate_limit: float) -> int:
+def panic_run(
+    samples: Sequence[Sample], slo: Slo, error_rate_limit: float, since_s: float | None = None
+) -> int:
     """How many of the newest samples in a row broke the SLO (observed p99 above the bound) or
-    the error-rate limit."""
+    the error-rate limit, counting only samples taken after ``since_s`` (when the plan in force
+    took over: a breach of the plan it replaced says nothing about it)."""
     run = 0
     for s in reversed(samples):
+        if since_s is not None and s.timestamp_s <= since_s:
+            break
         if breach(s, slo, error_rate_limit):
             run += 1
         else:
@@ -574,7 +581,7 @@ def evaluate(
         sizing_rate_per_s=rate,
         arrival_cv=cv,
     )
-    run = panic_run(samples, state.slo, settings.error_rate_limit)
+    run = panic_run(samples, state.slo, settings.error_rate_limit, state.plan_since_s)
     needed = requests_for_percentile(state.slo.percentile)
     if run >= settings.panic_samples or (run > 0 and run_requests(samples, run) >= needed):
         return _panic(state, samples, settings, advise, run, base)
