@@ -24,7 +24,10 @@ is in ../shared/data; the serving model is ARCHITECTURE.md section 2):
   replica count follows the traffic (1-9 replicas), so cost depends on the controller.
 
 Writes bench/results/replay.json (per run: every strategy's cost, switch cost, violation
-minutes, switches, cost ratio to hindsight; the three target checks) and prints a table.
+minutes, switches split into scale actions and migrations, cost ratio to hindsight; the three
+target checks; diagnostics: the controller's violation minutes under its initial plan, and the
+controller's and static batching's from the first interval a reaction to the first sample can
+serve) and prints a table.
 """
 
 from __future__ import annotations
