@@ -682,9 +682,12 @@ def test_replay_conv_trace_writes_json_and_png(
         "hindsight-optimal",
     ):
         assert name in text
+    assert "migrations" in text
     data = json.loads(out_json.read_text())
     assert data["time_scale"] == 4.0
     assert len(data["strategies"]) == 5
+    naive = data["strategies"]["naive-threshold"]
+    assert naive["switches"] == naive["scale_actions"] + naive["migrations"]
     assert out_png.read_bytes().startswith(PNG_SIGNATURE)
 
 

@@ -1489,12 +1489,17 @@ def format_replay(result: Any) -> str:
     )
     lines.append(
         f"  {'strategy':<22}{'cost':>12}{'switch cost':>14}{'violation min':>15}{'switches':>10}"
+        f"{'scales':>8}{'migrations':>12}"
     )
     for name, s in result.strategies.items():
         lines.append(
             f"  {name:<22}{_money(s.cost):>12}{_money(s.switch_cost):>14}"
-            f"{s.violation_minutes:>15.4g}{s.switches:>10}"
+            f"{s.violation_minutes:>15.4g}{s.switches:>10}{s.scales:>8}{s.migrations:>12}"
         )
+    lines.append(
+        "  switches = scales (the replica count alone changes) + migrations (instance type, "
+        "batch size or delay change)"
+    )
     return "\n".join(lines)
 
 

@@ -171,6 +171,24 @@ def test_savings_wait_for_the_long_window_then_scale_down_free() -> None:
     assert [s.weight for s in switched.steps] == [1.0]
 
 
+def test_a_move_toward_savings_is_sized_for_the_highest_sizing_rate_of_its_window() -> None:
+    """As an HPA's scale-down stabilisation takes the highest recommendation of its window: a
+    fall from 700/s to 400/s, held below the band for longer than the 300 s window, scales down
+    to what the window's highest sizing rate (the 700/s still in it) needs, not the newest."""
+    settings = ControlSettings(ewma_half_life_s=0.0)
+    samples = window([700.0] * 16 + [400.0] * 30)  # t = 0 .. 450; the fall at t = 160
+    series, estimate = control.sizing_series(samples, settings, SLO, 0.0)
+    in_window = [r for x, r in zip(samples, series, strict=True) if x.timestamp_s >= 150.0]
+    assert max(in_window) == pytest.approx(700.0)
+    assert estimate.sizing_per_s < 500.0
+    calls: list[float] = []
+    result = control.evaluate(state(), samples, settings, sized_advisor(calls))
+    assert result.decision is Decision.SWITCH, result.reason
+    assert calls == [pytest.approx(700.0)]
+    assert result.target_plan == Plan("gpu", 8, 5.0, 7)
+    assert result.sizing_rate_per_s == pytest.approx(700.0)
+
+
 def test_a_rise_the_plan_still_meets_waits_and_a_predicted_breach_does_not() -> None:
     """Above the band, a plan the optimizer says still meets the SLO waits for the safety
     window (and then holds: more capacity costs money it need not spend); one it says fails
@@ -199,13 +217,23 @@ def test_window_restarts_when_the_signal_returns_inside_the_band() -> None:
     assert "for 90 s" in result.reason
 
 
-def test_min_dwell_blocks_savings_but_not_panic() -> None:
-    """A plan in force for 200 s of a 600 s minimum dwell is kept toward savings; panic acts."""
+def test_min_dwell_blocks_migrations_toward_savings_but_not_scales_or_panic() -> None:
+    """A plan in force for 200 s of a 600 s minimum dwell is not migrated away from toward
+    savings, but its replicas scale down once the savings window has passed (a scale shifts no
+    traffic: an HPA's stabilisation window is its only brake); panic acts."""
     settings = ControlSettings(ewma_half_life_s=0.0)
     samples = window([200.0] * 40)  # t = 0 .. 390
-    held = control.evaluate(state(since=190.0), samples, settings, sized_advisor())
+    held = control.evaluate(state(since=190.0), samples, settings, migrating_advisor())
     assert held.decision is Decision.HOLD
     assert "minimum dwell" in held.reason
+    scaled = control.evaluate(state(since=190.0), samples, settings, sized_advisor())
+    assert scaled.decision is Decision.SWITCH, scaled.reason
+    assert scaled.target_plan == Plan("gpu", 8, 5.0, 2)
+    assert scaled.switch_cost == 0.0
+    # Before the savings window has passed, the scale down waits too.
+    early = control.evaluate(state(since=190.0), samples[:20], settings, sized_advisor())
+    assert early.decision is Decision.HOLD
+    assert "stabilisation window" in early.reason
     broken = window([1000.0] * 3, p99_ms=150.0)
     panicked = control.evaluate(state(since=15.0), broken, settings, sized_advisor())
     assert panicked.decision is Decision.SWITCH
@@ -234,34 +262,51 @@ def test_panic_needs_consecutive_breaches_or_one_confident_sample() -> None:
     assert control.evaluate(state(), one, settings, sized_advisor()).panic
 
 
+def test_panic_counts_only_breaches_of_the_plan_in_force() -> None:
+    """Breaches observed before the current plan took over (``plan_since_s``) were the old
+    plan's: three of them do not panic the new one; three after it do."""
+    settings = ControlSettings(panic_samples=3, ewma_half_life_s=0.0)
+    bad = [Sample(t, 10.0, p99_ms=150.0) for t in (0, 10, 20)]
+    assert control.evaluate(state(), bad, settings, sized_advisor()).panic
+    took_over = control.evaluate(state(since=20.0), bad, settings, sized_advisor())
+    assert not took_over.panic
+    assert took_over.decision is Decision.HOLD, took_over.reason
+    later = [*bad, *(Sample(t, 10.0, p99_ms=150.0) for t in (30, 40, 50))]
+    assert control.evaluate(state(since=20.0), later, settings, sized_advisor()).panic
+
+
 def test_net_saving_sign_follows_the_expected_dwell() -> None:
     """The same drop to a new configuration (a migration) switches when the new plan is
-    expected to last an hour and holds when it is expected to last five minutes: the overlap
-    costs more than five minutes of saving."""
+    expected to last an hour and holds when it is expected to last 200 s: the overlap costs
+    more than 200 s of saving."""
     samples = window([500.0] * 61)
     base = ControlSettings(ewma_half_life_s=0.0)
     long_stay = control.evaluate(state(cold=120.0), samples, base, migrating_advisor())
     assert long_stay.decision is Decision.SWITCH, long_stay.reason
     assert long_stay.net_saving_per_hour > 0
     assert len(long_stay.steps) == 4
-    short = ControlSettings(ewma_half_life_s=0.0, expected_dwell_s=300.0)
+    short = ControlSettings(ewma_half_life_s=0.0, expected_dwell_s=200.0)
     short_stay = control.evaluate(state(cold=120.0), samples, short, migrating_advisor())
     assert short_stay.decision is Decision.HOLD
     assert short_stay.net_saving_per_hour < 0
-    # $10/h now, $5/h after; old capacity kept through cold start and every step; the target
-    # carries everything once the steps before the last are done.
+    # $10/h now, $5/h after. The old plan serves (and is billed as running cost) until the
+    # target carries everything, once the steps before the last are done: the extra is the
+    # $5/h target over its cold start and those steps, then the $10/h old plan kept as the
+    # fallback through the last step.
     dwell = [s.dwell_s for s in short_stay.steps]
     assert short_stay.saving_per_hour == pytest.approx(5.0)
-    assert short_stay.switch_cost == pytest.approx(10.0 * (120.0 + sum(dwell)) / 3600.0)
-    assert short_stay.ready_after_s == pytest.approx(120.0 + sum(dwell[:-1]))
+    ready = 120.0 + sum(dwell[:-1])
+    assert short_stay.ready_after_s == pytest.approx(ready)
+    assert short_stay.switch_cost == pytest.approx((5.0 * ready + 10.0 * dwell[-1]) / 3600.0)
     assert short_stay.net_saving_per_hour == pytest.approx(
-        5.0 - short_stay.switch_cost / (300.0 / 3600.0)
+        5.0 - short_stay.switch_cost / (200.0 / 3600.0)
     )
 
 
 def test_switch_cost_of_scales_and_migrations() -> None:
-    """Scale up: the added replicas over the cold start; scale down: free; migration: the old
-    plan over the cold start and all steps."""
+    """Scale up: the added replicas over the cold start; scale down: free; migration: the
+    target over its cold start and the steps before the last (the old plan serves, billed as
+    running cost, until then), and the old plan kept as a fallback through the last step."""
     cands = (candidate(cold_start_s=60.0),)
     now = Plan("gpu", 8, 5.0, 10)
     up = control.switch_cost(now, Plan("gpu", 8, 5.0, 13), cands)
@@ -270,8 +315,14 @@ def test_switch_cost_of_scales_and_migrations() -> None:
     steps = control.transition_steps(1000.0, (0.5, 1.0), 99.0, 10.0, 100.0)
     moved = control.switch_cost(now, Plan("gpu", 16, 5.0, 6), cands, steps)
     assert moved.overlap_s == pytest.approx(60.0 + steps[0].dwell_s + steps[1].dwell_s)
-    assert moved.cost == pytest.approx(10.0 * moved.overlap_s / 3600.0)
     assert moved.ready_after_s == pytest.approx(60.0 + steps[0].dwell_s)
+    assert moved.cost == pytest.approx(
+        (6.0 * moved.ready_after_s + 10.0 * steps[1].dwell_s) / 3600.0
+    )
+    # Without a fallback (leaving a failing plan) the old capacity goes once the target is up.
+    urgent = control.switch_cost(now, Plan("gpu", 16, 5.0, 6), cands, steps, keep_fallback=False)
+    assert urgent.overlap_s == pytest.approx(moved.ready_after_s)
+    assert urgent.cost == pytest.approx(6.0 * moved.ready_after_s / 3600.0)
 
 
 def test_sizing_rate_adds_spread_and_only_an_established_trend() -> None:
@@ -377,7 +428,11 @@ def test_leaving_a_failing_plan_keeps_no_fallback() -> None:
     assert urgent.decision is Decision.SWITCH, urgent.reason
     assert [s.weight for s in urgent.steps] == [1.0]
     assert urgent.overlap_s == pytest.approx(120.0)
-    assert urgent.switch_cost == pytest.approx(10 * PRICE * 120.0 / 3600.0)
+    # The target (28 replicas) over its cold start, while the old plan still serves.
+    assert urgent.target_plan is not None
+    assert urgent.switch_cost == pytest.approx(
+        urgent.target_plan.replicas * PRICE * 120.0 / 3600.0
+    )
     saving = control.evaluate(
         state(cold=120.0), window([500.0] * 61), settings, migrating_advisor()
     )

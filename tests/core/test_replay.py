@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -155,3 +156,39 @@ def test_replay_prices_switches_with_the_controllers_rule() -> None:
         expected += control.switch_cost(previous, plan, CANDIDATES).cost
         previous = plan
     assert hindsight.switch_cost == pytest.approx(expected)
+
+
+def test_scales_and_migrations_are_counted_apart_for_every_strategy(
+    conv_result: rp.ReplayResult,
+) -> None:
+    """Every strategy's switches split into scale actions (the replica count alone changes) and
+    migrations (instance type, batch size or delay change), counted by the same rule."""
+    initial = conv_result.strategies[rp.CONTROLLER].plans[0]
+    for s in conv_result.strategies.values():
+        assert s.switches == s.scales + s.migrations, s.name
+        # The hindsight schedule starts on the controller's initial plan.
+        path = [initial, *s.plans] if s.name == rp.HINDSIGHT else s.plans
+        changes = [(a, b) for a, b in itertools.pairwise(path) if a != b]
+        assert s.switches == len(changes), s.name
+        assert s.scales == sum(control.is_scale(a, b) for a, b in changes), s.name
+    # Real-time and batching plans differ in batch size: the naive switcher migrates.
+    assert conv_result.strategies[rp.NAIVE].migrations > 0
+    data = conv_result.to_json()["strategies"][rp.NAIVE]
+    assert data["scale_actions"] + data["migrations"] == data["switches"]
+
+
+def test_the_sample_at_a_completed_transition_is_judged_at_once() -> None:
+    """10/s, then 120/s for a minute, then 400/s: the controller moves on the 120/s sample
+    (t = 660 s, ready at 720 s); the 400/s sample taken at 720 s, when that move completes, is
+    judged against the new plan then (a second move at t = 720 s), not an interval later."""
+    rng = np.random.default_rng(5)
+    parts = []
+    for start, end, rate in ((0.0, 600.0, 10.0), (600.0, 660.0, 120.0), (660.0, 1200.0, 400.0)):
+        t = start + np.cumsum(rng.exponential(1 / rate, int(rate * (end - start) * 1.3)))
+        parts.append(t[t < end])
+    result = rp.replay(np.concatenate(parts), CANDIDATES, SLO, interval_s=60.0)
+    ctl = result.strategies[rp.CONTROLLER]
+    times = [note.split("s:", 1)[0] for note in ctl.notes]
+    assert times[:2] == ["t=660", "t=720"], ctl.notes
+    capacity = [control.plan_capacity_per_s(p, CANDIDATES) for p in ctl.plans]
+    assert capacity[13] > 400.0  # the second move serves from 780 s (720 s + 60 s cold start)

@@ -3102,7 +3102,8 @@ type DeploymentSettings struct {
 	// The sizing rate (smoothed rate + established trend over the lead + z x sample spread) must
 	// leave planned_rate_per_s * (1 +- band) before a switch is considered, in [0, 1); default 0.1.
 	HysteresisBandFraction *float64 `protobuf:"fixed64,3,opt,name=hysteresis_band_fraction,json=hysteresisBandFraction,proto3,oneof" json:"hysteresis_band_fraction,omitempty"`
-	// Shortest time a plan stays in force before a switch toward savings; default 600.
+	// Shortest time a plan stays in force before a migration toward savings; a scale down of the
+	// same configuration waits only for the savings window; default 600.
 	MinDwellS *float64 `protobuf:"fixed64,4,opt,name=min_dwell_s,json=minDwellS,proto3,oneof" json:"min_dwell_s,omitempty"`
 	// How long a new plan is expected to stay in force, over which the saving must repay the
 	// switch; default 3600.

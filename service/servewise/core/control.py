@@ -31,6 +31,8 @@ The decision, in order:
    confident verdict on the percentile (:func:`requests_for_percentile`), the controller moves
    to safety at once: the optimizer's plan at the higher of the sizing rate and the newest raw
    rate, plus the hysteresis band as headroom (at least one more replica than now), in one step.
+   Only samples taken after the plan in force took over (``plan_since_s``) count: the breaches
+   of the plan it replaced are what the last move answered.
 4. **Hysteresis.** Otherwise a switch is considered only when the sizing rate has left
    ``planned_rate * (1 +- band)``; a rate oscillating inside the band never triggers one.
 5. **Predicted breach.** Above the band the optimizer is asked at once; when it says the current
@@ -40,8 +42,11 @@ The decision, in order:
    to a plan predicted to fail would not help (panic moves alike).
 6. **Stabilisation.** Other moves need the sizing rate to have stayed on the same side outside
    the band for a window on the sample timestamps: short toward safety, long toward savings (as
-   Kubernetes HPA's scale-down stabilisation and Knative KPA's stable window); moves toward
-   savings also wait for the plan's minimum dwell.
+   Kubernetes HPA's scale-down stabilisation and Knative KPA's stable window). A move toward
+   savings is then sized for the highest sizing rate of its window, not the newest (as the
+   HPA scales down to the highest recommendation of its window): the smaller plan must carry
+   what the window has seen. Migrations toward savings also wait for the plan's minimum
+   dwell; a scale down of the configuration serving does not (item 8).
 7. **Net saving.** The target is the optimizer's best plan at the sizing rate, or the current
    configuration scaled to no more running cost when that meets the SLO too
    (``Advice.scaled_plan``), whichever has the larger net saving: a scale skips the migration's
@@ -49,13 +54,15 @@ The decision, in order:
    dwell ``H`` the net saving per hour is ``saving_per_hour - switch_cost / (H / 3600)``, and a
    move happens only when it is positive.
 8. **Transition** (:func:`transition_steps`). A change of replica count alone is a *scale*: the
-   configuration is the one already serving, so there is nothing to canary; it takes one step
-   at full weight whose dwell verifies the SLO. A change of instance type, batch size or delay is
-   a *migration* through the weighted steps. Each step dwells until the target's share of the
-   rate has sent the requests a verdict on the percentile needs, at least one sample period (a
-   step must see a sample) and at most ``savings_window_s / len(steps)``: a transition proves
-   its target in no more time than the controller waited before deciding to save money, which
-   keeps the overlap of old and new capacity to minutes.
+   configuration is the one already serving, so there is nothing to canary; it takes one step at
+   full weight whose dwell verifies the SLO, and, like an HPA, a scale down needs only the
+   savings stabilisation window (the minimum dwell, which keeps a deployment from migrating back
+   and forth, does not apply: removing replicas shifts no traffic). A change of instance type,
+   batch size or delay is a *migration* through the weighted steps. Each step dwells until the
+   target's share of the rate has sent the requests a verdict on the percentile needs, at least
+   one sample period (a step must see a sample) and at most ``savings_window_s / len(steps)``: a
+   transition proves its target in no more time than the controller waited before deciding to
+   save money, which keeps the overlap of old and new capacity to minutes.
 """
 
 from __future__ import annotations
@@ -215,8 +222,8 @@ class Evaluation:
     # The rate and CV the target was sized for (the deployment's new planned rate and CV).
     sizing_rate_per_s: float = 0.0
     arrival_cv: float = 1.0
-    # Seconds until the target carries all the traffic, and of capacity paid for while not
-    # serving (see :func:`switch_cost`).
+    # Seconds until the target carries all the traffic, and during which old and new capacity
+    # are both paid for (see :func:`switch_cost`).
     ready_after_s: float = 0.0
     overlap_s: float = 0.0
 
@@ -310,8 +317,9 @@ def is_scale(current: Plan, target: Plan) -> bool:
 
 @dataclass(frozen=True)
 class SwitchCost:
-    """What a move costs: ``cost`` in currency; ``ready_after_s`` until the target carries all
-    traffic; ``overlap_s`` of capacity paid for that does not serve (billed in ``cost``)."""
+    """What a move costs beyond the running cost of the plan serving: ``cost`` in currency;
+    ``ready_after_s`` until the target carries all traffic; ``overlap_s`` during which the
+    old and the new capacity are both paid for (see :func:`switch_cost`)."""
 
     cost: float
     ready_after_s: float
@@ -325,17 +333,21 @@ def switch_cost(
     steps: Sequence[Step] = (),
     keep_fallback: bool = True,
 ) -> SwitchCost:
-    """What moving from ``current`` to ``target`` through ``steps`` costs.
+    """What moving from ``current`` to ``target`` through ``steps`` costs, beyond the running
+    cost of whichever plan carries the traffic (the plan in force until the target is ready,
+    the target after).
 
-    A scale up bills the added replicas while they cold-start (they are paid for before they
-    serve; the target carries the traffic once they are up) and a scale down costs nothing
-    (replicas are removed). A migration keeps the current plan's capacity through the target's
-    cold start and every step's dwell (the overlap of old and new capacity: the old plan stays
-    up until the last step has verified the target); the target carries all traffic once the
-    steps before the last, full-weight one are done. The replay's naive and hindsight schedules
-    pass no steps: they switch at once and pay the cold start alone. Without ``keep_fallback``
-    (a move away from a plan predicted or observed to break the SLO, where rolling back would
-    not help) the old capacity goes as soon as the target carries all traffic.
+    Until the target carries all traffic (its cold start, then every step before the last,
+    full-weight one) the current plan serves and is paid for as usual: the extra is the
+    target's capacity, booting or carrying a share. After that the target serves and the extra
+    is the old capacity kept as a fallback through the last step's dwell (the old plan stays
+    up until that step has verified the target). So a scale up bills the added replicas over
+    their cold start (the replicas already running serve, and are paid for, throughout) and a
+    scale down costs nothing (replicas are removed). The replay's naive and hindsight schedules
+    pass no steps: they switch at once and pay the target's cold start alone. Without
+    ``keep_fallback`` (a move away from a plan predicted or observed to break the SLO, where
+    rolling back would not help) the old capacity goes as soon as the target carries all
+    traffic. ``overlap_s`` is how long both plans are paid for.
     """
     if current == target:
         return SwitchCost(0.0, 0.0, 0.0)
@@ -347,20 +359,28 @@ def switch_cost(
             return SwitchCost(0.0, 0.0, 0.0)
         return SwitchCost(price * added * cold / 3600.0, cold, cold)
     ready_s = cold + sum(s.dwell_s for s in steps[:-1])
-    overlap_s = cold + sum(s.dwell_s for s in steps) if keep_fallback else ready_s
-    cost = plan_cost_per_hour(current, candidates) * overlap_s / 3600.0
-    return SwitchCost(cost, ready_s, overlap_s)
+    fallback_s = steps[-1].dwell_s if keep_fallback and steps else 0.0
+    cost = (
+        plan_cost_per_hour(target, candidates) * ready_s
+        + plan_cost_per_hour(current, candidates) * fallback_s
+    ) / 3600.0
+    return SwitchCost(cost, ready_s, ready_s + fallback_s)
 
 
 def breach(sample: Sample, slo: Slo, error_rate_limit: float) -> bool:
     return sample.p99_ms > slo.latency_ms or sample.error_rate > error_rate_limit
 
 
-def panic_run(samples: Sequence[Sample], slo: Slo, error_rate_limit: float) -> int:
+def panic_run(
+    samples: Sequence[Sample], slo: Slo, error_rate_limit: float, since_s: float | None = None
+) -> int:
     """How many of the newest samples in a row broke the SLO (observed p99 above the bound) or
-    the error-rate limit."""
+    the error-rate limit, counting only samples taken after ``since_s`` (when the plan in force
+    took over: a breach of the plan it replaced says nothing about it)."""
     run = 0
     for s in reversed(samples):
+        if since_s is not None and s.timestamp_s <= since_s:
+            break
         if breach(s, slo, error_rate_limit):
             run += 1
         else:
@@ -561,7 +581,7 @@ def evaluate(
         sizing_rate_per_s=rate,
         arrival_cv=cv,
     )
-    run = panic_run(samples, state.slo, settings.error_rate_limit)
+    run = panic_run(samples, state.slo, settings.error_rate_limit, state.plan_since_s)
     needed = requests_for_percentile(state.slo.percentile)
     if run >= settings.panic_samples or (run > 0 and run_requests(samples, run) >= needed):
         return _panic(state, samples, settings, advise, run, base)
@@ -600,18 +620,32 @@ def evaluate(
             reason=f"{sizing} has been {side} for {held:.4g} s of the {window:.4g} s "
             f"stabilisation window {direction.value}",
         )
+    dwelling = ""
     if direction is Direction.SAVINGS and state.plan_since_s is not None:
         in_force = now - state.plan_since_s
         if in_force < settings.min_dwell_s:
-            return replace(
-                base,
-                direction=direction,
-                reason=f"current plan in force for {in_force:.4g} s, under the minimum dwell "
-                f"of {settings.min_dwell_s:.4g} s",
+            # The minimum dwell holds back migrations only: a scale down of the configuration
+            # already serving shifts no traffic and needs nothing verified, so, like an HPA,
+            # it waits for the savings stabilisation window alone (item 8).
+            dwelling = (
+                f"current plan in force for {in_force:.4g} s, under the minimum dwell of "
+                f"{settings.min_dwell_s:.4g} s for a migration"
             )
+    if direction is Direction.SAVINGS:
+        # Like an HPA's scale-down stabilisation, a move toward savings is sized for the highest
+        # sizing rate of its window, not the newest: the window proved the rate stayed below
+        # the band, and its peak is what the smaller plan has seen it must carry.
+        recent = [r for x, r in zip(samples, series, strict=True) if x.timestamp_s >= now - window]
+        peak = max(recent)
+        if peak > rate:
+            sizing += f"; sized for the window's highest, {peak:.4g}/s"
+            rate = peak
+            base = replace(base, sizing_rate_per_s=rate)
     if advice is None:
         advice = advise(rate, cv)
-    return _switch_or_hold(state, samples, settings, advice, direction, base, sizing)
+    return _switch_or_hold(
+        state, samples, settings, advice, direction, base, sizing, scale_only=dwelling
+    )
 
 
 def _plan_switch(
@@ -642,19 +676,30 @@ def _switch_or_hold(
     direction: Direction,
     base: Evaluation,
     sizing: str,
+    scale_only: str = "",
 ) -> Evaluation:
+    """Switch to the option (the optimizer's best plan, or the current configuration scaled)
+    with the larger net saving, or hold. ``scale_only``, when not empty, is why migrations are
+    held back: only a scale is considered."""
     current = state.current_plan
     current_cost = base.current_cost_per_hour
     rate = base.sizing_rate_per_s
     target = advice.plan
     base = replace(base, direction=direction)
-    if target is None:
-        return replace(base, reason=f"the optimizer found no stable plan at {rate:.4g}/s")
+    options = [] if target is None else [target]
+    if advice.scaled_plan is not None:
+        options.append(advice.scaled_plan)
+    if scale_only:
+        options = [o for o in options if is_scale(current, o)]
+    if target is None or not options:
+        why = f"{scale_only}, and no scale of it pays at the {sizing}"
+        if target is None:
+            why = f"the optimizer found no stable plan at {rate:.4g}/s"
+        return replace(base, reason=why)
     # A move away from a plan predicted to break the SLO goes in one step, as panic does: the
     # low-weight canary steps would keep most traffic on the failing plan.
     urgent = direction is Direction.SAFETY and not advice.current_meets_slo
     weights = (1.0,) if urgent else settings.transition_weights
-    options = [target] if advice.scaled_plan is None else [target, advice.scaled_plan]
     priced = []
     for option in options:
         option_steps, option_moved = _plan_switch(

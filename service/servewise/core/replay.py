@@ -12,20 +12,26 @@ The model, kept deliberately simple:
   next; an overloaded interval still shows its own tail.
 * Cost of an interval: ``replicas * price * interval_s / 3600``. An interval whose simulated
   SLO-percentile latency exceeds the bound counts ``interval_s / 60`` violation minutes.
-* Switches are priced by one rule, :func:`servewise.core.control.switch_cost`: a scale (the
-  same instance type, B and T, another replica count) bills the added replicas over their
-  cold start, a scale down nothing; a migration bills the old plan's cost over the target's
-  cold start and the dwell of the controller's weighted steps (billed up to the replay's end).
-  The naive switcher and the hindsight schedule switch at once, without weighted steps, so a
-  migration costs them the cold start only (the hindsight schedule is thereby a lower bound:
-  any other strategy's sequence of plans is a path it may take at no more switch cost).
+* Switches are priced by one rule, :func:`servewise.core.control.switch_cost`, on top of the
+  intervals' running cost (which bills the plan serving each interval): a scale (the same
+  instance type, B and T, another replica count) bills the added replicas over their cold
+  start, a scale down nothing; a migration bills the target over its cold start and the
+  controller's weighted steps before the last, then the old plan kept as a fallback through
+  the last step (billed up to the replay's end). The naive switcher and the hindsight schedule
+  switch at once, without weighted steps, so a migration costs them the target's cold start
+  only (the hindsight schedule is thereby a lower bound: any other strategy's sequence of
+  plans is a path it may take at no more switch cost).
+* Every strategy's plan changes are counted alike: ``switches`` = ``scales`` (the replica
+  count alone changes: no traffic shift) + ``migrations`` (instance type, B or T change).
 * **Controller**: it starts on the optimizer's plan at the first interval's rate (the plan
   deployed when the trace begins). After each interval it gets a sample (the interval's rate,
   and the interval's simulated p99 as the observed latency) and
   :func:`servewise.core.control.evaluate` decides; on SWITCH the switch cost is billed and the
   target plan is in force from the first interval boundary after ``Evaluation.ready_after_s``
   (the cold start, plus the steps before the last for a migration; the old plan serves until
-  then; step judging and rollback are not replayed). No decisions are taken during a transition.
+  then; step judging and rollback are not replayed). No decisions are taken during a
+  transition; the sample taken at the boundary where it completes is judged against the new
+  plan's state.
 * **Naive**: after each interval it picks the real-time plan below the break-even rate and the
   batching plan at or above it, each sized (on the rate ladder) for the interval's rate; it
   switches at once, with no hysteresis, stabilisation or dwell (the switch cost is billed).
@@ -59,6 +65,7 @@ from servewise.core.control import (
     cached_advisor,
     evaluate,
     is_realtime,
+    is_scale,
     optimizer_advisor,
     plan_cost_per_hour,
     rounded_rate,
@@ -154,6 +161,9 @@ class StrategyResult:
     switch_cost: float = 0.0
     violation_minutes: float = 0.0
     switches: int = 0
+    # switches = scales + migrations (see :func:`servewise.core.control.is_scale`).
+    scales: int = 0
+    migrations: int = 0
     plans: list[Plan] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -194,6 +204,8 @@ class ReplayResult:
                     "switch_cost": s.switch_cost,
                     "slo_violation_minutes": s.violation_minutes,
                     "switches": s.switches,
+                    "scale_actions": s.scales,
+                    "migrations": s.migrations,
                     "notes": s.notes,
                     "timeline": [
                         {**plan_json(p), "slo_latency_ms": q}
@@ -301,8 +313,14 @@ class _Replay:
         if served.violated:
             result.violation_minutes += self.interval_s / 60.0
 
-    def bill_switch(self, result: StrategyResult, amount: float) -> None:
+    def bill_switch(self, result: StrategyResult, old: Plan, new: Plan, amount: float) -> None:
+        """Count a plan change (a scale when only the replica count changes, else a migration)
+        and bill its switch cost."""
         result.switches += 1
+        if is_scale(old, new):
+            result.scales += 1
+        else:
+            result.migrations += 1
         result.cost += amount
         result.switch_cost += amount
 
@@ -325,10 +343,12 @@ class _Replay:
         plan = self._naive_plan(float(self.rates[0]), break_even)
         for i in range(len(self.rates)):
             self.record(result, i, plan)
+            if i == len(self.rates) - 1:
+                break  # a switch after the last interval would serve nothing
             rate = float(self.rates[i])
             target = self._naive_plan(rate, break_even)
             if target != plan:
-                self.bill_switch(result, self.switch_cost(plan, target))
+                self.bill_switch(result, plan, target, self.switch_cost(plan, target))
                 plan = target
         return result
 
@@ -352,15 +372,17 @@ class _Replay:
         window_s = max(self.settings.savings_window_s, self.settings.safety_window_s) * 2
         for i in range(len(self.rates)):
             start = i * self.interval_s
-            if pending is not None and pending[1] <= start + 1e-9:
-                target, _, planned, cv = pending
-                state = DeploymentState(self.candidates, self.slo, target, planned, start, cv)
-                pending = None
             served = self.serve(i, state.current_plan)
             self.record(result, i, state.current_plan)
             now = start + self.interval_s
             samples.append(Sample(now, float(self.rates[i]), p99_ms=served.p99_ms))
             samples = [s for s in samples if s.timestamp_s >= now - window_s]
+            if pending is not None and pending[1] <= now + 1e-9:
+                # The transition completes at this boundary: the sample taken now is judged
+                # against the new plan's state (it serves from the next interval on).
+                target, _, planned, cv = pending
+                state = DeploymentState(self.candidates, self.slo, target, planned, now, cv)
+                pending = None
             if pending is not None:
                 continue
             advise = cached_advisor(
@@ -376,7 +398,7 @@ class _Replay:
             overlap_s = ev.overlap_s
             # The overlap is billed up to the replay's end (a transition may outlast it).
             inside = 1.0 if overlap_s <= 0 else min(1.0, (end - now) / overlap_s)
-            self.bill_switch(result, ev.switch_cost * inside)
+            self.bill_switch(result, state.current_plan, ev.target_plan, ev.switch_cost * inside)
             ready = now + ev.ready_after_s
             boundary = math.ceil(ready / self.interval_s - 1e-9) * self.interval_s
             planned = max(ev.sizing_rate_per_s, 1e-3)
@@ -418,7 +440,7 @@ class _Replay:
         for i, j in enumerate(choice):
             prev = initial if i == 0 else plans[choice[i - 1]]
             if prev != plans[j]:
-                self.bill_switch(result, self.switch_cost(prev, plans[j]))
+                self.bill_switch(result, prev, plans[j], self.switch_cost(prev, plans[j]))
             self.record(result, i, plans[j])
         return result
 
@@ -496,9 +518,10 @@ def replay(
         f"{len(r.rates)} intervals of {interval_s:g} s, each simulated on its own arrivals with "
         "an empty queue at the start (nothing carried over between intervals)",
         "switch cost: a scale pays the added replicas' cold start (a scale down nothing); a "
-        "migration pays the old plan over the target's cold start and, for the controller, its "
-        "weighted transition steps (billed up to the replay's end); the naive and hindsight "
-        "schedules switch at once",
+        "migration pays the target over its cold start and, for the controller, the weighted "
+        "steps before the last, then the old plan kept through the last step (billed up to the "
+        "replay's end); the naive and hindsight schedules switch at once",
+        "switches = scale actions (replica count alone) + migrations (type, B or T)",
         "the controller and the hindsight schedule start on the optimizer's plan at the first "
         "interval's rate",
     ]

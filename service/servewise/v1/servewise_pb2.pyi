@@ -1464,7 +1464,9 @@ class DeploymentSettings(_message.Message):
     leave planned_rate_per_s * (1 +- band) before a switch is considered, in [0, 1); default 0.1.
     """
     min_dwell_s: _builtins.float
-    """Shortest time a plan stays in force before a switch toward savings; default 600."""
+    """Shortest time a plan stays in force before a migration toward savings; a scale down of the
+    same configuration waits only for the savings window; default 600.
+    """
     expected_dwell_s: _builtins.float
     """How long a new plan is expected to stay in force, over which the saving must repay the
     switch; default 3600.

@@ -648,7 +648,10 @@ export interface DeploymentSettings {
   hysteresisBandFraction?:
     | number
     | undefined;
-  /** Shortest time a plan stays in force before a switch toward savings; default 600. */
+  /**
+   * Shortest time a plan stays in force before a migration toward savings; a scale down of the
+   * same configuration waits only for the savings window; default 600.
+   */
   minDwellS?:
     | number
     | undefined;
