@@ -27,6 +27,18 @@ restarts (a rollback needs ``panic_consecutive_samples`` breaches seen on the ne
 window keeps the samples within the longer stabilisation window plus two EWMA half-lives, at
 most :data:`MAX_WINDOW_SAMPLES` of them.
 
+**Optimizer misses never hold up other samples.** A decision that needs an optimizer answer
+the shared :class:`~servewise.core.control.AdviceCache` does not hold (0.5-1 s of CPU each)
+does not compute it in the sample's worker thread: :meth:`ControlSession.start` stops at the
+miss (nothing has been written yet) and returns a :class:`PendingAdvice`;
+:meth:`ControlHub.handle` awaits the answer, computed once per key in a worker *process*
+(the optimizer is mostly Python: in a thread it would hold the GIL that every other stream's
+sample needs) while other samples go on, then runs the decision again from a fresh store read
+(:meth:`ControlSession.resume`). The decision is the one the blocking path
+(:meth:`ControlSession.handle`, computing inline) makes: the same cache key, the same
+``compute_advice`` call, and the stream is answered in order because it sends its next request
+only after this one's events.
+
 A rollback also restarts the plan's dwell (``current_plan_since_s``), so a move toward savings
 waits ``min_dwell_s`` before it is tried again, and clears this stream's window so a new switch
 needs the signal to hold for a fresh stabilisation window.
@@ -34,10 +46,16 @@ needs the signal to hold for a fresh stabilisation window.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import multiprocessing
+import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 from google.rpc import code_pb2  # type: ignore[import-untyped]  # no stubs for googleapis protos
@@ -47,13 +65,29 @@ from servewise.api.converters import plan_to_pb
 from servewise.api.errors import NotFoundError
 from servewise.api.validation import Violations
 from servewise.core import control
+from servewise.core.optimizer import SearchLimits
 from servewise.core.transitions import StepAction, StepVerdict, judge_step
+from servewise.limits import Limits, run_with
 from servewise.store import StaleVersionError, StateStore
 from servewise.v1 import servewise_pb2
 
 MAX_WINDOW_SAMPLES = 1000
 # Re-reads after StaleVersionError before the sample is given up on (a HOLD when asked).
 MAX_ATTEMPTS = 16
+# Worker processes computing optimizer answers for the Control streams: one core's worth
+# fewer than the machine has (the server's own threads serve the samples meanwhile), 1 to 4.
+DEFAULT_ADVICE_PROCESSES = max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+class AdviceMissError(Exception):
+    """A decision needs an optimizer answer the cache does not hold (raised before anything
+    is written, so the decision can be run again once the answer is in)."""
+
+    def __init__(self, key: Hashable, compute: Callable[[], control.Advice]) -> None:
+        super().__init__("optimizer answer not cached")
+        self.key = key
+        # control.compute_advice with its arguments: picklable, for a worker process.
+        self.compute = compute
 
 
 class ControlHub:
@@ -66,7 +100,11 @@ class ControlHub:
         cache: control.AdviceCache | None = None,
         clock: Callable[[], float] = time.time,
         on_write: Callable[[servewise_pb2.Deployment, int], None] | None = None,
+        advice_processes: int = DEFAULT_ADVICE_PROCESSES,
     ) -> None:
+        """``advice_processes``: worker processes for optimizer misses (0: one thread, for
+        tests and embedded use; a thread shares the GIL with the samples it should not delay).
+        """
         self.store = store
         self.cache = cache if cache is not None else control.AdviceCache()
         self.clock = clock
@@ -79,6 +117,8 @@ class ControlHub:
         # (candidates, profiles, settings) costs more than the store read, and every sample
         # re-reads its deployment; the bytes are compared, so a hit is the same stored value.
         self._loaded: dict[str, tuple[int, bytes, deployments.StoredDeployment]] = {}
+        self._advice_processes = advice_processes
+        self._executor: Executor | None = None
 
     def load(self, deployment_id: str) -> deployments.StoredDeployment:
         """:func:`deployments.load`, reusing the conversion while the stored value is unchanged
@@ -91,6 +131,87 @@ class ControlHub:
         if found is not None and stored.pb.state_version == found.version:
             self._loaded[deployment_id] = (found.version, found.value, stored)
         return stored
+
+    def advisor(
+        self, state: control.DeploymentState, limits: SearchLimits, *, wait: bool
+    ) -> control.Advisor:
+        """The optimizer for ``state`` through the shared cache. With ``wait`` a miss is
+        computed here (single-flight); without, it raises :class:`AdviceMissError`."""
+        key = control.advice_key(state.candidates, state.slo, limits, state.current_plan)
+        if wait:
+            return control.cached_advisor(
+                self.cache,
+                key,
+                control.optimizer_advisor(state.candidates, state.slo, limits, state.current_plan),
+            )
+
+        def advise(rate_per_s: float, arrival_cv: float = 1.0) -> control.Advice:
+            rate, cv = control.advice_point(rate_per_s, arrival_cv)
+            found = self.cache.get((key, rate, cv))
+            if found is None:
+                raise AdviceMissError(
+                    (key, rate, cv),
+                    functools.partial(
+                        control.compute_advice,
+                        state.candidates,
+                        state.slo,
+                        limits,
+                        state.current_plan,
+                        rate,
+                        cv,
+                    ),
+                )
+            return found
+
+        return advise
+
+    def fetch(self, miss: AdviceMissError) -> Future[control.Advice]:
+        """The answer ``miss`` needs, computed once (however many samples wait for it) on the
+        advice executor and then cached."""
+        return self.cache.submit(miss.key, lambda: self._advice_executor().submit(miss.compute))
+
+    def _advice_executor(self) -> Executor:
+        with self._guard:
+            if self._executor is None:
+                if self._advice_processes > 0:
+                    # spawn, not fork: the server process runs gRPC's threads.
+                    self._executor = ProcessPoolExecutor(
+                        self._advice_processes, mp_context=multiprocessing.get_context("spawn")
+                    )
+                else:
+                    self._executor = ThreadPoolExecutor(1, thread_name_prefix="advice")
+            return self._executor
+
+    async def handle(
+        self, session: ControlSession, request: servewise_pb2.ControlRequest, limits: Limits
+    ) -> list[servewise_pb2.ControlResponse]:
+        """:meth:`ControlSession.handle` for the servicer: the sample's work in a worker
+        thread, an optimizer miss awaited without holding a thread (see the module
+        docstring). A miss the executor cannot answer (an error, a broken pool) is computed
+        inline instead, so it fails, or succeeds, exactly as the blocking path would."""
+        result = await asyncio.to_thread(run_with, limits, session.start, request)
+        while isinstance(result, PendingAdvice):
+            wait = False
+            try:
+                # shield: this stream going away must not cancel a run other samples share.
+                await asyncio.shield(asyncio.wrap_future(self.fetch(result.miss)))
+            except BrokenProcessPool:
+                self._drop_executor()
+                wait = True
+            except Exception:  # rerun inline: the error surfaces as on the blocking path
+                wait = True
+            result = await asyncio.to_thread(run_with, limits, session.resume, result, wait)
+        return result
+
+    def _drop_executor(self) -> None:
+        with self._guard:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        """Stop the advice workers (the server calls it on stop)."""
+        self._drop_executor()
 
     def lock(self, deployment_id: str) -> threading.Lock:
         with self._guard:
@@ -111,6 +232,17 @@ class _Track:
     last_timestamp_s: float | None = None
 
 
+@dataclass(frozen=True)
+class PendingAdvice:
+    """A sample whose decision stopped at an optimizer miss: validated and in its track,
+    nothing written; :meth:`ControlSession.resume` decides it once the answer is cached."""
+
+    miss: AdviceMissError
+    deployment_id: str
+    sample: control.Sample
+    track: _Track
+
+
 class ControlSession:
     """One Control stream. :meth:`handle` is blocking (store and optimizer): run it in a worker
     thread, one request at a time."""
@@ -119,6 +251,8 @@ class ControlSession:
         self.hub = hub
         self.want_hold_events = False
         self._tracks: dict[str, _Track] = {}
+        # Whether an optimizer miss is computed inline (handle) or raised (start/resume).
+        self._wait_for_advice = True
 
     # --- Validation ---------------------------------------------------------------------------
 
@@ -155,7 +289,17 @@ class ControlSession:
     # --- One request --------------------------------------------------------------------------
 
     def handle(self, request: servewise_pb2.ControlRequest) -> list[servewise_pb2.ControlResponse]:
-        """The events one request causes (none, one, or a rejection)."""
+        """The events one request causes (none, one, or a rejection); an optimizer miss is
+        computed here."""
+        result = self.start(request, wait_for_advice=True)
+        assert not isinstance(result, PendingAdvice)
+        return result
+
+    def start(
+        self, request: servewise_pb2.ControlRequest, *, wait_for_advice: bool = False
+    ) -> list[servewise_pb2.ControlResponse] | PendingAdvice:
+        """:meth:`handle`, but without ``wait_for_advice`` a decision that misses the
+        optimizer cache stops there and is returned as :class:`PendingAdvice`."""
         self.want_hold_events = request.want_hold_events
         if request.WhichOneof("kind") != "sample":
             return []
@@ -183,8 +327,31 @@ class ControlSession:
         track.last_timestamp_s = sample.timestamp_s
         track.samples.append(sample)
         _trim(track, stored.settings)
-        with self.hub.lock(deployment_id):
-            event = self._decide(deployment_id, sample, track, stored)
+        return self._run(deployment_id, sample, track, stored, wait_for_advice)
+
+    def resume(
+        self, pending: PendingAdvice, wait_for_advice: bool = False
+    ) -> list[servewise_pb2.ControlResponse] | PendingAdvice:
+        """Decide ``pending``'s sample again, from a fresh store read (another stream may have
+        written while the answer was computed)."""
+        return self._run(
+            pending.deployment_id, pending.sample, pending.track, None, wait_for_advice
+        )
+
+    def _run(
+        self,
+        deployment_id: str,
+        sample: control.Sample,
+        track: _Track,
+        stored: deployments.StoredDeployment | None,
+        wait_for_advice: bool,
+    ) -> list[servewise_pb2.ControlResponse] | PendingAdvice:
+        self._wait_for_advice = wait_for_advice
+        try:
+            with self.hub.lock(deployment_id):
+                event = self._decide(deployment_id, sample, track, stored)
+        except AdviceMissError as miss:
+            return PendingAdvice(miss, deployment_id, sample, track)
         return [] if event is None else [event]
 
     def _decide(
@@ -222,13 +389,7 @@ class ControlSession:
     ) -> servewise_pb2.ControlResponse | None:
         version = stored.pb.state_version
         state = stored.state
-        advise = control.cached_advisor(
-            self.hub.cache,
-            control.advice_key(state.candidates, state.slo, stored.limits, state.current_plan),
-            control.optimizer_advisor(
-                state.candidates, state.slo, stored.limits, state.current_plan
-            ),
-        )
+        advise = self.hub.advisor(state, stored.limits, wait=self._wait_for_advice)
         window = [s for s in track.samples if s.timestamp_s <= sample.timestamp_s]
         result = control.evaluate(state, window, stored.settings, advise)
         evaluation = deployments.evaluation_to_pb(result, stored.settings, version)

@@ -67,6 +67,7 @@ import statistics
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Protocol
@@ -92,10 +93,14 @@ DEFAULT_TRANSITION_WEIGHTS = (0.1, 0.25, 0.5, 1.0)
 # A step's dwell when the samples give no period (fewer than two samples): a typical metrics
 # scrape, so a step still sees a sample.
 MIN_STEP_DWELL_S = 30.0
-# Significant digits the sizing rate is rounded to before the optimizer is asked (cache key),
-# and those of the arrival CV.
+# Significant digits the sizing rate is rounded to before the optimizer is asked (cache key).
 RATE_SIGNIFICANT_DIGITS = 3
-CV_SIGNIFICANT_DIGITS = 2
+# The arrival CV the optimizer is asked about is the nearest point of the geometric grid
+# 2**(k / CV_GRID_PER_DOUBLING), shown to 4 significant digits (1, 1.091, 1.189, ... 2, 2.181,
+# ...): points ~9 % apart, so a CV read from noisy observed p99s (it moves a little with every
+# sample) keeps its cache entry, at most ~4.4 % off. Two significant digits (the grid before)
+# put 1.0-9.9 on 90 points and made a window's wobble a fresh optimizer run, 0.5-1 s each.
+CV_GRID_PER_DOUBLING = 8
 # The bracket searched for the arrival CV that explains an observed p99 (1 = Poisson; the
 # upper end is far past the burstiness the queueing model is calibrated for, so a sample
 # beyond it is simply "very bursty").
@@ -831,35 +836,100 @@ def _panic(
 
 
 class AdviceCache:
-    """A bounded LRU of optimizer answers keyed by (:func:`advice_key`, rounded rate, rounded
-    CV).
+    """A bounded LRU of optimizer answers keyed by (:func:`advice_key`, rate, CV) on the grid
+    of :func:`advice_point`.
 
-    The key holds everything the answer depends on, so an entry never goes stale; the rate and
-    CV are rounded (:func:`rounded_rate`) so nearby ones share an entry.
+    The key holds everything the answer depends on, so an entry never goes stale, and
+    deployments with the same content share entries. A key being computed is computed once:
+    callers asking for it meanwhile wait for that answer (:meth:`get_or_compute`) or get its
+    future (:meth:`submit`), so a thousand identical deployments crossing their band in the
+    same second start one optimizer run, not a thousand.
     """
 
     def __init__(self, max_entries: int = 4096) -> None:
         self._max = max_entries
         self._lock = threading.Lock()
         self._entries: OrderedDict[Hashable, Advice] = OrderedDict()
+        self._pending: dict[Hashable, Future[Advice]] = {}
         self.hits = 0
         self.misses = 0
 
-    def get_or_compute(self, key: Hashable, compute: Callable[[], Advice]) -> Advice:
+    def get(self, key: Hashable) -> Advice | None:
+        """The cached answer, or None (not counted as a miss: the caller decides what next)."""
         with self._lock:
             found = self._entries.get(key)
             if found is not None:
                 self._entries.move_to_end(key)
                 self.hits += 1
-                return found
-            self.misses += 1
-        advice = compute()
+            return found
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], Advice]) -> Advice:
+        """The cached answer, else ``compute()`` run here (or the run already under way for
+        ``key`` waited for), cached. An exception reaches every waiter and is not cached."""
+        future, owner = self._claim(key)
+        if owner:
+            try:
+                advice = compute()
+            except BaseException as exc:
+                self._settle(key, future, None, exc)
+                raise
+            self._settle(key, future, advice, None)
+        return future.result()
+
+    def submit(self, key: Hashable, start: Callable[[], Future[Advice]]) -> Future[Advice]:
+        """A future of the answer: done at once on a hit, the run under way for ``key``, or a
+        run ``start()`` begins (e.g. on an executor), cached when it finishes."""
+        future, owner = self._claim(key)
+        if owner:
+            try:
+                run = start()
+            except BaseException as exc:
+                self._settle(key, future, None, exc)
+                raise
+
+            def done(finished: Future[Advice]) -> None:
+                exc = finished.exception()
+                self._settle(key, future, None if exc else finished.result(), exc)
+
+            run.add_done_callback(done)
+        return future
+
+    def _claim(self, key: Hashable) -> tuple[Future[Advice], bool]:
+        """(the future of ``key``'s answer, whether the caller must produce it)."""
         with self._lock:
-            self._entries[key] = advice
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
-        return advice
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                hit: Future[Advice] = Future()
+                hit.set_result(found)
+                return hit, False
+            pending = self._pending.get(key)
+            if pending is not None:
+                return pending, False
+            self.misses += 1
+            future: Future[Advice] = Future()
+            self._pending[key] = future
+            return future, True
+
+    def _settle(
+        self,
+        key: Hashable,
+        future: Future[Advice],
+        advice: Advice | None,
+        exc: BaseException | None,
+    ) -> None:
+        with self._lock:
+            self._pending.pop(key, None)
+            if advice is not None:
+                self._entries[key] = advice
+                self._entries.move_to_end(key)
+                while len(self._entries) > self._max:
+                    self._entries.popitem(last=False)
+        if advice is not None:
+            future.set_result(advice)
+        else:
+            future.set_exception(exc if exc is not None else RuntimeError("no advice"))
 
     def __len__(self) -> int:
         with self._lock:
@@ -936,14 +1006,41 @@ def advice_key(
     return (tuple(candidates), slo, limits, current_plan)
 
 
+def grid_cv(arrival_cv: float) -> float:
+    """``arrival_cv`` on the optimizer cache's grid (:data:`CV_GRID_PER_DOUBLING`): the nearest
+    point in log scale, at least :data:`MIN_ARRIVAL_CV`."""
+    if not arrival_cv > MIN_ARRIVAL_CV:
+        return MIN_ARRIVAL_CV
+    k = round(math.log2(arrival_cv) * CV_GRID_PER_DOUBLING)
+    return max(float(f"{2.0 ** (k / CV_GRID_PER_DOUBLING):.4g}"), MIN_ARRIVAL_CV)
+
+
+def advice_point(rate_per_s: float, arrival_cv: float) -> tuple[float, float]:
+    """The (rate, CV) the optimizer is asked about for ``advise(rate_per_s, arrival_cv)``:
+    the rate to :data:`RATE_SIGNIFICANT_DIGITS` (:func:`rounded_rate`), the CV on its grid
+    (:func:`grid_cv`). The only way caching changes an answer."""
+    return max(rounded_rate(rate_per_s), 1e-9), grid_cv(arrival_cv)
+
+
+def compute_advice(
+    candidates: Sequence[Candidate],
+    slo: Slo,
+    limits: SearchLimits,
+    current_plan: Plan,
+    rate_per_s: float,
+    arrival_cv: float,
+) -> Advice:
+    """:func:`optimizer_advisor`'s answer as one module-level call (picklable with its
+    arguments, so it can run in a worker process)."""
+    return optimizer_advisor(candidates, slo, limits, current_plan)(rate_per_s, arrival_cv)
+
+
 def cached_advisor(cache: AdviceCache, key: Hashable, advise: Advisor) -> Advisor:
-    """``advise`` at the rate and CV rounded by :func:`rounded_rate`, memoised in ``cache``
-    under ``(key, rate, cv)``; ``key`` must change whenever the answer could
-    (:func:`advice_key`)."""
+    """``advise`` at the rate and CV of :func:`advice_point`, memoised in ``cache`` under
+    ``(key, rate, cv)``; ``key`` must change whenever the answer could (:func:`advice_key`)."""
 
     def cached(rate_per_s: float, arrival_cv: float = 1.0) -> Advice:
-        rate = max(rounded_rate(rate_per_s), 1e-9)
-        cv = max(rounded_rate(arrival_cv, CV_SIGNIFICANT_DIGITS), MIN_ARRIVAL_CV)
+        rate, cv = advice_point(rate_per_s, arrival_cv)
         return cache.get_or_compute((key, rate, cv), lambda: advise(rate, cv))
 
     return cached
