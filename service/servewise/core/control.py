@@ -78,6 +78,7 @@ from servewise.core import _batchsim, queueing  # type: ignore[attr-defined]
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.optimizer import SearchLimits, optimize
 from servewise.core.profiles import Candidate, LatencyProfile
+from servewise.core.queueing import FloatArray
 from servewise.core.simulator import capacity_per_s
 
 DEFAULT_SAFETY_WINDOW_S = 30.0
@@ -106,7 +107,12 @@ CV_GRID_PER_DOUBLING = 8
 # beyond it is simply "very bursty").
 MIN_ARRIVAL_CV = 1.0
 MAX_ARRIVAL_CV = 16.0
-CV_BISECTION_STEPS = 24
+# cv_for_latency's curve: predicted p99s at CVs this many to a doubling (65 from 1 to 16),
+# and how many (profile, plan, rate) curves are kept.
+CV_CURVE_POINTS_PER_DOUBLING = 16
+CV_CURVE_ENTRIES = 4096
+# Above this share of capacity cv_for_latency uses a curve at the exact rate (not shared).
+CV_CURVE_MAX_UTILISATION = 0.98
 # Answers of cv_for_latency kept: a window of samples for each of a thousand deployments.
 CV_CACHE_ENTRIES = 65_536
 
@@ -463,76 +469,98 @@ def cv_for_latency(
     ``plan`` at ``rate_per_s`` (clamped to ``[MIN_ARRIVAL_CV, MAX_ARRIVAL_CV]``); None when the
     plan is unstable at that rate (the latency then says nothing about burstiness).
 
-    Memoised: every evaluation re-reads the whole window of samples, of which only the newest
-    is new. A new answer costs ~26 predictions of the p99, made straight on the C kernel
-    (:class:`_P99Curve`), about 0.1 ms instead of ~26 calls of :func:`queueing.predict`."""
+    Read off curves, not bisected: the p99 is predicted once per (profile, plan, rate on a
+    grid of :data:`RATE_SIGNIFICANT_DIGITS` significant digits) at the CVs
+    ``2**(k / CV_CURVE_POINTS_PER_DOUBLING)`` from 1 to 16 (:func:`_p99_curve`, shared by
+    every deployment with that plan and every sample near that rate); ``observed_p99_ms`` is
+    interpolated linearly in log CV on the curves at the grid rates either side of
+    ``rate_per_s``, and those two CVs linearly in the rate. Every Control sample needs an
+    answer, and a bisection of its own (26 predictions, each releasing and re-taking the GIL
+    in the C kernel) was the largest part of a sample's cost under load. The answer is the
+    bisection's to within the interpolation (``tests/core/test_control_cache.py`` pins 0.5 %).
+    Memoised on the exact inputs too: every evaluation re-reads the whole window of samples,
+    of which only the newest is new."""
     return _cv_for_latency(candidate, plan, rate_per_s, observed_p99_ms)
-
-
-class _P99Curve:
-    """``p99(cv)`` of one plan at one rate: :func:`queueing.predict`'s ``p99_ms`` (the same C
-    model at the same 0.99 level, each level being computed on its own), with the service
-    tables and argument arrays built once for the whole bisection instead of per call, and the
-    other four percentiles ``predict`` computes left out. Every sample of a Control stream
-    needs a bisection, and the per-call setup was most of its cost."""
-
-    def __init__(self, candidate: Candidate, plan: Plan, rate_per_s: float) -> None:
-        self._tables = _service_tables(candidate.profile, plan.max_batch_size)
-        self._kind = np.zeros(1, dtype=np.int64)
-        self._b = np.array([plan.max_batch_size], dtype=np.int64)
-        self._t = np.array([plan.max_queue_delay_ms], dtype=np.float64)
-        self._n = np.array([plan.replicas], dtype=np.int64)
-        self._levels = np.array([99.0], dtype=np.float64) / 100.0
-        self._rate = float(rate_per_s)
-        self._out = np.empty((1, 1))
-        self._mean, self._batch, self._util = np.empty(1), np.empty(1), np.empty(1)
-
-    def __call__(self, cv: float) -> float:
-        tables = self._tables
-        _batchsim.predict_plans(
-            tables.service_ms,
-            tables.throughput,
-            tables.service_ms.shape[1],
-            self._kind,
-            self._b,
-            self._t,
-            self._n,
-            self._rate,
-            float(cv),
-            self._levels,
-            self._out,
-            self._mean,
-            self._batch,
-            self._util,
-        )
-        return float(self._out[0, 0])
-
-
-@functools.lru_cache(maxsize=256)
-def _service_tables(profile: LatencyProfile, max_batch_size: int) -> queueing.ServiceTables:
-    # Read-only once built; a few per deployment's plan, shared by every stream.
-    return queueing.ServiceTables.build([profile], [max_batch_size])
 
 
 @functools.lru_cache(maxsize=CV_CACHE_ENTRIES)
 def _cv_for_latency(
     candidate: Candidate, plan: Plan, rate_per_s: float, observed_p99_ms: float
 ) -> float | None:
-    if rate_per_s >= capacity_per_s(candidate.profile, plan.max_batch_size, plan.replicas):
+    capacity = capacity_per_s(candidate.profile, plan.max_batch_size, plan.replicas)
+    if rate_per_s >= capacity:
         return None
-    p99 = _P99Curve(candidate, plan, rate_per_s)
-    if observed_p99_ms <= p99(MIN_ARRIVAL_CV):
+    # The grid points either side of the rate (RATE_SIGNIFICANT_DIGITS apart), interpolated
+    # between: the curve at the nearest point alone was up to 6 % off near capacity, where
+    # the p99 climbs steeply with the rate.
+    step = 10.0 ** (math.floor(math.log10(rate_per_s)) - (RATE_SIGNIFICANT_DIGITS - 1))
+    low = math.floor(rate_per_s / step) * step
+    high = low + step
+    if low <= 0.0 or high >= CV_CURVE_MAX_UTILISATION * capacity:
+        # Near capacity the p99 is too steep in the rate to interpolate: this rate's own curve.
+        return _read_curve(_p99_curve(candidate.profile, plan, rate_per_s), observed_p99_ms)
+    at_low = _read_curve(_p99_curve(candidate.profile, plan, low), observed_p99_ms)
+    at_high = _read_curve(_p99_curve(candidate.profile, plan, high), observed_p99_ms)
+    return at_low + (at_high - at_low) * (rate_per_s - low) / step
+
+
+def _read_curve(curve: tuple[list[float], FloatArray], observed_p99_ms: float) -> float:
+    """The CV at which ``curve`` reaches ``observed_p99_ms``, linear in log CV between its
+    points, clamped to the bracket."""
+    log_cvs, p99s = curve
+    if observed_p99_ms <= p99s[0]:
         return MIN_ARRIVAL_CV
-    if observed_p99_ms >= p99(MAX_ARRIVAL_CV):
+    if observed_p99_ms >= p99s[-1]:
         return MAX_ARRIVAL_CV
-    lo, hi = math.log(MIN_ARRIVAL_CV), math.log(MAX_ARRIVAL_CV)
-    for _ in range(CV_BISECTION_STEPS):
-        mid = (lo + hi) / 2
-        if p99(math.exp(mid)) < observed_p99_ms:
-            lo = mid
-        else:
-            hi = mid
-    return math.exp((lo + hi) / 2)
+    # The first point at or above the observed p99 (the curve rises with the CV; were it not
+    # to somewhere, this is where a bisection would also end up near).
+    i = int(np.argmax(p99s >= observed_p99_ms))
+    lo, hi = p99s[i - 1], p99s[i]
+    x = log_cvs[i - 1] + (log_cvs[i] - log_cvs[i - 1]) * (observed_p99_ms - lo) / (hi - lo)
+    return min(max(math.exp(x), MIN_ARRIVAL_CV), MAX_ARRIVAL_CV)
+
+
+@functools.lru_cache(maxsize=CV_CURVE_ENTRIES)
+def _p99_curve(
+    profile: LatencyProfile, plan: Plan, rate_per_s: float
+) -> tuple[list[float], FloatArray]:
+    """(log CV, predicted p99 ms) at the CV grid of :func:`cv_for_latency`: the model of
+    :func:`queueing.predict` at its 0.99 level (each level is computed on its own), called on
+    the C kernel with the tables and arguments built once."""
+    steps = round(math.log2(MAX_ARRIVAL_CV / MIN_ARRIVAL_CV) * CV_CURVE_POINTS_PER_DOUBLING)
+    log_cvs = [
+        math.log(MIN_ARRIVAL_CV) + math.log(2.0) * k / CV_CURVE_POINTS_PER_DOUBLING
+        for k in range(steps + 1)
+    ]
+    tables = queueing.ServiceTables.build([profile], [plan.max_batch_size])
+    kind = np.zeros(1, dtype=np.int64)
+    b = np.array([plan.max_batch_size], dtype=np.int64)
+    t = np.array([plan.max_queue_delay_ms], dtype=np.float64)
+    n = np.array([plan.replicas], dtype=np.int64)
+    levels = np.array([99.0], dtype=np.float64) / 100.0
+    out = np.empty((1, 1))
+    mean, batch, util = np.empty(1), np.empty(1), np.empty(1)
+    p99s = np.empty(len(log_cvs))
+    for k, log_cv in enumerate(log_cvs):
+        _batchsim.predict_plans(
+            tables.service_ms,
+            tables.throughput,
+            tables.service_ms.shape[1],
+            kind,
+            b,
+            t,
+            n,
+            float(rate_per_s),
+            math.exp(log_cv),
+            levels,
+            out,
+            mean,
+            batch,
+            util,
+        )
+        p99s[k] = out[0, 0]
+    p99s.flags.writeable = False
+    return log_cvs, p99s
 
 
 def estimate_arrival_cv(state: DeploymentState, samples: Sequence[Sample]) -> float:
