@@ -156,11 +156,17 @@ def test_every_rpc_has_a_scope() -> None:
         ((("authorization", f"Basic {READ}"),), "UNAUTHENTICATED", "malformed"),
         ((("authorization", "Bearer"),), "UNAUTHENTICATED", "malformed"),
         ((("authorization", f"Bearer {READ} {READ}"),), "UNAUTHENTICATED", "malformed"),
-        ((("authorization", f"Bearer {READ}"), ("authorization", f"Bearer {WRITE}")),
-         "UNAUTHENTICATED", "malformed"),
+        (
+            (("authorization", f"Bearer {READ}"), ("authorization", f"Bearer {WRITE}")),
+            "UNAUTHENTICATED",
+            "malformed",
+        ),
         ((("authorization", f"Bearer {READ}x"),), "UNAUTHENTICATED", "invalid bearer token"),
-        ((("authorization", f"Bearer {READ}"),), "PERMISSION_DENIED", "needs a token with the "
-         "write scope; this token has read"),
+        (
+            (("authorization", f"Bearer {READ}"),),
+            "PERMISSION_DENIED",
+            "needs a token with the write scope; this token has read",
+        ),
         ((("authorization", f"bearer   {WRITE}"),), None, None),
         ((("Authorization", f"Bearer {WRITE}"),), None, None),
     ],
@@ -188,9 +194,10 @@ def test_open_services_and_unlisted_methods() -> None:
     interceptor = TokenAuthInterceptor(parse_tokens(f"read {READ}", "test"))
     assert interceptor.check("/grpc.health.v1.Health/Check", ()) is None
     assert interceptor.check("/grpc.health.v1.Health/Watch", ()) is None
-    assert interceptor.check(
-        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", ()
-    ) is None
+    assert (
+        interceptor.check("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", ())
+        is None
+    )
     outcome = interceptor.check(
         "/servewise.v1.ServewiseService/SomethingNew", (("authorization", f"Bearer {READ}"),)
     )

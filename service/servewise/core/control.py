@@ -60,6 +60,7 @@ The decision, in order:
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import math
@@ -78,7 +79,6 @@ from servewise.core import _batchsim, queueing  # type: ignore[attr-defined]
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.optimizer import SearchLimits, optimize
 from servewise.core.profiles import Candidate, LatencyProfile
-from servewise.core.queueing import FloatArray
 from servewise.core.simulator import capacity_per_s
 
 DEFAULT_SAFETY_WINDOW_S = 30.0
@@ -504,7 +504,7 @@ def _cv_for_latency(
     return at_low + (at_high - at_low) * (rate_per_s - low) / step
 
 
-def _read_curve(curve: tuple[list[float], FloatArray], observed_p99_ms: float) -> float:
+def _read_curve(curve: tuple[list[float], list[float]], observed_p99_ms: float) -> float:
     """The CV at which ``curve`` reaches ``observed_p99_ms``, linear in log CV between its
     points, clamped to the bracket."""
     log_cvs, p99s = curve
@@ -512,9 +512,9 @@ def _read_curve(curve: tuple[list[float], FloatArray], observed_p99_ms: float) -
         return MIN_ARRIVAL_CV
     if observed_p99_ms >= p99s[-1]:
         return MAX_ARRIVAL_CV
-    # The first point at or above the observed p99 (the curve rises with the CV; were it not
-    # to somewhere, this is where a bisection would also end up near).
-    i = int(np.argmax(p99s >= observed_p99_ms))
+    # The first point at or above the observed p99 (the curve rises with the CV, as the
+    # bisection it replaces assumed too).
+    i = bisect.bisect_left(p99s, observed_p99_ms)
     lo, hi = p99s[i - 1], p99s[i]
     x = log_cvs[i - 1] + (log_cvs[i] - log_cvs[i - 1]) * (observed_p99_ms - lo) / (hi - lo)
     return min(max(math.exp(x), MIN_ARRIVAL_CV), MAX_ARRIVAL_CV)
@@ -523,7 +523,7 @@ def _read_curve(curve: tuple[list[float], FloatArray], observed_p99_ms: float) -
 @functools.lru_cache(maxsize=CV_CURVE_ENTRIES)
 def _p99_curve(
     profile: LatencyProfile, plan: Plan, rate_per_s: float
-) -> tuple[list[float], FloatArray]:
+) -> tuple[list[float], list[float]]:
     """(log CV, predicted p99 ms) at the CV grid of :func:`cv_for_latency`: the model of
     :func:`queueing.predict` at its 0.99 level (each level is computed on its own), called on
     the C kernel with the tables and arguments built once."""
@@ -559,8 +559,8 @@ def _p99_curve(
             util,
         )
         p99s[k] = out[0, 0]
-    p99s.flags.writeable = False
-    return log_cvs, p99s
+    # Plain floats: reading the curve is a bisect per sample, cheaper on a list than numpy.
+    return log_cvs, [float(v) for v in p99s]
 
 
 def estimate_arrival_cv(state: DeploymentState, samples: Sequence[Sample]) -> float:
