@@ -3,13 +3,14 @@ documented quantisation of the optimizer's inputs)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
 import pytest
 
 from servewise.core import control, queueing
-from servewise.core.model import Plan, Workload
+from servewise.core.model import Plan, Slo, Workload
 from servewise.core.profiles import Candidate, InstanceType, LatencyProfile
 
 
@@ -68,3 +69,44 @@ def test_cv_for_latency_reads_the_bisections_answer_off_the_shared_curve() -> No
         assert fast == pytest.approx(exact, rel=0.005)
         checked += 1.0 < exact < 16.0
     assert checked >= 20  # the curve itself was read, not only the clamps
+
+
+def eager_sizing_series(
+    samples: list[control.Sample], settings: control.ControlSettings, cold_start_s: float
+) -> list[float]:
+    """:func:`control.sizing_series`'s values as it computed them, all at once, before they
+    were computed as read."""
+    smoothed = control.ewma_rates(samples, settings.ewma_half_life_s)
+    period = control.sample_period_s(samples)
+    lead = cold_start_s + (period or 0.0)
+    spreads = [0.0]
+    squares = 0.0
+    for count, (a, b) in enumerate(itertools.pairwise(samples), start=1):
+        squares += (b.rate_per_s - a.rate_per_s) ** 2
+        spreads.append(math.sqrt(squares / (2 * count)))
+    z = control.slo_z(99.0)
+    span = max(2.0 * settings.ewma_half_life_s, 3.0 * (period or 0.0))
+    trends = [control.rising_trend(samples, i, span, spreads[i], z) for i in range(len(samples))]
+    return [s + tr * lead + z * sp for s, tr, sp in zip(smoothed, trends, spreads, strict=True)]
+
+
+def test_sizing_series_computed_as_read_gives_the_same_floats() -> None:
+    """Over random windows (noisy, trending, irregularly spaced), the series read in any
+    order, reversed, sliced or whole, and the estimate equal the all-at-once computation
+    exactly."""
+    rng = random.Random(3)
+    slo = Slo(latency_ms=100.0, percentile=99.0)
+    for trial in range(30):
+        settings = control.ControlSettings(ewma_half_life_s=rng.choice([0.0, 15.0, 60.0]))
+        t, samples = 0.0, []
+        for i in range(rng.randrange(1, 150)):
+            t += rng.choice([1.0, 1.0, 2.5, 10.0])
+            rate = 500.0 + rng.choice([0.0, 3.0]) * i + rng.uniform(-50.0, 50.0)
+            samples.append(control.Sample(t, max(rate, 0.0), p99_ms=40.0))
+        expected = eager_sizing_series(samples, settings, 30.0)
+        series, estimate = control.sizing_series(samples, settings, slo, 30.0)
+        assert estimate.sizing_per_s == expected[-1]
+        if trial % 2:
+            assert list(reversed(series)) == expected[::-1]
+        assert series[1:5] == expected[1:5]
+        assert list(series) == expected

@@ -71,7 +71,7 @@ from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, overload
 
 import numpy as np
 
@@ -430,8 +430,9 @@ def rising_trend(
 
 def sizing_series(
     samples: Sequence[Sample], settings: ControlSettings, slo: Slo, cold_start_s: float
-) -> tuple[list[float], RateEstimate]:
-    """The sizing rate after each sample, and the newest :class:`RateEstimate`.
+) -> tuple[Sequence[float], RateEstimate]:
+    """The sizing rate after each sample (computed as read), and the newest
+    :class:`RateEstimate`.
 
     ``sizing = smoothed + trend * lead + z * spread`` (module docstring, item 1). The spread
     is ``sqrt(mean(diff(rate)**2) / 2)`` over the window (successive differences remove a slow
@@ -449,10 +450,62 @@ def sizing_series(
         spreads.append(math.sqrt(squares / (2 * count)))
     z = slo_z(slo.percentile)
     span = max(2.0 * settings.ewma_half_life_s, 3.0 * (period or 0.0))
-    trends = [rising_trend(samples, i, span, spreads[i], z) for i in range(len(samples))]
-    series = [s + tr * lead + z * sp for s, tr, sp in zip(smoothed, trends, spreads, strict=True)]
-    estimate = RateEstimate(smoothed[-1], trends[-1], spreads[-1], lead, series[-1], period)
+    series = _SizingSeries(list(samples), smoothed, spreads, span, lead, z)
+    newest = len(samples) - 1
+    estimate = RateEstimate(
+        smoothed[-1], series.trend(newest), spreads[-1], lead, series[newest], period
+    )
     return series, estimate
+
+
+class _SizingSeries(Sequence[float]):
+    """:func:`sizing_series`'s values, each computed when first read (the same expression,
+    so the same floats). A trend costs a regression over the span before its sample, so the
+    whole series costs O(window x span); a decision reads the newest value and, only when the
+    rate is outside the band, the run of values before it (:func:`held_for_s`). Every Control
+    sample evaluates, and most hold inside the band: computing the whole series each time was
+    the largest per-sample cost of a healthy fleet's streams, growing with the window."""
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        smoothed: list[float],
+        spreads: list[float],
+        span: float,
+        lead: float,
+        z: float,
+    ) -> None:
+        self._samples = samples
+        self._smoothed = smoothed
+        self._spreads = spreads
+        self._span = span
+        self._lead = lead
+        self._z = z
+        self._trends: list[float | None] = [None] * len(samples)
+
+    def trend(self, i: int) -> float:
+        found = self._trends[i]
+        if found is None:
+            found = rising_trend(self._samples, i, self._span, self._spreads[i], self._z)
+            self._trends[i] = found
+        return found
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    @overload
+    def __getitem__(self, index: int) -> float: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[float]: ...
+
+    def __getitem__(self, index: int | slice) -> float | list[float]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = index + len(self) if index < 0 else index
+        if not 0 <= i < len(self):
+            raise IndexError(index)
+        return self._smoothed[i] + self.trend(i) * self._lead + self._z * self._spreads[i]
 
 
 def estimate_rate(
