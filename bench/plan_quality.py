@@ -294,7 +294,15 @@ def confirm(
     sc: scen.Scenario, plan: Plan, arrivals_ms: np.ndarray, long_ms: np.ndarray, seed: int
 ) -> dict[str, Any]:
     """Simulate ``plan`` on the fresh sample; a below-capacity plan whose run is too short to
-    verify its tail is re-run on the longer fresh sample (same seed)."""
+    verify its tail is re-run on the longer fresh sample (same seed).
+
+    A plan meets the SLO when it passes there and also on the whole long fresh sample: a
+    single 200k-request run cannot tell a plan whose long-run p99 sits a hair above the
+    bound from one a hair below it (s2026-002's 7-replica plan passed its 200k run by 0.06%
+    while its p99 over six 1M-request seeds averaged 0.2% over), and the exhaustive search's
+    winner, a minimum over many plans, is exactly where such plans collect. The optimizer's
+    answer and the search's winner are judged alike.
+    """
     spec = {c.name: c for c in sc.candidates}[plan.instance_type]
     t0 = time.perf_counter()
     res = simulator.simulate(
@@ -308,6 +316,20 @@ def confirm(
         )
         used = len(long_ms)
     lat = res.latency.slo_percentile_ms
+    meets = bool(res.stable and lat is not None and lat <= sc.slo_ms)
+    long_check: dict[str, Any] | None = None
+    if meets and used < len(long_ms):
+        whole = simulator.simulate(
+            spec.profile(), plan, sc.workload(), slo=sc.slo(), arrivals_ms=long_ms
+        )
+        whole_lat = whole.latency.slo_percentile_ms
+        long_check = {
+            "requests": len(long_ms),
+            "slo_percentile_ms": whole_lat,
+            "stable": whole.stable,
+            "meets_slo": bool(whole.stable and whole_lat is not None and whole_lat <= sc.slo_ms),
+        }
+        meets = long_check["meets_slo"]
     return {
         "seed": seed,
         "requests": used,
@@ -318,7 +340,8 @@ def confirm(
         "stability_reason": res.stability_reason,
         "utilisation": res.utilisation,
         "mean_batch_size": res.mean_batch_size,
-        "meets_slo": bool(res.stable and lat is not None and lat <= sc.slo_ms),
+        "long_check": long_check,
+        "meets_slo": meets,
         "seconds": time.perf_counter() - t0,
     }
 
@@ -546,6 +569,33 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: PLR0912
                 }
             )
 
+    # Where Servewise waits for batches (T > 0): the best baseline's cost beside its own. A
+    # delay pays where it is strictly cheaper than all of them (tight SLOs at high rates).
+    with_delay: list[dict[str, Any]] = []
+    for r in records:
+        plan = r["optimize"].get("plan")
+        if (
+            not plan
+            or plan["max_queue_delay_ms"] <= 0
+            or r["optimize"].get("cost_per_hour") is None
+        ):
+            continue
+        feasible = {k: b for k, b in r["baselines"].items() if b["feasible"]}
+        best_key = min(feasible, key=lambda k: feasible[k]["cost_per_hour"], default=None)
+        best_cost = feasible[best_key]["cost_per_hour"] if best_key else None
+        with_delay.append(
+            {
+                "id": r["id"],
+                "servewise_plan": _plan_str(plan),
+                "servewise_cost": r["optimize"]["cost_per_hour"],
+                "best_baseline": best_key,
+                "best_baseline_cost": best_cost,
+                "best_baseline_over_servewise": (
+                    best_cost / r["optimize"]["cost_per_hour"] if best_cost else None
+                ),
+            }
+        )
+
     baselines: dict[str, Any] = {}
     for key, (label, _rule) in BASELINES.items():
         cheaper = equal = costlier = infeasible = 0
@@ -622,6 +672,15 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: PLR0912
             "count": len(ratios),
         },
         "baselines": baselines,
+        "servewise_with_delay": {
+            "scenarios": with_delay,
+            "strictly_cheaper_than_every_baseline": sum(
+                1
+                for w in with_delay
+                if w["best_baseline_over_servewise"] is None
+                or w["best_baseline_over_servewise"] > 1 + 1e-9
+            ),
+        },
         "predictor": predictor,
         "optimize_seconds": {
             "median": _median(opt_times),
@@ -683,6 +742,17 @@ def print_report(records: list[dict[str, Any]], summary: dict[str, Any]) -> None
             f"{key:18s} {b['rule']:34s} {b['servewise_cheaper']:>10d} {b['equal']:>6d} "
             f"{b['servewise_costlier']:>11d} {b['baseline_infeasible']:>7d} "
             f"{_fmt(b['median_ratio_baseline_over_servewise'], '14.3f'):>14s}"
+        )
+    wd = sm["servewise_with_delay"]
+    print(
+        f"\nwhere Servewise waits for batches (T > 0): {len(wd['scenarios'])} scenarios, strictly "
+        f"cheaper than every baseline in {wd['strictly_cheaper_than_every_baseline']}"
+    )
+    for w in wd["scenarios"]:
+        print(
+            f"  {w['id']}  {w['servewise_plan']:42s} {w['servewise_cost']:9.3f}  best baseline "
+            f"{w['best_baseline'] or '-':18s} {_fmt(w['best_baseline_cost'], '9.3f')}  "
+            f"x{_fmt(w['best_baseline_over_servewise'], '.2f')}"
         )
     print()
     pa, po = sm["predictor"]["analytic_rel_err"], sm["predictor"]["optimizer_rel_err"]

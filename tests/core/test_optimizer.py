@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from servewise.core import optimizer, queueing
+from servewise.core import cancel, optimizer, queueing
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.optimizer import Binding, SearchLimits, optimize
 from servewise.core.profiles import Candidate, InstanceType, LatencyProfile
@@ -297,3 +297,59 @@ def test_pruned_screen_refines_what_an_exact_screen_would(
 
     assert chosen(pruned) == chosen(exact)
     assert realtime(pruned) == realtime(exact)
+
+
+def test_the_baseline_search_runs_under_the_callers_cancellation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real-time baseline is searched on a pooled thread; it must see the call's cancel
+    token (a cancelled RPC stops both searches), and a cancelled call raises."""
+    seen: list[tuple[bool, object]] = []
+    confirm = optimizer._confirm
+
+    def recording(search, candidate, plan, ceiling):  # type: ignore[no-untyped-def]
+        seen.append((plan.max_batch_size == 1, cancel.current()))
+        return confirm(search, candidate, plan, ceiling)
+
+    monkeypatch.setattr(optimizer, "_confirm", recording)
+    token = cancel.CancelToken()
+    with cancel.scope(token):
+        result = optimize([G4DN, P3], Workload(2_000.0), Slo(60.0))
+    assert result.realtime_baseline is not None
+    assert any(realtime for realtime, _ in seen)
+    assert all(current is token for _, current in seen)
+
+    token.cancel()
+    with cancel.scope(token), pytest.raises(cancel.WorkCancelledError):
+        optimize([G4DN, P3], Workload(2_000.0), Slo(60.0))
+
+
+def test_a_cheaper_near_critical_plan_gets_a_longer_confirmation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At 97% load nine replicas meet the SLO, but only a run longer than CONFIRM_MAX_REQUESTS
+    spans enough relaxation times to verify it: the optimizer runs that longer confirmation
+    rather than answer ten replicas, and the plan holds on an independent long run."""
+    workload, slo = Workload(10_141.0, 2.76), Slo(440.0)
+    result = optimize([G4DN], workload, slo)
+    assert result.feasible
+    assert result.recommended is not None
+    chosen = result.recommended
+    assert chosen.plan.replicas == 9
+    assert chosen.simulated is not None
+    assert chosen.simulated.requests_simulated > optimizer.CONFIRM_MAX_REQUESTS
+    independent = simulate(
+        G4DN.profile,
+        chosen.plan,
+        workload,
+        optimizer.STRETCH_MAX_REQUESTS,
+        seed=REFEREE_SEED,
+        slo=slo,
+    )
+    assert independent.stable
+    assert independent.latency.p99_ms <= slo.latency_ms
+
+    monkeypatch.setattr(optimizer, "STRETCH_CANDIDATES", 0)
+    without = optimize([G4DN], workload, slo)
+    assert without.recommended is not None
+    assert without.recommended.plan.replicas == 10

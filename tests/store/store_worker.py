@@ -2,12 +2,15 @@
 
     python store_worker.py BACKEND_JSON append KEY COUNT    appends COUNT records to KEY
     python store_worker.py BACKEND_JSON increment KEY COUNT  COUNT read-CAS increments of KEY
-    python store_worker.py BACKEND_JSON hammer SEED          CAS writes + appends until killed
+    python store_worker.py BACKEND_JSON hammer SEED          CAS writes, appends and combined
+                                                             writes until killed
 
 BACKEND_JSON is {"kind": "sqlite", "path": ...} or {"kind": "redis", "url": ..., "namespace":
 ...}. Every acknowledged write is printed (and flushed) as one line *after* the store returned,
 so a line on stdout is a promise the store made: ``ack cas KEY VERSION SHA``, ``ack dec KEY SEQ
-SHA``. Values and records embed their key, version or sequence number, and a SHA-256 of
+SHA``, ``ack pair KEY N SHA`` (a compare_and_set_with_decision that made version N and seq N of
+a PAIR_KEYS key, which nothing else writes, so its version always equals its log's length; SHA
+is the record's). Values and records embed their key, version or sequence number, and a SHA-256 of
 themselves (:func:`make_payload` / :func:`check_payload`), so a torn or misplaced value is
 detected on reading it back.
 """
@@ -24,6 +27,7 @@ from servewise.store import StaleVersionError, StateStore
 
 STATE_KEYS = ("hammer/state/a", "hammer/state/b", "hammer/state/c")
 LOG_KEYS = ("hammer/log/x", "hammer/log/y")
+PAIR_KEYS = ("hammer/pair/p", "hammer/pair/q")
 
 
 def open_backend(spec: dict[str, Any]) -> StateStore:
@@ -90,7 +94,18 @@ def main(argv: list[str]) -> int:
         next_seq = {key: len(store.decisions(key)) + 1 for key in LOG_KEYS}
         _say("ready")
         while True:
-            if rng.random() < 0.5:
+            if rng.random() < 1 / 3:
+                key = rng.choice(PAIR_KEYS)
+                current = store.get(key)
+                number = (0 if current is None else current.version) + 1
+                value = make_payload(key, number, rng.randrange(0, 20_000))
+                record = make_payload(key, number, rng.randrange(0, 20_000))
+                version, seq = store.compare_and_set_with_decision(
+                    key, number - 1, value, record, expected_seq=number
+                )
+                assert version == seq == number, (version, seq, number)
+                _say("ack pair", key, number, sha(record))
+            elif rng.random() < 0.5:
                 key = rng.choice(STATE_KEYS)
                 version, value = _increment(store, key, rng.randrange(0, 20_000))
                 _say("ack cas", key, version, sha(value))

@@ -6,12 +6,15 @@ import json
 import subprocess
 import sys
 import threading
+import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from servewise.store import Decision, StaleVersionError, StateStore, Versioned
+from servewise.store import Decision, StaleSequenceError, StaleVersionError, StateStore, Versioned
 
 from .conftest import Backend
 
@@ -99,6 +102,144 @@ def test_decision_records_are_opaque_bytes(store: StateStore) -> None:
     assert [d.record for d in store.decisions("bin")] == records
 
 
+# --- state write and decision append as one operation ------------------------------------------
+
+
+def test_compare_and_set_with_decision_writes_both(store: StateStore) -> None:
+    """Success writes the value and appends the record; seqs continue plain appends' count."""
+    assert store.last_decision_seq("dep/a") == 0
+    assert store.compare_and_set_with_decision("dep/a", 0, b"v1", b"r1") == (1, 1)
+    assert store.get("dep/a") == Versioned(b"v1", 1)
+    assert store.keys("dep/") == ["dep/a"]  # a creation through it indexes the key
+    assert store.decisions("dep/a") == [Decision(1, b"r1")]
+    assert store.append_decision("dep/a", b"r2") == 2
+    assert store.last_decision_seq("dep/a") == 2
+    assert store.compare_and_set_with_decision("dep/a", 1, b"v2", b"r3", expected_seq=3) == (2, 3)
+    assert store.get("dep/a") == Versioned(b"v2", 2)
+    assert store.decisions("dep/a") == [Decision(1, b"r1"), Decision(2, b"r2"), Decision(3, b"r3")]
+    assert store.last_decision_seq("dep/a") == 3
+    assert store.last_decision_seq("dep/b") == 0  # logs are per key
+
+
+@pytest.mark.parametrize("stale", [0, 1, 3, -1])
+def test_a_stale_version_writes_neither_state_nor_log(store: StateStore, stale: int) -> None:
+    """A version conflict raises StaleVersionError and leaves the value, the log and the key
+    index exactly as they were, with or without an expected seq."""
+    store.compare_and_set("k", 0, b"v1")
+    store.compare_and_set("k", 1, b"v2")
+    store.append_decision("k", b"r1")
+    for expected_seq in (None, 2):
+        with pytest.raises(StaleVersionError) as raised:
+            store.compare_and_set_with_decision(
+                "k", stale, b"lost", b"lost", expected_seq=expected_seq
+            )
+        assert type(raised.value) is StaleVersionError
+        assert (raised.value.key, raised.value.expected, raised.value.actual) == ("k", stale, 2)
+        assert store.get("k") == Versioned(b"v2", 2)
+        assert store.decisions("k") == [Decision(1, b"r1")]
+    with pytest.raises(StaleVersionError):
+        store.compare_and_set_with_decision("ghost", 1, b"boo", b"boo")
+    assert store.get("ghost") is None
+    assert store.decisions("ghost") == []
+    assert store.keys() == ["k"]
+
+
+@pytest.mark.parametrize("expected_seq", [0, 1, 2, 4, 99])
+def test_a_stale_seq_writes_neither_state_nor_log(store: StateStore, expected_seq: int) -> None:
+    """A record that would not land at expected_seq raises StaleSequenceError (a
+    StaleVersionError, so callers re-read and retry) and writes nothing; the right seq works."""
+    store.compare_and_set("k", 0, b"v1")
+    store.append_decision("k", b"r1")
+    store.append_decision("k", b"r2")
+    with pytest.raises(StaleSequenceError) as raised:
+        store.compare_and_set_with_decision("k", 1, b"lost", b"lost", expected_seq=expected_seq)
+    assert isinstance(raised.value, StaleVersionError)
+    assert (raised.value.expected_seq, raised.value.actual_seq) == (expected_seq, 3)
+    assert (raised.value.key, raised.value.expected, raised.value.actual) == ("k", 1, 1)
+    assert store.get("k") == Versioned(b"v1", 1)
+    assert [d.record for d in store.decisions("k")] == [b"r1", b"r2"]
+    assert store.compare_and_set_with_decision("k", 1, b"v2", b"r3", expected_seq=3) == (2, 3)
+
+
+def test_combined_writes_carry_any_bytes(store: StateStore) -> None:
+    """Values and records through the combined write are opaque bytes, as through the others."""
+    value, record = bytes(range(256)) * 40, b"\x00" + bytes(range(255, -1, -1))
+    assert store.compare_and_set_with_decision("bin", 0, value, record) == (1, 1)
+    assert store.compare_and_set_with_decision("bin", 1, b"", b"") == (2, 2)
+    assert store.decisions("bin") == [Decision(1, record), Decision(2, b"")]
+    assert store.get("bin") == Versioned(b"", 2)
+
+
+# Operations for the model-based test: (kind, key index, version offset from the current one,
+# seq offset from the next one or None for "any"); offset 0 is the right number.
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["cas", "append", "cas_with_decision"]),
+        st.integers(min_value=0, max_value=2),
+        st.sampled_from([0, 0, 0, -1, 1]),
+        st.sampled_from([None, 0, 0, -1, 1]),
+    ),
+    max_size=14,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=_OPS)
+def test_operations_match_a_model_of_versions_and_logs(
+    store: StateStore, ops: list[tuple[str, int, int, int | None]]
+) -> None:
+    """Any sequence of compare-and-sets, appends and combined writes, right or stale, gives the
+    results a dict-and-list model gives: versions 1, 2, ... per key, seqs 1..n per log with no
+    gaps, a combined write either wholly applied or (on any conflict) not at all."""
+    prefix = f"m{uuid.uuid4().hex[:10]}/"  # one store for every example: keys of its own
+    keys = [f"{prefix}{i}" for i in range(3)]
+    versions = dict.fromkeys(keys, 0)
+    values: dict[str, bytes] = {}
+    logs: dict[str, list[bytes]] = {key: [] for key in keys}
+    for n, (kind, index, version_offset, seq_offset) in enumerate(ops):
+        key = keys[index]
+        expected = versions[key] + version_offset
+        payload = f"{kind}:{n}".encode()
+        if kind == "append":
+            assert store.append_decision(key, payload) == len(logs[key]) + 1
+            logs[key].append(payload)
+        elif kind == "cas":
+            if version_offset:
+                with pytest.raises(StaleVersionError):
+                    store.compare_and_set(key, expected, payload)
+            else:
+                assert store.compare_and_set(key, expected, payload) == versions[key] + 1
+                versions[key] += 1
+                values[key] = payload
+        else:
+            next_seq = len(logs[key]) + 1
+            expected_seq = None if seq_offset is None else next_seq + seq_offset
+            if version_offset or seq_offset:
+                error = StaleVersionError if version_offset else StaleSequenceError
+                with pytest.raises(error):
+                    store.compare_and_set_with_decision(
+                        key, expected, payload, payload, expected_seq=expected_seq
+                    )
+            else:
+                got = store.compare_and_set_with_decision(
+                    key, expected, payload, payload, expected_seq=expected_seq
+                )
+                assert got == (versions[key] + 1, next_seq)
+                versions[key] += 1
+                values[key] = payload
+                logs[key].append(payload)
+    for key in keys:
+        found = store.get(key)
+        assert (found is None) == (versions[key] == 0)
+        if found is not None:
+            assert found == Versioned(values[key], versions[key])
+        assert store.decisions(key) == [Decision(i, r) for i, r in enumerate(logs[key], start=1)]
+        assert store.last_decision_seq(key) == len(logs[key])
+    assert store.keys(prefix) == [key for key in keys if versions[key]]
+
+
 # --- concurrency --------------------------------------------------------------------------------
 
 
@@ -169,6 +310,55 @@ def test_concurrent_compare_and_set_from_threads_loses_no_update(backend: Backen
     total = threads * per_thread
     assert sorted(won) == list(range(1, total + 1))  # every version granted exactly once
     assert shared.get("counter") == Versioned(str(total).encode(), total)
+
+
+def test_concurrent_combined_writes_from_threads_pair_each_version_with_one_seq(
+    backend: Backend,
+) -> None:
+    """Threads racing combined writes (each value naming the seq of its own record), while
+    another thread appends plain records to the same log: every version and every seq granted
+    once, the log gap-free, and the record at each seq names the version written with it."""
+    threads, per_thread, plain = 5, 20, 30
+    stores = [backend.open() for _ in range(threads + 1)]
+    won: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def work(index: int) -> None:
+        store = stores[index]
+        if index == threads:  # the plain appender: moves the log under the others' feet
+            for i in range(plain):
+                store.append_decision("dep", f"plain {i}".encode())
+            return
+        for _ in range(per_thread):
+            while True:
+                current = store.get("dep")
+                version = 0 if current is None else current.version
+                seq = store.last_decision_seq("dep") + 1
+                try:
+                    got = store.compare_and_set_with_decision(
+                        "dep",
+                        version,
+                        f"{version + 1} {seq}".encode(),
+                        f"combined {version + 1} {seq}".encode(),
+                        expected_seq=seq,
+                    )
+                except StaleVersionError:  # StaleSequenceError included
+                    continue
+                assert got == (version + 1, seq)
+                with lock:
+                    won.append(got)
+                break
+
+    _run_threads(threads + 1, work)
+    total = threads * per_thread
+    assert sorted(v for v, _ in won) == list(range(1, total + 1))
+    log = stores[0].decisions("dep")
+    assert [d.seq for d in log] == list(range(1, total + plain + 1))
+    combined = [(d.seq, d.record.split()) for d in log if d.record.startswith(b"combined")]
+    assert [(int(w[1]), int(w[2])) for _, w in combined] == sorted(won)
+    assert all(int(words[2]) == seq for seq, words in combined)
+    final = stores[0].get("dep")
+    assert final == Versioned(f"{total} {sorted(won)[-1][1]}".encode(), total)
 
 
 def _workers(backend: Backend, jobs: list[list[str]]) -> list[list[str]]:

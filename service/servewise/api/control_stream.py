@@ -10,12 +10,15 @@ One :class:`ControlSession` per stream; several deployments may share it. For ea
    samples of the deployment; a SWITCH starts a ``Transition``. With one in force, the step is
    judged (:func:`servewise.core.transitions.judge_step`): ADVANCE, COMPLETE (the target becomes
    the plan in force), ROLLBACK (the transition is dropped, the plan kept) or wait.
-3. **Persist** with ``compare_and_set`` at the version read. On ``StaleVersionError`` (another
-   stream, replica or RegisterDeployment wrote in between) the state is re-read and the sample
-   re-decided, so a step another stream already advanced is not advanced twice.
-4. **Log** every SWITCH, ADVANCE, ROLLBACK and COMPLETE in the deployment's decision log (a
-   ``DecisionRecord`` with ``control_event``), after the state write. A SWITCH then writes the
-   log's sequence number into ``Transition.decision_seq`` (a second compare-and-set).
+3. **Persist and log in one store operation**: every SWITCH, ADVANCE, ROLLBACK and COMPLETE is
+   written with ``compare_and_set_with_decision`` at the version read, the new state and its
+   ``DecisionRecord`` (with ``control_event``) together, so a crash leaves both or neither (as
+   two writes, a kill -9 between them left a decision applied but never logged). The record's
+   sequence number is read first and required by the write, so a SWITCH's
+   ``Transition.decision_seq`` is in the very value that starts the transition. On
+   ``StaleVersionError`` (another stream, replica or RegisterDeployment wrote in between, or an
+   EvaluateSwitch appended to the log) the state is re-read and the sample re-decided, so a step
+   another stream already advanced is not advanced twice.
 
 What lives only in memory, per stream and deployment: the recent samples (for the EWMA, the
 stabilisation windows and a step's observations) and the last timestamp seen. None of it is
@@ -409,50 +412,13 @@ class ControlSession:
         )
         updated = self._copy(stored)
         updated.transition.CopyFrom(transition)
-        new_version = self._write(deployment_id, version, updated)
         event = servewise_pb2.ControlResponse(
             deployment_id=deployment_id,
             switch_event=servewise_pb2.SwitchEvent(evaluation=evaluation, transition=transition),
-            state_version=new_version,
             sample_timestamp_s=sample.timestamp_s,
         )
-        seq = self._log(deployment_id, event, evaluation)
-        event.decision_seq = seq
-        event.switch_event.evaluation.decision_seq = seq
-        event.switch_event.transition.decision_seq = seq
-        event.state_version = self._stamp_seq(deployment_id, transition, seq, new_version)
+        self._commit(deployment_id, version, updated, event, evaluation)
         return event
-
-    def _stamp_seq(
-        self, deployment_id: str, transition: servewise_pb2.Transition, seq: int, version: int
-    ) -> int:
-        """Write ``seq`` into the stored transition that ``transition`` started, unless the
-        deployment has moved on; the version after."""
-        for _ in range(MAX_ATTEMPTS):
-            found = self.hub.store.get(deployments.deployment_key(deployment_id))
-            if found is None:
-                return version
-            pb = servewise_pb2.Deployment.FromString(found.value)
-            current = pb.transition
-            if (
-                not pb.HasField("transition")
-                or current.decision_seq != 0
-                or current.step_started_at_s != transition.step_started_at_s
-                or current.to_plan != transition.to_plan
-            ):
-                return found.version
-            current.decision_seq = seq
-            try:
-                written = self.hub.store.compare_and_set(
-                    deployments.deployment_key(deployment_id),
-                    found.version,
-                    pb.SerializeToString(deterministic=True),
-                )
-            except StaleVersionError:
-                continue
-            self._notify(pb, written)
-            return written
-        return version
 
     # --- A transition in force ----------------------------------------------------------------
 
@@ -530,8 +496,7 @@ class ControlSession:
                     consecutive_breaches=verdict.breach_run,
                 )
             )
-        event.state_version = self._write(deployment_id, version, updated)
-        event.decision_seq = self._log(deployment_id, event, None)
+        self._commit(deployment_id, version, updated, event, None)
         if verdict.action is StepAction.ROLLBACK:
             track.samples.clear()
         return event
@@ -571,34 +536,54 @@ class ControlSession:
         updated.updated_at_s = self.hub.clock()
         return updated
 
-    def _write(self, deployment_id: str, version: int, updated: servewise_pb2.Deployment) -> int:
-        written = self.hub.store.compare_and_set(
-            deployments.deployment_key(deployment_id),
-            version,
-            updated.SerializeToString(deterministic=True),
-        )
-        self._notify(updated, written)
-        return written
-
     def _notify(self, written: servewise_pb2.Deployment, version: int) -> None:
         if self.hub.on_write is not None:
             self.hub.on_write(written, version)
 
-    def _log(
+    def _commit(
         self,
         deployment_id: str,
+        version: int,
+        updated: servewise_pb2.Deployment,
         event: servewise_pb2.ControlResponse,
         evaluation: servewise_pb2.EvaluateSwitchResponse | None,
-    ) -> int:
+    ) -> None:
+        """Write ``updated`` at ``version`` and log ``event`` as one atomic store operation;
+        fills in the event's state version and decision seq (and a SWITCH's, in the stored
+        transition too). StaleVersionError (nothing written) when the state or the log moved.
+
+        Both numbers are known before the write: a compare-and-set at ``version`` makes
+        ``version + 1``, and the seq is required to be the one read here, so the logged record
+        carries them exactly as the client sees them."""
+        key = deployments.deployment_key(deployment_id)
+        seq = self.hub.store.last_decision_seq(key) + 1
+        event.state_version = version + 1
+        event.decision_seq = seq
+        if event.HasField("switch_event"):
+            updated.transition.decision_seq = seq
+            event.switch_event.transition.decision_seq = seq
+            event.switch_event.evaluation.decision_seq = seq
+        if evaluation is not None:
+            evaluation.decision_seq = seq
         record = servewise_pb2.DecisionRecord(
             deployment_id=deployment_id,
             evaluation=evaluation,
             control_event=event,
             recorded_at_s=self.hub.clock(),
         )
-        return self.hub.store.append_decision(
-            deployments.deployment_key(deployment_id), record.SerializeToString(deterministic=True)
+        written, logged = self.hub.store.compare_and_set_with_decision(
+            key,
+            version,
+            updated.SerializeToString(deterministic=True),
+            record.SerializeToString(deterministic=True),
+            expected_seq=seq,
         )
+        if (written, logged) != (version + 1, seq):
+            raise RuntimeError(
+                f"store wrote {deployment_id!r} as v{written} #{logged}, "
+                f"expected v{version + 1} #{seq}"
+            )
+        self._notify(updated, written)
 
 
 def _trim(track: _Track, settings: control.ControlSettings) -> None:

@@ -36,49 +36,30 @@ static Py_ssize_t upper_bound(const double *a, Py_ssize_t lo, Py_ssize_t hi, dou
     return lo;
 }
 
-static PyObject *run_batches(PyObject *self, PyObject *args) {
-    Py_buffer arrivals, table, scale, out_dispatch, out_completion, out_sizes;
-    Py_ssize_t big_b, replicas;
-    double delay;
-    PyObject *scale_obj;
-    if (!PyArg_ParseTuple(args, "y*y*ndnOw*w*w*", &arrivals, &table, &big_b, &delay, &replicas,
-                          &scale_obj, &out_dispatch, &out_completion, &out_sizes))
-        return NULL;
-    int has_scale = scale_obj != Py_None;
-    if (has_scale && PyObject_GetBuffer(scale_obj, &scale, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&arrivals); PyBuffer_Release(&table);
-        PyBuffer_Release(&out_dispatch); PyBuffer_Release(&out_completion);
-        PyBuffer_Release(&out_sizes);
-        return NULL;
-    }
-    const double *a = (const double *)arrivals.buf;
-    Py_ssize_t n = arrivals.len / (Py_ssize_t)sizeof(double);
-    const double *s = (const double *)table.buf;
-    const double *sc = has_scale ? (const double *)scale.buf : NULL;
-    double *dispatch_out = (double *)out_dispatch.buf;
-    double *completion_out = (double *)out_completion.buf;
-    int64_t *size_out = (int64_t *)out_sizes.buf;
-    Py_ssize_t capacity = out_dispatch.len / (Py_ssize_t)sizeof(double);
-    double *free_at = NULL;
+/* What one run reports besides its per-batch or per-request arrays. */
+typedef struct {
+    Py_ssize_t batches;
+    double busy;
+    Py_ssize_t max_depth;
+    double last_done;  /* the latest completion: the run's end */
+} run_stats_t;
+
+/* The dispatch loop. Writes per-batch dispatch/completion/size when `dispatch_out` is given,
+ * else each request's latency from the `skip`-th on into `latency_out` (completion of its
+ * batch minus its arrival: the same subtraction request_latencies makes, so both routes give
+ * bit-identical latencies). The latency route skips three per-batch arrays and a second pass
+ * over them: on a million requests that was most of the confirmation's memory traffic. */
+static void dispatch_loop(const double *a, Py_ssize_t n, const double *s, const double *sc,
+                          Py_ssize_t big_b, double delay, Py_ssize_t replicas, double *free_at,
+                          double *dispatch_out, double *completion_out, int64_t *size_out,
+                          double *latency_out, Py_ssize_t skip, run_stats_t *st) {
     Py_ssize_t k = 0;
-    double busy = 0.0;
-    int failed = 0;
-    if (big_b < 1 || replicas < 1 || table.len / (Py_ssize_t)sizeof(double) <= big_b ||
-        capacity < n || out_completion.len / (Py_ssize_t)sizeof(double) < n ||
-        out_sizes.len / (Py_ssize_t)sizeof(int64_t) < n ||
-        (has_scale && scale.len / (Py_ssize_t)sizeof(double) < n)) {
-        PyErr_SetString(PyExc_ValueError, "run_batches: inconsistent buffer sizes or arguments");
-        failed = 1;
-    } else {
-        free_at = (double *)calloc((size_t)replicas, sizeof(double));
-        if (free_at == NULL) { PyErr_NoMemory(); failed = 1; }
-    }
+    double busy = 0.0, last_done = -INFINITY;
     Py_ssize_t max_depth = 0;
-    if (!failed && big_b == 1 && !has_scale) {
+    if (big_b == 1 && sc == NULL) {
         /* Real-time serving with equal service times: the earliest-free replica is always
          * the one that started N requests ago, so a ring of the last N completions replaces
          * the heap (d_k = max(a_k, d_{k-N}) + s). */
-        Py_BEGIN_ALLOW_THREADS
         double service = s[1];
         Py_ssize_t arrived = 0;
         Py_ssize_t slot = 0; /* i mod N, kept without a division per request */
@@ -88,17 +69,20 @@ static PyObject *run_batches(PyObject *self, PyObject *args) {
             double done = when + service;
             free_at[slot] = done;
             if (++slot == replicas) slot = 0;
-            dispatch_out[i] = when;
-            completion_out[i] = done;
-            size_out[i] = 1;
+            if (dispatch_out != NULL) {
+                dispatch_out[i] = when;
+                completion_out[i] = done;
+                size_out[i] = 1;
+            } else if (i >= skip) {
+                latency_out[i - skip] = done - a[i];
+            }
+            if (done > last_done) last_done = done;
             busy += service; /* summed, not multiplied: bit-identical to the general path */
             while (arrived < n && a[arrived] <= when) arrived++;
             if (arrived - i > max_depth) max_depth = arrived - i;
         }
         k = n;
-        Py_END_ALLOW_THREADS
-    } else if (!failed) {
-        Py_BEGIN_ALLOW_THREADS
+    } else {
         Py_ssize_t arrived = 0;
         Py_ssize_t i = 0;
         while (i < n) {
@@ -126,9 +110,15 @@ static PyObject *run_batches(PyObject *self, PyObject *args) {
             free_at[0] = done;
             sift_down(free_at, replicas, 0);
             busy += service;
-            dispatch_out[k] = when;
-            completion_out[k] = done;
-            size_out[k] = size;
+            if (dispatch_out != NULL) {
+                dispatch_out[k] = when;
+                completion_out[k] = done;
+                size_out[k] = size;
+            } else {
+                for (Py_ssize_t r = i < skip ? skip : i; r < i + size; r++)
+                    latency_out[r - skip] = done - a[r];
+            }
+            if (done > last_done) last_done = done;
             /* Dispatch times never decrease, so one forward pointer counts the arrivals so
              * far; the queue is longest just before a dispatch. */
             while (arrived < n && a[arrived] <= when) arrived++;
@@ -136,6 +126,50 @@ static PyObject *run_batches(PyObject *self, PyObject *args) {
             i += size;
             k++;
         }
+    }
+    st->batches = k;
+    st->busy = busy;
+    st->max_depth = max_depth;
+    st->last_done = last_done;
+}
+
+static PyObject *run_batches(PyObject *self, PyObject *args) {
+    Py_buffer arrivals, table, scale, out_dispatch, out_completion, out_sizes;
+    Py_ssize_t big_b, replicas;
+    double delay;
+    PyObject *scale_obj;
+    if (!PyArg_ParseTuple(args, "y*y*ndnOw*w*w*", &arrivals, &table, &big_b, &delay, &replicas,
+                          &scale_obj, &out_dispatch, &out_completion, &out_sizes))
+        return NULL;
+    int has_scale = scale_obj != Py_None;
+    if (has_scale && PyObject_GetBuffer(scale_obj, &scale, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&arrivals); PyBuffer_Release(&table);
+        PyBuffer_Release(&out_dispatch); PyBuffer_Release(&out_completion);
+        PyBuffer_Release(&out_sizes);
+        return NULL;
+    }
+    const double *a = (const double *)arrivals.buf;
+    Py_ssize_t n = arrivals.len / (Py_ssize_t)sizeof(double);
+    Py_ssize_t capacity = out_dispatch.len / (Py_ssize_t)sizeof(double);
+    double *free_at = NULL;
+    run_stats_t st = {0, 0.0, 0, 0.0};
+    int failed = 0;
+    if (big_b < 1 || replicas < 1 || table.len / (Py_ssize_t)sizeof(double) <= big_b ||
+        capacity < n || out_completion.len / (Py_ssize_t)sizeof(double) < n ||
+        out_sizes.len / (Py_ssize_t)sizeof(int64_t) < n ||
+        (has_scale && scale.len / (Py_ssize_t)sizeof(double) < n)) {
+        PyErr_SetString(PyExc_ValueError, "run_batches: inconsistent buffer sizes or arguments");
+        failed = 1;
+    } else {
+        free_at = (double *)calloc((size_t)replicas, sizeof(double));
+        if (free_at == NULL) { PyErr_NoMemory(); failed = 1; }
+    }
+    if (!failed) {
+        Py_BEGIN_ALLOW_THREADS
+        dispatch_loop(a, n, (const double *)table.buf,
+                      has_scale ? (const double *)scale.buf : NULL, big_b, delay, replicas,
+                      free_at, (double *)out_dispatch.buf, (double *)out_completion.buf,
+                      (int64_t *)out_sizes.buf, NULL, 0, &st);
         Py_END_ALLOW_THREADS
     }
     free(free_at);
@@ -144,7 +178,40 @@ static PyObject *run_batches(PyObject *self, PyObject *args) {
     PyBuffer_Release(&out_sizes);
     if (has_scale) PyBuffer_Release(&scale);
     if (failed) return NULL;
-    return Py_BuildValue("ndn", k, busy, max_depth);
+    return Py_BuildValue("ndn", st.batches, st.busy, st.max_depth);
+}
+
+static PyObject *run_latencies(PyObject *self, PyObject *args) {
+    Py_buffer arrivals, table, out;
+    Py_ssize_t big_b, replicas, skip;
+    double delay;
+    if (!PyArg_ParseTuple(args, "y*y*ndnnw*", &arrivals, &table, &big_b, &delay, &replicas,
+                          &skip, &out))
+        return NULL;
+    Py_ssize_t n = arrivals.len / (Py_ssize_t)sizeof(double);
+    double *free_at = NULL;
+    run_stats_t st = {0, 0.0, 0, 0.0};
+    int failed = 0;
+    if (big_b < 1 || replicas < 1 || table.len / (Py_ssize_t)sizeof(double) <= big_b ||
+        skip < 0 || skip > n || out.len / (Py_ssize_t)sizeof(double) != n - skip) {
+        PyErr_SetString(PyExc_ValueError,
+                        "run_latencies: inconsistent buffer sizes or arguments "
+                        "(out must hold the requests after skip)");
+        failed = 1;
+    } else {
+        free_at = (double *)calloc((size_t)replicas, sizeof(double));
+        if (free_at == NULL) { PyErr_NoMemory(); failed = 1; }
+    }
+    if (!failed) {
+        Py_BEGIN_ALLOW_THREADS
+        dispatch_loop((const double *)arrivals.buf, n, (const double *)table.buf, NULL, big_b,
+                      delay, replicas, free_at, NULL, NULL, NULL, (double *)out.buf, skip, &st);
+        Py_END_ALLOW_THREADS
+    }
+    free(free_at);
+    PyBuffer_Release(&arrivals); PyBuffer_Release(&table); PyBuffer_Release(&out);
+    if (failed) return NULL;
+    return Py_BuildValue("ndnd", st.batches, st.busy, st.max_depth, st.last_done);
 }
 
 
@@ -832,7 +899,12 @@ static void select_rank(double *a, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t rank
 #define BRACKET_MIN_N 8192
 #define BRACKET_SIGMAS 4.0
 
-typedef struct { double lo, hi; double *buf; Py_ssize_t len, cap, below; } bracket_t;
+/* A bracket's values equal to either bound are counted, not copied: a lightly loaded
+ * deterministic system puts nearly every latency on one value, and copying (then selecting
+ * among) a million equal values cost more than the whole simulation. */
+typedef struct {
+    double lo, hi; double *buf; Py_ssize_t len, cap, below, at_lo, at_hi;
+} bracket_t;
 
 static int bracket_push(bracket_t *b, double x) {
     if (b->len == b->cap) {
@@ -910,23 +982,34 @@ static int select_bracketed(const double *a, Py_ssize_t n, const int64_t *r, Py_
             double x = a[i];
             if (x < g[0].lo) { below_first++; continue; }
             for (Py_ssize_t k = 0; k < groups; k++) {
-                if (x <= g[k].hi) { ok = bracket_push(&g[k], x); break; }
+                if (x <= g[k].hi) {
+                    if (x == g[k].lo) g[k].at_lo++;
+                    else if (x == g[k].hi) g[k].at_hi++;
+                    else ok = bracket_push(&g[k], x);
+                    break;
+                }
                 if (k + 1 == groups || x < g[k + 1].lo) { gap[k]++; break; }
             }
         }
         Py_ssize_t below = below_first;
         for (Py_ssize_t k = 0; ok && k < groups; k++) {
             g[k].below = below;
-            below += g[k].len + gap[k];
+            below += g[k].at_lo + g[k].len + g[k].at_hi + gap[k];
         }
         free(gap);
         for (Py_ssize_t j = 0; ok && j < m; j++) {
             bracket_t *b = &g[group_of[j]];
             Py_ssize_t local = (Py_ssize_t)r[j] - b->below;
-            ok = local >= 0 && local < b->len;
-            if (ok) {
+            ok = local >= 0 && local < b->at_lo + b->len + b->at_hi;
+            if (!ok) break;
+            if (local < b->at_lo) {
+                o[j] = b->lo;
+            } else if (local - b->at_lo < b->len) {
+                local -= b->at_lo;
                 select_rank(b->buf, 0, b->len - 1, local, state);
                 o[j] = b->buf[local];
+            } else {
+                o[j] = b->hi;
             }
         }
     }
@@ -1027,6 +1110,9 @@ static PyMethodDef methods[] = {
     {"run_batches", run_batches, METH_VARARGS,
      "run_batches(arrivals, table, B, T, N, scale_or_None, out_dispatch, out_completion, "
      "out_sizes) -> (num_batches, busy_ms, max_queue_length)"},
+    {"run_latencies", run_latencies, METH_VARARGS,
+     "run_latencies(arrivals, table, B, T, N, skip, out[n - skip]) -> (num_batches, busy_ms, "
+     "max_queue_length, last_completion_ms)"},
     {"predict_plans", predict_plans, METH_VARARGS,
      "predict_plans(service, throughput, width, kind, B, T, N, rate_per_s, arrival_cv, "
      "quantiles, out_latency[plans*levels], out_mean, out_batch, out_util) -> None"},

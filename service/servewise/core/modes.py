@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -1020,6 +1020,10 @@ def break_evens(
 
 # --- Entry point -----------------------------------------------------------------------------
 
+# Kept across requests (a thread per request costs a third of a millisecond); a few concurrent
+# SelectMode calls share it, more wait briefly.
+_BREAK_EVEN_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="servewise-break-even")
+
 
 def select_mode(classes: list[TrafficClass], inputs: SelectInputs) -> SelectResult:
     """A plan for every mode, the chosen one, the reasons and the break-even rates.
@@ -1036,13 +1040,28 @@ def select_mode(classes: list[TrafficClass], inputs: SelectInputs) -> SelectResu
     SelectResult
         ``chosen`` is None when no mode is feasible (every mode then carries its reason).
     """
-    outcomes = evaluate_modes(classes, inputs)
+    # The break-even search reads only the request, not the modes' outcomes: it runs beside
+    # their evaluation (the predictor and the simulator release the GIL), under the caller's
+    # cancel token.
+    break_even_notes: list[str] = []
+    pending = (
+        _BREAK_EVEN_POOL.submit(cancel.propagating(break_evens), classes, inputs, break_even_notes)
+        if inputs.break_even
+        else None
+    )
+    try:
+        outcomes = evaluate_modes(classes, inputs)
+    except BaseException:
+        if pending is not None and not pending.cancel():
+            wait([pending])
+        raise
+    points = pending.result() if pending is not None else []
     chosen = cheapest(outcomes)
     notes: list[str] = []
     for o in outcomes:
         for job in o.jobs:
             notes.extend(job.plan.notes)
-    points = break_evens(classes, inputs, notes) if inputs.break_even else []
+    notes.extend(break_even_notes)
     return SelectResult(
         chosen=None if chosen is None else chosen.mode,
         modes=outcomes,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from servewise.store import Decision, StaleVersionError, Versioned
+from servewise.store import Decision, StaleSequenceError, StaleVersionError, Versioned
 
 
 class MemoryStore:
@@ -22,12 +22,38 @@ class MemoryStore:
 
     def compare_and_set(self, key: str, expected_version: int, value: bytes) -> int:
         with self._lock:
-            current = self._values.get(key)
-            actual = 0 if current is None else current.version
-            if actual != expected_version:
-                raise StaleVersionError(key, expected_version, actual)
+            actual = self._check_version(key, expected_version)
             self._values[key] = Versioned(bytes(value), actual + 1)
             return actual + 1
+
+    def _check_version(self, key: str, expected_version: int) -> int:
+        current = self._values.get(key)
+        actual = 0 if current is None else current.version
+        if actual != expected_version:
+            raise StaleVersionError(key, expected_version, actual)
+        return actual
+
+    def compare_and_set_with_decision(
+        self,
+        key: str,
+        expected_version: int,
+        value: bytes,
+        record: bytes,
+        *,
+        expected_seq: int | None = None,
+    ) -> tuple[int, int]:
+        with self._lock:
+            actual = self._check_version(key, expected_version)
+            log = self._logs.get(key, [])
+            if expected_seq is not None and expected_seq != len(log) + 1:
+                raise StaleSequenceError(key, actual, expected_seq, len(log) + 1)
+            self._values[key] = Versioned(bytes(value), actual + 1)
+            self._logs.setdefault(key, log).append(bytes(record))
+            return actual + 1, len(log)
+
+    def last_decision_seq(self, key: str) -> int:
+        with self._lock:
+            return len(self._logs.get(key, []))
 
     def keys(self, prefix: str = "") -> list[str]:
         with self._lock:

@@ -11,7 +11,11 @@ key hashes to one slot and the scripts below may touch several of them:
 compare_and_set is one Lua script (one round trip; Redis runs a script atomically), so the
 version check and the write cannot interleave with another replica's. append_decision is one
 RPUSH, atomic on its own: the new length it returns is the sequence number, gap-free because
-the list is never trimmed.
+the list is never trimmed. compare_and_set_with_decision is one script doing the version check,
+the sequence check, the HSET and the RPUSH: no other client's command runs in between, and a
+Servewise process killed while it runs has either sent the whole script or none of it. (Redis
+lets a script that has started writing finish even past ``maxmemory``, and persists its effects
+to the AOF and replicas as one MULTI/EXEC, so Redis itself never applies half of it either.)
 
 Durability is the server's: an acknowledged write is in the server's memory, and survives a
 server restart only as far as its persistence (``appendonly yes``, ``appendfsync``) goes.
@@ -23,7 +27,7 @@ from typing import Any, cast
 
 import redis
 
-from servewise.store import Decision, StaleVersionError, Versioned
+from servewise.store import Decision, StaleSequenceError, StaleVersionError, Versioned
 
 DEFAULT_NAMESPACE = "servewise"
 
@@ -39,6 +43,22 @@ if actual == 0 then redis.call('ZADD', KEYS[2], 0, ARGV[3]) end
 return {1, actual + 1}
 """
 
+# KEYS[1] the value hash, KEYS[2] the key index, KEYS[3] the decision log; ARGV: expected
+# version, value, key, record, expected seq ('': whatever is next).
+# Returns {1, new version, new seq}, {0, actual version, 0} or {-1, version, next seq}.
+_COMPARE_AND_SET_WITH_DECISION = """
+local current = redis.call('HGET', KEYS[1], 'version')
+local actual = 0
+if current then actual = tonumber(current) end
+if actual ~= tonumber(ARGV[1]) then return {0, actual, 0} end
+local next_seq = redis.call('LLEN', KEYS[3]) + 1
+if ARGV[5] ~= '' and tonumber(ARGV[5]) ~= next_seq then return {-1, actual, next_seq} end
+redis.call('HSET', KEYS[1], 'value', ARGV[2], 'version', actual + 1)
+if actual == 0 then redis.call('ZADD', KEYS[2], 0, ARGV[3]) end
+local seq = redis.call('RPUSH', KEYS[3], ARGV[4])
+return {1, actual + 1, seq}
+"""
+
 
 class RedisStore:
     """A StateStore on the Redis server at ``url`` (``redis://[:PASSWORD@]HOST:PORT/DB``,
@@ -49,6 +69,7 @@ class RedisStore:
         self._ns = "{" + namespace + "}"
         self._index = f"{self._ns}:keys"
         self._cas = self._client.register_script(_COMPARE_AND_SET)
+        self._cas_decision = self._client.register_script(_COMPARE_AND_SET_WITH_DECISION)
 
     def _value_key(self, key: str) -> str:
         return f"{self._ns}:v:{key}"
@@ -76,6 +97,34 @@ class RedisStore:
             raise StaleVersionError(key, expected_version, int(version))
         return int(version)
 
+    def compare_and_set_with_decision(
+        self,
+        key: str,
+        expected_version: int,
+        value: bytes,
+        record: bytes,
+        *,
+        expected_seq: int | None = None,
+    ) -> tuple[int, int]:
+        status, version, seq = cast(
+            "list[int]",
+            self._cas_decision(
+                keys=[self._value_key(key), self._index, self._log_key(key)],
+                args=[
+                    expected_version,
+                    bytes(value),
+                    key.encode(),
+                    bytes(record),
+                    b"" if expected_seq is None else expected_seq,
+                ],
+            ),
+        )
+        if status == 0:
+            raise StaleVersionError(key, expected_version, int(version))
+        if status < 0:
+            raise StaleSequenceError(key, int(version), cast(int, expected_seq), int(seq))
+        return int(version), int(seq)
+
     def keys(self, prefix: str = "") -> list[str]:
         # Members compare as bytes; in UTF-8 that is code point order (Python's str order), and
         # no UTF-8 string has a 0xff byte, so "(prefix\xff" ends the prefix's run exactly.
@@ -86,6 +135,9 @@ class RedisStore:
 
     def append_decision(self, key: str, record: bytes) -> int:
         return int(cast(Any, self._client.rpush(self._log_key(key), bytes(record))))
+
+    def last_decision_seq(self, key: str) -> int:
+        return int(cast(Any, self._client.llen(self._log_key(key))))
 
     def decisions(self, key: str, after_seq: int = 0) -> list[Decision]:
         start = max(after_seq, 0)

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from servewise.store import Decision, StaleVersionError, Versioned
+from servewise.store import Decision, StaleSequenceError, StaleVersionError, Versioned
 
 # PRAGMA user_version of the schema below; a file written by another schema is refused.
 SCHEMA_VERSION = 1
@@ -110,17 +110,33 @@ class SqliteStore:
 
     def compare_and_set(self, key: str, expected_version: int, value: bytes) -> int:
         with self._lock, self._write() as conn:
-            row = conn.execute("SELECT version FROM state WHERE key = ?", (key,)).fetchone()
-            actual = 0 if row is None else int(row[0])
+            actual = _version(conn, key)
             if actual != expected_version:
                 raise StaleVersionError(key, expected_version, actual)
-            conn.execute(
-                "INSERT INTO state (key, value, version) VALUES (?, ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
-                "version = excluded.version",
-                (key, bytes(value), actual + 1),
-            )
+            _put(conn, key, value, actual + 1)
             return actual + 1
+
+    def compare_and_set_with_decision(
+        self,
+        key: str,
+        expected_version: int,
+        value: bytes,
+        record: bytes,
+        *,
+        expected_seq: int | None = None,
+    ) -> tuple[int, int]:
+        # One BEGIN IMMEDIATE transaction: its COMMIT is one append to the WAL, so after a
+        # kill -9 either both rows are in the database or neither is.
+        with self._lock, self._write() as conn:
+            actual = _version(conn, key)
+            if actual != expected_version:
+                raise StaleVersionError(key, expected_version, actual)
+            seq = _last_seq(conn, key) + 1
+            if expected_seq is not None and seq != expected_seq:
+                raise StaleSequenceError(key, actual, expected_seq, seq)
+            _put(conn, key, value, actual + 1)
+            _append(conn, key, seq, record)
+            return actual + 1, seq
 
     def keys(self, prefix: str = "") -> list[str]:
         # Keys are compared as UTF-8 bytes, which sorts them by code point like Python's str:
@@ -138,15 +154,13 @@ class SqliteStore:
 
     def append_decision(self, key: str, record: bytes) -> int:
         with self._lock, self._write() as conn:
-            last = conn.execute(
-                "SELECT COALESCE(MAX(seq), 0) FROM decisions WHERE key = ?", (key,)
-            ).fetchone()[0]
-            seq = int(last) + 1
-            conn.execute(
-                "INSERT INTO decisions (key, seq, record) VALUES (?, ?, ?)",
-                (key, seq, bytes(record)),
-            )
+            seq = _last_seq(conn, key) + 1
+            _append(conn, key, seq, record)
             return seq
+
+    def last_decision_seq(self, key: str) -> int:
+        with self._lock:
+            return _last_seq(self._conn, key)
 
     def decisions(self, key: str, after_seq: int = 0) -> list[Decision]:
         with self._lock:
@@ -159,3 +173,30 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _version(conn: sqlite3.Connection, key: str) -> int:
+    row = conn.execute("SELECT version FROM state WHERE key = ?", (key,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _put(conn: sqlite3.Connection, key: str, value: bytes, version: int) -> None:
+    conn.execute(
+        "INSERT INTO state (key, value, version) VALUES (?, ?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version",
+        (key, bytes(value), version),
+    )
+
+
+def _append(conn: sqlite3.Connection, key: str, seq: int, record: bytes) -> None:
+    conn.execute(
+        "INSERT INTO decisions (key, seq, record) VALUES (?, ?, ?)", (key, seq, bytes(record))
+    )
+
+
+def _last_seq(conn: sqlite3.Connection, key: str) -> int:
+    # MAX over the (key, seq) primary key: one index seek, however long the log.
+    row = conn.execute(
+        "SELECT COALESCE(MAX(seq), 0) FROM decisions WHERE key = ?", (key,)
+    ).fetchone()
+    return int(row[0])
