@@ -83,7 +83,7 @@ from servewise.core.transitions import StepAction, StepVerdict, judge_step
 from servewise.limits import Limits, run_with
 from servewise.store import StaleVersionError, StateStore, Versioned
 from servewise.store.memory import MemoryStore
-from servewise.store.sqlite import SqliteStore
+from servewise.store.sqlite import SqliteReader, SqliteStore
 from servewise.v1 import servewise_pb2
 
 MAX_WINDOW_SAMPLES = 1000
@@ -101,13 +101,26 @@ class NeedsThreadError(Exception):
 
 class _ReadOnlyStore:
     """The hub's store as an event-loop decision sees it: reads pass, anything else raises
-    :class:`NeedsThreadError` (so a decision that would write is redone in a worker)."""
+    :class:`NeedsThreadError` (so a decision that would write is redone in a worker). A
+    SQLite store is read on a connection of the loop's own
+    (:class:`~servewise.store.sqlite.SqliteReader`), so a worker's commit and fsync, which
+    hold the store's lock, do not stall the loop."""
 
     def __init__(self, store: StateStore) -> None:
         self._store = store
+        self._reader: SqliteReader | None = None
 
     def get(self, key: str) -> Versioned | None:
+        if isinstance(self._store, SqliteStore):
+            if self._reader is None:
+                self._reader = self._store.reader()
+            return self._reader.get(key)
         return self._store.get(key)
+
+    def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
 
     def __getattr__(self, name: str) -> Any:
         raise NeedsThreadError(f"store.{name} is not run on the event loop")
@@ -144,7 +157,9 @@ class ControlHub:
         is a network round trip that must not stall the loop).
         """
         self._store = store
-        self._read_only = cast(StateStore, _ReadOnlyStore(store))
+        # Used by the event loop's thread only (decide_on_loop).
+        self._loop_view = _ReadOnlyStore(store)
+        self._read_only = cast(StateStore, self._loop_view)
         self._on_loop = threading.local()
         self.decide_on_loop = (
             isinstance(store, MemoryStore | SqliteStore)
@@ -259,8 +274,10 @@ class ControlHub:
             executor.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
-        """Stop the advice workers (the server calls it on stop)."""
+        """Stop the advice workers and close the loop's store reader (the server calls it on
+        stop)."""
         self._drop_executor()
+        self._loop_view.close()
 
     @property
     def store(self) -> StateStore:
