@@ -92,6 +92,8 @@ MAX_ATTEMPTS = 16
 # Worker processes computing optimizer answers for the Control streams: one core's worth
 # fewer than the machine has (the server's own threads serve the samples meanwhile), 1 to 4.
 DEFAULT_ADVICE_PROCESSES = max(1, min(4, (os.cpu_count() or 2) - 1))
+# How much lower the advice workers' scheduling priority is than the server's.
+ADVICE_NICENESS = 10
 
 
 class NeedsThreadError(Exception):
@@ -234,9 +236,13 @@ class ControlHub:
         with self._guard:
             if self._executor is None:
                 if self._advice_processes > 0:
-                    # spawn, not fork: the server process runs gRPC's threads.
+                    # spawn, not fork: the server process runs gRPC's threads. Niced: an
+                    # answer a few samples wait for must not take the CPU the server needs
+                    # to answer all the others.
                     self._executor = ProcessPoolExecutor(
-                        self._advice_processes, mp_context=multiprocessing.get_context("spawn")
+                        self._advice_processes,
+                        mp_context=multiprocessing.get_context("spawn"),
+                        initializer=_lower_priority,
                     )
                 else:
                     self._executor = ThreadPoolExecutor(1, thread_name_prefix="advice")
@@ -675,6 +681,11 @@ class ControlSession:
                 f"expected v{version + 1} #{seq}"
             )
         self._notify(updated, written)
+
+
+def _lower_priority() -> None:
+    """Advice worker initializer: run below the server's priority."""
+    os.nice(ADVICE_NICENESS)
 
 
 def _trim(track: _Track, settings: control.ControlSettings) -> None:
