@@ -6,6 +6,9 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
@@ -110,3 +113,67 @@ def test_sizing_series_computed_as_read_gives_the_same_floats() -> None:
             assert list(reversed(series)) == expected[::-1]
         assert series[1:5] == expected[1:5]
         assert list(series) == expected
+
+
+def test_cv_grid_is_nearest_in_log_scale_and_what_the_optimizer_is_asked() -> None:
+    """The CV the optimizer is asked about: the nearest point of 2**(k/8) (4 significant
+    digits), Poisson for anything at or below 1 (or NaN); the rate to 3 significant digits.
+    The cached advisor asks exactly those, and nearby inputs share one answer."""
+    assert [control.grid_cv(x) for x in (0.5, 1.0, 1.04, 1.05, 2.0, 3.0, 6.1, 16.0)] == [
+        1.0,
+        1.0,
+        1.0,
+        1.091,
+        2.0,
+        3.084,
+        6.169,
+        16.0,
+    ]
+    assert control.grid_cv(float("nan")) == 1.0
+    assert control.advice_point(1234.4, 5.9) == (1230.0, 5.657)
+    asked: list[tuple[float, float]] = []
+
+    def advise(rate: float, arrival_cv: float = 1.0) -> control.Advice:
+        asked.append((rate, arrival_cv))
+        return control.Advice(rate, None, False, 0.0, True)
+
+    cached = control.cached_advisor(control.AdviceCache(), "k", advise)
+    first = cached(1234.4, 5.9)
+    assert cached(1233.6, 5.7) is first
+    assert asked == [(1230.0, 5.657)]
+
+
+def test_advice_cache_computes_a_key_once_however_many_ask_at_once() -> None:
+    """Eight threads asking for one key while it is computed: one computation, one answer
+    for all; a failed computation reaches its waiters and is not cached; submit hands out
+    the run under way and caches its result."""
+    cache = control.AdviceCache()
+    gate = threading.Event()
+    runs: list[int] = []
+    answer = control.Advice(1.0, None, False, 0.0, True)
+
+    def compute() -> control.Advice:
+        runs.append(1)
+        gate.wait(10)
+        return answer
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(cache.get_or_compute, "k", compute) for _ in range(8)]
+        time.sleep(0.2)
+        gate.set()
+        assert all(f.result(10) is answer for f in futures)
+    assert runs == [1]
+    assert cache.misses == 1
+
+    def fail() -> control.Advice:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        cache.get_or_compute("bad", fail)
+    assert cache.get("bad") is None
+    pending: Future[control.Advice] = Future()
+    first = cache.submit("later", lambda: pending)
+    assert cache.submit("later", lambda: pytest.fail("started twice")) is first
+    pending.set_result(answer)
+    assert first.result(1) is answer
+    assert cache.get("later") is answer
