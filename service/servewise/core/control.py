@@ -113,8 +113,11 @@ CV_CURVE_POINTS_PER_DOUBLING = 16
 CV_CURVE_ENTRIES = 4096
 # Above this share of capacity cv_for_latency uses a curve at the exact rate (not shared).
 CV_CURVE_MAX_UTILISATION = 0.98
-# Answers of cv_for_latency kept: a window of samples for each of a thousand deployments.
-CV_CACHE_ENTRIES = 65_536
+# cv_for_latency's answers on exact inputs, kept per (candidate, plan) object pair: at most
+# this many pairs (a deployment's converted state keeps its objects while it is unchanged) and
+# this many answers per pair (a window is at most 420 samples at the default settings).
+CV_MEMO_PLANS = 4096
+CV_MEMO_ANSWERS_PER_PLAN = 1024
 
 
 class Decision(Enum):
@@ -532,11 +535,34 @@ def cv_for_latency(
     in the C kernel) was the largest part of a sample's cost under load. The answer is the
     bisection's to within the interpolation (``tests/core/test_control_cache.py`` pins 0.5 %).
     Memoised on the exact inputs too: every evaluation re-reads the whole window of samples,
-    of which only the newest is new."""
-    return _cv_for_latency(candidate, plan, rate_per_s, observed_p99_ms)
+    of which only the newest is new. The memo is found by the identity of ``candidate`` and
+    ``plan`` (hashing a candidate hashes its whole latency table, a few microseconds per
+    window sample per evaluation) and holds a window for each deployment (a global LRU of
+    65,536 answers held a thousand deployments' windows only to ~150 samples, then every
+    evaluation recomputed most of its window)."""
+    memo_key = (id(candidate), id(plan))
+    slot = _CV_MEMO.get(memo_key)
+    if slot is None or slot[0] is not candidate or slot[1] is not plan:
+        if len(_CV_MEMO) >= CV_MEMO_PLANS:
+            _CV_MEMO.clear()
+        # The slot holds the objects, so their ids cannot be reused while it exists.
+        slot = _CV_MEMO[memo_key] = (candidate, plan, {})
+    answers = slot[2]
+    key = (rate_per_s, observed_p99_ms)
+    if key in answers:
+        return answers[key]
+    found = _cv_for_latency(candidate, plan, rate_per_s, observed_p99_ms)
+    if len(answers) >= CV_MEMO_ANSWERS_PER_PLAN:
+        answers.clear()
+    answers[key] = found
+    return found
 
 
-@functools.lru_cache(maxsize=CV_CACHE_ENTRIES)
+_CV_MEMO: dict[
+    tuple[int, int], tuple[Candidate, Plan, dict[tuple[float, float], float | None]]
+] = {}
+
+
 def _cv_for_latency(
     candidate: Candidate, plan: Plan, rate_per_s: float, observed_p99_ms: float
 ) -> float | None:
