@@ -92,8 +92,10 @@ MAX_ATTEMPTS = 16
 # Worker processes computing optimizer answers for the Control streams: one core's worth
 # fewer than the machine has (the server's own threads serve the samples meanwhile), 1 to 4.
 DEFAULT_ADVICE_PROCESSES = max(1, min(4, (os.cpu_count() or 2) - 1))
-# How much lower the advice workers' scheduling priority is than the server's.
+# How much lower the advice workers' scheduling priority is than the server's, and how often
+# a worker checks that the server is still its parent.
 ADVICE_NICENESS = 10
+ADVICE_PARENT_POLL_S = 0.5
 
 
 class NeedsThreadError(Exception):
@@ -242,7 +244,8 @@ class ControlHub:
                     self._executor = ProcessPoolExecutor(
                         self._advice_processes,
                         mp_context=multiprocessing.get_context("spawn"),
-                        initializer=_lower_priority,
+                        initializer=_advice_worker_init,
+                        initargs=(os.getpid(),),
                     )
                 else:
                     self._executor = ThreadPoolExecutor(1, thread_name_prefix="advice")
@@ -683,9 +686,19 @@ class ControlSession:
         self._notify(updated, written)
 
 
-def _lower_priority() -> None:
-    """Advice worker initializer: run below the server's priority."""
+def _advice_worker_init(server_pid: int) -> None:
+    """Advice worker initializer: run below the server's priority, and exit once the server
+    is gone. A worker blocks reading its call queue, whose write end it holds itself, so a
+    server killed (or stopped before the executor's manager told the workers) would leave it
+    waiting for good."""
     os.nice(ADVICE_NICENESS)
+
+    def watch() -> None:
+        while os.getppid() == server_pid:
+            time.sleep(ADVICE_PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="advice-parent-watch", daemon=True).start()
 
 
 def _trim(track: _Track, settings: control.ControlSettings) -> None:
