@@ -493,7 +493,7 @@ class ControlSession:
         version = stored.pb.state_version
         state = stored.state
         advise = self.hub.advisor(state, stored.limits, wait=self._wait_for_advice)
-        window = [s for s in track.samples if s.timestamp_s <= sample.timestamp_s]
+        window = _window(track, sample)
         result = control.evaluate(state, window, stored.settings, advise)
         evaluation = deployments.evaluation_to_pb(result, stored.settings, version)
         if result.decision is control.Decision.HOLD or result.target_plan is None:
@@ -533,7 +533,7 @@ class ControlSession:
         transition = stored.pb.transition
         steps = [control.Step(s.weight, s.dwell_s, s.expected_requests) for s in transition.steps]
         index = transition.step_index
-        window = [s for s in track.samples if s.timestamp_s <= sample.timestamp_s]
+        window = _window(track, sample)
         if not steps or index >= len(steps):
             raise RuntimeError(
                 f"deployment {deployment_id!r} stores a transition at step {index} of {len(steps)}"
@@ -699,6 +699,15 @@ def _advice_worker_init(server_pid: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="advice-parent-watch", daemon=True).start()
+
+
+def _window(track: _Track, sample: control.Sample) -> list[control.Sample]:
+    """The track's samples up to ``sample``. It is normally the newest (just appended; the
+    timestamps do not go backwards), so the whole track is the window: copied as a list
+    without looking at each sample, which every evaluation of a long window paid for."""
+    if track.samples and track.samples[-1] is sample:
+        return list(track.samples)
+    return [s for s in track.samples if s.timestamp_s <= sample.timestamp_s]
 
 
 def _trim(track: _Track, settings: control.ControlSettings) -> None:
