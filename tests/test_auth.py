@@ -87,9 +87,15 @@ def _issue(
     if issuer is None:
         builder = builder.add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -121,8 +127,9 @@ def _write(directory: Path, stem: str, cert: x509.Certificate, key: Any = None) 
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """Fresh certificates for this module's servers and clients."""
     directory = tmp_path_factory.mktemp("pki")
-    ca_key, foreign_ca_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
-        ec.SECP256R1()
+    ca_key, foreign_ca_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
     )
     ca = _issue("servewise test CA", ca_key, None)
     foreign_ca = _issue("someone else's CA", foreign_ca_key, None)

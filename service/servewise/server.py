@@ -8,6 +8,7 @@ or SIGINT, drain, stop.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import socket
 import threading
@@ -316,6 +317,11 @@ async def start_server(
     return running
 
 
+# Allocations between collections of the youngest generation in `servewise serve` (the
+# interpreter's default is 700); see serve().
+GC_YOUNG_THRESHOLD = 50_000
+
+
 async def serve(
     address: str = DEFAULT_ADDRESS,
     metrics_address: str | None = DEFAULT_METRICS_ADDRESS,
@@ -337,6 +343,16 @@ async def serve(
     except BaseException:
         store.close()
         raise
+    # Everything allocated so far (modules, descriptors, the servicer) lives as long as the
+    # process: keep it out of the collector's full passes, which otherwise took 150-200 ms
+    # each under 1,000 Control streams and stalled every stream (bench/stream_load.py). And
+    # collect the young generation every 50,000 allocations instead of 700: each pass
+    # re-examines everything in flight on 1,000 streams (10-25 ms per older-generation pass),
+    # while most per-message garbage is freed by reference counting, not by the collector.
+    # Measured on that bench (30 s windows, pairs on one machine): p99 10.2 / 12.4 ms against
+    # 39.8 / 19.3 ms with the default thresholds.
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 10)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -30,6 +30,27 @@ restarts (a rollback needs ``panic_consecutive_samples`` breaches seen on the ne
 window keeps the samples within the longer stabilisation window plus two EWMA half-lives, at
 most :data:`MAX_WINDOW_SAMPLES` of them.
 
+**Optimizer misses never hold up other samples.** A decision that needs an optimizer answer
+the shared :class:`~servewise.core.control.AdviceCache` does not hold (0.5-1 s of CPU each)
+does not compute it in the sample's worker thread: :meth:`ControlSession.start` stops at the
+miss (nothing has been written yet) and returns a :class:`PendingAdvice`;
+:meth:`ControlHub.handle` awaits the answer, computed once per key in a worker *process*
+(the optimizer is mostly Python: in a thread it would hold the GIL that every other stream's
+sample needs) while other samples go on, then runs the decision again from a fresh store read
+(:meth:`ControlSession.resume`). The decision is the one the blocking path
+(:meth:`ControlSession.handle`, computing inline) makes: the same cache key, the same
+``compute_advice`` call, and the stream is answered in order because it sends its next request
+only after this one's events.
+
+**Holds are answered on the event loop.** With an in-process store (memory, SQLite) a sample
+is first decided on the event loop itself, reading the store but not writing it
+(:meth:`ControlHub.handle`): a HOLD, most samples of a healthy fleet, is answered there. A
+decision that would write (the store's write calls raise :class:`NeedsThreadError` in that
+mode, before anything is written), a deployment whose lock a worker holds, or an optimizer miss
+stops there and is decided again in a worker thread from a fresh read, as any sample was
+before. The per-sample hop to a worker and back (a self-pipe write and two GIL hand-offs under
+load) cost more than the decision: a 1,000-stream profile spent 26 % of its samples in it.
+
 A rollback also restarts the plan's dwell (``current_plan_since_s``), so a move toward savings
 waits ``min_dwell_s`` before it is tried again, and clears this stream's window so a new switch
 needs the signal to hold for a fresh stabilisation window.
@@ -37,11 +58,18 @@ needs the signal to hold for a fresh stabilisation window.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import multiprocessing
+import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from google.rpc import code_pb2  # type: ignore[import-untyped]  # no stubs for googleapis protos
 
@@ -50,13 +78,67 @@ from servewise.api.converters import plan_to_pb
 from servewise.api.errors import NotFoundError
 from servewise.api.validation import Violations
 from servewise.core import control
+from servewise.core.optimizer import SearchLimits
 from servewise.core.transitions import StepAction, StepVerdict, judge_step
-from servewise.store import StaleVersionError, StateStore
+from servewise.limits import Limits, run_with
+from servewise.store import StaleVersionError, StateStore, Versioned
+from servewise.store.memory import MemoryStore
+from servewise.store.sqlite import SqliteReader, SqliteStore
 from servewise.v1 import servewise_pb2
 
 MAX_WINDOW_SAMPLES = 1000
 # Re-reads after StaleVersionError before the sample is given up on (a HOLD when asked).
 MAX_ATTEMPTS = 16
+# Worker processes computing optimizer answers for the Control streams: one core's worth
+# fewer than the machine has (the server's own threads serve the samples meanwhile), 1 to 4.
+DEFAULT_ADVICE_PROCESSES = max(1, min(4, (os.cpu_count() or 2) - 1))
+# How much lower the advice workers' scheduling priority is than the server's, and how often
+# a worker checks that the server is still its parent.
+ADVICE_NICENESS = 10
+ADVICE_PARENT_POLL_S = 0.5
+
+
+class NeedsThreadError(Exception):
+    """A decision run on the event loop reached what must not run there: a store write, or a
+    deployment lock held by a worker. Raised before anything is written."""
+
+
+class _ReadOnlyStore:
+    """The hub's store as an event-loop decision sees it: reads pass, anything else raises
+    :class:`NeedsThreadError` (so a decision that would write is redone in a worker). A
+    SQLite store is read on a connection of the loop's own
+    (:class:`~servewise.store.sqlite.SqliteReader`), so a worker's commit and fsync, which
+    hold the store's lock, do not stall the loop."""
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+        self._reader: SqliteReader | None = None
+
+    def get(self, key: str) -> Versioned | None:
+        if isinstance(self._store, SqliteStore):
+            if self._reader is None:
+                self._reader = self._store.reader()
+            return self._reader.get(key)
+        return self._store.get(key)
+
+    def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
+    def __getattr__(self, name: str) -> Any:
+        raise NeedsThreadError(f"store.{name} is not run on the event loop")
+
+
+class AdviceMissError(Exception):
+    """A decision needs an optimizer answer the cache does not hold (raised before anything
+    is written, so the decision can be run again once the answer is in)."""
+
+    def __init__(self, key: Hashable, compute: Callable[[], control.Advice]) -> None:
+        super().__init__("optimizer answer not cached")
+        self.key = key
+        # control.compute_advice with its arguments: picklable, for a worker process.
+        self.compute = compute
 
 
 class ControlHub:
@@ -69,8 +151,25 @@ class ControlHub:
         cache: control.AdviceCache | None = None,
         clock: Callable[[], float] = time.time,
         on_write: Callable[[servewise_pb2.Deployment, int], None] | None = None,
+        advice_processes: int = DEFAULT_ADVICE_PROCESSES,
+        decide_on_loop: bool | None = None,
     ) -> None:
-        self.store = store
+        """``advice_processes``: worker processes for optimizer misses (0: one thread, for
+        tests and embedded use; a thread shares the GIL with the samples it should not delay).
+        ``decide_on_loop``: try each sample on the event loop first (module docstring); by
+        default when the store is in-process (a read is then microseconds, where a Redis read
+        is a network round trip that must not stall the loop).
+        """
+        self._store = store
+        # Used by the event loop's thread only (decide_on_loop).
+        self._loop_view = _ReadOnlyStore(store)
+        self._read_only = cast(StateStore, self._loop_view)
+        self._on_loop = threading.local()
+        self.decide_on_loop = (
+            isinstance(store, MemoryStore | SqliteStore)
+            if decide_on_loop is None
+            else decide_on_loop
+        )
         self.cache = cache if cache is not None else control.AdviceCache()
         self.clock = clock
         # Told of every deployment this hub writes (Route's table, so a new weight applies to
@@ -82,6 +181,8 @@ class ControlHub:
         # (candidates, profiles, settings) costs more than the store read, and every sample
         # re-reads its deployment; the bytes are compared, so a hit is the same stored value.
         self._loaded: dict[str, tuple[int, bytes, deployments.StoredDeployment]] = {}
+        self._advice_processes = advice_processes
+        self._executor: Executor | None = None
 
     def load(self, deployment_id: str) -> deployments.StoredDeployment:
         """:func:`deployments.load`, reusing the conversion while the stored value is unchanged
@@ -94,6 +195,118 @@ class ControlHub:
         if found is not None and stored.pb.state_version == found.version:
             self._loaded[deployment_id] = (found.version, found.value, stored)
         return stored
+
+    def advisor(
+        self, state: control.DeploymentState, limits: SearchLimits, *, wait: bool
+    ) -> control.Advisor:
+        """The optimizer for ``state`` through the shared cache. With ``wait`` a miss is
+        computed here (single-flight); without, it raises :class:`AdviceMissError`."""
+        key = control.advice_key(state.candidates, state.slo, limits, state.current_plan)
+        if wait:
+            return control.cached_advisor(
+                self.cache,
+                key,
+                control.optimizer_advisor(state.candidates, state.slo, limits, state.current_plan),
+            )
+
+        def advise(rate_per_s: float, arrival_cv: float = 1.0) -> control.Advice:
+            rate, cv = control.advice_point(rate_per_s, arrival_cv)
+            found = self.cache.get((key, rate, cv))
+            if found is None:
+                raise AdviceMissError(
+                    (key, rate, cv),
+                    functools.partial(
+                        control.compute_advice,
+                        state.candidates,
+                        state.slo,
+                        limits,
+                        state.current_plan,
+                        rate,
+                        cv,
+                    ),
+                )
+            return found
+
+        return advise
+
+    def fetch(self, miss: AdviceMissError) -> Future[control.Advice]:
+        """The answer ``miss`` needs, computed once (however many samples wait for it) on the
+        advice executor and then cached."""
+        return self.cache.submit(miss.key, lambda: self._advice_executor().submit(miss.compute))
+
+    def _advice_executor(self) -> Executor:
+        with self._guard:
+            if self._executor is None:
+                if self._advice_processes > 0:
+                    # spawn, not fork: the server process runs gRPC's threads. Niced: an
+                    # answer a few samples wait for must not take the CPU the server needs
+                    # to answer all the others.
+                    self._executor = ProcessPoolExecutor(
+                        self._advice_processes,
+                        mp_context=multiprocessing.get_context("spawn"),
+                        initializer=_advice_worker_init,
+                        initargs=(os.getpid(),),
+                    )
+                else:
+                    self._executor = ThreadPoolExecutor(1, thread_name_prefix="advice")
+            return self._executor
+
+    async def handle(
+        self, session: ControlSession, request: servewise_pb2.ControlRequest, limits: Limits
+    ) -> list[servewise_pb2.ControlResponse]:
+        """:meth:`ControlSession.handle` for the servicer: the sample's work in a worker
+        thread, an optimizer miss awaited without holding a thread (see the module
+        docstring). A miss the executor cannot answer (an error, a broken pool) is computed
+        inline instead, so it fails, or succeeds, exactly as the blocking path would."""
+        if self.decide_on_loop:
+            result = run_with(limits, self._start_on_loop, session, request)
+        else:
+            result = await asyncio.to_thread(run_with, limits, session.start, request)
+        while isinstance(result, PendingAdvice):
+            wait = False
+            if result.miss is not None:
+                try:
+                    # shield: this stream going away must not cancel a run others share.
+                    await asyncio.shield(asyncio.wrap_future(self.fetch(result.miss)))
+                except BrokenProcessPool:
+                    self._drop_executor()
+                    wait = True
+                except Exception:  # rerun inline: the error surfaces as on the blocking path
+                    wait = True
+            result = await asyncio.to_thread(run_with, limits, session.resume, result, wait)
+        return result
+
+    def _drop_executor(self) -> None:
+        with self._guard:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        """Stop the advice workers and close the loop's store reader (the server calls it on
+        stop)."""
+        self._drop_executor()
+        self._loop_view.close()
+
+    @property
+    def store(self) -> StateStore:
+        """The store; read-only (writes raise :class:`NeedsThreadError`) while this thread
+        runs a decision on the event loop."""
+        return self._read_only if getattr(self._on_loop, "active", False) else self._store
+
+    @property
+    def on_loop(self) -> bool:
+        """Whether this thread is running a decision on the event loop."""
+        return bool(getattr(self._on_loop, "active", False))
+
+    def _start_on_loop(
+        self, session: ControlSession, request: servewise_pb2.ControlRequest
+    ) -> list[servewise_pb2.ControlResponse] | PendingAdvice:
+        self._on_loop.active = True
+        try:
+            return session.start(request)
+        finally:
+            self._on_loop.active = False
 
     def lock(self, deployment_id: str) -> threading.Lock:
         with self._guard:
@@ -114,6 +327,18 @@ class _Track:
     last_timestamp_s: float | None = None
 
 
+@dataclass(frozen=True)
+class PendingAdvice:
+    """A sample whose decision stopped at an optimizer miss (``miss``) or, on the event loop,
+    at a write or a busy lock (``miss`` None): validated and in its track, nothing written;
+    :meth:`ControlSession.resume` decides it in a worker thread (once the answer is cached)."""
+
+    miss: AdviceMissError | None
+    deployment_id: str
+    sample: control.Sample
+    track: _Track
+
+
 class ControlSession:
     """One Control stream. :meth:`handle` is blocking (store and optimizer): run it in a worker
     thread, one request at a time."""
@@ -122,6 +347,8 @@ class ControlSession:
         self.hub = hub
         self.want_hold_events = False
         self._tracks: dict[str, _Track] = {}
+        # Whether an optimizer miss is computed inline (handle) or raised (start/resume).
+        self._wait_for_advice = True
 
     # --- Validation ---------------------------------------------------------------------------
 
@@ -158,7 +385,17 @@ class ControlSession:
     # --- One request --------------------------------------------------------------------------
 
     def handle(self, request: servewise_pb2.ControlRequest) -> list[servewise_pb2.ControlResponse]:
-        """The events one request causes (none, one, or a rejection)."""
+        """The events one request causes (none, one, or a rejection); an optimizer miss is
+        computed here."""
+        result = self.start(request, wait_for_advice=True)
+        assert not isinstance(result, PendingAdvice)
+        return result
+
+    def start(
+        self, request: servewise_pb2.ControlRequest, *, wait_for_advice: bool = False
+    ) -> list[servewise_pb2.ControlResponse] | PendingAdvice:
+        """:meth:`handle`, but without ``wait_for_advice`` a decision that misses the
+        optimizer cache stops there and is returned as :class:`PendingAdvice`."""
         self.want_hold_events = request.want_hold_events
         if request.WhichOneof("kind") != "sample":
             return []
@@ -186,8 +423,38 @@ class ControlSession:
         track.last_timestamp_s = sample.timestamp_s
         track.samples.append(sample)
         _trim(track, stored.settings)
-        with self.hub.lock(deployment_id):
+        return self._run(deployment_id, sample, track, stored, wait_for_advice)
+
+    def resume(
+        self, pending: PendingAdvice, wait_for_advice: bool = False
+    ) -> list[servewise_pb2.ControlResponse] | PendingAdvice:
+        """Decide ``pending``'s sample again, from a fresh store read (another stream may have
+        written while the answer was computed)."""
+        return self._run(
+            pending.deployment_id, pending.sample, pending.track, None, wait_for_advice
+        )
+
+    def _run(
+        self,
+        deployment_id: str,
+        sample: control.Sample,
+        track: _Track,
+        stored: deployments.StoredDeployment | None,
+        wait_for_advice: bool,
+    ) -> list[servewise_pb2.ControlResponse] | PendingAdvice:
+        self._wait_for_advice = wait_for_advice
+        lock = self.hub.lock(deployment_id)
+        # On the event loop a worker holding the lock (a write, an fsync) must not stall it.
+        if not lock.acquire(blocking=not self.hub.on_loop):
+            return PendingAdvice(None, deployment_id, sample, track)
+        try:
             event = self._decide(deployment_id, sample, track, stored)
+        except AdviceMissError as miss:
+            return PendingAdvice(miss, deployment_id, sample, track)
+        except NeedsThreadError:
+            return PendingAdvice(None, deployment_id, sample, track)
+        finally:
+            lock.release()
         return [] if event is None else [event]
 
     def _decide(
@@ -225,14 +492,8 @@ class ControlSession:
     ) -> servewise_pb2.ControlResponse | None:
         version = stored.pb.state_version
         state = stored.state
-        advise = control.cached_advisor(
-            self.hub.cache,
-            control.advice_key(state.candidates, state.slo, stored.limits, state.current_plan),
-            control.optimizer_advisor(
-                state.candidates, state.slo, stored.limits, state.current_plan
-            ),
-        )
-        window = [s for s in track.samples if s.timestamp_s <= sample.timestamp_s]
+        advise = self.hub.advisor(state, stored.limits, wait=self._wait_for_advice)
+        window = _window(track, sample)
         result = control.evaluate(state, window, stored.settings, advise)
         evaluation = deployments.evaluation_to_pb(result, stored.settings, version)
         if result.decision is control.Decision.HOLD or result.target_plan is None:
@@ -272,7 +533,7 @@ class ControlSession:
         transition = stored.pb.transition
         steps = [control.Step(s.weight, s.dwell_s, s.expected_requests) for s in transition.steps]
         index = transition.step_index
-        window = [s for s in track.samples if s.timestamp_s <= sample.timestamp_s]
+        window = _window(track, sample)
         if not steps or index >= len(steps):
             raise RuntimeError(
                 f"deployment {deployment_id!r} stores a transition at step {index} of {len(steps)}"
@@ -423,6 +684,30 @@ class ControlSession:
                 f"expected v{version + 1} #{seq}"
             )
         self._notify(updated, written)
+
+
+def _advice_worker_init(server_pid: int) -> None:
+    """Advice worker initializer: run below the server's priority, and exit once the server
+    is gone. A worker blocks reading its call queue, whose write end it holds itself, so a
+    server killed (or stopped before the executor's manager told the workers) would leave it
+    waiting for good."""
+    os.nice(ADVICE_NICENESS)
+
+    def watch() -> None:
+        while os.getppid() == server_pid:
+            time.sleep(ADVICE_PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="advice-parent-watch", daemon=True).start()
+
+
+def _window(track: _Track, sample: control.Sample) -> list[control.Sample]:
+    """The track's samples up to ``sample``. It is normally the newest (just appended; the
+    timestamps do not go backwards), so the whole track is the window: copied as a list
+    without looking at each sample, which every evaluation of a long window paid for."""
+    if track.samples and track.samples[-1] is sample:
+        return list(track.samples)
+    return [s for s in track.samples if s.timestamp_s <= sample.timestamp_s]
 
 
 def _trim(track: _Track, settings: control.ControlSettings) -> None:

@@ -29,7 +29,7 @@ from servewise.api.routing import RouteTable
 from servewise.api.select_mode import select_mode
 from servewise.core.optimizer import optimize
 from servewise.core.simulator import capacity_per_s, simulate
-from servewise.limits import DEFAULT_LIMITS, Limits, described, run_with
+from servewise.limits import DEFAULT_LIMITS, Limits, described
 from servewise.store import StateStore
 from servewise.store.memory import MemoryStore
 from servewise.v1 import servewise_pb2, servewise_pb2_grpc
@@ -62,8 +62,10 @@ class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
         self.streams.drain()
 
     async def aclose(self) -> None:
-        """Stop background work (Route's store poller); the server calls it on stop."""
+        """Stop background work (Route's store poller, the Control streams' optimizer
+        workers); the server calls it on stop."""
         await self.routes.aclose()
+        self.control.close()
 
     @unary
     async def Simulate(
@@ -168,7 +170,9 @@ class ServewiseServicer(servewise_pb2_grpc.ServewiseServiceServicer):
                     LIMIT_EXCEEDED.labels(limit="max_samples_per_s").inc()
                     yield self._over_budget(request, bucket.wait_s())
                     continue
-                handled = await asyncio.to_thread(run_with, self.limits, session.handle, request)
+                # The sample's work runs in a worker thread; an optimizer miss is awaited
+                # here, computed in a worker process, so it holds up no other stream.
+                handled = await self.control.handle(session, request, self.limits)
                 for event in handled:
                     yield event
         except asyncio.CancelledError:

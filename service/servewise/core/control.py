@@ -67,6 +67,7 @@ The decision, in order:
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import math
@@ -74,14 +75,17 @@ import statistics
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, overload
 
-from servewise.core import queueing
+import numpy as np
+
+from servewise.core import _batchsim, queueing  # type: ignore[attr-defined]
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.optimizer import SearchLimits, optimize
-from servewise.core.profiles import Candidate
+from servewise.core.profiles import Candidate, LatencyProfile
 from servewise.core.simulator import capacity_per_s
 
 DEFAULT_SAFETY_WINDOW_S = 30.0
@@ -97,18 +101,30 @@ DEFAULT_TRANSITION_WEIGHTS = (0.1, 0.25, 0.5, 1.0)
 # A step's dwell when the samples give no period (fewer than two samples): a typical metrics
 # scrape, so a step still sees a sample.
 MIN_STEP_DWELL_S = 30.0
-# Significant digits the sizing rate is rounded to before the optimizer is asked (cache key),
-# and those of the arrival CV.
+# Significant digits the sizing rate is rounded to before the optimizer is asked (cache key).
 RATE_SIGNIFICANT_DIGITS = 3
-CV_SIGNIFICANT_DIGITS = 2
+# The arrival CV the optimizer is asked about is the nearest point of the geometric grid
+# 2**(k / CV_GRID_PER_DOUBLING), shown to 4 significant digits (1, 1.091, 1.189, ... 2, 2.181,
+# ...): points ~9 % apart, so a CV read from noisy observed p99s (it moves a little with every
+# sample) keeps its cache entry, at most ~4.4 % off. Two significant digits (the grid before)
+# put 1.0-9.9 on 90 points and made a window's wobble a fresh optimizer run, 0.5-1 s each.
+CV_GRID_PER_DOUBLING = 8
 # The bracket searched for the arrival CV that explains an observed p99 (1 = Poisson; the
 # upper end is far past the burstiness the queueing model is calibrated for, so a sample
 # beyond it is simply "very bursty").
 MIN_ARRIVAL_CV = 1.0
 MAX_ARRIVAL_CV = 16.0
-CV_BISECTION_STEPS = 24
-# Answers of cv_for_latency kept: a window of samples for each of a thousand deployments.
-CV_CACHE_ENTRIES = 65_536
+# cv_for_latency's curve: predicted p99s at CVs this many to a doubling (65 from 1 to 16),
+# and how many (profile, plan, rate) curves are kept.
+CV_CURVE_POINTS_PER_DOUBLING = 16
+CV_CURVE_ENTRIES = 4096
+# Above this share of capacity cv_for_latency uses a curve at the exact rate (not shared).
+CV_CURVE_MAX_UTILISATION = 0.98
+# cv_for_latency's answers on exact inputs, kept per (candidate, plan) object pair: at most
+# this many pairs (a deployment's converted state keeps its objects while it is unchanged) and
+# this many answers per pair (a window is at most 420 samples at the default settings).
+CV_MEMO_PLANS = 4096
+CV_MEMO_ANSWERS_PER_PLAN = 1024
 
 
 class Decision(Enum):
@@ -437,8 +453,9 @@ def rising_trend(
 
 def sizing_series(
     samples: Sequence[Sample], settings: ControlSettings, slo: Slo, cold_start_s: float
-) -> tuple[list[float], RateEstimate]:
-    """The sizing rate after each sample, and the newest :class:`RateEstimate`.
+) -> tuple[Sequence[float], RateEstimate]:
+    """The sizing rate after each sample (computed as read), and the newest
+    :class:`RateEstimate`.
 
     ``sizing = smoothed + trend * lead + z * spread`` (module docstring, item 1). The spread
     is ``sqrt(mean(diff(rate)**2) / 2)`` over the window (successive differences remove a slow
@@ -456,10 +473,62 @@ def sizing_series(
         spreads.append(math.sqrt(squares / (2 * count)))
     z = slo_z(slo.percentile)
     span = max(2.0 * settings.ewma_half_life_s, 3.0 * (period or 0.0))
-    trends = [rising_trend(samples, i, span, spreads[i], z) for i in range(len(samples))]
-    series = [s + tr * lead + z * sp for s, tr, sp in zip(smoothed, trends, spreads, strict=True)]
-    estimate = RateEstimate(smoothed[-1], trends[-1], spreads[-1], lead, series[-1], period)
+    series = _SizingSeries(list(samples), smoothed, spreads, span, lead, z)
+    newest = len(samples) - 1
+    estimate = RateEstimate(
+        smoothed[-1], series.trend(newest), spreads[-1], lead, series[newest], period
+    )
     return series, estimate
+
+
+class _SizingSeries(Sequence[float]):
+    """:func:`sizing_series`'s values, each computed when first read (the same expression,
+    so the same floats). A trend costs a regression over the span before its sample, so the
+    whole series costs O(window x span); a decision reads the newest value and, only when the
+    rate is outside the band, the run of values before it (:func:`held_for_s`). Every Control
+    sample evaluates, and most hold inside the band: computing the whole series each time was
+    the largest per-sample cost of a healthy fleet's streams, growing with the window."""
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        smoothed: list[float],
+        spreads: list[float],
+        span: float,
+        lead: float,
+        z: float,
+    ) -> None:
+        self._samples = samples
+        self._smoothed = smoothed
+        self._spreads = spreads
+        self._span = span
+        self._lead = lead
+        self._z = z
+        self._trends: list[float | None] = [None] * len(samples)
+
+    def trend(self, i: int) -> float:
+        found = self._trends[i]
+        if found is None:
+            found = rising_trend(self._samples, i, self._span, self._spreads[i], self._z)
+            self._trends[i] = found
+        return found
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    @overload
+    def __getitem__(self, index: int) -> float: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[float]: ...
+
+    def __getitem__(self, index: int | slice) -> float | list[float]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = index + len(self) if index < 0 else index
+        if not 0 <= i < len(self):
+            raise IndexError(index)
+        return self._smoothed[i] + self.trend(i) * self._lead + self._z * self._spreads[i]
 
 
 def estimate_rate(
@@ -476,33 +545,121 @@ def cv_for_latency(
     ``plan`` at ``rate_per_s`` (clamped to ``[MIN_ARRIVAL_CV, MAX_ARRIVAL_CV]``); None when the
     plan is unstable at that rate (the latency then says nothing about burstiness).
 
-    Memoised: every evaluation re-reads the whole window of samples, of which only the newest
-    is new, and each answer costs ~26 predictor calls (about 1 ms)."""
-    return _cv_for_latency(candidate, plan, rate_per_s, observed_p99_ms)
+    Read off curves, not bisected: the p99 is predicted once per (profile, plan, rate on a
+    grid of :data:`RATE_SIGNIFICANT_DIGITS` significant digits) at the CVs
+    ``2**(k / CV_CURVE_POINTS_PER_DOUBLING)`` from 1 to 16 (:func:`_p99_curve`, shared by
+    every deployment with that plan and every sample near that rate); ``observed_p99_ms`` is
+    interpolated linearly in log CV on the curves at the grid rates either side of
+    ``rate_per_s``, and those two CVs linearly in the rate. Every Control sample needs an
+    answer, and a bisection of its own (26 predictions, each releasing and re-taking the GIL
+    in the C kernel) was the largest part of a sample's cost under load. The answer is the
+    bisection's to within the interpolation (``tests/core/test_control_cache.py`` pins 0.5 %).
+    Memoised on the exact inputs too: every evaluation re-reads the whole window of samples,
+    of which only the newest is new. The memo is found by the identity of ``candidate`` and
+    ``plan`` (hashing a candidate hashes its whole latency table, a few microseconds per
+    window sample per evaluation) and holds a window for each deployment (a global LRU of
+    65,536 answers held a thousand deployments' windows only to ~150 samples, then every
+    evaluation recomputed most of its window)."""
+    memo_key = (id(candidate), id(plan))
+    slot = _CV_MEMO.get(memo_key)
+    if slot is None or slot[0] is not candidate or slot[1] is not plan:
+        if len(_CV_MEMO) >= CV_MEMO_PLANS:
+            _CV_MEMO.clear()
+        # The slot holds the objects, so their ids cannot be reused while it exists.
+        slot = _CV_MEMO[memo_key] = (candidate, plan, {})
+    answers = slot[2]
+    key = (rate_per_s, observed_p99_ms)
+    if key in answers:
+        return answers[key]
+    found = _cv_for_latency(candidate, plan, rate_per_s, observed_p99_ms)
+    if len(answers) >= CV_MEMO_ANSWERS_PER_PLAN:
+        answers.clear()
+    answers[key] = found
+    return found
 
 
-@functools.lru_cache(maxsize=CV_CACHE_ENTRIES)
+_CV_MEMO: dict[
+    tuple[int, int], tuple[Candidate, Plan, dict[tuple[float, float], float | None]]
+] = {}
+
+
 def _cv_for_latency(
     candidate: Candidate, plan: Plan, rate_per_s: float, observed_p99_ms: float
 ) -> float | None:
-    if rate_per_s >= capacity_per_s(candidate.profile, plan.max_batch_size, plan.replicas):
+    capacity = capacity_per_s(candidate.profile, plan.max_batch_size, plan.replicas)
+    if rate_per_s >= capacity:
         return None
+    # The grid points either side of the rate (RATE_SIGNIFICANT_DIGITS apart), interpolated
+    # between: the curve at the nearest point alone was up to 6 % off near capacity, where
+    # the p99 climbs steeply with the rate.
+    step = 10.0 ** (math.floor(math.log10(rate_per_s)) - (RATE_SIGNIFICANT_DIGITS - 1))
+    low = math.floor(rate_per_s / step) * step
+    high = low + step
+    if low <= 0.0 or high >= CV_CURVE_MAX_UTILISATION * capacity:
+        # Near capacity the p99 is too steep in the rate to interpolate: this rate's own curve.
+        return _read_curve(_p99_curve(candidate.profile, plan, rate_per_s), observed_p99_ms)
+    at_low = _read_curve(_p99_curve(candidate.profile, plan, low), observed_p99_ms)
+    at_high = _read_curve(_p99_curve(candidate.profile, plan, high), observed_p99_ms)
+    return at_low + (at_high - at_low) * (rate_per_s - low) / step
 
-    def p99(cv: float) -> float:
-        return queueing.predict(candidate.profile, plan, Workload(rate_per_s, cv), None).p99_ms
 
-    if observed_p99_ms <= p99(MIN_ARRIVAL_CV):
+def _read_curve(curve: tuple[list[float], list[float]], observed_p99_ms: float) -> float:
+    """The CV at which ``curve`` reaches ``observed_p99_ms``, linear in log CV between its
+    points, clamped to the bracket."""
+    log_cvs, p99s = curve
+    if observed_p99_ms <= p99s[0]:
         return MIN_ARRIVAL_CV
-    if observed_p99_ms >= p99(MAX_ARRIVAL_CV):
+    if observed_p99_ms >= p99s[-1]:
         return MAX_ARRIVAL_CV
-    lo, hi = math.log(MIN_ARRIVAL_CV), math.log(MAX_ARRIVAL_CV)
-    for _ in range(CV_BISECTION_STEPS):
-        mid = (lo + hi) / 2
-        if p99(math.exp(mid)) < observed_p99_ms:
-            lo = mid
-        else:
-            hi = mid
-    return math.exp((lo + hi) / 2)
+    # The first point at or above the observed p99 (the curve rises with the CV, as the
+    # bisection it replaces assumed too).
+    i = bisect.bisect_left(p99s, observed_p99_ms)
+    lo, hi = p99s[i - 1], p99s[i]
+    x = log_cvs[i - 1] + (log_cvs[i] - log_cvs[i - 1]) * (observed_p99_ms - lo) / (hi - lo)
+    return min(max(math.exp(x), MIN_ARRIVAL_CV), MAX_ARRIVAL_CV)
+
+
+@functools.lru_cache(maxsize=CV_CURVE_ENTRIES)
+def _p99_curve(
+    profile: LatencyProfile, plan: Plan, rate_per_s: float
+) -> tuple[list[float], list[float]]:
+    """(log CV, predicted p99 ms) at the CV grid of :func:`cv_for_latency`: the model of
+    :func:`queueing.predict` at its 0.99 level (each level is computed on its own), called on
+    the C kernel with the tables and arguments built once."""
+    steps = round(math.log2(MAX_ARRIVAL_CV / MIN_ARRIVAL_CV) * CV_CURVE_POINTS_PER_DOUBLING)
+    log_cvs = [
+        math.log(MIN_ARRIVAL_CV) + math.log(2.0) * k / CV_CURVE_POINTS_PER_DOUBLING
+        for k in range(steps + 1)
+    ]
+    tables = queueing.ServiceTables.build([profile], [plan.max_batch_size])
+    kind = np.zeros(1, dtype=np.int64)
+    b = np.array([plan.max_batch_size], dtype=np.int64)
+    t = np.array([plan.max_queue_delay_ms], dtype=np.float64)
+    n = np.array([plan.replicas], dtype=np.int64)
+    levels = np.array([99.0], dtype=np.float64) / 100.0
+    out = np.empty((1, 1))
+    mean, batch, util = np.empty(1), np.empty(1), np.empty(1)
+    p99s = np.empty(len(log_cvs))
+    for k, log_cv in enumerate(log_cvs):
+        _batchsim.predict_plans(
+            tables.service_ms,
+            tables.throughput,
+            tables.service_ms.shape[1],
+            kind,
+            b,
+            t,
+            n,
+            float(rate_per_s),
+            math.exp(log_cv),
+            levels,
+            out,
+            mean,
+            batch,
+            util,
+        )
+        p99s[k] = out[0, 0]
+    # Plain floats: reading the curve is a bisect per sample, cheaper on a list than numpy.
+    return log_cvs, [float(v) for v in p99s]
 
 
 def estimate_arrival_cv(state: DeploymentState, samples: Sequence[Sample]) -> float:
@@ -831,35 +988,100 @@ def _panic(
 
 
 class AdviceCache:
-    """A bounded LRU of optimizer answers keyed by (:func:`advice_key`, rounded rate, rounded
-    CV).
+    """A bounded LRU of optimizer answers keyed by (:func:`advice_key`, rate, CV) on the grid
+    of :func:`advice_point`.
 
-    The key holds everything the answer depends on, so an entry never goes stale; the rate and
-    CV are rounded (:func:`rounded_rate`) so nearby ones share an entry.
+    The key holds everything the answer depends on, so an entry never goes stale, and
+    deployments with the same content share entries. A key being computed is computed once:
+    callers asking for it meanwhile wait for that answer (:meth:`get_or_compute`) or get its
+    future (:meth:`submit`), so a thousand identical deployments crossing their band in the
+    same second start one optimizer run, not a thousand.
     """
 
     def __init__(self, max_entries: int = 4096) -> None:
         self._max = max_entries
         self._lock = threading.Lock()
         self._entries: OrderedDict[Hashable, Advice] = OrderedDict()
+        self._pending: dict[Hashable, Future[Advice]] = {}
         self.hits = 0
         self.misses = 0
 
-    def get_or_compute(self, key: Hashable, compute: Callable[[], Advice]) -> Advice:
+    def get(self, key: Hashable) -> Advice | None:
+        """The cached answer, or None (not counted as a miss: the caller decides what next)."""
         with self._lock:
             found = self._entries.get(key)
             if found is not None:
                 self._entries.move_to_end(key)
                 self.hits += 1
-                return found
-            self.misses += 1
-        advice = compute()
+            return found
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], Advice]) -> Advice:
+        """The cached answer, else ``compute()`` run here (or the run already under way for
+        ``key`` waited for), cached. An exception reaches every waiter and is not cached."""
+        future, owner = self._claim(key)
+        if owner:
+            try:
+                advice = compute()
+            except BaseException as exc:
+                self._settle(key, future, None, exc)
+                raise
+            self._settle(key, future, advice, None)
+        return future.result()
+
+    def submit(self, key: Hashable, start: Callable[[], Future[Advice]]) -> Future[Advice]:
+        """A future of the answer: done at once on a hit, the run under way for ``key``, or a
+        run ``start()`` begins (e.g. on an executor), cached when it finishes."""
+        future, owner = self._claim(key)
+        if owner:
+            try:
+                run = start()
+            except BaseException as exc:
+                self._settle(key, future, None, exc)
+                raise
+
+            def done(finished: Future[Advice]) -> None:
+                exc = finished.exception()
+                self._settle(key, future, None if exc else finished.result(), exc)
+
+            run.add_done_callback(done)
+        return future
+
+    def _claim(self, key: Hashable) -> tuple[Future[Advice], bool]:
+        """(the future of ``key``'s answer, whether the caller must produce it)."""
         with self._lock:
-            self._entries[key] = advice
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
-        return advice
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                hit: Future[Advice] = Future()
+                hit.set_result(found)
+                return hit, False
+            pending = self._pending.get(key)
+            if pending is not None:
+                return pending, False
+            self.misses += 1
+            future: Future[Advice] = Future()
+            self._pending[key] = future
+            return future, True
+
+    def _settle(
+        self,
+        key: Hashable,
+        future: Future[Advice],
+        advice: Advice | None,
+        exc: BaseException | None,
+    ) -> None:
+        with self._lock:
+            self._pending.pop(key, None)
+            if advice is not None:
+                self._entries[key] = advice
+                self._entries.move_to_end(key)
+                while len(self._entries) > self._max:
+                    self._entries.popitem(last=False)
+        if advice is not None:
+            future.set_result(advice)
+        else:
+            future.set_exception(exc if exc is not None else RuntimeError("no advice"))
 
     def __len__(self) -> int:
         with self._lock:
@@ -936,14 +1158,41 @@ def advice_key(
     return (tuple(candidates), slo, limits, current_plan)
 
 
+def grid_cv(arrival_cv: float) -> float:
+    """``arrival_cv`` on the optimizer cache's grid (:data:`CV_GRID_PER_DOUBLING`): the nearest
+    point in log scale, at least :data:`MIN_ARRIVAL_CV`."""
+    if not arrival_cv > MIN_ARRIVAL_CV:
+        return MIN_ARRIVAL_CV
+    k = round(math.log2(arrival_cv) * CV_GRID_PER_DOUBLING)
+    return max(float(f"{2.0 ** (k / CV_GRID_PER_DOUBLING):.4g}"), MIN_ARRIVAL_CV)
+
+
+def advice_point(rate_per_s: float, arrival_cv: float) -> tuple[float, float]:
+    """The (rate, CV) the optimizer is asked about for ``advise(rate_per_s, arrival_cv)``:
+    the rate to :data:`RATE_SIGNIFICANT_DIGITS` (:func:`rounded_rate`), the CV on its grid
+    (:func:`grid_cv`). The only way caching changes an answer."""
+    return max(rounded_rate(rate_per_s), 1e-9), grid_cv(arrival_cv)
+
+
+def compute_advice(
+    candidates: Sequence[Candidate],
+    slo: Slo,
+    limits: SearchLimits,
+    current_plan: Plan,
+    rate_per_s: float,
+    arrival_cv: float,
+) -> Advice:
+    """:func:`optimizer_advisor`'s answer as one module-level call (picklable with its
+    arguments, so it can run in a worker process)."""
+    return optimizer_advisor(candidates, slo, limits, current_plan)(rate_per_s, arrival_cv)
+
+
 def cached_advisor(cache: AdviceCache, key: Hashable, advise: Advisor) -> Advisor:
-    """``advise`` at the rate and CV rounded by :func:`rounded_rate`, memoised in ``cache``
-    under ``(key, rate, cv)``; ``key`` must change whenever the answer could
-    (:func:`advice_key`)."""
+    """``advise`` at the rate and CV of :func:`advice_point`, memoised in ``cache`` under
+    ``(key, rate, cv)``; ``key`` must change whenever the answer could (:func:`advice_key`)."""
 
     def cached(rate_per_s: float, arrival_cv: float = 1.0) -> Advice:
-        rate = max(rounded_rate(rate_per_s), 1e-9)
-        cv = max(rounded_rate(arrival_cv, CV_SIGNIFICANT_DIGITS), MIN_ARRIVAL_CV)
+        rate, cv = advice_point(rate_per_s, arrival_cv)
         return cache.get_or_compute((key, rate, cv), lambda: advise(rate, cv))
 
     return cached

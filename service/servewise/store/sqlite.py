@@ -174,6 +174,32 @@ class SqliteStore:
         with self._lock:
             self._conn.close()
 
+    def reader(self) -> SqliteReader:
+        """A reader on its own connection, for one thread (see :class:`SqliteReader`)."""
+        return SqliteReader(self.path)
+
+
+class SqliteReader:
+    """``get`` on a connection of its own: with WAL a reader sees the last commit and never
+    waits for a writer, whereas the store's ``get`` waits for its lock, which a write holds
+    through its fsync. The Control streams read on the event loop with one, so a worker
+    committing a decision does not stall every stream. One thread at a time."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA query_only = ON")
+
+    def get(self, key: str) -> Versioned | None:
+        row = self._conn.execute(
+            "SELECT value, version FROM state WHERE key = ?", (key,)
+        ).fetchone()
+        return None if row is None else Versioned(bytes(row[0]), int(row[1]))
+
+    def close(self) -> None:
+        self._conn.close()
+
 
 def _version(conn: sqlite3.Connection, key: str) -> int:
     row = conn.execute("SELECT version FROM state WHERE key = ?", (key,)).fetchone()
