@@ -10,14 +10,14 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from servewise.core import cancel, optimizer, queueing
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.optimizer import Binding, SearchLimits, optimize
 from servewise.core.profiles import Candidate, InstanceType, LatencyProfile
-from servewise.core.simulator import capacity_per_s, simulate
+from servewise.core.simulator import capacity_per_s, relaxation_time_ms, simulate
 
 REFEREE_SEED = 4242
 REFEREE_REQUESTS = 200_000
@@ -38,10 +38,18 @@ P3 = Candidate(InstanceType("p3.2xlarge", 3.06), V100_FP32)
 
 
 def referee_percentile(candidate: Candidate, plan: Plan, workload: Workload, slo: Slo) -> float:
-    """The SLO percentile of an independent long simulation of ``plan``."""
-    result = simulate(
-        candidate.profile, plan, workload, REFEREE_REQUESTS, seed=REFEREE_SEED, slo=slo
+    """The SLO percentile of an independent long simulation of ``plan``: REFEREE_REQUESTS,
+    or as many as span the relaxation times the optimizer's own confirmation spans when the
+    plan runs near capacity (a 200k-request p99 at 97% load with CV 2 strays by 5% or more
+    from the long-run value, which 2M-request runs of four seeds put 1-18% under the bound)."""
+    rate_per_ms = workload.rate_per_s / 1000.0
+    capacity_per_ms = capacity_per_s(candidate.profile, plan.max_batch_size, plan.replicas) / 1000.0
+    relax_ms = relaxation_time_ms(
+        rate_per_ms, workload.arrival_cv, capacity_per_ms, plan.max_batch_size, 0.0
     )
+    spanning = optimizer.VERIFY_RELAXATION_TIMES * relax_ms * rate_per_ms
+    requests = int(min(max(REFEREE_REQUESTS, spanning), optimizer.STRETCH_MAX_REQUESTS))
+    result = simulate(candidate.profile, plan, workload, requests, seed=REFEREE_SEED, slo=slo)
     assert result.latency.slo_percentile_ms is not None
     return result.latency.slo_percentile_ms
 
@@ -202,6 +210,15 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Candidate], Workload, Slo]:
 
 
 @given(scenarios())
+# Found by hypothesis: 11 replicas at 96.8% load, whose 200k-request referee p99 was 3.5% over
+# the bound while its long-run p99 is under it (the referee now runs as long as such a plan needs).
+@example(
+    (
+        [Candidate(InstanceType("type0", 1.0), LatencyProfile((1, 32), (20.0625, 227.375)))],
+        Workload(1415.0, 2.0),
+        Slo(351.09375, 99.0),
+    )
+)
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_feasible_answers_meet_the_slo_in_independent_simulation(
     problem: tuple[list[Candidate], Workload, Slo],
