@@ -177,3 +177,14 @@ def test_advice_cache_computes_a_key_once_however_many_ask_at_once() -> None:
     pending.set_result(answer)
     assert first.result(1) is answer
     assert cache.get("later") is answer
+
+
+@pytest.mark.parametrize("rate_per_s", [5e-324, 2.2e-308, 1e-300])
+def test_cv_for_latency_takes_a_vanishing_rate(rate_per_s: float) -> None:
+    """A subnormal rate made the grid step underflow to 0 and divided by it (the fuzzer's
+    EvaluateSwitch got INTERNAL): the rate's own curve answers, as the bisection did."""
+    c = candidate()
+    plan = Plan("gpu", 8, 5.0, 10)
+    fast = control.cv_for_latency(c, plan, rate_per_s, 40.0)
+    assert fast is not None
+    assert fast == pytest.approx(bisected_cv(c, plan, rate_per_s, 40.0), rel=0.005)

@@ -593,7 +593,8 @@ def _cv_for_latency(
     # between: the curve at the nearest point alone was up to 6 % off near capacity, where
     # the p99 climbs steeply with the rate.
     step = 10.0 ** (math.floor(math.log10(rate_per_s)) - (RATE_SIGNIFICANT_DIGITS - 1))
-    low = math.floor(rate_per_s / step) * step
+    # A subnormal rate (5e-324/s) makes the step underflow to 0: no grid to interpolate on.
+    low = math.floor(rate_per_s / step) * step if step > 0.0 else 0.0
     high = low + step
     if low <= 0.0 or high >= CV_CURVE_MAX_UTILISATION * capacity:
         # Near capacity the p99 is too steep in the rate to interpolate: this rate's own curve.
