@@ -135,8 +135,10 @@ def generate_arrivals_ms(
 # Rate-free renewal samples are drawn in blocks of this many gaps, each block's cumulative sum
 # offset by the previous block's end, so a sample is the same however far it was extended.
 ARRIVAL_BLOCK = 1 << 16
-# Most unit-rate arrivals kept across calls (8 bytes each): about 64 MB.
-UNIT_SAMPLE_CACHE_FLOATS = 8_000_000
+# Most unit-rate arrivals kept across calls (8 bytes each): about 128 MB. SelectMode's bench
+# cycles through 40 scenarios whose samples total 10.5M floats; at 8M, LRU evicted each large
+# sample before its reuse and the redraws set SelectMode's p99.
+UNIT_SAMPLE_CACHE_FLOATS = 16_000_000
 
 
 class _UnitSamples:
@@ -149,15 +151,26 @@ class _UnitSamples:
 
     def __init__(self, max_floats: int) -> None:
         self.max_floats = max_floats
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the table; never held while drawing
         self._samples: OrderedDict[
             tuple[float, int], tuple[np.random.Generator, npt.NDArray[np.float64]]
         ] = OrderedDict()
+        # One lock per key while its sample is drawn, so that threads wanting other samples
+        # (SelectMode's pools, the break-even search, the optimizer's baseline) do not wait
+        # for a long draw (~60 ms for 2M gamma gaps of shape 0.13).
+        self._drawing: dict[tuple[float, int], threading.Lock] = {}
 
     def get(self, arrival_cv: float, seed: int, count: int) -> npt.NDArray[np.float64]:
         key = (arrival_cv, seed)
         with self._lock:
-            entry = self._samples.pop(key, None)
+            entry = self._samples.get(key)
+            if entry is not None and len(entry[1]) >= count:
+                self._samples.move_to_end(key)
+                return entry[1][:count]
+            drawing = self._drawing.setdefault(key, threading.Lock())
+        with drawing:
+            with self._lock:
+                entry = self._samples.get(key)  # another thread may have drawn it meanwhile
             if entry is None:
                 entry = (np.random.default_rng(seed), np.empty(0))
             rng, drawn = entry
@@ -172,11 +185,14 @@ class _UnitSamples:
                     have += ARRIVAL_BLOCK
                 drawn = np.concatenate(blocks)
                 drawn.flags.writeable = False
-            self._samples[key] = (rng, drawn)
-            total = sum(len(d) for _, d in self._samples.values())
-            while total > self.max_floats and len(self._samples) > 1:
-                _, (_, evicted) = self._samples.popitem(last=False)
-                total -= len(evicted)
+            with self._lock:
+                self._samples[key] = (rng, drawn)
+                self._samples.move_to_end(key)
+                total = sum(len(d) for _, d in self._samples.values())
+                while total > self.max_floats and len(self._samples) > 1:
+                    gone, (_, evicted) = self._samples.popitem(last=False)
+                    self._drawing.pop(gone, None)
+                    total -= len(evicted)
             return drawn[:count]
 
 
