@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,7 +66,7 @@ class SqliteStore:
         )
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._journal_mode_wal(busy_timeout_s)
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"{self.path}: cannot use WAL mode (got {mode})")
             self._conn.execute("PRAGMA synchronous = FULL")
@@ -82,6 +83,19 @@ class SqliteStore:
         except BaseException:
             self._conn.close()
             raise
+
+    def _journal_mode_wal(self, busy_timeout_s: float) -> str:
+        """Switch to WAL, retrying while another connection holds the lock: when several
+        processes open a new file at once, SQLite can answer this pragma "database is locked"
+        at once, without waiting in its busy handler (seen in CI with four processes)."""
+        deadline = time.monotonic() + busy_timeout_s
+        while True:
+            try:
+                return str(self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
