@@ -20,8 +20,9 @@ from api_builders import bad_request_fields, rich_status, t4_linear_candidate
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from servewise.api.deployments import deployment_key
+from servewise.api.routing import RouteTable
 from servewise.server import start_server
-from servewise.store import StateStore
+from servewise.store import StateStore, Versioned
 from servewise.store.memory import MemoryStore
 from servewise.store.sqlite import SqliteStore
 from servewise.v1 import servewise_pb2, servewise_pb2_grpc, types_pb2
@@ -283,3 +284,59 @@ async def test_a_second_process_learns_a_weight_change_within_a_second(tmp_path:
 def test_keys_are_distinct() -> None:
     """The key set has no duplicates, so shares are over distinct keys."""
     assert len(set(KEYS)) == len(KEYS)
+
+
+@pytest.mark.parametrize("writer", ["the server's own store", "another connection"])
+async def test_sqlite_writes_reach_route_within_a_second(tmp_path: Path, writer: str) -> None:
+    """The SQLite poller skips unchanged stores by SQLite's change counters; a commit through
+    the server's connection or another one (a second replica on the file) still reaches
+    Route within a second."""
+    store = SqliteStore(tmp_path / "state.db")
+    other = store if writer == "the server's own store" else SqliteStore(tmp_path / "state.db")
+    try:
+        async with serving(store) as stub:
+            await register(stub, deployment())
+            await stub.Route(servewise_pb2.RouteRequest(deployment_id="resnet", request_key="k"))
+            await asyncio.sleep(0.3)  # at least one poll that finds nothing new
+            other.compare_and_set(deployment_key("resnet"), 1, deployment(0.1).SerializeToString())
+            started = time.monotonic()
+            while True:
+                response = await stub.Route(
+                    servewise_pb2.RouteRequest(deployment_id="resnet", request_key="k")
+                )
+                if response.state_version == 2:
+                    break
+                assert time.monotonic() - started < 1.0
+                await asyncio.sleep(0.01)
+    finally:
+        if other is not store:
+            other.close()
+        store.close()
+
+
+def test_an_unchanged_sqlite_store_is_not_reread(tmp_path: Path) -> None:
+    """Polls between writes read no deployment; the first poll after a write reads them."""
+    store = SqliteStore(tmp_path / "state.db")
+    try:
+        store.compare_and_set(deployment_key("resnet"), 0, deployment().SerializeToString())
+        table = RouteTable(store)
+        reads = 0
+        get = store.get
+
+        def counting(key: str) -> Versioned | None:
+            nonlocal reads
+            reads += 1
+            return get(key)
+
+        store.get = counting  # type: ignore[method-assign]
+        table.refresh()
+        assert reads == 1
+        table.refresh()
+        table.refresh()
+        assert reads == 1
+        store.compare_and_set(deployment_key("resnet"), 1, deployment(0.1).SerializeToString())
+        table.refresh()
+        assert reads == 2
+        assert table.entries["resnet"].version == 2
+    finally:
+        store.close()

@@ -115,6 +115,14 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
             raise
 
+    def change_token(self) -> tuple[int, int]:
+        """Changes whenever any connection commits to the file: SQLite's data_version (other
+        connections' commits) with this connection's total_changes (its own). Lets a poller
+        skip re-reading every key when nothing was written."""
+        with self._lock:
+            data_version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+            return data_version, self._conn.total_changes
+
     def get(self, key: str) -> Versioned | None:
         with self._lock:
             row = self._conn.execute(
