@@ -15,9 +15,18 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
+from hypothesis import settings
 
 from servewise.server import RunningServer, start_server
 from servewise.v1 import servewise_pb2_grpc
+
+# CI (.ci/run) draws the same hypothesis examples on every run, so a submission lands or not
+# on its own merits rather than on a lucky draw; developers' runs of scripts/test keep drawing
+# fresh ones, which is how the fuzzer found two bugs in one session. Loaded here, before the
+# test modules are imported, so their @settings inherit it.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("SERVEWISE_HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["SERVEWISE_HYPOTHESIS_PROFILE"])
 
 
 def _shared_data_dir() -> Path:
