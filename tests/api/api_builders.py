@@ -97,6 +97,20 @@ def t4_linear_candidate() -> types_pb2.Candidate:
     )
 
 
+def realtime_deployment(deployment_id: str) -> servewise_pb2.Deployment:
+    """Real-time on 20 replicas of g4dn.xlarge (the T4 linear fit) planned for 1,000/s, p99
+    within 100 ms: a healthy deployment for the Control stream to hold or switch."""
+    return servewise_pb2.Deployment(
+        deployment_id=deployment_id,
+        candidates=[t4_linear_candidate()],
+        slo=types_pb2.Slo(percentile=99.0, latency_ms=100.0),
+        current_plan=types_pb2.ServingPlan(
+            instance_type="g4dn.xlarge", max_batch_size=1, max_queue_delay_ms=0.0, replicas=20
+        ),
+        planned_rate_per_s=1000.0,
+    )
+
+
 def optimize_request() -> servewise_pb2.OptimizeBatchRequest:
     """A valid OptimizeBatch request exercising every optional field."""
     return servewise_pb2.OptimizeBatchRequest(

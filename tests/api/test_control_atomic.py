@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from api_builders import t4_linear_candidate
+from api_builders import realtime_deployment
 
 from servewise.api import deployments
 from servewise.api.control_stream import ControlHub
 from servewise.store.memory import MemoryStore
-from servewise.v1 import servewise_pb2, types_pb2
+from servewise.v1 import servewise_pb2
 
 DEP = "resnet-t4"
 KEY = deployments.deployment_key(DEP)
@@ -61,21 +61,7 @@ class RecordingStore(MemoryStore):
 def _registered() -> RecordingStore:
     store = RecordingStore()
     deployments.register(
-        store,
-        servewise_pb2.RegisterDeploymentRequest(
-            deployment=servewise_pb2.Deployment(
-                deployment_id=DEP,
-                candidates=[t4_linear_candidate()],
-                slo=types_pb2.Slo(percentile=99.0, latency_ms=100.0),
-                current_plan=types_pb2.ServingPlan(
-                    instance_type="g4dn.xlarge",
-                    max_batch_size=1,
-                    max_queue_delay_ms=0.0,
-                    replicas=20,
-                ),
-                planned_rate_per_s=1000.0,
-            )
-        ),
+        store, servewise_pb2.RegisterDeploymentRequest(deployment=realtime_deployment(DEP))
     )
     store.calls.clear()
     return store

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_builders import t4_linear_candidate
+from api_builders import realtime_deployment
 
 from servewise.api import deployments
 from servewise.api.control_stream import ControlHub, NeedsThreadError
@@ -24,7 +24,7 @@ from servewise.limits import DEFAULT_LIMITS
 from servewise.store import StateStore
 from servewise.store.memory import MemoryStore
 from servewise.store.sqlite import SqliteStore
-from servewise.v1 import servewise_pb2, types_pb2
+from servewise.v1 import servewise_pb2
 
 
 def register(store: StateStore, *ids: str) -> None:
@@ -32,20 +32,7 @@ def register(store: StateStore, *ids: str) -> None:
     for deployment_id in ids:
         deployments.register(
             store,
-            servewise_pb2.RegisterDeploymentRequest(
-                deployment=servewise_pb2.Deployment(
-                    deployment_id=deployment_id,
-                    candidates=[t4_linear_candidate()],
-                    slo=types_pb2.Slo(percentile=99.0, latency_ms=100.0),
-                    current_plan=types_pb2.ServingPlan(
-                        instance_type="g4dn.xlarge",
-                        max_batch_size=1,
-                        max_queue_delay_ms=0.0,
-                        replicas=20,
-                    ),
-                    planned_rate_per_s=1000.0,
-                )
-            ),
+            servewise_pb2.RegisterDeploymentRequest(deployment=realtime_deployment(deployment_id)),
         )
 
 

@@ -114,6 +114,21 @@ async def batch_share(
     return batch / len(keys), {r.state_version for r in responses}
 
 
+async def routes_version_within_a_second(
+    stub: servewise_pb2_grpc.ServewiseServiceAsyncStub, version: int
+) -> None:
+    """Route "resnet" until it answers from ``version``; fails after a second."""
+    started = time.monotonic()
+    while True:
+        response = await stub.Route(
+            servewise_pb2.RouteRequest(deployment_id="resnet", request_key="k")
+        )
+        if response.state_version == version:
+            return
+        assert time.monotonic() - started < 1.0
+        await asyncio.sleep(0.01)
+
+
 async def test_route_follows_the_weights_and_reports_the_version() -> None:
     """No transition: everything real-time. A RegisterDeployment update with a transition at
     weight 0.25 splits 4,000 keys 25/75 within 2 pp (the core test checks 1% over 100,000 keys)
@@ -151,15 +166,7 @@ async def test_a_write_straight_to_the_store_is_polled_within_a_second() -> None
         await stub.Route(servewise_pb2.RouteRequest(deployment_id="resnet", request_key="k"))
         stored = deployment(0.1)
         store.compare_and_set(deployment_key("resnet"), 1, stored.SerializeToString())
-        started = time.monotonic()
-        while True:
-            response = await stub.Route(
-                servewise_pb2.RouteRequest(deployment_id="resnet", request_key="k")
-            )
-            if response.state_version == 2:
-                break
-            assert time.monotonic() - started < 1.0
-            await asyncio.sleep(0.01)
+        await routes_version_within_a_second(stub, 2)
         share, _ = await batch_share(stub, KEYS)
         assert abs(share - 0.1) < 0.02
 
@@ -299,15 +306,7 @@ async def test_sqlite_writes_reach_route_within_a_second(tmp_path: Path, writer:
             await stub.Route(servewise_pb2.RouteRequest(deployment_id="resnet", request_key="k"))
             await asyncio.sleep(0.3)  # at least one poll that finds nothing new
             other.compare_and_set(deployment_key("resnet"), 1, deployment(0.1).SerializeToString())
-            started = time.monotonic()
-            while True:
-                response = await stub.Route(
-                    servewise_pb2.RouteRequest(deployment_id="resnet", request_key="k")
-                )
-                if response.state_version == 2:
-                    break
-                assert time.monotonic() - started < 1.0
-                await asyncio.sleep(0.01)
+            await routes_version_within_a_second(stub, 2)
     finally:
         if other is not store:
             other.close()

@@ -779,7 +779,7 @@ def _search_both(
             return None
         plan, candidate = _polish_delay(search, chosen[0], chosen[1], limits)
         confirmed = _confirm(search, candidate, plan, ceiling)
-        if not _confirmed_meets(confirmed):
+        if not confirmed[0].meets_slo:
             return confirmed
         return _near_critical_cheaper(search, options, confirmed[0].cost_per_hour) or confirmed
 
@@ -800,10 +800,6 @@ def _search_both(
             wait([pending])
         raise
     return chosen, pending.result()
-
-
-def _confirmed_meets(confirmation: _Confirmation) -> bool:
-    return confirmation[0].meets_slo
 
 
 def _near_critical_cheaper(
