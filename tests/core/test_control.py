@@ -430,9 +430,7 @@ def test_leaving_a_failing_plan_keeps_no_fallback() -> None:
     assert urgent.overlap_s == pytest.approx(120.0)
     # The target (28 replicas) over its cold start, while the old plan still serves.
     assert urgent.target_plan is not None
-    assert urgent.switch_cost == pytest.approx(
-        urgent.target_plan.replicas * PRICE * 120.0 / 3600.0
-    )
+    assert urgent.switch_cost == pytest.approx(urgent.target_plan.replicas * PRICE * 120.0 / 3600.0)
     saving = control.evaluate(
         state(cold=120.0), window([500.0] * 61), settings, migrating_advisor()
     )

@@ -1261,6 +1261,69 @@ static PyObject *request_latencies(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* One run of the optimizer's search, reduced in C to the two figures the search reads: the
+ * latency of one rank (the SLO percentile) and the count of requests slower than the SLO
+ * bound in each of `chunks` equal consecutive chunks (the batch means of its confidence
+ * test; requests past chunks * (kept / chunks) are not counted, and with fewer kept
+ * requests than chunks the total goes in counts[0]). The latencies live in a scratch
+ * buffer selected in place: a search simulates a dozen or more plans on 12-24k requests,
+ * and per plan the numpy passes and array handling cost as much as the simulation. */
+static PyObject *search_run(PyObject *self, PyObject *args) {
+    Py_buffer arrivals, table, counts;
+    Py_ssize_t big_b, replicas, skip, rank, chunks;
+    double delay, bound;
+    if (!PyArg_ParseTuple(args, "y*y*ndnnndnw*", &arrivals, &table, &big_b, &delay, &replicas,
+                          &skip, &rank, &bound, &chunks, &counts))
+        return NULL;
+    Py_ssize_t n = arrivals.len / (Py_ssize_t)sizeof(double);
+    Py_ssize_t kept = n - skip;
+    double *free_at = NULL, *latency = NULL;
+    int failed = 0;
+    double value = 0.0;
+    if (big_b < 1 || replicas < 1 || table.len / (Py_ssize_t)sizeof(double) <= big_b ||
+        skip < 0 || kept < 1 || rank < 0 || rank >= kept || chunks < 1 ||
+        counts.len / (Py_ssize_t)sizeof(int64_t) != chunks) {
+        PyErr_SetString(PyExc_ValueError,
+                        "search_run: inconsistent buffer sizes or arguments (0 <= rank < "
+                        "n - skip, counts must hold `chunks` int64)");
+        failed = 1;
+    } else {
+        free_at = (double *)calloc((size_t)replicas, sizeof(double));
+        latency = (double *)malloc((size_t)kept * sizeof(double));
+        if (free_at == NULL || latency == NULL) { PyErr_NoMemory(); failed = 1; }
+    }
+    if (!failed) {
+        int64_t *c = (int64_t *)counts.buf;
+        Py_BEGIN_ALLOW_THREADS
+        run_stats_t st = {0, 0.0, 0, 0.0};
+        dispatch_loop((const double *)arrivals.buf, n, (const double *)table.buf, NULL, big_b,
+                      delay, replicas, free_at, NULL, NULL, NULL, latency, skip, &st);
+        for (Py_ssize_t k = 0; k < chunks; k++) c[k] = 0;
+        Py_ssize_t per_chunk = kept / chunks;
+        if (per_chunk == 0) {
+            for (Py_ssize_t i = 0; i < kept; i++) c[0] += latency[i] > bound;
+        } else {
+            for (Py_ssize_t k = 0; k < chunks; k++) {
+                int64_t slow = 0;
+                const double *chunk = latency + k * per_chunk;
+                for (Py_ssize_t i = 0; i < per_chunk; i++) slow += chunk[i] > bound;
+                c[k] = slow;
+            }
+        }
+        uint64_t state = 0x9E3779B97F4A7C15ULL;
+        int64_t wanted = (int64_t)rank;
+        if (kept < BRACKET_MIN_N || !select_bracketed(latency, kept, &wanted, 1, &value, &state)) {
+            select_rank(latency, 0, kept - 1, rank, &state);  /* our own buffer: in place */
+            value = latency[rank];
+        }
+        Py_END_ALLOW_THREADS
+    }
+    free(free_at); free(latency);
+    PyBuffer_Release(&arrivals); PyBuffer_Release(&table); PyBuffer_Release(&counts);
+    if (failed) return NULL;
+    return PyFloat_FromDouble(value);
+}
+
 static PyMethodDef methods[] = {
     {"run_batches", run_batches, METH_VARARGS,
      "run_batches(arrivals, table, B, T, N, scale_or_None, out_dispatch, out_completion, "
@@ -1276,6 +1339,9 @@ static PyMethodDef methods[] = {
      "[threshold_ms], out_tail, out_mean, out_batch, out_util) -> None"},
     {"request_latencies", request_latencies, METH_VARARGS,
      "request_latencies(arrivals, completion, sizes, skip, out[n - skip]) -> None"},
+    {"search_run", search_run, METH_VARARGS,
+     "search_run(arrivals, table, B, T, N, skip, rank, bound_ms, chunks, out_counts[chunks]) "
+     "-> latency of the rank among the requests after skip"},
     {"select_ranks", select_ranks, METH_VARARGS,
      "select_ranks(values (not modified), sorted ranks int64, out) -> None"},
     {NULL, NULL, 0, NULL},
