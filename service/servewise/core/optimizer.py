@@ -531,13 +531,18 @@ def _refinement_bounds(
     cheapest settled group (and the type's cheapest settled plan) bound what a plan must
     cost, at most, to be kept. Plans above that are not refined, whatever their exact count.
     """
-    group_best: dict[tuple[int, int, bool], float] = {}
-    for i in np.flatnonzero(settled).tolist():
-        key = (int(kind[i]), int(big_b[i]), bool(delay[i] > 0))
-        group_best[key] = min(group_best.get(key, math.inf), float(cost[i]))
-    ranked = sorted(group_best.values())
+    rows = np.flatnonzero(settled)
     cutoff = max(REFINE_CANDIDATES, types)
-    overall = ranked[cutoff - 1] if len(ranked) >= cutoff else math.inf
+    overall = math.inf
+    if len(rows):
+        # Each group's cheapest settled plan: sorted by group, then cost, the first of each.
+        group = (kind[rows] * (int(big_b.max()) + 1) + big_b[rows]) * 2 + (delay[rows] > 0)
+        order = np.lexsort((cost[rows], group))
+        grouped = group[order]
+        firsts = np.flatnonzero(np.concatenate(([True], grouped[1:] != grouped[:-1])))
+        ranked = np.sort(cost[rows][order][firsts])
+        if len(ranked) >= cutoff:
+            overall = float(ranked[cutoff - 1])
     per_type = np.full(types, math.inf)
     np.minimum.at(per_type, kind[settled], cost[settled])
     bound: npt.NDArray[np.float64] = np.maximum(overall, per_type[kind])
