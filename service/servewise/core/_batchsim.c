@@ -58,8 +58,9 @@ typedef struct {
  * alone (no branches); then one pointer pass finds ub at the end of each RING_BLOCK block,
  * which gives each block's exact length at its last request and a bound on its others
  * (ub(end) - first index); only blocks whose bound beats the longest queue seen so far are
- * scanned request by request. The result is the same maximum as the per-request pointer. */
-static void ring_loop(const double *a, Py_ssize_t n, double service, Py_ssize_t replicas,
+ * scanned request by request. The result is the same maximum as the per-request pointer.
+ * Returns -1 (nothing computed) when the scan's scratch memory cannot be had. */
+static int ring_loop(const double *a, Py_ssize_t n, double service, Py_ssize_t replicas,
                       double *free_at, double *dispatch_out, double *completion_out,
                       int64_t *size_out, double *latency_out, Py_ssize_t skip,
                       double *busy_out, double *last_done_out, Py_ssize_t *max_depth_out) {
@@ -74,25 +75,7 @@ static void ring_loop(const double *a, Py_ssize_t n, double service, Py_ssize_t 
     if (dispatch_out == NULL && skip > 0) head = (double *)malloc((size_t)skip * sizeof(double));
     if (ub_end == NULL || (dispatch_out == NULL && skip > 0 && head == NULL)) {
         free(ub_end); free(head);
-        /* Out of memory for the scan: the plain loop, pointer and all. */
-        Py_ssize_t arrived = 0, slot = 0;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            double when = a[i] > free_at[slot] ? a[i] : free_at[slot];
-            double done = when + service;
-            free_at[slot] = done;
-            if (++slot == replicas) slot = 0;
-            if (dispatch_out != NULL) {
-                dispatch_out[i] = when; completion_out[i] = done; size_out[i] = 1;
-            } else if (i >= skip) {
-                latency_out[i - skip] = done - a[i];
-            }
-            if (done > last_done) last_done = done;
-            busy += service;
-            while (arrived < n && a[arrived] <= when) arrived++;
-            if (arrived - i > max_depth) max_depth = arrived - i;
-        }
-        *busy_out = busy; *last_done_out = last_done; *max_depth_out = max_depth;
-        return;
+        return -1;
     }
 #define WHEN(i) (dispatch_out != NULL ? dispatch_out[i] : ((i) < skip ? head[i] : latency_out[(i) - skip]))
     Py_ssize_t slot = 0;
@@ -139,6 +122,7 @@ static void ring_loop(const double *a, Py_ssize_t n, double service, Py_ssize_t 
     }
     free(ub_end); free(head);
     *busy_out = busy; *last_done_out = last_done; *max_depth_out = max_depth;
+    return 0;
 }
 
 /* The dispatch loop. Writes per-batch dispatch/completion/size when `dispatch_out` is given,
@@ -146,7 +130,7 @@ static void ring_loop(const double *a, Py_ssize_t n, double service, Py_ssize_t 
  * batch minus its arrival: the same subtraction request_latencies makes, so both routes give
  * bit-identical latencies). The latency route skips three per-batch arrays and a second pass
  * over them: on a million requests that was most of the confirmation's memory traffic. */
-static void dispatch_loop(const double *a, Py_ssize_t n, const double *s, const double *sc,
+static int dispatch_loop(const double *a, Py_ssize_t n, const double *s, const double *sc,
                           Py_ssize_t big_b, double delay, Py_ssize_t replicas, double *free_at,
                           double *dispatch_out, double *completion_out, int64_t *size_out,
                           double *latency_out, Py_ssize_t skip, run_stats_t *st) {
@@ -154,8 +138,9 @@ static void dispatch_loop(const double *a, Py_ssize_t n, const double *s, const 
     double busy = 0.0, last_done = -INFINITY;
     Py_ssize_t max_depth = 0;
     if (big_b == 1 && sc == NULL) {
-        ring_loop(a, n, s[1], replicas, free_at, dispatch_out, completion_out, size_out,
-                  latency_out, skip, &busy, &last_done, &max_depth);
+        if (ring_loop(a, n, s[1], replicas, free_at, dispatch_out, completion_out, size_out,
+                      latency_out, skip, &busy, &last_done, &max_depth) < 0)
+            return -1;
         k = n;
     } else {
         Py_ssize_t arrived = 0;
@@ -206,6 +191,7 @@ static void dispatch_loop(const double *a, Py_ssize_t n, const double *s, const 
     st->busy = busy;
     st->max_depth = max_depth;
     st->last_done = last_done;
+    return 0;
 }
 
 static PyObject *run_batches(PyObject *self, PyObject *args) {
@@ -240,12 +226,15 @@ static PyObject *run_batches(PyObject *self, PyObject *args) {
         if (free_at == NULL) { PyErr_NoMemory(); failed = 1; }
     }
     if (!failed) {
+        int status;
         Py_BEGIN_ALLOW_THREADS
-        dispatch_loop(a, n, (const double *)table.buf,
-                      has_scale ? (const double *)scale.buf : NULL, big_b, delay, replicas,
-                      free_at, (double *)out_dispatch.buf, (double *)out_completion.buf,
-                      (int64_t *)out_sizes.buf, NULL, 0, &st);
+        status = dispatch_loop(a, n, (const double *)table.buf,
+                               has_scale ? (const double *)scale.buf : NULL, big_b, delay,
+                               replicas, free_at, (double *)out_dispatch.buf,
+                               (double *)out_completion.buf, (int64_t *)out_sizes.buf, NULL, 0,
+                               &st);
         Py_END_ALLOW_THREADS
+        if (status < 0) { PyErr_NoMemory(); failed = 1; }
     }
     free(free_at);
     PyBuffer_Release(&arrivals); PyBuffer_Release(&table);
@@ -278,10 +267,13 @@ static PyObject *run_latencies(PyObject *self, PyObject *args) {
         if (free_at == NULL) { PyErr_NoMemory(); failed = 1; }
     }
     if (!failed) {
+        int status;
         Py_BEGIN_ALLOW_THREADS
-        dispatch_loop((const double *)arrivals.buf, n, (const double *)table.buf, NULL, big_b,
-                      delay, replicas, free_at, NULL, NULL, NULL, (double *)out.buf, skip, &st);
+        status = dispatch_loop((const double *)arrivals.buf, n, (const double *)table.buf, NULL,
+                               big_b, delay, replicas, free_at, NULL, NULL, NULL,
+                               (double *)out.buf, skip, &st);
         Py_END_ALLOW_THREADS
+        if (status < 0) { PyErr_NoMemory(); failed = 1; }
     }
     free(free_at);
     PyBuffer_Release(&arrivals); PyBuffer_Release(&table); PyBuffer_Release(&out);
@@ -1294,29 +1286,34 @@ static PyObject *search_run(PyObject *self, PyObject *args) {
     }
     if (!failed) {
         int64_t *c = (int64_t *)counts.buf;
+        int status;
         Py_BEGIN_ALLOW_THREADS
         run_stats_t st = {0, 0.0, 0, 0.0};
-        dispatch_loop((const double *)arrivals.buf, n, (const double *)table.buf, NULL, big_b,
-                      delay, replicas, free_at, NULL, NULL, NULL, latency, skip, &st);
-        for (Py_ssize_t k = 0; k < chunks; k++) c[k] = 0;
-        Py_ssize_t per_chunk = kept / chunks;
-        if (per_chunk == 0) {
-            for (Py_ssize_t i = 0; i < kept; i++) c[0] += latency[i] > bound;
-        } else {
-            for (Py_ssize_t k = 0; k < chunks; k++) {
-                int64_t slow = 0;
-                const double *chunk = latency + k * per_chunk;
-                for (Py_ssize_t i = 0; i < per_chunk; i++) slow += chunk[i] > bound;
-                c[k] = slow;
+        status = dispatch_loop((const double *)arrivals.buf, n, (const double *)table.buf, NULL,
+                               big_b, delay, replicas, free_at, NULL, NULL, NULL, latency, skip,
+                               &st);
+        if (status == 0) {
+            for (Py_ssize_t k = 0; k < chunks; k++) c[k] = 0;
+            Py_ssize_t per_chunk = kept / chunks;
+            if (per_chunk == 0) {
+                for (Py_ssize_t i = 0; i < kept; i++) c[0] += latency[i] > bound;
+            } else {
+                for (Py_ssize_t k = 0; k < chunks; k++) {
+                    int64_t slow = 0;
+                    const double *chunk = latency + k * per_chunk;
+                    for (Py_ssize_t i = 0; i < per_chunk; i++) slow += chunk[i] > bound;
+                    c[k] = slow;
+                }
+            }
+            uint64_t state = 0x9E3779B97F4A7C15ULL;
+            int64_t wanted = (int64_t)rank;
+            if (kept < BRACKET_MIN_N || !select_bracketed(latency, kept, &wanted, 1, &value, &state)) {
+                select_rank(latency, 0, kept - 1, rank, &state);  /* our own buffer: in place */
+                value = latency[rank];
             }
         }
-        uint64_t state = 0x9E3779B97F4A7C15ULL;
-        int64_t wanted = (int64_t)rank;
-        if (kept < BRACKET_MIN_N || !select_bracketed(latency, kept, &wanted, 1, &value, &state)) {
-            select_rank(latency, 0, kept - 1, rank, &state);  /* our own buffer: in place */
-            value = latency[rank];
-        }
         Py_END_ALLOW_THREADS
+        if (status < 0) { PyErr_NoMemory(); failed = 1; }
     }
     free(free_at); free(latency);
     PyBuffer_Release(&arrivals); PyBuffer_Release(&table); PyBuffer_Release(&counts);
