@@ -711,9 +711,9 @@ def _window(track: _Track, sample: control.Sample) -> list[control.Sample]:
 
 
 def _trim(track: _Track, settings: control.ControlSettings) -> None:
-    """Drop samples older than the longer stabilisation window plus two EWMA half-lives."""
-    horizon = max(settings.safety_window_s, settings.savings_window_s)
-    horizon += 2.0 * settings.ewma_half_life_s
+    """Drop samples older than :func:`servewise.core.control.sample_window_s` (the longer
+    stabilisation window plus two EWMA half-lives)."""
+    horizon = control.sample_window_s(settings)
     newest = track.samples[-1].timestamp_s
     while len(track.samples) > 1 and track.samples[0].timestamp_s < newest - horizon:
         track.samples.popleft()

@@ -318,6 +318,16 @@ def transition_steps(
     return tuple(steps)
 
 
+def sample_window_s(settings: ControlSettings) -> float:
+    """How far back the controller's window of samples reaches: the longer stabilisation window
+    (a move must see its whole window) plus two EWMA half-lives (the smoothed rate at the
+    window's start has forgotten all but a quarter of what came before). The live stream keeps
+    exactly this much per deployment and the replay hands the controller the same window, so
+    the spread, trend and burstiness the replay's decisions see are the live controller's."""
+    longer = max(settings.safety_window_s, settings.savings_window_s)
+    return longer + 2.0 * settings.ewma_half_life_s
+
+
 def step_dwell_bounds(samples: Sequence[Sample], settings: ControlSettings) -> tuple[float, float]:
     """(min, max) dwell of one step: one sample period (a step must see a sample), and the
     savings window shared by the steps (module docstring, item 8)."""

@@ -69,6 +69,7 @@ from servewise.core.control import (
     optimizer_advisor,
     plan_cost_per_hour,
     rounded_rate,
+    sample_window_s,
     switch_cost,
 )
 from servewise.core.model import Plan, Slo, Workload
@@ -369,7 +370,10 @@ class _Replay:
         samples: list[Sample] = []
         pending: tuple[Plan, float, float, float] | None = None  # target, in force at, rate, cv
         end = len(self.rates) * self.interval_s
-        window_s = max(self.settings.savings_window_s, self.settings.safety_window_s) * 2
+        # The live stream's window (the replay used twice the longer stabilisation window, 600 s
+        # at the defaults instead of the stream's 420 s, so its spread and burstiness were read
+        # over samples the live controller has already dropped).
+        window_s = sample_window_s(self.settings)
         for i in range(len(self.rates)):
             start = i * self.interval_s
             served = self.serve(i, state.current_plan)
