@@ -437,3 +437,26 @@ def test_leaving_a_failing_plan_keeps_no_fallback() -> None:
         state(cold=120.0), window([500.0] * 61), settings, migrating_advisor()
     )
     assert saving.overlap_s == pytest.approx(120.0 + sum(s.dwell_s for s in saving.steps))
+
+
+def test_moves_away_from_a_breach_are_marked_so_their_steps_never_roll_back() -> None:
+    """A move away from a plan predicted to break the SLO, and a panic move, carry
+    away_from_breach (the stream stores it on the Transition and judges the step as a move to
+    safety: breaches complete it instead of rolling back to the failing plan); a move toward
+    savings, which keeps the old plan as its fallback, does not."""
+    settings = ControlSettings(ewma_half_life_s=0.0)
+    urgent = control.evaluate(
+        state(), window([1000.0] * 5 + [2000.0]), settings, meets_up_to(1000.0)
+    )
+    assert urgent.decision is Decision.SWITCH
+    assert not urgent.panic
+    assert urgent.away_from_breach
+    panicked = control.evaluate(
+        state(since=15.0), window([1000.0] * 3, p99_ms=150.0), settings, sized_advisor()
+    )
+    assert panicked.panic
+    assert panicked.away_from_breach
+    saving = control.evaluate(state(), window([500.0] * 61), settings, migrating_advisor())
+    assert saving.decision is Decision.SWITCH
+    assert saving.direction is Direction.SAVINGS
+    assert not saving.away_from_breach

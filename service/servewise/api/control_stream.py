@@ -508,6 +508,7 @@ class ControlSession:
             step_started_at_s=sample.timestamp_s,
             reason=result.reason,
             panic=result.panic,
+            away_from_breach=result.away_from_breach,
             planned_rate_per_s=result.sizing_rate_per_s or result.smoothed_rate_per_s,
         )
         updated = self._copy(stored)
@@ -545,7 +546,9 @@ class ControlSession:
             window,
             stored.state.slo,
             stored.settings,
-            toward_safety=transition.panic,
+            # A move away from a plan predicted or observed to break the SLO never rolls back
+            # to it (transitions stored before away_from_breach existed carry panic alone).
+            toward_safety=transition.panic or transition.away_from_breach,
         )
         if verdict.action is StepAction.WAIT:
             return self._hold(

@@ -242,6 +242,10 @@ class Evaluation:
     # are both paid for (see :func:`switch_cost`).
     ready_after_s: float = 0.0
     overlap_s: float = 0.0
+    # Whether the move leaves a plan predicted (or, in panic, observed) to break the SLO: it
+    # keeps no fallback, so judging its step must not roll back to that plan
+    # (:func:`servewise.core.transitions.judge_step` with ``toward_safety``).
+    away_from_breach: bool = False
 
 
 # --- Building blocks --------------------------------------------------------------------------
@@ -899,6 +903,7 @@ def _switch_or_hold(
         steps=steps,
         ready_after_s=ready,
         overlap_s=moved.overlap_s,
+        away_from_breach=urgent,
     )
     kind = "scale" if is_scale(current, target) else f"migration in {len(steps)} steps"
     money = (
@@ -989,6 +994,7 @@ def _panic(
         net_saving_per_hour=net,
         steps=steps,
         panic=True,
+        away_from_breach=True,
         sizing_rate_per_s=panic_rate,
         ready_after_s=moved.ready_after_s,
         overlap_s=moved.overlap_s,
