@@ -139,8 +139,12 @@ def test_controller_scales_up_within_two_intervals_of_a_step() -> None:
     capacity = [control.plan_capacity_per_s(p, CANDIDATES) for p in ctl.plans]
     assert all(c > 120.0 for c in capacity[12:]), [p.describe() for p in ctl.plans]
     assert ctl.violation_minutes <= 2.0
+    # (i, a, b): plan a served interval i, b serves interval i + 1.
     changes = [(i, a, b) for i, (a, b) in enumerate(itertools.pairwise(ctl.plans)) if a != b]
-    on_rise = [c for c in changes if c[0] < 11 + control.sample_window_s(ctl_settings()) / 60]
+    # The first interval served after the step (600 s to the first high sample at 660 s) has
+    # left the window: a decision at 660 s + the window, serving from the interval after it.
+    left = round((660.0 + control.sample_window_s(ctl_settings())) / 60.0)
+    on_rise = [c for c in changes if c[0] + 1 < left]
     after = [c for c in changes if c not in on_rise]
     assert len(on_rise) <= 2, ctl.notes
     assert len(after) <= 1, ctl.notes
@@ -235,3 +239,24 @@ def test_the_controller_sees_the_live_streams_window_of_samples(
         span = window[-1].timestamp_s - window[0].timestamp_s
         # Samples every 30 s: the oldest kept is the first at or after newest - horizon.
         assert span == horizon, [s.timestamp_s for s in window]
+
+
+def test_a_move_away_from_a_breach_escalates_before_its_target_is_up() -> None:
+    """10/s, one 10 s interval at 40/s, then 150/s, in 10 s intervals (cold start 60 s): the 40/s
+    sample moves the controller at once (t = 310 s, the target up at 370 s). Its step then sees
+    three breaches (the old plan still serving), which complete it as the live stream's
+    judge_step does for a move away from a breach; the controller decides again from the
+    target at t = 330 s and more capacity starts then, so the SLO is met from 390 s on, not
+    only once a move decided at 370 s is up (430 s)."""
+    rng = np.random.default_rng(7)
+    parts = []
+    for start, end, rate in ((0.0, 300.0, 10.0), (300.0, 310.0, 40.0), (310.0, 600.0, 150.0)):
+        t = start + np.cumsum(rng.exponential(1 / rate, int(rate * (end - start) * 1.3) + 10))
+        parts.append(t[t < end])
+    result = rp.replay(np.concatenate(parts), CANDIDATES, SLO, interval_s=10.0)
+    ctl = result.strategies[rp.CONTROLLER]
+    times = [note.split("s:", 1)[0] for note in ctl.notes]
+    assert times[:3] == ["t=310", "t=330", "t=330"], ctl.notes
+    assert "move to safety" in ctl.notes[1]
+    assert all(q <= SLO.latency_ms for q in ctl.p99_ms[39:]), ctl.p99_ms[36:]
+    assert ctl.violation_minutes <= 1.5
