@@ -125,6 +125,8 @@ CV_CURVE_MAX_UTILISATION = 0.98
 # this many answers per pair (a window is at most 420 samples at the default settings).
 CV_MEMO_PLANS = 4096
 CV_MEMO_ANSWERS_PER_PLAN = 1024
+# The level of the latency quantile a metrics sample reports (MetricSample.p99_ms).
+P99_LEVEL = 0.99
 
 
 class Decision(Enum):
@@ -552,12 +554,40 @@ def estimate_rate(
     return sizing_series(samples, settings, slo, cold_start_s)[1]
 
 
+def p99_level_bound(requests: float, percentile: float) -> float:
+    """The highest latency quantile level a sample's p99 over ``requests`` requests may stand
+    for, at the confidence of the SLO ``percentile`` (:func:`slo_z`).
+
+    The p99 of n requests is an order statistic: the number of them above the true
+    ``level``-quantile is Binomial(n, 1 - level), so the observed p99 lies below the true
+    quantile at ``0.99 + z * sqrt(0.99 * 0.01 / n)`` with that confidence, and no sample of n
+    speaks of a level above ``n / (n + 1)`` (its largest request). Reading the burstiness at
+    this level instead of 0.99 credits only what the sample shows beyond its own noise: where
+    the p99 hardly moves with the CV (a batching delay dominates it) a 1 % difference between
+    the model and the sample read as CV 2.5. The tail ``1 - level`` is rounded to two
+    significant digits (the p99 curves are cached per level). 0.99 when ``requests`` is not
+    positive.
+    """
+    if not requests > 0:
+        return P99_LEVEL
+    bound = P99_LEVEL + slo_z(percentile) * math.sqrt(P99_LEVEL * (1.0 - P99_LEVEL) / requests)
+    bound = min(bound, requests / (requests + 1.0))
+    tail = float(f"{1.0 - max(bound, P99_LEVEL):.2g}")
+    return 1.0 - tail
+
+
 def cv_for_latency(
-    candidate: Candidate, plan: Plan, rate_per_s: float, observed_p99_ms: float
+    candidate: Candidate,
+    plan: Plan,
+    rate_per_s: float,
+    observed_p99_ms: float,
+    level: float = 0.99,
 ) -> float | None:
     """The inter-arrival CV at which the queueing model predicts ``observed_p99_ms`` for
-    ``plan`` at ``rate_per_s`` (clamped to ``[MIN_ARRIVAL_CV, MAX_ARRIVAL_CV]``); None when the
-    plan is unstable at that rate (the latency then says nothing about burstiness).
+    ``plan`` at ``rate_per_s`` as its ``level`` quantile (0.99: the sample's p99 taken at face
+    value; :func:`p99_level_bound` for the least CV the sample shows with confidence), clamped
+    to ``[MIN_ARRIVAL_CV, MAX_ARRIVAL_CV]``; None when the plan is unstable at that rate (the
+    latency then says nothing about burstiness).
 
     Read off curves, not bisected: the p99 is predicted once per (profile, plan, rate on a
     grid of :data:`RATE_SIGNIFICANT_DIGITS` significant digits) at the CVs
@@ -582,10 +612,10 @@ def cv_for_latency(
         # The slot holds the objects, so their ids cannot be reused while it exists.
         slot = _CV_MEMO[memo_key] = (candidate, plan, {})
     answers = slot[2]
-    key = (rate_per_s, observed_p99_ms)
+    key = (rate_per_s, observed_p99_ms, level)
     if key in answers:
         return answers[key]
-    found = _cv_for_latency(candidate, plan, rate_per_s, observed_p99_ms)
+    found = _cv_for_latency(candidate, plan, rate_per_s, observed_p99_ms, level)
     if len(answers) >= CV_MEMO_ANSWERS_PER_PLAN:
         answers.clear()
     answers[key] = found
@@ -593,12 +623,12 @@ def cv_for_latency(
 
 
 _CV_MEMO: dict[
-    tuple[int, int], tuple[Candidate, Plan, dict[tuple[float, float], float | None]]
+    tuple[int, int], tuple[Candidate, Plan, dict[tuple[float, float, float], float | None]]
 ] = {}
 
 
 def _cv_for_latency(
-    candidate: Candidate, plan: Plan, rate_per_s: float, observed_p99_ms: float
+    candidate: Candidate, plan: Plan, rate_per_s: float, observed_p99_ms: float, level: float
 ) -> float | None:
     capacity = capacity_per_s(candidate.profile, plan.max_batch_size, plan.replicas)
     if rate_per_s >= capacity:
@@ -612,9 +642,10 @@ def _cv_for_latency(
     high = low + step
     if low <= 0.0 or high >= CV_CURVE_MAX_UTILISATION * capacity:
         # Near capacity the p99 is too steep in the rate to interpolate: this rate's own curve.
-        return _read_curve(_p99_curve(candidate.profile, plan, rate_per_s), observed_p99_ms)
-    at_low = _read_curve(_p99_curve(candidate.profile, plan, low), observed_p99_ms)
-    at_high = _read_curve(_p99_curve(candidate.profile, plan, high), observed_p99_ms)
+        curve = _p99_curve(candidate.profile, plan, rate_per_s, level)
+        return _read_curve(curve, observed_p99_ms)
+    at_low = _read_curve(_p99_curve(candidate.profile, plan, low, level), observed_p99_ms)
+    at_high = _read_curve(_p99_curve(candidate.profile, plan, high, level), observed_p99_ms)
     return at_low + (at_high - at_low) * (rate_per_s - low) / step
 
 
@@ -636,11 +667,11 @@ def _read_curve(curve: tuple[list[float], list[float]], observed_p99_ms: float) 
 
 @functools.lru_cache(maxsize=CV_CURVE_ENTRIES)
 def _p99_curve(
-    profile: LatencyProfile, plan: Plan, rate_per_s: float
+    profile: LatencyProfile, plan: Plan, rate_per_s: float, level: float = 0.99
 ) -> tuple[list[float], list[float]]:
-    """(log CV, predicted p99 ms) at the CV grid of :func:`cv_for_latency`: the model of
-    :func:`queueing.predict` at its 0.99 level (each level is computed on its own), called on
-    the C kernel with the tables and arguments built once."""
+    """(log CV, predicted latency ms at ``level``) at the CV grid of :func:`cv_for_latency`:
+    the model of :func:`queueing.predict` (each level is computed on its own), called on the C
+    kernel with the tables and arguments built once."""
     steps = round(math.log2(MAX_ARRIVAL_CV / MIN_ARRIVAL_CV) * CV_CURVE_POINTS_PER_DOUBLING)
     log_cvs = [
         math.log(MIN_ARRIVAL_CV) + math.log(2.0) * k / CV_CURVE_POINTS_PER_DOUBLING
@@ -651,7 +682,7 @@ def _p99_curve(
     b = np.array([plan.max_batch_size], dtype=np.int64)
     t = np.array([plan.max_queue_delay_ms], dtype=np.float64)
     n = np.array([plan.replicas], dtype=np.int64)
-    levels = np.array([99.0], dtype=np.float64) / 100.0
+    levels = np.array([level], dtype=np.float64)
     out = np.empty((1, 1))
     mean, batch, util = np.empty(1), np.empty(1), np.empty(1)
     p99s = np.empty(len(log_cvs))
@@ -680,14 +711,23 @@ def _p99_curve(
 def estimate_arrival_cv(state: DeploymentState, samples: Sequence[Sample]) -> float:
     """The root-mean-square of :func:`cv_for_latency` over the samples served by the current
     plan (after ``plan_since_s``, with a p99 and a rate); the plan's ``planned_arrival_cv`` when
-    there are none. CVs enter queueing delay squared, so their squares are averaged."""
+    there are none. CVs enter queueing delay squared, so their squares are averaged.
+
+    Each sample's p99 is read at :func:`p99_level_bound` for the requests it covers (its rate
+    over the gap since the sample before it; the median gap for the first): the burstiness the
+    sample shows beyond the noise of a p99 over that many requests, at the SLO's confidence."""
     candidate = _candidate(state.current_plan, state.candidates)
     since = -math.inf if state.plan_since_s is None else state.plan_since_s
+    period = sample_period_s(samples) or 0.0
     squares = []
+    previous: Sample | None = None
     for s in samples:
+        gap = period if previous is None else s.timestamp_s - previous.timestamp_s
+        previous = s
         if s.timestamp_s <= since or s.p99_ms <= 0 or s.rate_per_s <= 0:
             continue
-        cv = cv_for_latency(candidate, state.current_plan, s.rate_per_s, s.p99_ms)
+        level = p99_level_bound(s.rate_per_s * gap, state.slo.percentile)
+        cv = cv_for_latency(candidate, state.current_plan, s.rate_per_s, s.p99_ms, level)
         if cv is not None:
             squares.append(cv * cv)
     if not squares:
