@@ -47,12 +47,16 @@ The decision, in order:
    HPA scales down to the highest recommendation of its window): the smaller plan must carry
    what the window has seen. Migrations toward savings also wait for the plan's minimum
    dwell; a scale down of the configuration serving does not (item 8).
-7. **Net saving.** The target is the optimizer's best plan at the sizing rate, or the current
-   configuration scaled to no more running cost when that meets the SLO too
-   (``Advice.scaled_plan``), whichever has the larger net saving: a scale skips the migration's
-   overlap of old and new capacity. Its switch cost is :func:`switch_cost`; over the expected
-   dwell ``H`` the net saving per hour is ``saving_per_hour - switch_cost / (H / 3600)``, and a
-   move happens only when it is positive.
+7. **Net saving.** The target is the optimizer's best plan at the sizing rate, or a scale of
+   the current configuration that meets the SLO (``Advice.scaled_plan``: at the best plan's
+   running cost, or else the fewest replicas that meet it), whichever has the larger net
+   saving: a scale starts only the added replicas and skips the migration's overlap of old and
+   new capacity. Its switch cost is :func:`switch_cost`; over the expected dwell ``H`` the net
+   saving per hour is ``saving_per_hour - switch_cost / (H / 3600)``, and a move toward savings
+   happens only when it is positive. ``H`` is the ``expected_dwell_s`` setting, or, while an
+   established rising trend will carry the rate out of the band sooner, that time
+   (:func:`expected_dwell_s`): a migration that would repay its fleet's cold start only over
+   an hour is not worth it when the next move is minutes away.
 8. **Transition** (:func:`transition_steps`). A change of replica count alone is a *scale*: the
    configuration is the one already serving, so there is nothing to canary; it takes one step at
    full weight whose dwell verifies the SLO, and, like an HPA, a scale down needs only the
@@ -191,9 +195,10 @@ class Advice:
     feasible: bool
     cost_per_hour: float
     current_meets_slo: bool
-    # The current configuration (instance type, B, T) with as many replicas as the best plan's
-    # running cost buys, when that meets the SLO too and differs from the current plan: moving
-    # there is a scale, not a migration, so it may be the cheaper move (see item 7).
+    # A scale of the current configuration (instance type, B, T) that meets the SLO: with as
+    # many replicas as the best plan's running cost buys, or else the fewest above that which
+    # meet it (:func:`_scaled_alternative`). Moving there is a scale, not a migration: only the
+    # added replicas start, so it may be the cheaper move over the expected dwell (item 7).
     scaled_plan: Plan | None = None
 
 
@@ -332,6 +337,20 @@ def sample_window_s(settings: ControlSettings) -> float:
     the spread, trend and burstiness the replay's decisions see are the live controller's."""
     longer = max(settings.safety_window_s, settings.savings_window_s)
     return longer + 2.0 * settings.ewma_half_life_s
+
+
+def expected_dwell_s(settings: ControlSettings, estimate: RateEstimate) -> float:
+    """How long a plan chosen now is expected to stay in force, the time over which a switch's
+    cost must be repaid (module docstring, item 7): ``settings.expected_dwell_s``, or, when the
+    samples establish a rising trend (:func:`rising_trend`), the time that trend takes to carry
+    the sizing rate past the top of the hysteresis band around it, ``band * sizing / trend``,
+    whichever is shorter; at least one sample period. Over a rise, a migration that pays back
+    its whole fleet's cold start only over an hour is followed by another long before then."""
+    dwell = settings.expected_dwell_s
+    if estimate.trend_per_s2 > 0 and estimate.sizing_per_s > 0:
+        to_band = settings.hysteresis_band * estimate.sizing_per_s / estimate.trend_per_s2
+        dwell = min(dwell, to_band)
+    return max(dwell, estimate.sample_period_s or MIN_STEP_DWELL_S)
 
 
 def step_dwell_bounds(samples: Sequence[Sample], settings: ControlSettings) -> tuple[float, float]:
@@ -793,10 +812,11 @@ def evaluate(
         sizing_rate_per_s=rate,
         arrival_cv=cv,
     )
+    dwell = expected_dwell_s(settings, estimate)
     run = panic_run(samples, state.slo, settings.error_rate_limit, state.plan_since_s)
     needed = requests_for_percentile(state.slo.percentile)
     if run >= settings.panic_samples or (run > 0 and run_requests(samples, run) >= needed):
-        return _panic(state, samples, settings, advise, run, base)
+        return _panic(state, samples, settings, advise, run, base, dwell)
 
     sizing = (
         f"sizing rate {rate:.4g}/s (smoothed {estimate.smoothed_per_s:.4g}/s, trend "
@@ -819,7 +839,9 @@ def evaluate(
         advice = advise(rate, cv)
         if not advice.current_meets_slo:
             # A predicted breach: no window (module docstring, item 5).
-            return _switch_or_hold(state, samples, settings, advice, direction, base, sizing)
+            return _switch_or_hold(
+                state, samples, settings, advice, direction, base, sizing, dwell
+            )
     else:
         direction, window = Direction.SAVINGS, settings.savings_window_s
         held = held_for_s(samples, series, lambda r: r < lower)
@@ -856,7 +878,7 @@ def evaluate(
     if advice is None:
         advice = advise(rate, cv)
     return _switch_or_hold(
-        state, samples, settings, advice, direction, base, sizing, scale_only=dwelling
+        state, samples, settings, advice, direction, base, sizing, dwell, scale_only=dwelling
     )
 
 
@@ -888,11 +910,13 @@ def _switch_or_hold(
     direction: Direction,
     base: Evaluation,
     sizing: str,
+    dwell_s: float,
     scale_only: str = "",
 ) -> Evaluation:
     """Switch to the option (the optimizer's best plan, or the current configuration scaled)
-    with the larger net saving, or hold. ``scale_only``, when not empty, is why migrations are
-    held back: only a scale is considered."""
+    with the larger net saving over ``dwell_s`` (:func:`expected_dwell_s`), or hold.
+    ``scale_only``, when not empty, is why migrations are held back: only a scale is
+    considered."""
     current = state.current_plan
     current_cost = base.current_cost_per_hour
     rate = base.sizing_rate_per_s
@@ -919,7 +943,7 @@ def _switch_or_hold(
         )
         option_cost = plan_cost_per_hour(option, state.candidates)
         option_net = (
-            current_cost - option_cost - option_moved.cost / (settings.expected_dwell_s / 3600.0)
+            current_cost - option_cost - option_moved.cost / (dwell_s / 3600.0)
         )
         priced.append((option_net, option, option_steps, option_moved))
     net, target, steps, moved = max(priced, key=lambda p: p[0])
@@ -949,7 +973,7 @@ def _switch_or_hold(
     money = (
         f"${current_cost:.4g}/h now vs ${target_cost:.4g}/h for {target.describe()}: saving "
         f"${saving:.4g}/h, switch cost ${cost:.4g} ({kind}, target ready after {ready:.4g} s), "
-        f"net ${net:.4g}/h over the expected {settings.expected_dwell_s:.4g} s"
+        f"net ${net:.4g}/h over the expected {dwell_s:.4g} s"
     )
     if not advice.feasible:
         return _infeasible(state, advice, rate, numbered, money)
@@ -999,6 +1023,7 @@ def _panic(
     advise: Advisor,
     run: int,
     base: Evaluation,
+    dwell_s: float,
 ) -> Evaluation:
     current = state.current_plan
     newest = samples[-1]
@@ -1017,7 +1042,7 @@ def _panic(
     current_cost = base.current_cost_per_hour
     target_cost = plan_cost_per_hour(target, state.candidates)
     saving = current_cost - target_cost
-    net = saving - cost / (settings.expected_dwell_s / 3600.0)
+    net = saving - cost / (dwell_s / 3600.0)
     return replace(
         base,
         decision=Decision.SWITCH,
@@ -1171,7 +1196,14 @@ def optimizer_advisor(
         scaled = None
         if best is not None and result.feasible and not is_scale(current_plan, best.plan):
             scaled = _scaled_alternative(
-                candidates, slo, limits, current_plan, best.cost_per_hour, workload, seed
+                candidates,
+                slo,
+                limits,
+                current_plan,
+                best.cost_per_hour,
+                workload,
+                seed,
+                current_meets_slo=current_ok,
             )
         return Advice(
             rate_per_s=rate_per_s,
@@ -1193,17 +1225,42 @@ def _scaled_alternative(
     best_cost_per_hour: float,
     workload: Workload,
     seed: int,
+    current_meets_slo: bool = True,
 ) -> Plan | None:
-    """The current configuration with as many replicas as ``best_cost_per_hour`` buys, when
-    that differs from the current count and the optimizer's own assessment (the same
-    confirmation as its recommendation) says it meets the SLO; else None."""
-    price = _candidate(current_plan, candidates).instance.price_per_hour
+    """A scale of the current configuration that meets the SLO, by the optimizer's own
+    assessment (the same confirmation as its recommendation): with as many replicas as
+    ``best_cost_per_hour`` buys when that differs from the current count and meets it; else,
+    when the current plan fails the SLO (``current_meets_slo`` false), the fewest replicas
+    above both counts the queueing model says meet it (confirmed, or one more if not). That
+    costs more than the best plan but may still be the cheaper move: it starts only the added
+    replicas, where a migration starts a whole fleet (the controller weighs the two over the
+    expected dwell, item 7). None when neither is found."""
+    candidate = _candidate(current_plan, candidates)
+    price = candidate.instance.price_per_hour
     replicas = min(math.floor(best_cost_per_hour / price + 1e-9), limits.max_replicas)
-    if replicas < 1 or replicas == current_plan.replicas:
+
+    def meets(count: int) -> bool:
+        scaled = replace(current_plan, replicas=count)
+        result = optimize(list(candidates), workload, slo, limits, current_plan=scaled, seed=seed)
+        return result.current is not None and result.current.meets_slo
+
+    if replicas >= 1 and replicas != current_plan.replicas and meets(replicas):
+        return replace(current_plan, replicas=replicas)
+    if current_meets_slo:
+        return None  # the current plan is the cheapest scale that meets it, at or above
+    for count in range(max(replicas, current_plan.replicas) + 1, limits.max_replicas + 1):
+        scaled = replace(current_plan, replicas=count)
+        capacity = capacity_per_s(candidate.profile, scaled.max_batch_size, count)
+        if workload.rate_per_s >= capacity:
+            continue
+        predicted = queueing.predict(candidate.profile, scaled, workload, slo).slo_percentile_ms
+        if predicted is None or predicted > slo.latency_ms:
+            continue
+        for confirmed in range(count, min(count + 1, limits.max_replicas) + 1):
+            if meets(confirmed):
+                return replace(current_plan, replicas=confirmed)
         return None
-    scaled = replace(current_plan, replicas=replicas)
-    result = optimize(list(candidates), workload, slo, limits, current_plan=scaled, seed=seed)
-    return scaled if result.current is not None and result.current.meets_slo else None
+    return None
 
 
 def advice_key(
