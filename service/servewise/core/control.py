@@ -587,9 +587,16 @@ def p99_level_bound(requests: float, percentile: float) -> float:
     significant digits (the p99 curves are cached per level). 0.99 when ``requests`` is not
     positive.
     """
+    return _p99_level_bound(requests, slo_z(percentile))
+
+
+@functools.lru_cache(maxsize=CV_MEMO_PLANS * 16)
+def _p99_level_bound(requests: float, z: float) -> float:
+    """:func:`p99_level_bound` at the normal quantile ``z``; cached, as every evaluation reads
+    the level of each sample of its window again (the same floats)."""
     if not requests > 0:
         return P99_LEVEL
-    bound = P99_LEVEL + slo_z(percentile) * math.sqrt(P99_LEVEL * (1.0 - P99_LEVEL) / requests)
+    bound = P99_LEVEL + z * math.sqrt(P99_LEVEL * (1.0 - P99_LEVEL) / requests)
     bound = min(bound, requests / (requests + 1.0))
     tail = float(f"{1.0 - max(bound, P99_LEVEL):.2g}")
     return 1.0 - tail
@@ -737,15 +744,18 @@ def estimate_arrival_cv(state: DeploymentState, samples: Sequence[Sample]) -> fl
     sample shows beyond the noise of a p99 over that many requests, at the SLO's confidence."""
     candidate = _candidate(state.current_plan, state.candidates)
     since = -math.inf if state.plan_since_s is None else state.plan_since_s
-    period = sample_period_s(samples) or 0.0
+    z = slo_z(state.slo.percentile)
     squares = []
     previous: Sample | None = None
     for s in samples:
-        gap = period if previous is None else s.timestamp_s - previous.timestamp_s
+        if previous is not None:
+            gap = s.timestamp_s - previous.timestamp_s
+        else:  # the first sample of the window: no gap before it, the median gap stands in
+            gap = sample_period_s(samples) or 0.0
         previous = s
         if s.timestamp_s <= since or s.p99_ms <= 0 or s.rate_per_s <= 0:
             continue
-        level = p99_level_bound(s.rate_per_s * gap, state.slo.percentile)
+        level = _p99_level_bound(s.rate_per_s * gap, z)
         cv = cv_for_latency(candidate, state.current_plan, s.rate_per_s, s.p99_ms, level)
         if cv is not None:
             squares.append(cv * cv)
