@@ -3106,7 +3106,8 @@ type DeploymentSettings struct {
 	// same configuration waits only for the savings window; default 600.
 	MinDwellS *float64 `protobuf:"fixed64,4,opt,name=min_dwell_s,json=minDwellS,proto3,oneof" json:"min_dwell_s,omitempty"`
 	// How long a new plan is expected to stay in force, over which the saving must repay the
-	// switch; default 3600.
+	// switch; default 3600. While the samples establish a rising trend the controller uses the
+	// shorter time the trend takes to carry the rate out of the hysteresis band.
 	ExpectedDwellS *float64 `protobuf:"fixed64,5,opt,name=expected_dwell_s,json=expectedDwellS,proto3,oneof" json:"expected_dwell_s,omitempty"`
 	// Half-life of the EWMA that smooths the sampled rate; default 60.
 	EwmaHalfLifeS *float64 `protobuf:"fixed64,6,opt,name=ewma_half_life_s,json=ewmaHalfLifeS,proto3,oneof" json:"ewma_half_life_s,omitempty"`

@@ -1469,7 +1469,8 @@ class DeploymentSettings(_message.Message):
     """
     expected_dwell_s: _builtins.float
     """How long a new plan is expected to stay in force, over which the saving must repay the
-    switch; default 3600.
+    switch; default 3600. While the samples establish a rising trend the controller uses the
+    shorter time the trend takes to carry the rate out of the hysteresis band.
     """
     ewma_half_life_s: _builtins.float
     """Half-life of the EWMA that smooths the sampled rate; default 60."""

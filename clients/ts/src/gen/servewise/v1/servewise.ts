@@ -657,7 +657,8 @@ export interface DeploymentSettings {
     | undefined;
   /**
    * How long a new plan is expected to stay in force, over which the saving must repay the
-   * switch; default 3600.
+   * switch; default 3600. While the samples establish a rising trend the controller uses the
+   * shorter time the trend takes to carry the rate out of the hysteresis band.
    */
   expectedDwellS?:
     | number
