@@ -82,7 +82,7 @@ from typing import Protocol, overload
 
 import numpy as np
 
-from servewise.core import _batchsim, queueing  # type: ignore[attr-defined]
+from servewise.core import _batchsim, queueing, window  # type: ignore[attr-defined]
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.optimizer import SearchLimits, optimize
 from servewise.core.profiles import Candidate, LatencyProfile
@@ -293,6 +293,8 @@ def requests_for_percentile(percentile: float) -> int:
 
 def sample_period_s(samples: Sequence[Sample]) -> float | None:
     """The median gap between the samples' timestamps (None with fewer than two)."""
+    if isinstance(samples, window.SampleWindow):
+        return samples.period_s()  # kept up to date as samples come and go
     gaps = [b.timestamp_s - a.timestamp_s for a, b in itertools.pairwise(samples)]
     gaps = [g for g in gaps if g > 0]
     return statistics.median(gaps) if gaps else None
@@ -408,7 +410,8 @@ def run_requests(samples: Sequence[Sample], run: int) -> float:
     """Requests the newest ``run`` samples covered (each sample's rate over the gap before it;
     the first sample of the window, with no gap, counts none)."""
     total = 0.0
-    pairs = list(itertools.pairwise(samples))[-run:] if run > 0 else []
+    # The newest run + 1 samples hold the newest run pairs (a slice: a window is long).
+    pairs = list(itertools.pairwise(samples[-run - 1 :])) if run > 0 else []
     for prev, cur in pairs:
         total += cur.rate_per_s * (cur.timestamp_s - prev.timestamp_s)
     return total
@@ -461,7 +464,12 @@ def sizing_series(
     is ``sqrt(mean(diff(rate)**2) / 2)`` over the window (successive differences remove a slow
     trend; the halving undoes the difference of two samples' variances); the trend is
     :func:`rising_trend` over the last two half-lives (at least three sample periods).
+
+    A :class:`~servewise.core.window.SampleWindow` answers from statistics it keeps up to date
+    (the same values up to rounding); the code below is the reference it is tested against.
     """
+    if isinstance(samples, window.SampleWindow):
+        return samples.sizing_series(settings, slo, cold_start_s)
     smoothed = ewma_rates(samples, settings.ewma_half_life_s)
     period = sample_period_s(samples)
     lead = cold_start_s + (period or 0.0)
@@ -666,7 +674,12 @@ def _p99_curve(
 def estimate_arrival_cv(state: DeploymentState, samples: Sequence[Sample]) -> float:
     """The root-mean-square of :func:`cv_for_latency` over the samples served by the current
     plan (after ``plan_since_s``, with a p99 and a rate); the plan's ``planned_arrival_cv`` when
-    there are none. CVs enter queueing delay squared, so their squares are averaged."""
+    there are none. CVs enter queueing delay squared, so their squares are averaged.
+
+    A :class:`~servewise.core.window.SampleWindow` keeps the squares' total up to date (each
+    sample's CV computed once); the code below is the reference it is tested against."""
+    if isinstance(samples, window.SampleWindow):
+        return samples.arrival_cv(state)
     candidate = _candidate(state.current_plan, state.candidates)
     since = -math.inf if state.plan_since_s is None else state.plan_since_s
     squares = []
