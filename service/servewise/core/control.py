@@ -153,7 +153,8 @@ class ControlSettings:
     transition_weights: tuple[float, ...] = DEFAULT_TRANSITION_WEIGHTS
 
 
-@dataclass(frozen=True)
+# Slotted: a Control stream keeps a window of up to 420 per deployment (no __dict__ each).
+@dataclass(frozen=True, slots=True)
 class Sample:
     """One metrics sample (validated by the caller: finite, rate >= 0, time non-decreasing)."""
 

@@ -27,8 +27,8 @@ those statistics need, so a new sample costs a constant amount of work:
 Every value is the reference formula's up to floating-point rounding (the sums are formed in
 another order): ``tests/core/test_window.py`` checks them against the reference functions on
 random sample sequences, and the controller's decisions on long runs. The anchor and the sums
-are rebuilt from the head whenever as many samples have left the window as remain in it (the
-storage is compacted then too), which bounds how far the rounding can drift and keeps the work
+are rebuilt from the head whenever half as many samples have left the window as remain in it
+(the storage is compacted then too), which bounds how far the rounding can drift and keeps the work
 amortised O(1). What depends on settings or state (half-life, span, candidate and plan) is
 filled in lazily when read, and rebuilt when they change.
 """
@@ -40,12 +40,13 @@ import math
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
-from typing import overload
+from typing import cast, overload
 
 from servewise.core import control
 from servewise.core.model import Slo
 
-# Compaction (and the rebuild of the anchored sums) waits for at least this many dropped samples.
+# Compaction (and the rebuild of the anchored sums) waits for at least this many dropped
+# samples, and for half as many as remain (so storage is at most 1.5 times the window).
 MIN_COMPACT_SAMPLES = 32
 # A window's spread is recomputed from the samples when the sum before the head is this many
 # times the window's own (the subtraction would lose more than ~1e-10 of it to rounding).
@@ -64,7 +65,8 @@ class SampleWindow(Sequence["control.Sample"]):
             self.append(sample)
 
     def _reset(self) -> None:
-        self._samples: list[control.Sample] = []
+        # None where a sample has left (only indices from the head on are read).
+        self._samples: list[control.Sample | None] = []
         # Storage index of the window's oldest sample (everything before it has left).
         self._head = 0
         self._ts = array("d")
@@ -72,7 +74,7 @@ class SampleWindow(Sequence["control.Sample"]):
         # Prefix sums of (rate[i] - rate[i-1])**2 (0 at the first sample stored).
         self._squares = array("d")
         # The positive gaps between consecutive samples of the window, sorted.
-        self._gaps: list[float] = []
+        self._gaps = array("d")
         # EWMA from the anchor (a storage index at or before the head), filled for
         # ``_ewma_half_life`` up to ``len(_ewma)``.
         self._anchor = 0
@@ -105,22 +107,23 @@ class SampleWindow(Sequence["control.Sample"]):
 
     def __getitem__(self, index: int | slice) -> control.Sample | list[control.Sample]:
         if isinstance(index, slice):
-            return self._samples[self._head :][index]
+            return cast(list[control.Sample], self._samples[self._head :][index])
         n = len(self)
         i = index + n if index < 0 else index
         if not 0 <= i < n:
             raise IndexError(index)
-        return self._samples[self._head + i]
+        return cast(control.Sample, self._samples[self._head + i])
 
     def __iter__(self) -> Iterator[control.Sample]:
-        return islice(self._samples, self._head, None)
+        return cast(Iterator[control.Sample], islice(self._samples, self._head, None))
 
     def __reversed__(self) -> Iterator[control.Sample]:
-        return islice(reversed(self._samples), len(self))
+        return cast(Iterator[control.Sample], islice(reversed(self._samples), len(self)))
 
     def since(self, timestamp_s: float) -> list[control.Sample]:
         """The samples taken at or after ``timestamp_s``, oldest first."""
-        return self._samples[bisect.bisect_left(self._ts, timestamp_s, self._head) :]
+        start = bisect.bisect_left(self._ts, timestamp_s, self._head)
+        return cast(list[control.Sample], self._samples[start:])
 
     def append(self, sample: control.Sample) -> None:
         if self._samples:
@@ -141,7 +144,9 @@ class SampleWindow(Sequence["control.Sample"]):
         h = self._head
         if h >= len(self._samples):
             raise IndexError("pop from an empty window")
-        oldest = self._samples[h]
+        oldest = cast(control.Sample, self._samples[h])
+        # Let it go now (the storage is compacted only once half of it has left).
+        self._samples[h] = None
         if h + 1 < len(self._samples):
             gap = self._ts[h + 1] - self._ts[h]
             if gap > 0:
@@ -154,7 +159,9 @@ class SampleWindow(Sequence["control.Sample"]):
         self._head = h + 1
         if self._head == len(self._samples):
             self._reset()  # emptied: nothing kept applies to what comes next
-        elif self._head >= MIN_COMPACT_SAMPLES and 2 * self._head >= len(self._samples):
+        elif (
+            self._head >= MIN_COMPACT_SAMPLES and 2 * self._head >= len(self._samples) - self._head
+        ):
             self._compact()
         return oldest
 
@@ -313,7 +320,7 @@ class SampleWindow(Sequence["control.Sample"]):
             self._cv_key = (candidate, plan, since)
         cv2 = self._cv2
         for p in range(len(cv2), len(self._samples)):
-            s = self._samples[p]
+            s = cast(control.Sample, self._samples[p])
             value = math.nan
             if s.timestamp_s > since and s.p99_ms > 0 and s.rate_per_s > 0:
                 # The memo of cv_for_latency is for whole windows read again; each sample is
