@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 from collections.abc import Sequence
 
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from servewise.core import control
+from servewise.core import window as window_module
 from servewise.core.control import (
     Advice,
     ControlSettings,
@@ -97,15 +99,35 @@ configs = st.builds(
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(steps=steps, config=configs, start=st.sampled_from([0.0, 1000.0, 1.7e9]))
+@given(
+    steps=steps,
+    config=configs,
+    start=st.sampled_from([0.0, 1000.0, 1.7e9]),
+    slack=st.sampled_from([1, 8, window_module.COMPACT_SLACK_SAMPLES]),
+)
 def test_incremental_statistics_equal_the_whole_window_formulas(
-    steps: list[tuple[float, float, float, int]], config: ControlSettings, start: float
+    steps: list[tuple[float, float, float, int]],
+    config: ControlSettings,
+    start: float,
+    slack: int,
 ) -> None:
     """After every append, drop and clear (trimmed by a horizon as the Control stream trims,
     dropped one by one, cleared), every value of the sizing series, the rate estimate and the
     arrival CV of a SampleWindow are the reference's over the same samples to 1e-9 relative;
     the median period exactly. The state changes plan start and objects on the way (the CV's
-    inputs)."""
+    inputs). Compaction's thresholds are drawn small too, so short runs compact often."""
+    defaults = window_module.MIN_COMPACT_SAMPLES, window_module.COMPACT_SLACK_SAMPLES
+    window_module.COMPACT_SLACK_SAMPLES = slack
+    window_module.MIN_COMPACT_SAMPLES = min(slack, defaults[0])
+    try:
+        _run_and_check(steps, config, start)
+    finally:
+        window_module.MIN_COMPACT_SAMPLES, window_module.COMPACT_SLACK_SAMPLES = defaults
+
+
+def _run_and_check(
+    steps: list[tuple[float, float, float, int]], config: ControlSettings, start: float
+) -> None:
     window = SampleWindow(maxlen=100)
     horizon = max(config.safety_window_s, config.savings_window_s) + 2 * config.ewma_half_life_s
     t = start
@@ -122,6 +144,35 @@ def test_incremental_statistics_equal_the_whole_window_formulas(
                 window.popleft()
         since = None if k < 40 else start + 0.25 * (k // 40) * 40
         check_statistics(window, config, state(since, copy=k % 5 == 0))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_long_runs_through_many_compactions_keep_the_statistics(seed: int) -> None:
+    """2,000 samples through windows of 40 to 400 (the default compaction thresholds: a
+    compaction every few dozen to few hundred samples), with rate jumps of four orders of
+    magnitude and the state changing plan start: the statistics stay the reference's to
+    1e-9 (checked every 7th sample, and on every sample after a jump)."""
+    rng = random.Random(seed)
+    config = ControlSettings(
+        safety_window_s=10.0,
+        savings_window_s=rng.choice([20.0, 100.0, 300.0]),
+        ewma_half_life_s=rng.choice([5.0, 30.0]),
+    )
+    horizon = max(config.safety_window_s, config.savings_window_s) + 2 * config.ewma_half_life_s
+    window = SampleWindow(maxlen=1000)
+    t, level, since = 1.7e9 + seed, 300.0, None
+    for k in range(2000):
+        t += rng.choice([0.0, 0.5, 1.0, 1.0, 1.0, 2.0])
+        jump = rng.random() < 0.01
+        if jump:
+            level = rng.choice([0.5, 30.0, 300.0, 5e3])
+        window.append(Sample(t, level * rng.uniform(0.9, 1.1), p99_ms=rng.uniform(0.0, 300.0)))
+        while len(window) > 1 and window[0].timestamp_s < t - horizon:
+            window.popleft()
+        if k % 500 == 499:
+            since = t - 5.0
+        if jump or k % 7 == 0:
+            check_statistics(window, config, state(since, copy=k % 3 == 0))
 
 
 def fake_advisor(deployment: DeploymentState) -> control.Advisor:

@@ -46,8 +46,12 @@ from servewise.core import control
 from servewise.core.model import Slo
 
 # Compaction (and the rebuild of the anchored sums) waits for at least this many dropped
-# samples, and for half as many as remain (so storage is at most 1.5 times the window).
+# samples, and for half as many as remain (so storage is at most 1.5 times the window), plus
+# a slack of up to COMPACT_SLACK_SAMPLES taken from the first sample's timestamp: windows
+# filled in step (a fleet's streams started together) would otherwise all compact, ~0.3 ms
+# each, in the same second, every half window.
 MIN_COMPACT_SAMPLES = 32
+COMPACT_SLACK_SAMPLES = 128
 # A window's spread is recomputed from the samples when the sum before the head is this many
 # times the window's own (the subtraction would lose more than ~1e-10 of it to rounding).
 SPREAD_CANCELLATION_LIMIT = 1e6
@@ -69,6 +73,7 @@ class SampleWindow(Sequence["control.Sample"]):
         self._samples: list[control.Sample | None] = []
         # Storage index of the window's oldest sample (everything before it has left).
         self._head = 0
+        self._slack = 0
         self._ts = array("d")
         self._rates = array("d")
         # Prefix sums of (rate[i] - rate[i-1])**2 (0 at the first sample stored).
@@ -133,6 +138,7 @@ class SampleWindow(Sequence["control.Sample"]):
             squares = self._squares[-1] + (sample.rate_per_s - self._rates[-1]) ** 2
         else:
             squares = 0.0
+            self._slack = int(sample.timestamp_s * 1000.0) % COMPACT_SLACK_SAMPLES
         self._samples.append(sample)
         self._ts.append(sample.timestamp_s)
         self._rates.append(sample.rate_per_s)
@@ -159,8 +165,8 @@ class SampleWindow(Sequence["control.Sample"]):
         self._head = h + 1
         if self._head == len(self._samples):
             self._reset()  # emptied: nothing kept applies to what comes next
-        elif (
-            self._head >= MIN_COMPACT_SAMPLES and 2 * self._head >= len(self._samples) - self._head
+        elif self._head >= MIN_COMPACT_SAMPLES + self._slack and (
+            2 * self._head >= len(self._samples) - self._head + self._slack
         ):
             self._compact()
         return oldest
