@@ -64,8 +64,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -80,6 +79,7 @@ from servewise.api.validation import Violations
 from servewise.core import control
 from servewise.core.optimizer import SearchLimits
 from servewise.core.transitions import StepAction, StepVerdict, judge_step
+from servewise.core.window import SampleWindow
 from servewise.limits import Limits, run_with
 from servewise.store import StaleVersionError, StateStore, Versioned
 from servewise.store.memory import MemoryStore
@@ -323,7 +323,7 @@ class ControlHub:
 class _Track:
     """One deployment on one stream: its recent samples and the newest timestamp seen."""
 
-    samples: deque[control.Sample] = field(default_factory=lambda: deque(maxlen=MAX_WINDOW_SAMPLES))
+    samples: SampleWindow = field(default_factory=lambda: SampleWindow(maxlen=MAX_WINDOW_SAMPLES))
     last_timestamp_s: float | None = None
 
 
@@ -543,7 +543,7 @@ class ControlSession:
             steps,
             index,
             transition.step_started_at_s,
-            window,
+            _in_step(window, transition.step_started_at_s),
             stored.state.slo,
             stored.settings,
             # A move away from a plan predicted or observed to break the SLO never rolls back
@@ -704,13 +704,23 @@ def _advice_worker_init(server_pid: int) -> None:
     threading.Thread(target=watch, name="advice-parent-watch", daemon=True).start()
 
 
-def _window(track: _Track, sample: control.Sample) -> list[control.Sample]:
+def _window(track: _Track, sample: control.Sample) -> Sequence[control.Sample]:
     """The track's samples up to ``sample``. It is normally the newest (just appended; the
-    timestamps do not go backwards), so the whole track is the window: copied as a list
-    without looking at each sample, which every evaluation of a long window paid for."""
-    if track.samples and track.samples[-1] is sample:
-        return list(track.samples)
+    timestamps do not go backwards), so the window is the track itself, whose statistics are
+    kept up to date as samples come and go (:class:`~servewise.core.window.SampleWindow`:
+    a decision costs the same whatever the window's length)."""
+    if len(track.samples) and track.samples[-1] is sample:
+        return track.samples
     return [s for s in track.samples if s.timestamp_s <= sample.timestamp_s]
+
+
+def _in_step(window: Sequence[control.Sample], started_at_s: float) -> Sequence[control.Sample]:
+    """What :func:`judge_step` looks at of ``window``: the samples from the step's start on
+    (it ignores the others), found by bisection in a track's window; the newest alone when
+    it predates the step (judge_step then waits)."""
+    if isinstance(window, SampleWindow):
+        return window.since(started_at_s) or [window[-1]]
+    return window
 
 
 def _trim(track: _Track, settings: control.ControlSettings) -> None:

@@ -86,7 +86,7 @@ from typing import Protocol, overload
 
 import numpy as np
 
-from servewise.core import _batchsim, queueing  # type: ignore[attr-defined]
+from servewise.core import _batchsim, queueing, window  # type: ignore[attr-defined]
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.optimizer import SearchLimits, optimize
 from servewise.core.profiles import Candidate, LatencyProfile
@@ -159,7 +159,8 @@ class ControlSettings:
     transition_weights: tuple[float, ...] = DEFAULT_TRANSITION_WEIGHTS
 
 
-@dataclass(frozen=True)
+# Slotted: a Control stream keeps a window of up to 420 per deployment (no __dict__ each).
+@dataclass(frozen=True, slots=True)
 class Sample:
     """One metrics sample (validated by the caller: finite, rate >= 0, time non-decreasing)."""
 
@@ -304,6 +305,8 @@ def requests_for_percentile(percentile: float) -> int:
 
 def sample_period_s(samples: Sequence[Sample]) -> float | None:
     """The median gap between the samples' timestamps (None with fewer than two)."""
+    if isinstance(samples, window.SampleWindow):
+        return samples.period_s()  # kept up to date as samples come and go
     gaps = [b.timestamp_s - a.timestamp_s for a, b in itertools.pairwise(samples)]
     gaps = [g for g in gaps if g > 0]
     return statistics.median(gaps) if gaps else None
@@ -443,7 +446,8 @@ def run_requests(samples: Sequence[Sample], run: int) -> float:
     """Requests the newest ``run`` samples covered (each sample's rate over the gap before it;
     the first sample of the window, with no gap, counts none)."""
     total = 0.0
-    pairs = list(itertools.pairwise(samples))[-run:] if run > 0 else []
+    # The newest run + 1 samples hold the newest run pairs (a slice: a window is long).
+    pairs = list(itertools.pairwise(samples[-run - 1 :])) if run > 0 else []
     for prev, cur in pairs:
         total += cur.rate_per_s * (cur.timestamp_s - prev.timestamp_s)
     return total
@@ -496,7 +500,12 @@ def sizing_series(
     is ``sqrt(mean(diff(rate)**2) / 2)`` over the window (successive differences remove a slow
     trend; the halving undoes the difference of two samples' variances); the trend is
     :func:`rising_trend` over the last two half-lives (at least three sample periods).
+
+    A :class:`~servewise.core.window.SampleWindow` answers from statistics it keeps up to date
+    (the same values up to rounding); the code below is the reference it is tested against.
     """
+    if isinstance(samples, window.SampleWindow):
+        return samples.sizing_series(settings, slo, cold_start_s)
     smoothed = ewma_rates(samples, settings.ewma_half_life_s)
     period = sample_period_s(samples)
     lead = cold_start_s + (period or 0.0)
@@ -741,7 +750,12 @@ def estimate_arrival_cv(state: DeploymentState, samples: Sequence[Sample]) -> fl
 
     Each sample's p99 is read at :func:`p99_level_bound` for the requests it covers (its rate
     over the gap since the sample before it; the median gap for the first): the burstiness the
-    sample shows beyond the noise of a p99 over that many requests, at the SLO's confidence."""
+    sample shows beyond the noise of a p99 over that many requests, at the SLO's confidence.
+
+    A :class:`~servewise.core.window.SampleWindow` keeps the squares' total up to date (each
+    sample's CV computed once); the code below is the reference it is tested against."""
+    if isinstance(samples, window.SampleWindow):
+        return samples.arrival_cv(state)
     candidate = _candidate(state.current_plan, state.candidates)
     since = -math.inf if state.plan_since_s is None else state.plan_since_s
     z = slo_z(state.slo.percentile)
@@ -849,9 +863,7 @@ def evaluate(
         advice = advise(rate, cv)
         if not advice.current_meets_slo:
             # A predicted breach: no window (module docstring, item 5).
-            return _switch_or_hold(
-                state, samples, settings, advice, direction, base, sizing, dwell
-            )
+            return _switch_or_hold(state, samples, settings, advice, direction, base, sizing, dwell)
     else:
         direction, window = Direction.SAVINGS, settings.savings_window_s
         held = held_for_s(samples, series, lambda r: r < lower)
@@ -952,9 +964,7 @@ def _switch_or_hold(
             state, samples, settings, option, rate, weights, keep_fallback=not urgent
         )
         option_cost = plan_cost_per_hour(option, state.candidates)
-        option_net = (
-            current_cost - option_cost - option_moved.cost / (dwell_s / 3600.0)
-        )
+        option_net = current_cost - option_cost - option_moved.cost / (dwell_s / 3600.0)
         priced.append((option_net, option, option_steps, option_moved))
     net, target, steps, moved = max(priced, key=lambda p: p[0])
     target_cost = plan_cost_per_hour(target, state.candidates)
