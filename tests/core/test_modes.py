@@ -202,3 +202,79 @@ def test_screen_ladder_finds_the_fewest_replicas_bisection_would(
     else:
         assert screened is not None
         assert screened.cost_per_hour == pytest.approx(best[0])
+
+
+@given(
+    factors=st.lists(st.floats(0.1, 10.0), min_size=2, max_size=6, unique=True),
+    rate_per_s=st.floats(0.5, 5_000.0),
+    arrival_cv=st.sampled_from([1.0, 2.0, 3.5]),
+    slo_ms=st.floats(20.0, 2_000.0),
+    realtime=st.booleans(),
+    max_replicas=st.sampled_from([4, 64, 256]),
+    latency_price=st.sampled_from([0.0, 0.01]),
+)
+@settings(max_examples=40, deadline=None)
+def test_screening_several_rates_together_equals_screening_each_alone(
+    factors: list[float],
+    rate_per_s: float,
+    arrival_cv: float,
+    slo_ms: float,
+    realtime: bool,
+    max_replicas: int,
+    latency_price: float,
+) -> None:
+    """The break-even search screens a pool at every rate of its grid in one pass, each
+    rate's plans pruned by that rate's own cheapest; each answer is exactly the pool a screen
+    of that rate alone finds (plan, workload and latency)."""
+    cls = TrafficClass("web", rate_per_s=rate_per_s, arrival_cv=arrival_cv, slo=Slo(slo_ms))
+    v100 = Candidate(
+        InstanceType("p3.2xlarge", 3.06),
+        LatencyProfile((1, 8, 64, 256), (6.0, 7.5, 22.0, 80.0)),
+    )
+    inputs = SelectInputs(
+        [G4DN, v100],
+        limits=SearchLimits(max_replicas=max_replicas),
+        price_per_ms_per_million=latency_price,
+    )
+    grid = modes._PoolGrid.build(cls.requirement(), inputs, realtime)
+    assert grid is not None
+    together = modes._screen_pools(grid, [pool_workload([cls.scaled(f)]) for f in factors], inputs)
+    alone = [modes._screen_pool([cls.scaled(f)], inputs, realtime) for f in factors]
+    assert together == alone
+
+
+def test_every_pool_is_evaluated_at_once_including_hybrids_deferrable_pools(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Hybrid's pool for a deferrable class (when its job may cost more than a pool) is
+    known before any pool is evaluated, so evaluate_modes submits every pool in one batch
+    and hybrid evaluates nothing afterwards; the outcomes are those of evaluating each pool
+    on its own."""
+    web = TrafficClass("web", rate_per_s=300.0, slo=Slo(200.0))
+    # A deadline too short for a periodic job's cold start: its job is infeasible, so
+    # hybrid also weighs a pool of its own for it.
+    bulk = TrafficClass("bulk", rate_per_s=500.0, deadline_s=30.0)
+    cold = Candidate(InstanceType("g4dn.xlarge", 0.526, cold_start_s=60.0), T4_AMP)
+    inputs = SelectInputs([cold], seed=3)
+    batches: list[list[tuple[str, ...]]] = []
+    original = modes._evaluate_pools
+
+    def recording(groups: list, *args: object, **kwargs: object) -> None:
+        pool_of = args[1]
+        assert isinstance(pool_of, dict)
+        batches.append(
+            [modes._class_names(g) for g in groups if modes._class_names(g) not in pool_of]
+        )
+        original(groups, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(modes, "_evaluate_pools", recording)
+    outcomes = _by_mode(evaluate_modes([web, bulk], inputs))
+    assert batches[0] == [("web", "bulk"), ("web",), ("bulk",)]
+    assert all(batch == [] for batch in batches[1:])
+    hybrid = outcomes[Mode.HYBRID]
+    assert hybrid.feasible
+    assert {p.classes for p in hybrid.pools} == {("web",), ("bulk",)}
+    alone = modes.evaluate_pool([bulk], inputs, inputs.seed, realtime=False)
+    assert alone.result.recommended is not None
+    bulk_pool = next(p for p in hybrid.pools if p.classes == ("bulk",))
+    assert bulk_pool.assessment == alone.result.recommended

@@ -34,7 +34,9 @@ jobs), the factors where the cheapest mode changes are bisected on the estimate,
 flip is then confirmed just below and above it by simulating the two modes' screened pools
 (adding replicas until each meets its requirement; jobs are closed form). At most
 MAX_CONFIRMED_FLIPS flips, nearest today's rate, are confirmed; unconfirmed flips are
-reported in the notes, not as break-evens.
+reported in the notes, not as break-evens. The search keeps its screens and job plans for the
+request (_Estimates): each pool's grid is built once, and the whole rate grid is screened in
+one pass per pool, each rate exactly as a screen of it alone would be.
 """
 
 from __future__ import annotations
@@ -495,6 +497,31 @@ def _pool_lower_bound_per_hour(cls: TrafficClass, candidates: list[Candidate]) -
     return best
 
 
+def _hybrid_groups(classes: list[TrafficClass]) -> list[list[TrafficClass]]:
+    """Hybrid's pools of urgent classes: one for all of them beside deferrable classes, else
+    one per class."""
+    urgent = [c for c in classes if not c.deferrable]
+    groups = [urgent] if len(urgent) < len(classes) else [[c] for c in urgent]
+    return [g for g in groups if g]
+
+
+def _hybrid_deferrable_pools(
+    classes: list[TrafficClass], inputs: SelectInputs, offline: dict[str, OfflineResult]
+) -> list[TrafficClass]:
+    """Deferrable rate classes for which hybrid weighs a pool of their own against the job:
+    those whose job (if any) costs more than a pool could."""
+    return [
+        cls
+        for cls in classes
+        if cls.deferrable
+        and cls.rate_per_s is not None
+        and (
+            (job := offline[cls.name].plan) is None
+            or job.cost_per_hour > _pool_lower_bound_per_hour(cls, inputs.candidates)
+        )
+    ]
+
+
 def _hybrid_mode(
     classes: list[TrafficClass],
     inputs: SelectInputs,
@@ -506,21 +533,11 @@ def _hybrid_mode(
         return ModeOutcome(
             Mode.HYBRID, False, None, "one traffic class: there is nothing to split between pools"
         )
-    urgent = [c for c in classes if not c.deferrable]
     deferrable = [c for c in classes if c.deferrable]
-    groups = [urgent] if deferrable else [[c] for c in urgent]
-    groups = [g for g in groups if g]
-    pending_pools = [g for g in groups if _class_names(g) not in pool_of]
-    deferrable_pools: list[TrafficClass] = []
-    for cls in deferrable:
-        job = offline[cls.name].plan
-        if cls.rate_per_s is not None and (
-            job is None or job.cost_per_hour > _pool_lower_bound_per_hour(cls, inputs.candidates)
-        ):
-            deferrable_pools.append(cls)
-            if (cls.name,) not in pool_of:
-                pending_pools.append([cls])
-    _evaluate_pools(pending_pools, inputs, pool_of, seed)
+    groups = _hybrid_groups(classes)
+    deferrable_pools = _hybrid_deferrable_pools(classes, inputs, offline)
+    # evaluate_modes has evaluated these already; only a caller that has not pays here.
+    _evaluate_pools([*groups, *([c] for c in deferrable_pools)], inputs, pool_of, seed)
     pools: list[Pool] = []
     jobs: list[Job] = []
     for g in groups:
@@ -560,6 +577,12 @@ def _hybrid_mode(
     return _compose(Mode.HYBRID, classes, pools, jobs, inputs, "; ".join(parts), None)
 
 
+# Pool evaluations of all requests, kept across requests like the break-even pool: a request
+# submits all its pools at once (at most four: the pool of every class, hybrid's urgent pool
+# or pools, deferrable classes' own pools), so that two cores stay busy to the end.
+_POOL_EVALUATIONS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="servewise-pools")
+
+
 def _evaluate_pools(
     groups: list[list[TrafficClass]],
     inputs: SelectInputs,
@@ -567,7 +590,7 @@ def _evaluate_pools(
     seed: int,
     realtime_pool: tuple[str, ...] = (),
 ) -> None:
-    """Evaluate pools not yet known, two at a time (the simulator releases the GIL); only
+    """Evaluate pools not yet known, side by side (the simulator releases the GIL); only
     ``realtime_pool`` (the pool of every class: REALTIME and DYNAMIC_BATCHING) gets a
     real-time baseline, hybrid's pools of some classes do not report one."""
     todo = [g for g in groups if _class_names(g) not in pool_of]
@@ -577,15 +600,26 @@ def _evaluate_pools(
             names = _class_names(g)
             pool_of[names] = evaluate_pool(g, inputs, seed, names == realtime_pool)
         return
-    with ThreadPoolExecutor(max_workers=2) as executor:
-        futures = {
-            _class_names(g): executor.submit(
-                cancel.propagating(evaluate_pool), g, inputs, seed, _class_names(g) == realtime_pool
-            )
-            for g in unique
-        }
-        for key, future in futures.items():
-            pool_of[key] = future.result()
+    # The caller's thread evaluates the first pool (the pool of every class, with its
+    # real-time baseline: usually the longest) instead of waiting idle.
+    first, rest = unique[0], unique[1:]
+    futures = {
+        _class_names(g): _POOL_EVALUATIONS.submit(
+            cancel.propagating(evaluate_pool), g, inputs, seed, _class_names(g) == realtime_pool
+        )
+        for g in rest
+    }
+    try:
+        names = _class_names(first)
+        pool_of[names] = evaluate_pool(first, inputs, seed, names == realtime_pool)
+    except BaseException:
+        # No work left running on behalf of a failed call.
+        for future in futures.values():
+            future.cancel()
+        wait(list(futures.values()))
+        raise
+    for key, future in futures.items():
+        pool_of[key] = future.result()
 
 
 def evaluate_modes(
@@ -595,26 +629,25 @@ def evaluate_modes(
     seed = inputs.seed
     pool_of: dict[tuple[str, ...], PoolEvaluation] = {}
     all_rates = all(c.rate_per_s is not None for c in classes)
+    # Offline plans are closed forms (or a vectorised spot walk): made first, they tell which
+    # deferrable classes hybrid also weighs a pool for, so every pool is evaluated at once.
+    offline = (
+        _offline_results(classes, inputs, seed)
+        if {Mode.OFFLINE_BATCH, Mode.HYBRID} & set(modes)
+        else {}
+    )
     wanted_pools: list[list[TrafficClass]] = []
     if all_rates and ({Mode.REALTIME, Mode.DYNAMIC_BATCHING} & set(modes)):
         wanted_pools.append(classes)
     if Mode.HYBRID in modes and len(classes) >= 2:
-        urgent = [c for c in classes if not c.deferrable]
-        if urgent and len(urgent) < len(classes):
-            wanted_pools.append(urgent)
-        elif urgent:
-            wanted_pools.extend([c] for c in urgent)
+        wanted_pools.extend(_hybrid_groups(classes))
+        wanted_pools.extend([c] for c in _hybrid_deferrable_pools(classes, inputs, offline))
     _evaluate_pools(
         wanted_pools,
         inputs,
         pool_of,
         seed,
         _class_names(classes) if all_rates else (),
-    )
-    offline = (
-        _offline_results(classes, inputs, seed)
-        if {Mode.OFFLINE_BATCH, Mode.HYBRID} & set(modes)
-        else {}
     )
     outcomes: dict[Mode, ModeOutcome] = {}
     if {Mode.REALTIME, Mode.DYNAMIC_BATCHING} & set(modes):
@@ -714,28 +747,79 @@ def _screen_grid(
     return kinds, sizes, delays
 
 
+@dataclass(frozen=True)
+class _PoolGrid:
+    """What a pool's screen scores that does not depend on the rate: its plans (one row each),
+    their prices and service tables. Built once per request and pool, not once per rate."""
+
+    slo: Slo
+    kinds: list[int]
+    sizes: list[int]
+    delays: list[float]
+    tables: queueing.ServiceTables
+    kind: npt.NDArray[np.int64]
+    big_b: npt.NDArray[np.int64]
+    delay: npt.NDArray[np.float64]
+    prices: npt.NDArray[np.float64]
+    service_ms: npt.NDArray[np.float64]  # s(B) of each row
+
+    @classmethod
+    def build(cls, slo: Slo, inputs: SelectInputs, realtime: bool) -> _PoolGrid | None:
+        cands = inputs.candidates
+        kinds, sizes, delays = _screen_grid(cands, slo, inputs.limits, realtime)
+        if not kinds:
+            return None
+        tables = queueing.ServiceTables.build(
+            [c.profile for c in cands], [c.max_batch_size for c in cands]
+        )
+        kind = np.array(kinds, dtype=np.int64)
+        big_b = np.array(sizes, dtype=np.int64)
+        return cls(
+            slo,
+            kinds,
+            sizes,
+            delays,
+            tables,
+            kind,
+            big_b,
+            np.array(delays, dtype=np.float64),
+            np.array([cands[k].instance.price_per_hour for k in kinds]),
+            tables.service_ms[kind, big_b],
+        )
+
+
 def _fewest_replicas(
     ok: Callable[[npt.NDArray[np.int64], npt.NDArray[np.int64]], npt.NDArray[np.bool_]],
     low: npt.NDArray[np.int64],
     prices: npt.NDArray[np.float64],
     ceiling: int,
+    group: npt.NDArray[np.int64] | None = None,
+    groups: int = 1,
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
     """Per plan: whether some replica count up to the ceiling passes ``ok``, and the fewest
-    that does, for every plan that could be the cheapest (others are marked unusable).
-    ``low`` is each plan's capacity floor, a count that fails."""
+    that does, for every plan that could be the cheapest of its group (others are marked
+    unusable). ``low`` is each plan's capacity floor, a count that fails. ``group`` (default:
+    one group) gives each row's group out of ``groups``: independent searches (the same pool
+    at several rates) done in one pass, each pruned by its own cheapest plan."""
     count = len(low)
     everything = np.arange(count)
-    # Only the cheapest pool is wanted: score one replica above each plan's capacity floor
-    # first; the cheapest of those that pass bounds the cost, and a plan that cannot come in
-    # at or under that bound is not searched further (ties are kept, so the choice is the
-    # one a full search makes).
+    if group is None:
+        group = np.zeros(count, dtype=np.int64)
+    # Only the cheapest pool of each group is wanted: score one replica above each plan's
+    # capacity floor first; the cheapest of those that pass bounds the group's cost, and a
+    # plan that cannot come in at or under that bound is not searched further (ties are
+    # kept, so the choice is the one a full search makes).
     open_rows = low < ceiling
     at_floor = np.zeros(count, dtype=bool)
     at_floor[open_rows] = ok(everything[open_rows], low[open_rows] + 1)
-    bound = float(np.min((low + 1) * prices, where=at_floor, initial=np.inf))
+    bound_of = np.full(groups, np.inf)
+    np.minimum.at(bound_of, group[at_floor], ((low + 1) * prices)[at_floor])
+    bound = bound_of[group]
     cap = np.full(count, ceiling, dtype=np.int64)
-    if math.isfinite(bound):
-        cap = np.minimum(cap, np.floor(bound / prices + 1e-9).astype(np.int64))
+    bounded = np.isfinite(bound)
+    cap[bounded] = np.minimum(
+        cap[bounded], np.floor(bound[bounded] / prices[bounded] + 1e-9).astype(np.int64)
+    )
     high = np.where(at_floor, low + 1, cap)
     rest = everything[open_rows & ~at_floor & (cap > low + 1)]
     # A ladder of replica counts scored in one call brackets each remaining plan's answer
@@ -761,64 +845,89 @@ def _fewest_replicas(
     return usable, high
 
 
+def _screen_pools(
+    grid: _PoolGrid, workloads: list[Workload], inputs: SelectInputs
+) -> list[_ScreenedPool | None]:
+    """The analytic screen's cheapest pool at each of ``workloads`` (the same classes at
+    several rates): fewest replicas the predictor says meet the requirement, over the grid of
+    types, batch sizes and delays; None where no plan does.
+
+    The rates are screened together, one predictor call per rate and step, so the search's
+    array bookkeeping is paid once for all of them; each rate's rows are searched and pruned
+    exactly as a screen of that rate alone would (rows do not interact)."""
+    slo = grid.slo
+    rows_per = len(grid.kinds)
+    groups = len(workloads)
+    cands = inputs.candidates
+    kind = np.tile(grid.kind, groups)
+    big_b = np.tile(grid.big_b, groups)
+    delay = np.tile(grid.delay, groups)
+    prices = np.tile(grid.prices, groups)
+    group = np.repeat(np.arange(groups, dtype=np.int64), rows_per)
+    rate = np.repeat(np.array([w.rate_per_s for w in workloads]), rows_per)
+    floor = np.floor(rate * np.tile(grid.service_ms, groups) / (big_b * 1000.0))
+    low = floor.astype(np.int64)  # at or below capacity: fails
+    allowed = 1.0 - slo.percentile / 100.0
+
+    def ok(rows: npt.NDArray[np.int64], n: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        out = np.zeros(len(rows), dtype=bool)
+        if len(rows) == 0:
+            return out
+        of_row = group[rows]
+        for g in np.unique(of_row).tolist() if groups > 1 else [0]:
+            sel = of_row == g if groups > 1 else slice(None)
+            picked = rows[sel]
+            tail = queueing.tail_probability(
+                grid.tables,
+                kind[picked],
+                workloads[g].rate_per_s,
+                workloads[g].arrival_cv,
+                big_b[picked],
+                delay[picked],
+                n[sel],
+                slo.latency_ms,
+            )
+            out[sel] = tail <= allowed
+        return out
+
+    usable, high = _fewest_replicas(ok, low, prices, inputs.limits.max_replicas, group, groups)
+    cost = np.where(usable, high * prices, np.inf)
+    screened: list[_ScreenedPool | None] = []
+    for g, workload in enumerate(workloads):
+        start = g * rows_per
+        mine = cost[start : start + rows_per]
+        if not np.any(usable[start : start + rows_per]):
+            screened.append(None)
+            continue
+        best = int(np.argmin(mine))
+        replicas = high[start + best : start + best + 1]
+        latency = 0.0
+        if inputs.price_per_ms_per_million > 0:
+            pred = queueing.predict_many(
+                grid.tables,
+                grid.kind[best : best + 1],
+                workload.rate_per_s,
+                workload.arrival_cv,
+                grid.big_b[best : best + 1],
+                grid.delay[best : best + 1],
+                replicas,
+                slo.percentile,
+            )
+            latency = float(pred.latency_ms[0])
+        candidate = cands[grid.kinds[best]]
+        plan = Plan(candidate.instance.name, grid.sizes[best], grid.delays[best], int(replicas[0]))
+        screened.append(_ScreenedPool(candidate, plan, workload, slo, latency))
+    return screened
+
+
 def _screen_pool(
     classes: list[TrafficClass], inputs: SelectInputs, realtime: bool
 ) -> _ScreenedPool | None:
     """The analytic screen's cheapest pool for the classes (fewest replicas the predictor
     says meet the requirement, over a grid of types, batch sizes and delays), or None."""
-    workload = pool_workload(classes)
     slo, _ = pool_requirements(classes)
-    cands = inputs.candidates
-    kinds, sizes, delays = _screen_grid(cands, slo, inputs.limits, realtime)
-    ceiling = inputs.limits.max_replicas
-    if not kinds:
-        return None
-    tables = queueing.ServiceTables.build(
-        [c.profile for c in cands], [c.max_batch_size for c in cands]
-    )
-    kind = np.array(kinds, dtype=np.int64)
-    big_b = np.array(sizes, dtype=np.int64)
-    delay = np.array(delays, dtype=np.float64)
-    floor = np.floor(workload.rate_per_s * tables.service_ms[kind, big_b] / (big_b * 1000.0))
-    low = floor.astype(np.int64)  # at or below capacity: fails
-
-    def ok(rows: npt.NDArray[np.int64], n: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
-        if len(rows) == 0:
-            return np.zeros(0, dtype=bool)
-        tail = queueing.tail_probability(
-            tables,
-            kind[rows],
-            workload.rate_per_s,
-            workload.arrival_cv,
-            big_b[rows],
-            delay[rows],
-            n,
-            slo.latency_ms,
-        )
-        return np.asarray(tail <= 1.0 - slo.percentile / 100.0)
-
-    prices = np.array([cands[k].instance.price_per_hour for k in kinds])
-    usable, high = _fewest_replicas(ok, low, prices, ceiling)
-    if not np.any(usable):
-        return None
-    cost = np.where(usable, high * prices, np.inf)
-    best = int(np.argmin(cost))
-    latency = 0.0
-    if inputs.price_per_ms_per_million > 0:
-        pred = queueing.predict_many(
-            tables,
-            kind[best : best + 1],
-            workload.rate_per_s,
-            workload.arrival_cv,
-            big_b[best : best + 1],
-            delay[best : best + 1],
-            high[best : best + 1],
-            slo.percentile,
-        )
-        latency = float(pred.latency_ms[0])
-    candidate = cands[kinds[best]]
-    plan = Plan(candidate.instance.name, sizes[best], delays[best], int(high[best]))
-    return _ScreenedPool(candidate, plan, workload, slo, latency)
+    grid = _PoolGrid.build(slo, inputs, realtime)
+    return None if grid is None else _screen_pools(grid, [pool_workload(classes)], inputs)[0]
 
 
 def _confirmed_pool(pool: _ScreenedPool, seed: int) -> tuple[float, float] | None:
@@ -845,41 +954,89 @@ def _confirmed_pool(pool: _ScreenedPool, seed: int) -> tuple[float, float] | Non
     return None
 
 
+_Figure = tuple[float, float]  # (cost per hour, latency ms)
+
+
+class _Estimates:
+    """The break-even search's screens and job plans, kept for the whole request.
+
+    The search asks for the same pools (dynamic batching's pool of one class is hybrid's too)
+    and jobs at many rates: each pool's grid is built once, each (pool, rate) screened once,
+    and on a miss every rate of ``batch`` (the rate grid, before it is walked) is screened in
+    the same pass. Jobs are planned once per (class, rate): a backlog's job does not depend on
+    the rate at all.
+    """
+
+    def __init__(self, classes: list[TrafficClass], inputs: SelectInputs) -> None:
+        self.inputs = inputs
+        self.by_name = {c.name: c for c in classes}
+        self.on_demand = replace(inputs.offline, allow_spot=False)
+        self.batch: tuple[float, ...] = ()
+        self._grids: dict[tuple[tuple[str, ...], bool], _PoolGrid | None] = {}
+        self._pools: dict[tuple[tuple[str, ...], bool, float], _ScreenedPool | None] = {}
+        self._jobs: dict[tuple[str, float | None], _Figure | None] = {}
+
+    def pool(self, names: tuple[str, ...], realtime: bool, factor: float) -> _ScreenedPool | None:
+        key = (names, realtime, factor)
+        if key in self._pools:
+            return self._pools[key]
+        originals = [self.by_name[n] for n in names]
+        shape = (names, realtime)
+        if shape not in self._grids:
+            slo, _ = pool_requirements(originals)
+            self._grids[shape] = _PoolGrid.build(slo, self.inputs, realtime)
+        grid = self._grids[shape]
+        factors = [factor] + [
+            f for f in self.batch if f != factor and (names, realtime, f) not in self._pools
+        ]
+        if grid is None:
+            screened: list[_ScreenedPool | None] = [None] * len(factors)
+        else:
+            # Scaled exactly as the classes of a single rate are (rate times factor), so a
+            # batched screen sees the very workloads an unbatched one would.
+            workloads = [pool_workload([c.scaled(f) for c in originals]) for f in factors]
+            screened = _screen_pools(grid, workloads, self.inputs)
+        for f, s in zip(factors, screened, strict=True):
+            self._pools[(names, realtime, f)] = s
+        return self._pools[key]
+
+    def job(self, cls: TrafficClass, factor: float) -> _Figure | None:
+        key = (cls.name, factor if cls.rate_per_s is not None else None)
+        if key not in self._jobs:
+            res = plan_job(
+                self.inputs.candidates,
+                offline_job_for(cls),
+                {},
+                self.on_demand,
+                self.inputs.limits.max_replicas,
+                self.inputs.seed,
+            )
+            self._jobs[key] = (
+                None if res.plan is None else (res.plan.cost_per_hour, res.plan.latency_ms)
+            )
+        return self._jobs[key]
+
+
 def _estimate(
     mode: Mode,
     classes: list[TrafficClass],
     inputs: SelectInputs,
+    factor: float,
+    estimates: _Estimates,
     confirm: bool = False,
-    screens: dict[tuple[tuple[str, ...], bool], _ScreenedPool | None] | None = None,
 ) -> float:
-    """A mode's objective per million requests (inf when infeasible): from the analytic
+    """A mode's objective per million requests (inf when infeasible) with the classes at
+    ``factor`` times today's rates (``classes`` are the scaled ones): from the analytic
     screen, or with ``confirm`` from simulations of the screened plans (jobs: closed form,
     on demand)."""
-    on_demand = replace(inputs.offline, allow_spot=False)
     per_hour = {c.name: c.requests_per_hour() for c in classes}
     total = sum(per_hour.values())
 
-    def job(cls: TrafficClass) -> tuple[float, float] | None:
-        res = plan_job(
-            inputs.candidates,
-            offline_job_for(cls),
-            {},
-            on_demand,
-            inputs.limits.max_replicas,
-            inputs.seed,
-        )
-        return None if res.plan is None else (res.plan.cost_per_hour, res.plan.latency_ms)
+    def job(cls: TrafficClass) -> _Figure | None:
+        return estimates.job(cls, factor)
 
-    def pool(group: list[TrafficClass], realtime: bool) -> tuple[float, float] | None:
-        # Modes share pools (dynamic batching's pool of one class is hybrid's too): each is
-        # screened once per rate.
-        key = (_class_names(group), realtime)
-        if screens is not None and key in screens:
-            screened = screens[key]
-        else:
-            screened = _screen_pool(group, inputs, realtime)
-            if screens is not None:
-                screens[key] = screened
+    def pool(group: list[TrafficClass], realtime: bool) -> _Figure | None:
+        screened = estimates.pool(_class_names(group), realtime, factor)
         if screened is None:
             return None
         if confirm:
@@ -892,9 +1049,6 @@ def _estimate(
     cost = sum(p[0] for p in parts)
     latency = sum(p[1] * p[2] for p in parts) / total
     return cost / total * 1e6 + inputs.price_per_ms_per_million * latency
-
-
-_Figure = tuple[float, float]  # (cost per hour, latency ms)
 
 
 def _parts(
@@ -950,14 +1104,14 @@ def _estimated_choice(
     classes: list[TrafficClass],
     inputs: SelectInputs,
     factor: float,
+    estimates: _Estimates,
     confirm: tuple[Mode, ...] = (),
 ) -> Mode | None:
     """Cheapest mode at ``factor`` times today's rates by the screen; the ``confirm`` modes'
     pools are checked by simulation instead."""
     scaled = [c.scaled(factor) for c in classes]
-    screens: dict[tuple[tuple[str, ...], bool], _ScreenedPool | None] = {}
     scores = [
-        (_estimate(m, scaled, inputs, m in confirm, screens), i, m)
+        (_estimate(m, scaled, inputs, factor, estimates, m in confirm), i, m)
         for i, m in enumerate(MODE_ORDER)
     ]
     best = min(scores)
@@ -973,9 +1127,13 @@ def break_evens(
     if base_rate <= 0:
         notes.append("break-even: no rate-based class to scale")
         return []
+    estimates = _Estimates(classes, inputs)
     low, high = BREAK_EVEN_RANGE
     factors = sorted(set(np.geomspace(low, high, BREAK_EVEN_GRID).tolist()) | {1.0})
-    choices = [_estimated_choice(classes, inputs, f) for f in factors]
+    # The whole grid is known up front: each pool is screened at every grid rate in one pass.
+    estimates.batch = tuple(factors)
+    choices = [_estimated_choice(classes, inputs, f, estimates) for f in factors]
+    estimates.batch = ()
     flips: list[tuple[float, Mode, Mode]] = []
     for i in range(len(factors) - 1):
         below, above = choices[i], choices[i + 1]
@@ -985,7 +1143,7 @@ def break_evens(
         for _ in range(BREAK_EVEN_BISECTIONS):
             cancel.check()
             mid = (lo + hi) / 2
-            m = _estimated_choice(classes, inputs, math.exp(mid))
+            m = _estimated_choice(classes, inputs, math.exp(mid), estimates)
             if m is below:
                 lo = mid
             elif m is above:
@@ -1005,8 +1163,12 @@ def break_evens(
             )
             continue
         pair = (below, above)
-        under = _estimated_choice(classes, inputs, factor * (1 - BREAK_EVEN_CONFIRM), pair)
-        over = _estimated_choice(classes, inputs, factor * (1 + BREAK_EVEN_CONFIRM), pair)
+        under_factor = factor * (1 - BREAK_EVEN_CONFIRM)
+        over_factor = factor * (1 + BREAK_EVEN_CONFIRM)
+        estimates.batch = (under_factor, over_factor)
+        under = _estimated_choice(classes, inputs, under_factor, estimates, pair)
+        over = _estimated_choice(classes, inputs, over_factor, estimates, pair)
+        estimates.batch = ()
         if under is below and over is above:
             points.append(BreakEvenPoint(below, above, rate))
         else:
