@@ -46,6 +46,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from itertools import pairwise
 
 import numpy as np
 import numpy.typing as npt
@@ -1118,6 +1119,21 @@ def _estimated_choice(
     return None if math.isinf(best[0]) else best[2]
 
 
+@dataclass
+class _Bracket:
+    """A flip being bisected: log factors where the screen chose ``below`` and ``above``."""
+
+    lo: float
+    hi: float
+    below: Mode
+    above: Mode
+    narrowing: bool = True
+
+
+# The confirmation's two rates, factor * (1 + side): just below and just above a flip.
+_CONFIRM_SIDES = (-BREAK_EVEN_CONFIRM, BREAK_EVEN_CONFIRM)
+
+
 def break_evens(
     classes: list[TrafficClass], inputs: SelectInputs, notes: list[str]
 ) -> list[BreakEvenPoint]:
@@ -1134,25 +1150,35 @@ def break_evens(
     estimates.batch = tuple(factors)
     choices = [_estimated_choice(classes, inputs, f, estimates) for f in factors]
     estimates.batch = ()
-    flips: list[tuple[float, Mode, Mode]] = []
-    for i in range(len(factors) - 1):
-        below, above = choices[i], choices[i + 1]
-        if below is None or above is None or below is above:
-            continue
-        lo, hi = math.log(factors[i]), math.log(factors[i + 1])
-        for _ in range(BREAK_EVEN_BISECTIONS):
-            cancel.check()
-            mid = (lo + hi) / 2
+    # Bisect every bracketed flip in lockstep: each halving screens the midpoints of all
+    # flips still narrowing in one pass. A flip's walk is the one it would take alone.
+    brackets = [
+        _Bracket(math.log(factors[i]), math.log(factors[i + 1]), below, above)
+        for i, (below, above) in enumerate(pairwise(choices))
+        if below is not None and above is not None and below is not above
+    ]
+    for _ in range(BREAK_EVEN_BISECTIONS):
+        narrowing = [b for b in brackets if b.narrowing]
+        if not narrowing:
+            break
+        cancel.check()
+        estimates.batch = tuple(math.exp((b.lo + b.hi) / 2) for b in narrowing)
+        for b in narrowing:
+            mid = (b.lo + b.hi) / 2
             m = _estimated_choice(classes, inputs, math.exp(mid), estimates)
-            if m is below:
-                lo = mid
-            elif m is above:
-                hi = mid
+            if m is b.below:
+                b.lo = mid
+            elif m is b.above:
+                b.hi = mid
             else:
-                break
-        flips.append((math.exp((lo + hi) / 2), below, above))
-    # Confirm the flips nearest today's rate first.
+                b.narrowing = False
+        estimates.batch = ()
+    flips = [(math.exp((b.lo + b.hi) / 2), b.below, b.above) for b in brackets]
+    # Confirm the flips nearest today's rate first (their rates screened in one pass).
     flips.sort(key=lambda f: abs(math.log(f[0])))
+    estimates.batch = tuple(
+        f * (1 + side) for f, _, _ in flips[:MAX_CONFIRMED_FLIPS] for side in _CONFIRM_SIDES
+    )
     points: list[BreakEvenPoint] = []
     for index, (factor, below, above) in enumerate(flips):
         rate = base_rate * factor
@@ -1163,12 +1189,10 @@ def break_evens(
             )
             continue
         pair = (below, above)
-        under_factor = factor * (1 - BREAK_EVEN_CONFIRM)
-        over_factor = factor * (1 + BREAK_EVEN_CONFIRM)
-        estimates.batch = (under_factor, over_factor)
-        under = _estimated_choice(classes, inputs, under_factor, estimates, pair)
-        over = _estimated_choice(classes, inputs, over_factor, estimates, pair)
-        estimates.batch = ()
+        under, over = (
+            _estimated_choice(classes, inputs, factor * (1 + side), estimates, pair)
+            for side in _CONFIRM_SIDES
+        )
         if under is below and over is above:
             points.append(BreakEvenPoint(below, above, rate))
         else:
@@ -1176,6 +1200,7 @@ def break_evens(
                 f"break-even: the analytic screen puts a flip from {below.value} to "
                 f"{above.value} near {rate:.4g} req/s; simulation did not confirm it"
             )
+    estimates.batch = ()
     points.sort(key=lambda p: p.rate_per_s)
     return points
 
