@@ -789,6 +789,70 @@ class _PoolGrid:
         )
 
 
+# Plans per group whose floor the screen scores first (the cheapest floors; then all the rest
+# of a group that none of them settled).
+FLOOR_CHUNK = 16
+
+
+def _cheapest_at_floor(
+    ok: Callable[[npt.NDArray[np.int64], npt.NDArray[np.int64]], npt.NDArray[np.bool_]],
+    low: npt.NDArray[np.int64],
+    prices: npt.NDArray[np.float64],
+    open_rows: npt.NDArray[np.bool_],
+    group: npt.NDArray[np.int64],
+    groups: int,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
+    """Which plans pass one replica above their capacity floor, and per group the cheapest
+    such cost (inf when none does).
+
+    Plans are scored in order of that cost, each group's FLOOR_CHUNK cheapest first: once a
+    plan passes, no plan whose floor costs more can be the group's cheapest, nor tie with it,
+    nor be searched further (its replica cap falls to its floor), so those are never scored;
+    plans tying with the bound still are. Plans not scored are reported as failing, which
+    changes no group's cheapest plan. A new rate's first scoring of a plan is its dearest (the
+    kernel's renewal sums are not yet cached), and near the grid's low rates a handful of
+    plans at one replica settle most groups."""
+    count = len(low)
+    at_floor = np.zeros(count, dtype=bool)
+    bound_of = np.full(groups, np.inf)
+    floor_cost = (low + 1) * prices
+    # Open rows, by group, then floor cost, then row (a stable order).
+    order = np.lexsort((np.arange(count), floor_cost, group))
+    order = order[open_rows[order]]
+    sorted_cost = floor_cost[order]
+    by_group = group[order]
+    position = np.searchsorted(by_group, np.arange(groups), side="left")
+    ends = np.searchsorted(by_group, np.arange(groups), side="right")
+    size = FLOOR_CHUNK
+    while True:
+        picks = []
+        for g in range(groups):
+            start, end = int(position[g]), int(ends[g])
+            if start >= end:
+                continue
+            if math.isfinite(bound_of[g]):
+                # Settled: only plans tying with the bound are left to score.
+                stop = start + int(
+                    np.searchsorted(sorted_cost[start:end], bound_of[g], side="right")
+                )
+                position[g] = end
+            else:
+                # A group barely larger than a chunk is scored whole: a second call per
+                # group would cost more than the few plans it might skip.
+                stop = end if end - start <= 2 * size else start + size
+                position[g] = stop
+            if stop > start:
+                picks.append(order[start:stop])
+        if not picks:
+            break
+        rows = np.concatenate(picks)
+        passed = ok(rows, low[rows] + 1)
+        at_floor[rows] = passed
+        np.minimum.at(bound_of, group[rows[passed]], floor_cost[rows[passed]])
+        size = count
+    return at_floor, bound_of
+
+
 def _fewest_replicas(
     ok: Callable[[npt.NDArray[np.int64], npt.NDArray[np.int64]], npt.NDArray[np.bool_]],
     low: npt.NDArray[np.int64],
@@ -811,10 +875,7 @@ def _fewest_replicas(
     # plan that cannot come in at or under that bound is not searched further (ties are
     # kept, so the choice is the one a full search makes).
     open_rows = low < ceiling
-    at_floor = np.zeros(count, dtype=bool)
-    at_floor[open_rows] = ok(everything[open_rows], low[open_rows] + 1)
-    bound_of = np.full(groups, np.inf)
-    np.minimum.at(bound_of, group[at_floor], ((low + 1) * prices)[at_floor])
+    at_floor, bound_of = _cheapest_at_floor(ok, low, prices, open_rows, group, groups)
     bound = bound_of[group]
     cap = np.full(count, ceiling, dtype=np.int64)
     bounded = np.isfinite(bound)
