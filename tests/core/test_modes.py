@@ -209,24 +209,28 @@ def test_screen_ladder_finds_the_fewest_replicas_bisection_would(
     rate_per_s=st.floats(0.5, 5_000.0),
     arrival_cv=st.sampled_from([1.0, 2.0, 3.5]),
     slo_ms=st.floats(20.0, 2_000.0),
-    realtime=st.booleans(),
+    loose=st.floats(1.0, 4.0),
     max_replicas=st.sampled_from([4, 64, 256]),
     latency_price=st.sampled_from([0.0, 0.01]),
 )
 @settings(max_examples=40, deadline=None)
-def test_screening_several_rates_together_equals_screening_each_alone(
+def test_screening_pools_and_rates_together_equals_screening_each_alone(
     factors: list[float],
     rate_per_s: float,
     arrival_cv: float,
     slo_ms: float,
-    realtime: bool,
+    loose: float,
     max_replicas: int,
     latency_price: float,
 ) -> None:
-    """The break-even search screens a pool at every rate of its grid in one pass, each
-    rate's plans pruned by that rate's own cheapest; each answer is exactly the pool a screen
-    of that rate alone finds (plan, workload and latency)."""
-    cls = TrafficClass("web", rate_per_s=rate_per_s, arrival_cv=arrival_cv, slo=Slo(slo_ms))
+    """The break-even search screens several pools (real-time and batching grids, other
+    requirements), each at every rate of its grid, in one pass, each pruned by its own
+    cheapest plan; each answer is exactly the pool a screen of it alone finds (plan,
+    workload, requirement and latency)."""
+    strict = TrafficClass("web", rate_per_s=rate_per_s, arrival_cv=arrival_cv, slo=Slo(slo_ms))
+    relaxed = TrafficClass(
+        "bulk", rate_per_s=rate_per_s / 3, arrival_cv=1.0, slo=Slo(slo_ms * loose, 99.9)
+    )
     v100 = Candidate(
         InstanceType("p3.2xlarge", 3.06),
         LatencyProfile((1, 8, 64, 256), (6.0, 7.5, 22.0, 80.0)),
@@ -236,11 +240,15 @@ def test_screening_several_rates_together_equals_screening_each_alone(
         limits=SearchLimits(max_replicas=max_replicas),
         price_per_ms_per_million=latency_price,
     )
-    grid = modes._PoolGrid.build(cls.requirement(), inputs, realtime)
-    assert grid is not None
-    together = modes._screen_pools(grid, [pool_workload([cls.scaled(f)]) for f in factors], inputs)
-    alone = [modes._screen_pool([cls.scaled(f)], inputs, realtime) for f in factors]
-    assert together == alone
+    items = []
+    alone = []
+    for cls, realtime in [(strict, True), (strict, False), (relaxed, False)]:
+        grid = modes._PoolGrid.build(cls.requirement(), inputs, realtime)
+        assert grid is not None
+        for f in factors:
+            items.append((grid, pool_workload([cls.scaled(f)])))
+            alone.append(modes._screen_pool([cls.scaled(f)], inputs, realtime))
+    assert modes._screen_pools(items, inputs) == alone
 
 
 def test_every_pool_is_evaluated_at_once_including_hybrids_deferrable_pools(

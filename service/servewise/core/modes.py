@@ -908,28 +908,32 @@ def _fewest_replicas(
 
 
 def _screen_pools(
-    grid: _PoolGrid, workloads: list[Workload], inputs: SelectInputs
+    items: list[tuple[_PoolGrid, Workload]], inputs: SelectInputs
 ) -> list[_ScreenedPool | None]:
-    """The analytic screen's cheapest pool at each of ``workloads`` (the same classes at
-    several rates): fewest replicas the predictor says meet the requirement, over the grid of
-    types, batch sizes and delays; None where no plan does.
+    """The analytic screen's cheapest pool for each (pool grid, workload): fewest replicas
+    the predictor says meet the pool's requirement, over its grid of types, batch sizes and
+    delays; None where no plan does.
 
-    The rates are screened together, one predictor call per rate and step, so the search's
-    array bookkeeping is paid once for all of them; each rate's rows are searched and pruned
-    exactly as a screen of that rate alone would (rows do not interact)."""
-    slo = grid.slo
-    rows_per = len(grid.kinds)
-    groups = len(workloads)
+    Every item (the break-even search's pools, each at several rates) is screened in the same
+    pass, one predictor call per item and step, so the search's array bookkeeping is paid
+    once for all of them; each item's rows are searched and pruned exactly as a screen of it
+    alone would (rows do not interact)."""
+    groups = len(items)
+    if groups == 0:
+        return []
+    sizes = [len(grid.kinds) for grid, _ in items]
+    starts = np.cumsum([0, *sizes])
     cands = inputs.candidates
-    kind = np.tile(grid.kind, groups)
-    big_b = np.tile(grid.big_b, groups)
-    delay = np.tile(grid.delay, groups)
-    prices = np.tile(grid.prices, groups)
-    group = np.repeat(np.arange(groups, dtype=np.int64), rows_per)
-    rate = np.repeat(np.array([w.rate_per_s for w in workloads]), rows_per)
-    floor = np.floor(rate * np.tile(grid.service_ms, groups) / (big_b * 1000.0))
+    kind = np.concatenate([grid.kind for grid, _ in items])
+    big_b = np.concatenate([grid.big_b for grid, _ in items])
+    delay = np.concatenate([grid.delay for grid, _ in items])
+    prices = np.concatenate([grid.prices for grid, _ in items])
+    group = np.repeat(np.arange(groups, dtype=np.int64), sizes)
+    rate = np.repeat(np.array([w.rate_per_s for _, w in items]), sizes)
+    service = np.concatenate([grid.service_ms for grid, _ in items])
+    floor = np.floor(rate * service / (big_b * 1000.0))
     low = floor.astype(np.int64)  # at or below capacity: fails
-    allowed = 1.0 - slo.percentile / 100.0
+    allowed = [1.0 - grid.slo.percentile / 100.0 for grid, _ in items]
 
     def ok(rows: npt.NDArray[np.int64], n: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
         out = np.zeros(len(rows), dtype=bool)
@@ -939,29 +943,29 @@ def _screen_pools(
         for g in np.unique(of_row).tolist() if groups > 1 else [0]:
             sel = of_row == g if groups > 1 else slice(None)
             picked = rows[sel]
+            grid, workload = items[g]
             tail = queueing.tail_probability(
                 grid.tables,
                 kind[picked],
-                workloads[g].rate_per_s,
-                workloads[g].arrival_cv,
+                workload.rate_per_s,
+                workload.arrival_cv,
                 big_b[picked],
                 delay[picked],
                 n[sel],
-                slo.latency_ms,
+                grid.slo.latency_ms,
             )
-            out[sel] = tail <= allowed
+            out[sel] = tail <= allowed[g]
         return out
 
     usable, high = _fewest_replicas(ok, low, prices, inputs.limits.max_replicas, group, groups)
     cost = np.where(usable, high * prices, np.inf)
     screened: list[_ScreenedPool | None] = []
-    for g, workload in enumerate(workloads):
-        start = g * rows_per
-        mine = cost[start : start + rows_per]
-        if not np.any(usable[start : start + rows_per]):
+    for g, (grid, workload) in enumerate(items):
+        start, end = int(starts[g]), int(starts[g + 1])
+        if not np.any(usable[start:end]):
             screened.append(None)
             continue
-        best = int(np.argmin(mine))
+        best = int(np.argmin(cost[start:end]))
         replicas = high[start + best : start + best + 1]
         latency = 0.0
         if inputs.price_per_ms_per_million > 0:
@@ -973,12 +977,12 @@ def _screen_pools(
                 grid.big_b[best : best + 1],
                 grid.delay[best : best + 1],
                 replicas,
-                slo.percentile,
+                grid.slo.percentile,
             )
             latency = float(pred.latency_ms[0])
         candidate = cands[grid.kinds[best]]
         plan = Plan(candidate.instance.name, grid.sizes[best], grid.delays[best], int(replicas[0]))
-        screened.append(_ScreenedPool(candidate, plan, workload, slo, latency))
+        screened.append(_ScreenedPool(candidate, plan, workload, grid.slo, latency))
     return screened
 
 
@@ -989,7 +993,7 @@ def _screen_pool(
     says meet the requirement, over a grid of types, batch sizes and delays), or None."""
     slo, _ = pool_requirements(classes)
     grid = _PoolGrid.build(slo, inputs, realtime)
-    return None if grid is None else _screen_pools(grid, [pool_workload(classes)], inputs)[0]
+    return None if grid is None else _screen_pools([(grid, pool_workload(classes))], inputs)[0]
 
 
 def _confirmed_pool(pool: _ScreenedPool, seed: int) -> tuple[float, float] | None:
@@ -1023,10 +1027,11 @@ class _Estimates:
     """The break-even search's screens and job plans, kept for the whole request.
 
     The search asks for the same pools (dynamic batching's pool of one class is hybrid's too)
-    and jobs at many rates: each pool's grid is built once, each (pool, rate) screened once,
-    and on a miss every rate of ``batch`` (the rate grid, before it is walked) is screened in
-    the same pass. Jobs are planned once per (class, rate): a backlog's job does not depend on
-    the rate at all.
+    and jobs at many rates. Each pool's grid is built once and each (pool, rate) screened
+    once; on a miss, every pool any mode may ask for is screened at that rate and at every
+    rate of ``batch`` (the rate grid before it is walked, a halving's midpoints), all in one
+    pass. Jobs are planned once per (class, rate): a backlog's job does not depend on the
+    rate at all.
     """
 
     def __init__(self, classes: list[TrafficClass], inputs: SelectInputs) -> None:
@@ -1034,32 +1039,52 @@ class _Estimates:
         self.by_name = {c.name: c for c in classes}
         self.on_demand = replace(inputs.offline, allow_spot=False)
         self.batch: tuple[float, ...] = ()
+        # The pools _parts may ask for: every class's pool (real-time and batching) when all
+        # classes have rates; hybrid's urgent pools and its deferrable rate classes' own.
+        shapes: list[tuple[tuple[str, ...], bool]] = []
+        if all(c.rate_per_s is not None for c in classes):
+            shapes += [(_class_names(classes), True), (_class_names(classes), False)]
+        if len(classes) >= 2:
+            shapes += [(_class_names(g), False) for g in _hybrid_groups(classes)]
+            shapes += [
+                ((c.name,), False) for c in classes if c.deferrable and c.rate_per_s is not None
+            ]
+        self.shapes = list(dict.fromkeys(shapes))
         self._grids: dict[tuple[tuple[str, ...], bool], _PoolGrid | None] = {}
         self._pools: dict[tuple[tuple[str, ...], bool, float], _ScreenedPool | None] = {}
         self._jobs: dict[tuple[str, float | None], _Figure | None] = {}
+
+    def _grid(self, shape: tuple[tuple[str, ...], bool]) -> _PoolGrid | None:
+        if shape not in self._grids:
+            slo, _ = pool_requirements([self.by_name[n] for n in shape[0]])
+            self._grids[shape] = _PoolGrid.build(slo, self.inputs, shape[1])
+        return self._grids[shape]
 
     def pool(self, names: tuple[str, ...], realtime: bool, factor: float) -> _ScreenedPool | None:
         key = (names, realtime, factor)
         if key in self._pools:
             return self._pools[key]
-        originals = [self.by_name[n] for n in names]
-        shape = (names, realtime)
-        if shape not in self._grids:
-            slo, _ = pool_requirements(originals)
-            self._grids[shape] = _PoolGrid.build(slo, self.inputs, realtime)
-        grid = self._grids[shape]
-        factors = [factor] + [
-            f for f in self.batch if f != factor and (names, realtime, f) not in self._pools
+        shapes = self.shapes if (names, realtime) in self.shapes else [(names, realtime)]
+        todo = [
+            (shape, f)
+            for shape in shapes
+            for f in dict.fromkeys((factor, *self.batch))
+            if (*shape, f) not in self._pools
         ]
-        if grid is None:
-            screened: list[_ScreenedPool | None] = [None] * len(factors)
-        else:
+        items: list[tuple[_PoolGrid, Workload]] = []
+        keys: list[tuple[tuple[str, ...], bool, float]] = []
+        for (shape_names, shape_realtime), f in todo:
+            grid = self._grid((shape_names, shape_realtime))
+            if grid is None:
+                self._pools[(shape_names, shape_realtime, f)] = None
+                continue
             # Scaled exactly as the classes of a single rate are (rate times factor), so a
             # batched screen sees the very workloads an unbatched one would.
-            workloads = [pool_workload([c.scaled(f) for c in originals]) for f in factors]
-            screened = _screen_pools(grid, workloads, self.inputs)
-        for f, s in zip(factors, screened, strict=True):
-            self._pools[(names, realtime, f)] = s
+            scaled = [self.by_name[n].scaled(f) for n in shape_names]
+            items.append((grid, pool_workload(scaled)))
+            keys.append((shape_names, shape_realtime, f))
+        for k, screened in zip(keys, _screen_pools(items, self.inputs), strict=True):
+            self._pools[k] = screened
         return self._pools[key]
 
     def job(self, cls: TrafficClass, factor: float) -> _Figure | None:
