@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from servewise.core import modes, queueing
+from servewise.core import cancel, modes, queueing
 from servewise.core.model import Slo
 from servewise.core.modes import (
     Mode,
@@ -251,12 +253,13 @@ def test_screening_pools_and_rates_together_equals_screening_each_alone(
     assert modes._screen_pools(items, inputs) == alone
 
 
-def test_every_pool_is_evaluated_at_once_including_hybrids_deferrable_pools(
+def test_every_pool_is_evaluated_side_by_side_including_hybrids_deferrable_pools(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Hybrid's pool for a deferrable class (when its job may cost more than a pool) is
-    known before any pool is evaluated, so evaluate_modes submits every pool in one batch
-    and hybrid evaluates nothing afterwards; the outcomes are those of evaluating each pool
+    known from the offline plans alone, so evaluate_modes submits every pool to the pool
+    executor (only the pool of every class with a real-time baseline) and hybrid evaluates
+    nothing afterwards in the caller's thread; the outcomes are those of evaluating each pool
     on its own."""
     web = TrafficClass("web", rate_per_s=300.0, slo=Slo(200.0))
     # A deadline too short for a periodic job's cold start: its job is infeasible, so
@@ -264,25 +267,63 @@ def test_every_pool_is_evaluated_at_once_including_hybrids_deferrable_pools(
     bulk = TrafficClass("bulk", rate_per_s=500.0, deadline_s=30.0)
     cold = Candidate(InstanceType("g4dn.xlarge", 0.526, cold_start_s=60.0), T4_AMP)
     inputs = SelectInputs([cold], seed=3)
-    batches: list[list[tuple[str, ...]]] = []
-    original = modes._evaluate_pools
+    evaluated: list[tuple[tuple[str, ...], bool, bool]] = []
+    caller = threading.get_ident()
+    original = modes.evaluate_pool
 
-    def recording(groups: list, *args: object, **kwargs: object) -> None:
-        pool_of = args[1]
-        assert isinstance(pool_of, dict)
-        batches.append(
-            [modes._class_names(g) for g in groups if modes._class_names(g) not in pool_of]
-        )
-        original(groups, *args, **kwargs)  # type: ignore[arg-type]
+    def recording(
+        classes: list[TrafficClass], inputs: SelectInputs, seed: int, realtime: bool = True
+    ) -> modes.PoolEvaluation:
+        evaluated.append((modes._class_names(classes), realtime, threading.get_ident() == caller))
+        return original(classes, inputs, seed, realtime)
 
-    monkeypatch.setattr(modes, "_evaluate_pools", recording)
+    monkeypatch.setattr(modes, "evaluate_pool", recording)
     outcomes = _by_mode(evaluate_modes([web, bulk], inputs))
-    assert batches[0] == [("web", "bulk"), ("web",), ("bulk",)]
-    assert all(batch == [] for batch in batches[1:])
+    assert sorted(evaluated) == [
+        (("bulk",), False, False),
+        (("web",), False, False),
+        (("web", "bulk"), True, False),
+    ]
     hybrid = outcomes[Mode.HYBRID]
     assert hybrid.feasible
     assert {p.classes for p in hybrid.pools} == {("web",), ("bulk",)}
-    alone = modes.evaluate_pool([bulk], inputs, inputs.seed, realtime=False)
+    alone = original([bulk], inputs, inputs.seed, realtime=False)
     assert alone.result.recommended is not None
     bulk_pool = next(p for p in hybrid.pools if p.classes == ("bulk",))
     assert bulk_pool.assessment == alone.result.recommended
+
+
+def test_a_cancelled_select_mode_stops_and_leaves_no_pool_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelling the caller's token stops every pool evaluation (they run on the pool
+    executor under the caller's token) and the break-even search; select_mode raises only
+    once none of its work is still running."""
+    web = TrafficClass("web", rate_per_s=300.0, slo=Slo(200.0))
+    bulk = TrafficClass("bulk", rate_per_s=500.0, deadline_s=30.0)
+    cold = Candidate(InstanceType("g4dn.xlarge", 0.526, cold_start_s=60.0), T4_AMP)
+    running = 0
+    lock = threading.Lock()
+    original = modes.evaluate_pool
+
+    def counting(
+        classes: list[TrafficClass], inputs: SelectInputs, seed: int, realtime: bool = True
+    ) -> modes.PoolEvaluation:
+        nonlocal running
+        with lock:
+            running += 1
+        try:
+            if realtime:  # the pool of every class: cancel while the others run too
+                token.cancel("client went away")
+            else:
+                time.sleep(0.3)  # still busy when the caller gives up
+            return original(classes, inputs, seed, realtime)
+        finally:
+            with lock:
+                running -= 1
+
+    token = cancel.CancelToken()
+    monkeypatch.setattr(modes, "evaluate_pool", counting)
+    with cancel.scope(token), pytest.raises(cancel.WorkCancelledError):
+        select_mode([web, bulk], SelectInputs([cold], seed=9))
+    assert running == 0

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from itertools import pairwise
@@ -578,10 +578,30 @@ def _hybrid_mode(
     return _compose(Mode.HYBRID, classes, pools, jobs, inputs, "; ".join(parts), None)
 
 
-# Pool evaluations of all requests, kept across requests like the break-even pool: a request
-# submits all its pools at once (at most four: the pool of every class, hybrid's urgent pool
-# or pools, deferrable classes' own pools), so that two cores stay busy to the end.
+# Pool evaluations of all requests, kept across requests like the break-even pool. A request
+# submits its pools as soon as it knows them (its thread meanwhile plans the offline jobs),
+# so that two cores stay busy to the end.
 _POOL_EVALUATIONS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="servewise-pools")
+
+_PoolRuns = dict[tuple[str, ...], "Future[PoolEvaluation]"]
+
+
+def _start_pools(
+    groups: list[list[TrafficClass]],
+    inputs: SelectInputs,
+    seed: int,
+    realtime_pool: tuple[str, ...],
+    runs: _PoolRuns,
+) -> None:
+    """Submit the evaluation of each pool not yet submitted; only ``realtime_pool`` (the pool
+    of every class: REALTIME and DYNAMIC_BATCHING) gets a real-time baseline, hybrid's pools
+    of some classes do not report one."""
+    for g in groups:
+        names = _class_names(g)
+        if names not in runs:
+            runs[names] = _POOL_EVALUATIONS.submit(
+                cancel.propagating(evaluate_pool), g, inputs, seed, names == realtime_pool
+            )
 
 
 def _evaluate_pools(
@@ -589,38 +609,12 @@ def _evaluate_pools(
     inputs: SelectInputs,
     pool_of: dict[tuple[str, ...], PoolEvaluation],
     seed: int,
-    realtime_pool: tuple[str, ...] = (),
 ) -> None:
-    """Evaluate pools not yet known, side by side (the simulator releases the GIL); only
-    ``realtime_pool`` (the pool of every class: REALTIME and DYNAMIC_BATCHING) gets a
-    real-time baseline, hybrid's pools of some classes do not report one."""
-    todo = [g for g in groups if _class_names(g) not in pool_of]
-    unique = list({_class_names(g): g for g in todo}.values())
-    if len(unique) <= 1:
-        for g in unique:
-            names = _class_names(g)
-            pool_of[names] = evaluate_pool(g, inputs, seed, names == realtime_pool)
-        return
-    # The caller's thread evaluates the first pool (the pool of every class, with its
-    # real-time baseline: usually the longest) instead of waiting idle.
-    first, rest = unique[0], unique[1:]
-    futures = {
-        _class_names(g): _POOL_EVALUATIONS.submit(
-            cancel.propagating(evaluate_pool), g, inputs, seed, _class_names(g) == realtime_pool
-        )
-        for g in rest
-    }
-    try:
-        names = _class_names(first)
-        pool_of[names] = evaluate_pool(first, inputs, seed, names == realtime_pool)
-    except BaseException:
-        # No work left running on behalf of a failed call.
-        for future in futures.values():
-            future.cancel()
-        wait(list(futures.values()))
-        raise
-    for key, future in futures.items():
-        pool_of[key] = future.result()
+    """Evaluate, in this thread, pools not yet known (without a real-time baseline)."""
+    for g in groups:
+        names = _class_names(g)
+        if names not in pool_of:
+            pool_of[names] = evaluate_pool(g, inputs, seed, realtime=False)
 
 
 def evaluate_modes(
@@ -628,28 +622,32 @@ def evaluate_modes(
 ) -> list[ModeOutcome]:
     """A full outcome for each of ``modes`` (feasible or not, with the reason)."""
     seed = inputs.seed
-    pool_of: dict[tuple[str, ...], PoolEvaluation] = {}
     all_rates = all(c.rate_per_s is not None for c in classes)
-    # Offline plans are closed forms (or a vectorised spot walk): made first, they tell which
-    # deferrable classes hybrid also weighs a pool for, so every pool is evaluated at once.
-    offline = (
-        _offline_results(classes, inputs, seed)
-        if {Mode.OFFLINE_BATCH, Mode.HYBRID} & set(modes)
-        else {}
-    )
-    wanted_pools: list[list[TrafficClass]] = []
-    if all_rates and ({Mode.REALTIME, Mode.DYNAMIC_BATCHING} & set(modes)):
-        wanted_pools.append(classes)
-    if Mode.HYBRID in modes and len(classes) >= 2:
-        wanted_pools.extend(_hybrid_groups(classes))
-        wanted_pools.extend([c] for c in _hybrid_deferrable_pools(classes, inputs, offline))
-    _evaluate_pools(
-        wanted_pools,
-        inputs,
-        pool_of,
-        seed,
-        _class_names(classes) if all_rates else (),
-    )
+    realtime_pool = _class_names(classes) if all_rates else ()
+    runs: _PoolRuns = {}
+    try:
+        if all_rates and ({Mode.REALTIME, Mode.DYNAMIC_BATCHING} & set(modes)):
+            _start_pools([classes], inputs, seed, realtime_pool, runs)
+        hybrid = Mode.HYBRID in modes and len(classes) >= 2
+        if hybrid:
+            _start_pools(_hybrid_groups(classes), inputs, seed, realtime_pool, runs)
+        # Offline plans are closed forms (or a vectorised spot walk), made while the pools
+        # run; they tell which deferrable classes hybrid also weighs a pool of their own for.
+        offline = (
+            _offline_results(classes, inputs, seed)
+            if {Mode.OFFLINE_BATCH, Mode.HYBRID} & set(modes)
+            else {}
+        )
+        if hybrid:
+            deferrable = [[c] for c in _hybrid_deferrable_pools(classes, inputs, offline)]
+            _start_pools(deferrable, inputs, seed, realtime_pool, runs)
+        pool_of = {names: run.result() for names, run in runs.items()}
+    except BaseException:
+        # No work left running on behalf of a failed call.
+        for run in runs.values():
+            run.cancel()
+        wait(list(runs.values()))
+        raise
     outcomes: dict[Mode, ModeOutcome] = {}
     if {Mode.REALTIME, Mode.DYNAMIC_BATCHING} & set(modes):
         realtime, dynamic = _online_modes(
@@ -1064,6 +1062,7 @@ class _Estimates:
         key = (names, realtime, factor)
         if key in self._pools:
             return self._pools[key]
+        cancel.check()  # a pass screens many pools and rates: a grid point's worth of work
         shapes = self.shapes if (names, realtime) in self.shapes else [(names, realtime)]
         todo = [
             (shape, f)
