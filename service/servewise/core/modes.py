@@ -35,8 +35,9 @@ flip is then confirmed just below and above it by simulating the two modes' scre
 (adding replicas until each meets its requirement; jobs are closed form). At most
 MAX_CONFIRMED_FLIPS flips, nearest today's rate, are confirmed; unconfirmed flips are
 reported in the notes, not as break-evens. The search keeps its screens and job plans for the
-request (_Estimates): each pool's grid is built once, and the whole rate grid is screened in
-one pass per pool, each rate exactly as a screen of it alone would be.
+request (_Estimates): each pool's grid is built once, and every pool the modes may ask for is
+screened at all pending rates (the whole grid, a halving's midpoints) in one pass, each pool
+and rate exactly as a screen of it alone would be.
 """
 
 from __future__ import annotations
