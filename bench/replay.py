@@ -25,7 +25,8 @@ is in ../shared/data; the serving model is ARCHITECTURE.md section 2):
 
 Writes bench/results/replay.json (per run: every strategy's cost, switch cost, violation
 minutes, switches split into scale actions and migrations, cost ratio to hindsight; the three
-target checks; diagnostics: the controller's violation minutes under its initial plan, and the
+target checks; diagnostics: every strategy's running cost, mean replicas and violating
+intervals, the controller's plan changes, its violation minutes under its initial plan, and the
 controller's and static batching's from the first interval a reaction to the first sample can
 serve) and prints a table.
 """
@@ -129,6 +130,10 @@ def run_one(trace: str, path: Path, model: Model, k: float, interval_s: float) -
             "scale_actions": r.scales,
             "migrations": r.migrations,
             "cost_ratio_to_hindsight": round(r.cost / hindsight.cost, 3),
+            # Diagnostics: where the cost and the violations come from.
+            "running_cost": round(r.cost - r.switch_cost, 4),
+            "mean_replicas": round(sum(p.replicas for p in r.plans) / len(r.plans), 3),
+            "violation_intervals": [i for i, q in enumerate(r.p99_ms) if q > model.slo.latency_ms],
         }
         for name, r in s.items()
     }
@@ -163,6 +168,11 @@ def run_one(trace: str, path: Path, model: Model, k: float, interval_s: float) -
         "seconds": round(time.perf_counter() - started, 1),
         "strategies": strategies,
         "controller_violation_minutes_under_initial_plan": startup,
+        "controller_plan_changes": [
+            {"interval": i, "plan": p.describe()}
+            for i, p in enumerate(controller.plans)
+            if i == 0 or p != controller.plans[i - 1]
+        ],
         "first_reachable_interval": reachable,
         "violation_minutes_from_first_reachable_interval": {
             CONTROLLER: minutes_from(controller, reachable),

@@ -254,6 +254,34 @@ async def test_latency_breach_during_a_step_rolls_back(h: Harness) -> None:
     await stream.close()
 
 
+async def test_breaches_during_a_move_away_from_a_predicted_breach_complete_it(
+    h: Harness,
+) -> None:
+    """At 3,000/s the 20 real-time replicas (capacity ~2,650/s) are predicted to break the SLO:
+    the controller moves at once and marks the move away_from_breach. Three breaching samples
+    during its step (the old plan still carries the traffic while the target starts) complete
+    the move instead of rolling back to the plan predicted to break; the target is in force."""
+    await register(h.stub)
+    stream = Stream(h.stub)
+    times = clock()
+    switch = await stream.send(sample_request(next(times), 3000.0))
+    assert kind(switch) == "switch_event", switch.hold_event.reason
+    transition = switch.switch_event.transition
+    assert transition.away_from_breach
+    assert not transition.panic
+    assert "predicted to break" in transition.reason
+    events = [
+        await stream.send(sample_request(next(times), 3000.0, p99_ms=250.0)) for _ in range(3)
+    ]
+    assert [kind(e) for e in events] == ["hold_event", "hold_event", "complete_event"]
+    assert "move to safety" in events[-1].complete_event.reason
+    after = stored(h.store)
+    assert not after.HasField("transition")
+    assert after.current_plan == transition.to_plan
+    assert log_kinds(h.store) == ["switch_event", "complete_event"]
+    await stream.close()
+
+
 # --- Invalid samples --------------------------------------------------------------------------
 
 INVALID: list[tuple[str, dict[str, Any], str]] = [

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import numpy.typing as npt
@@ -700,6 +701,88 @@ def test_run_latencies_equals_the_batch_trace(
     assert stats.busy_ms == trace.busy_ms
     assert stats.max_queue_length == trace.max_queue_length
     assert stats.last_completion_ms == trace.completion_ms.max()
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    size=st.sampled_from([30, 500, 9_000, 20_000]),
+    replicas=st.integers(1, 6),
+    big_b=st.integers(1, 16),
+    delay_ms=st.sampled_from([0.0, 0.3, 5.0]),
+    load=st.floats(0.3, 1.05),
+    chunks=st.integers(1, 40),
+    bound_quantile=st.floats(0.5, 1.0),
+    rank_quantile=st.floats(0.0, 1.0),
+)
+@settings(max_examples=80, deadline=None)
+def test_search_run_equals_the_latencies_it_reduces(
+    seed: int,
+    size: int,
+    replicas: int,
+    big_b: int,
+    delay_ms: float,
+    load: float,
+    chunks: int,
+    bound_quantile: float,
+    rank_quantile: float,
+) -> None:
+    """The search's reduced run (selected rank and per-chunk counts of slow requests, with
+    latencies kept in the kernel) equals selecting from and counting the full latencies,
+    including chunks that do not divide the run and runs shorter than their chunk count."""
+    table = 0.5 + 0.3 * np.arange(big_b + 1, dtype=np.float64)
+    capacity_per_ms = replicas * big_b / table[big_b]
+    gaps = np.random.default_rng(seed).exponential(1.0 / (capacity_per_ms * load), size)
+    arrivals = np.cumsum(gaps)
+    skip = size // 20
+    latencies, _ = simulator.run_latencies(arrivals, table, big_b, delay_ms, replicas, skip)
+    rank = min(int(rank_quantile * len(latencies)), len(latencies) - 1)
+    bound_ms = float(np.quantile(latencies, bound_quantile))
+    value, counts = simulator.search_run(
+        arrivals, table, big_b, delay_ms, replicas, skip, rank, bound_ms, chunks
+    )
+    assert value == np.sort(latencies)[rank]
+    per_chunk = len(latencies) // chunks
+    if per_chunk == 0:
+        expected = [int(np.sum(latencies > bound_ms))] + [0] * (chunks - 1)
+    else:
+        slow = latencies[: per_chunk * chunks] > bound_ms
+        expected = slow.reshape(chunks, per_chunk).sum(axis=1).tolist()
+    assert counts == expected
+    assert simulator.slow_counts(latencies, bound_ms, chunks) == expected
+    with mock.patch.object(simulator, "_batchsim", None):  # the pure-Python route
+        again = simulator.search_run(
+            arrivals, table, big_b, delay_ms, replicas, skip, rank, bound_ms, chunks
+        )
+    assert again == (value, expected)
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    replicas=st.integers(1, 6),
+    load=st.floats(0.85, 1.1),
+    decimals=st.integers(0, 3),
+    skip=st.integers(0, 300),
+)
+@settings(max_examples=60, deadline=None)
+def test_realtime_queue_length_scan_matches_the_reference(
+    seed: int, replicas: int, load: float, decimals: int, skip: int
+) -> None:
+    """The real-time path finds the longest queue by scanning only the blocks of dispatches
+    that could hold it: near capacity (queues spanning many blocks, growing or draining) and
+    with tied arrival times it reports what the per-request reference loop reports, and the
+    same latencies on both routes."""
+    service_ms = 2.0
+    gaps = np.random.default_rng(seed).exponential(service_ms / (replicas * load), 3_000)
+    arrivals = np.round(np.cumsum(gaps), decimals)
+    table = np.array([0.0, service_ms])
+    reference = run_batches_python(arrivals, table, 1, 0.0, replicas)
+    trace = simulator.run_batches(arrivals, table, 1, 0.0, replicas)
+    latencies, stats = simulator.run_latencies(arrivals, table, 1, 0.0, replicas, skip)
+    assert trace.max_queue_length == reference.max_queue_length
+    assert stats.max_queue_length == reference.max_queue_length
+    assert np.array_equal(trace.completion_ms, reference.completion_ms)
+    assert np.array_equal(latencies, reference.latencies_ms(skip))
+    assert stats.busy_ms == reference.busy_ms
 
 
 @given(

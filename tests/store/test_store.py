@@ -439,3 +439,31 @@ def test_two_open_stores_on_the_same_storage_see_each_others_writes(backend: Bac
     assert one.append_decision("log", b"1") == 1
     assert two.append_decision("log", b"2") == 2
     assert one.decisions("log") == two.decisions("log")
+
+
+# --- change token -------------------------------------------------------------------------------
+
+
+def test_the_change_token_moves_with_every_value_write_from_any_store(backend: Backend) -> None:
+    """Equal tokens mean no value changed: reads leave it, every kind of value write moves it,
+    whichever open store (a second connection, another replica) made the write."""
+    one, two = backend.open(), backend.open()
+    seen = [one.change_token()]
+    one.get("k")
+    one.keys()
+    one.decisions("k")
+    assert one.change_token() == seen[-1]
+    for write in (
+        lambda: one.compare_and_set("k", 0, b"v1"),
+        lambda: one.compare_and_set_with_decision("k", 1, b"v2", b"d1"),
+        lambda: two.compare_and_set("k", 2, b"v3"),
+        lambda: two.compare_and_set_with_decision("other", 0, b"o1", b"d1"),
+    ):
+        write()
+        token = one.change_token()
+        assert token not in seen
+        seen.append(token)
+    assert two.change_token() == two.change_token()
+    with pytest.raises(StaleVersionError):
+        one.compare_and_set("k", 1, b"stale")
+    assert one.change_token() == seen[-1]  # a refused write changes nothing

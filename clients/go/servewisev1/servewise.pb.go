@@ -3106,7 +3106,8 @@ type DeploymentSettings struct {
 	// same configuration waits only for the savings window; default 600.
 	MinDwellS *float64 `protobuf:"fixed64,4,opt,name=min_dwell_s,json=minDwellS,proto3,oneof" json:"min_dwell_s,omitempty"`
 	// How long a new plan is expected to stay in force, over which the saving must repay the
-	// switch; default 3600.
+	// switch; default 3600. While the samples establish a rising trend the controller uses the
+	// shorter time the trend takes to carry the rate out of the hysteresis band.
 	ExpectedDwellS *float64 `protobuf:"fixed64,5,opt,name=expected_dwell_s,json=expectedDwellS,proto3,oneof" json:"expected_dwell_s,omitempty"`
 	// Half-life of the EWMA that smooths the sampled rate; default 60.
 	EwmaHalfLifeS *float64 `protobuf:"fixed64,6,opt,name=ewma_half_life_s,json=ewmaHalfLifeS,proto3,oneof" json:"ewma_half_life_s,omitempty"`
@@ -3394,8 +3395,13 @@ type Transition struct {
 	DecisionSeq uint64 `protobuf:"varint,10,opt,name=decision_seq,json=decisionSeq,proto3" json:"decision_seq,omitempty"`
 	// The (smoothed) rate the target plan was chosen for; planned_rate_per_s once complete.
 	PlannedRatePerS float64 `protobuf:"fixed64,11,opt,name=planned_rate_per_s,json=plannedRatePerS,proto3" json:"planned_rate_per_s,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Whether the move leaves a plan predicted to break the SLO at the rate it was sized for (or,
+	// with panic, observed to break it): the old plan is not kept as a fallback, so a step that
+	// breaks the limits completes instead of rolling back to it, and the controller escalates from
+	// the target. Set whenever panic is.
+	AwayFromBreach bool `protobuf:"varint,12,opt,name=away_from_breach,json=awayFromBreach,proto3" json:"away_from_breach,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Transition) Reset() {
@@ -3503,6 +3509,13 @@ func (x *Transition) GetPlannedRatePerS() float64 {
 		return x.PlannedRatePerS
 	}
 	return 0
+}
+
+func (x *Transition) GetAwayFromBreach() bool {
+	if x != nil {
+		return x.AwayFromBreach
+	}
+	return false
 }
 
 // One sample of a deployment's live metrics.
@@ -4299,7 +4312,7 @@ const file_servewise_v1_servewise_proto_rawDesc = "" +
 	"\n" +
 	"transition\x18\x0e \x01(\v2\x18.servewise.v1.TransitionR\n" +
 	"transitionB\x17\n" +
-	"\x15_current_plan_since_s\"\xe0\x03\n" +
+	"\x15_current_plan_since_s\"\x8a\x04\n" +
 	"\n" +
 	"Transition\x126\n" +
 	"\tfrom_mode\x18\x01 \x01(\x0e2\x19.servewise.v1.ServingModeR\bfromMode\x126\n" +
@@ -4314,7 +4327,8 @@ const file_servewise_v1_servewise_proto_rawDesc = "" +
 	"\x05panic\x18\t \x01(\bR\x05panic\x12!\n" +
 	"\fdecision_seq\x18\n" +
 	" \x01(\x04R\vdecisionSeq\x12+\n" +
-	"\x12planned_rate_per_s\x18\v \x01(\x01R\x0fplannedRatePerS\"\x82\x02\n" +
+	"\x12planned_rate_per_s\x18\v \x01(\x01R\x0fplannedRatePerS\x12(\n" +
+	"\x10away_from_breach\x18\f \x01(\bR\x0eawayFromBreach\"\x82\x02\n" +
 	"\fMetricSample\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12\x1f\n" +
 	"\vtimestamp_s\x18\x02 \x01(\x01R\n" +

@@ -508,6 +508,7 @@ class ControlSession:
             step_started_at_s=sample.timestamp_s,
             reason=result.reason,
             panic=result.panic,
+            away_from_breach=result.away_from_breach,
             planned_rate_per_s=result.sizing_rate_per_s or result.smoothed_rate_per_s,
         )
         updated = self._copy(stored)
@@ -545,7 +546,9 @@ class ControlSession:
             window,
             stored.state.slo,
             stored.settings,
-            toward_safety=transition.panic,
+            # A move away from a plan predicted or observed to break the SLO never rolls back
+            # to it (transitions stored before away_from_breach existed carry panic alone).
+            toward_safety=transition.panic or transition.away_from_breach,
         )
         if verdict.action is StepAction.WAIT:
             return self._hold(
@@ -711,9 +714,9 @@ def _window(track: _Track, sample: control.Sample) -> list[control.Sample]:
 
 
 def _trim(track: _Track, settings: control.ControlSettings) -> None:
-    """Drop samples older than the longer stabilisation window plus two EWMA half-lives."""
-    horizon = max(settings.safety_window_s, settings.savings_window_s)
-    horizon += 2.0 * settings.ewma_half_life_s
+    """Drop samples older than :func:`servewise.core.control.sample_window_s` (the longer
+    stabilisation window plus two EWMA half-lives)."""
+    horizon = control.sample_window_s(settings)
     newest = track.samples[-1].timestamp_s
     while len(track.samples) > 1 and track.samples[0].timestamp_s < newest - horizon:
         track.samples.popleft()

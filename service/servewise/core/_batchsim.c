@@ -44,12 +44,93 @@ typedef struct {
     double last_done;  /* the latest completion: the run's end */
 } run_stats_t;
 
+/* Requests per block of the real-time path's queue-length scan (see ring_loop). */
+#define RING_BLOCK 16
+
+/* Real-time serving with equal service times: the earliest-free replica is always the one
+ * that started N requests ago, so a ring of the last N completions replaces the heap
+ * (d_k = max(a_k, d_{k-N}) + s).
+ *
+ * The queue length just before dispatch i is ub(when_i) - i, ub(t) the arrivals <= t;
+ * dispatches never go back in time, so ub only grows. Tracking it in the same loop (one
+ * forward pointer, a data-dependent trip count per request) cost four fifths of a
+ * near-capacity run in branch mispredictions. So the loop first writes the dispatch times
+ * alone (no branches); then one pointer pass finds ub at the end of each RING_BLOCK block,
+ * which gives each block's exact length at its last request and a bound on its others
+ * (ub(end) - first index); only blocks whose bound beats the longest queue seen so far are
+ * scanned request by request. The result is the same maximum as the per-request pointer.
+ * Returns -1 (nothing computed) when the scan's scratch memory cannot be had. */
+static int ring_loop(const double *a, Py_ssize_t n, double service, Py_ssize_t replicas,
+                      double *free_at, double *dispatch_out, double *completion_out,
+                      int64_t *size_out, double *latency_out, Py_ssize_t skip,
+                      double *busy_out, double *last_done_out, Py_ssize_t *max_depth_out) {
+    double busy = 0.0, last_done = -INFINITY;
+    Py_ssize_t max_depth = 0;
+    /* Dispatch times: in dispatch_out (batch route) or, on the latency route, in the
+     * latency array (the warm-up's in a small buffer); turned into latencies at the end
+     * with the same subtraction as ever, so latencies stay bit-identical. */
+    double *head = NULL;
+    Py_ssize_t blocks = (n + RING_BLOCK - 1) / RING_BLOCK;
+    Py_ssize_t *ub_end = (Py_ssize_t *)malloc((size_t)(blocks > 0 ? blocks : 1) * sizeof(Py_ssize_t));
+    if (dispatch_out == NULL && skip > 0) head = (double *)malloc((size_t)skip * sizeof(double));
+    if (ub_end == NULL || (dispatch_out == NULL && skip > 0 && head == NULL)) {
+        free(ub_end); free(head);
+        return -1;
+    }
+#define WHEN(i) (dispatch_out != NULL ? dispatch_out[i] : ((i) < skip ? head[i] : latency_out[(i) - skip]))
+    Py_ssize_t slot = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double free = free_at[slot];
+        double when = a[i] > free ? a[i] : free;
+        double done = when + service;
+        free_at[slot] = done;
+        slot = slot + 1 == replicas ? 0 : slot + 1;
+        if (dispatch_out != NULL) dispatch_out[i] = when;
+        else if (i < skip) head[i] = when;
+        else latency_out[i - skip] = when;
+        last_done = done > last_done ? done : last_done;
+        busy += service; /* summed, not multiplied: bit-identical to the general path */
+    }
+    /* ub at each block's last dispatch: exact queue lengths there, bounds elsewhere. */
+    Py_ssize_t arrived = 0;
+    for (Py_ssize_t b = 0; b < blocks; b++) {
+        Py_ssize_t last = (b + 1) * RING_BLOCK < n ? (b + 1) * RING_BLOCK - 1 : n - 1;
+        double when = WHEN(last);
+        while (arrived < n && a[arrived] <= when) arrived++;
+        ub_end[b] = arrived;
+        if (arrived - last > max_depth) max_depth = arrived - last;
+    }
+    for (Py_ssize_t b = 0; b < blocks; b++) {
+        Py_ssize_t first = b * RING_BLOCK;
+        if (ub_end[b] - first <= max_depth) continue;
+        Py_ssize_t last = first + RING_BLOCK < n ? first + RING_BLOCK - 1 : n - 1;
+        Py_ssize_t p = b > 0 ? ub_end[b - 1] : 0;
+        for (Py_ssize_t i = first; i < last; i++) {
+            double when = WHEN(i);
+            while (p < n && a[p] <= when) p++;
+            if (p - i > max_depth) max_depth = p - i;
+        }
+    }
+#undef WHEN
+    if (dispatch_out != NULL) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            completion_out[i] = dispatch_out[i] + service;
+            size_out[i] = 1;
+        }
+    } else {
+        for (Py_ssize_t i = skip; i < n; i++) latency_out[i - skip] = (latency_out[i - skip] + service) - a[i];
+    }
+    free(ub_end); free(head);
+    *busy_out = busy; *last_done_out = last_done; *max_depth_out = max_depth;
+    return 0;
+}
+
 /* The dispatch loop. Writes per-batch dispatch/completion/size when `dispatch_out` is given,
  * else each request's latency from the `skip`-th on into `latency_out` (completion of its
  * batch minus its arrival: the same subtraction request_latencies makes, so both routes give
  * bit-identical latencies). The latency route skips three per-batch arrays and a second pass
  * over them: on a million requests that was most of the confirmation's memory traffic. */
-static void dispatch_loop(const double *a, Py_ssize_t n, const double *s, const double *sc,
+static int dispatch_loop(const double *a, Py_ssize_t n, const double *s, const double *sc,
                           Py_ssize_t big_b, double delay, Py_ssize_t replicas, double *free_at,
                           double *dispatch_out, double *completion_out, int64_t *size_out,
                           double *latency_out, Py_ssize_t skip, run_stats_t *st) {
@@ -57,30 +138,9 @@ static void dispatch_loop(const double *a, Py_ssize_t n, const double *s, const 
     double busy = 0.0, last_done = -INFINITY;
     Py_ssize_t max_depth = 0;
     if (big_b == 1 && sc == NULL) {
-        /* Real-time serving with equal service times: the earliest-free replica is always
-         * the one that started N requests ago, so a ring of the last N completions replaces
-         * the heap (d_k = max(a_k, d_{k-N}) + s). */
-        double service = s[1];
-        Py_ssize_t arrived = 0;
-        Py_ssize_t slot = 0; /* i mod N, kept without a division per request */
-        for (Py_ssize_t i = 0; i < n; i++) {
-            double free = free_at[slot];
-            double when = a[i] > free ? a[i] : free;
-            double done = when + service;
-            free_at[slot] = done;
-            if (++slot == replicas) slot = 0;
-            if (dispatch_out != NULL) {
-                dispatch_out[i] = when;
-                completion_out[i] = done;
-                size_out[i] = 1;
-            } else if (i >= skip) {
-                latency_out[i - skip] = done - a[i];
-            }
-            if (done > last_done) last_done = done;
-            busy += service; /* summed, not multiplied: bit-identical to the general path */
-            while (arrived < n && a[arrived] <= when) arrived++;
-            if (arrived - i > max_depth) max_depth = arrived - i;
-        }
+        if (ring_loop(a, n, s[1], replicas, free_at, dispatch_out, completion_out, size_out,
+                      latency_out, skip, &busy, &last_done, &max_depth) < 0)
+            return -1;
         k = n;
     } else {
         Py_ssize_t arrived = 0;
@@ -131,6 +191,7 @@ static void dispatch_loop(const double *a, Py_ssize_t n, const double *s, const 
     st->busy = busy;
     st->max_depth = max_depth;
     st->last_done = last_done;
+    return 0;
 }
 
 static PyObject *run_batches(PyObject *self, PyObject *args) {
@@ -165,12 +226,15 @@ static PyObject *run_batches(PyObject *self, PyObject *args) {
         if (free_at == NULL) { PyErr_NoMemory(); failed = 1; }
     }
     if (!failed) {
+        int status;
         Py_BEGIN_ALLOW_THREADS
-        dispatch_loop(a, n, (const double *)table.buf,
-                      has_scale ? (const double *)scale.buf : NULL, big_b, delay, replicas,
-                      free_at, (double *)out_dispatch.buf, (double *)out_completion.buf,
-                      (int64_t *)out_sizes.buf, NULL, 0, &st);
+        status = dispatch_loop(a, n, (const double *)table.buf,
+                               has_scale ? (const double *)scale.buf : NULL, big_b, delay,
+                               replicas, free_at, (double *)out_dispatch.buf,
+                               (double *)out_completion.buf, (int64_t *)out_sizes.buf, NULL, 0,
+                               &st);
         Py_END_ALLOW_THREADS
+        if (status < 0) { PyErr_NoMemory(); failed = 1; }
     }
     free(free_at);
     PyBuffer_Release(&arrivals); PyBuffer_Release(&table);
@@ -203,10 +267,13 @@ static PyObject *run_latencies(PyObject *self, PyObject *args) {
         if (free_at == NULL) { PyErr_NoMemory(); failed = 1; }
     }
     if (!failed) {
+        int status;
         Py_BEGIN_ALLOW_THREADS
-        dispatch_loop((const double *)arrivals.buf, n, (const double *)table.buf, NULL, big_b,
-                      delay, replicas, free_at, NULL, NULL, NULL, (double *)out.buf, skip, &st);
+        status = dispatch_loop((const double *)arrivals.buf, n, (const double *)table.buf, NULL,
+                               big_b, delay, replicas, free_at, NULL, NULL, NULL,
+                               (double *)out.buf, skip, &st);
         Py_END_ALLOW_THREADS
+        if (status < 0) { PyErr_NoMemory(); failed = 1; }
     }
     free(free_at);
     PyBuffer_Release(&arrivals); PyBuffer_Release(&table); PyBuffer_Release(&out);
@@ -934,6 +1001,76 @@ static uint64_t xorshift(uint64_t *state) {
     return *state;
 }
 
+/* The counting pass for up to FAST_GROUPS disjoint, ascending brackets. Below a bracket is
+ * counted as n minus the values at or above its lower bound: compares and adds on pairs of
+ * values (GCC vector extensions: SSE2 on x86-64), no branch, where the general loop's first
+ * test (below the first bracket?) is a coin toss for a median and cost a misprediction on
+ * every other value of a million. Only values inside a bracket (a few hundredths) take a
+ * branch. Same counts and copies as the general loop. */
+#define FAST_GROUPS 8
+typedef double v2d __attribute__((vector_size(16)));
+typedef int64_t v2i __attribute__((vector_size(16)));
+
+static int bracket_take(bracket_t *g, Py_ssize_t groups, double x) {
+    Py_ssize_t k = 0;
+    while (k < groups && !(x >= g[k].lo && x <= g[k].hi)) k++;
+    if (k == groups) return 1;  /* the other value of an inside pair */
+    if (x == g[k].lo) g[k].at_lo++;
+    else if (x == g[k].hi) g[k].at_hi++;
+    else return bracket_push(&g[k], x);
+    return 1;
+}
+
+/* Inlined for each bracket count, so the lanes loop unrolls over the brackets in use only. */
+static inline __attribute__((always_inline)) int count_brackets_lanes(
+    const double *a, Py_ssize_t n, bracket_t *g, Py_ssize_t groups, const Py_ssize_t lanes) {
+    v2d lo[FAST_GROUPS], hi[FAST_GROUPS];
+    v2i ge[FAST_GROUPS];
+    for (Py_ssize_t k = 0; k < FAST_GROUPS; k++) {
+        /* unused lanes: nothing is at or above +inf's lower bound, nothing inside */
+        double l = k < groups ? g[k].lo : INFINITY, h = k < groups ? g[k].hi : -INFINITY;
+        lo[k] = (v2d){l, l};
+        hi[k] = (v2d){h, h};
+        ge[k] = (v2i){0, 0};
+    }
+    Py_ssize_t pairs = n / 2;
+    for (Py_ssize_t i = 0; i < pairs; i++) {
+        v2d x;
+        memcpy(&x, a + 2 * i, sizeof x);
+        v2i inside = {0, 0};
+#pragma GCC unroll 8
+        for (Py_ssize_t k = 0; k < lanes; k++) {
+            v2i at = (v2i)(x >= lo[k]);
+            ge[k] -= at;
+            inside |= at & (v2i)(x <= hi[k]);
+        }
+        if (inside[0] | inside[1]) {
+            if (!bracket_take(g, groups, x[0]) || !bracket_take(g, groups, x[1])) return 0;
+        }
+    }
+    Py_ssize_t counted[FAST_GROUPS];
+    for (Py_ssize_t k = 0; k < FAST_GROUPS; k++) counted[k] = (Py_ssize_t)(ge[k][0] + ge[k][1]);
+    if (n % 2) {
+        double x = a[n - 1];
+        for (Py_ssize_t k = 0; k < groups; k++) counted[k] += x >= g[k].lo;
+        if (!bracket_take(g, groups, x)) return 0;
+    }
+    for (Py_ssize_t k = 0; k < groups; k++) g[k].below = n - counted[k];
+    return 1;
+}
+
+static int count_brackets_fast(const double *a, Py_ssize_t n, bracket_t *g, Py_ssize_t groups) {
+    switch (groups) {
+    case 1: return count_brackets_lanes(a, n, g, groups, 1);
+    case 2: return count_brackets_lanes(a, n, g, groups, 2);
+    case 3: return count_brackets_lanes(a, n, g, groups, 3);
+    case 4: return count_brackets_lanes(a, n, g, groups, 4);
+    case 5: return count_brackets_lanes(a, n, g, groups, 5);
+    case 6: return count_brackets_lanes(a, n, g, groups, 6);
+    default: return count_brackets_lanes(a, n, g, groups, FAST_GROUPS);
+    }
+}
+
 static int select_bracketed(const double *a, Py_ssize_t n, const int64_t *r, Py_ssize_t m,
                             double *o, uint64_t *state) {
     Py_ssize_t samples = (Py_ssize_t)(4.0 * pow((double)n, 2.0 / 3.0));
@@ -944,8 +1081,14 @@ static int select_bracketed(const double *a, Py_ssize_t n, const int64_t *r, Py_
     int ok = sample && g && group_of;
     Py_ssize_t groups = 0;
     if (ok) {
-        for (Py_ssize_t i = 0; i < samples; i++)
-            sample[i] = a[(Py_ssize_t)(xorshift(state) % (uint64_t)n)];
+        /* One random value from each of `samples` equal strides: the same kind of sample
+         * for bracketing, but read front to back (uniform positions over a million values
+         * missed the cache on nearly every read: most of the selection's time). */
+        Py_ssize_t stride = n / samples;
+        for (Py_ssize_t i = 0; i < samples; i++) {
+            uint64_t offset = (uint64_t)(((unsigned __int128)xorshift(state) * (uint64_t)stride) >> 64);
+            sample[i] = a[i * stride + (Py_ssize_t)offset];
+        }
         /* Both bounds of every rank, as sample indices (-1: none below, samples: none
          * above), selected in ascending order so each selection starts past the last. */
         Py_ssize_t *index = (Py_ssize_t *)malloc((size_t)(2 * m) * sizeof(Py_ssize_t));
@@ -987,28 +1130,32 @@ static int select_bracketed(const double *a, Py_ssize_t n, const int64_t *r, Py_
         free(index); free(value); free(order);
     }
     if (ok) {
-        Py_ssize_t below_first = 0;
-        Py_ssize_t *gap = (Py_ssize_t *)calloc((size_t)groups, sizeof(Py_ssize_t));
-        ok = gap != NULL;
-        for (Py_ssize_t i = 0; ok && i < n; i++) {
-            double x = a[i];
-            if (x < g[0].lo) { below_first++; continue; }
-            for (Py_ssize_t k = 0; k < groups; k++) {
-                if (x <= g[k].hi) {
-                    if (x == g[k].lo) g[k].at_lo++;
-                    else if (x == g[k].hi) g[k].at_hi++;
-                    else ok = bracket_push(&g[k], x);
-                    break;
+        if (groups <= FAST_GROUPS) {
+            ok = count_brackets_fast(a, n, g, groups);
+        } else {
+            Py_ssize_t below_first = 0;
+            Py_ssize_t *gap = (Py_ssize_t *)calloc((size_t)groups, sizeof(Py_ssize_t));
+            ok = gap != NULL;
+            for (Py_ssize_t i = 0; ok && i < n; i++) {
+                double x = a[i];
+                if (x < g[0].lo) { below_first++; continue; }
+                for (Py_ssize_t k = 0; k < groups; k++) {
+                    if (x <= g[k].hi) {
+                        if (x == g[k].lo) g[k].at_lo++;
+                        else if (x == g[k].hi) g[k].at_hi++;
+                        else ok = bracket_push(&g[k], x);
+                        break;
+                    }
+                    if (k + 1 == groups || x < g[k + 1].lo) { gap[k]++; break; }
                 }
-                if (k + 1 == groups || x < g[k + 1].lo) { gap[k]++; break; }
             }
+            Py_ssize_t below = below_first;
+            for (Py_ssize_t k = 0; ok && k < groups; k++) {
+                g[k].below = below;
+                below += g[k].at_lo + g[k].len + g[k].at_hi + gap[k];
+            }
+            free(gap);
         }
-        Py_ssize_t below = below_first;
-        for (Py_ssize_t k = 0; ok && k < groups; k++) {
-            g[k].below = below;
-            below += g[k].at_lo + g[k].len + g[k].at_hi + gap[k];
-        }
-        free(gap);
         for (Py_ssize_t j = 0; ok && j < m; j++) {
             bracket_t *b = &g[group_of[j]];
             Py_ssize_t local = (Py_ssize_t)r[j] - b->below;
@@ -1118,6 +1265,74 @@ static PyObject *request_latencies(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* One run of the optimizer's search, reduced in C to the two figures the search reads: the
+ * latency of one rank (the SLO percentile) and the count of requests slower than the SLO
+ * bound in each of `chunks` equal consecutive chunks (the batch means of its confidence
+ * test; requests past chunks * (kept / chunks) are not counted, and with fewer kept
+ * requests than chunks the total goes in counts[0]). The latencies live in a scratch
+ * buffer selected in place: a search simulates a dozen or more plans on 12-24k requests,
+ * and per plan the numpy passes and array handling cost as much as the simulation. */
+static PyObject *search_run(PyObject *self, PyObject *args) {
+    Py_buffer arrivals, table, counts;
+    Py_ssize_t big_b, replicas, skip, rank, chunks;
+    double delay, bound;
+    if (!PyArg_ParseTuple(args, "y*y*ndnnndnw*", &arrivals, &table, &big_b, &delay, &replicas,
+                          &skip, &rank, &bound, &chunks, &counts))
+        return NULL;
+    Py_ssize_t n = arrivals.len / (Py_ssize_t)sizeof(double);
+    Py_ssize_t kept = n - skip;
+    double *free_at = NULL, *latency = NULL;
+    int failed = 0;
+    double value = 0.0;
+    if (big_b < 1 || replicas < 1 || table.len / (Py_ssize_t)sizeof(double) <= big_b ||
+        skip < 0 || kept < 1 || rank < 0 || rank >= kept || chunks < 1 ||
+        counts.len / (Py_ssize_t)sizeof(int64_t) != chunks) {
+        PyErr_SetString(PyExc_ValueError,
+                        "search_run: inconsistent buffer sizes or arguments (0 <= rank < "
+                        "n - skip, counts must hold `chunks` int64)");
+        failed = 1;
+    } else {
+        free_at = (double *)calloc((size_t)replicas, sizeof(double));
+        latency = (double *)malloc((size_t)kept * sizeof(double));
+        if (free_at == NULL || latency == NULL) { PyErr_NoMemory(); failed = 1; }
+    }
+    if (!failed) {
+        int64_t *c = (int64_t *)counts.buf;
+        int status;
+        Py_BEGIN_ALLOW_THREADS
+        run_stats_t st = {0, 0.0, 0, 0.0};
+        status = dispatch_loop((const double *)arrivals.buf, n, (const double *)table.buf, NULL,
+                               big_b, delay, replicas, free_at, NULL, NULL, NULL, latency, skip,
+                               &st);
+        if (status == 0) {
+            for (Py_ssize_t k = 0; k < chunks; k++) c[k] = 0;
+            Py_ssize_t per_chunk = kept / chunks;
+            if (per_chunk == 0) {
+                for (Py_ssize_t i = 0; i < kept; i++) c[0] += latency[i] > bound;
+            } else {
+                for (Py_ssize_t k = 0; k < chunks; k++) {
+                    int64_t slow = 0;
+                    const double *chunk = latency + k * per_chunk;
+                    for (Py_ssize_t i = 0; i < per_chunk; i++) slow += chunk[i] > bound;
+                    c[k] = slow;
+                }
+            }
+            uint64_t state = 0x9E3779B97F4A7C15ULL;
+            int64_t wanted = (int64_t)rank;
+            if (kept < BRACKET_MIN_N || !select_bracketed(latency, kept, &wanted, 1, &value, &state)) {
+                select_rank(latency, 0, kept - 1, rank, &state);  /* our own buffer: in place */
+                value = latency[rank];
+            }
+        }
+        Py_END_ALLOW_THREADS
+        if (status < 0) { PyErr_NoMemory(); failed = 1; }
+    }
+    free(free_at); free(latency);
+    PyBuffer_Release(&arrivals); PyBuffer_Release(&table); PyBuffer_Release(&counts);
+    if (failed) return NULL;
+    return PyFloat_FromDouble(value);
+}
+
 static PyMethodDef methods[] = {
     {"run_batches", run_batches, METH_VARARGS,
      "run_batches(arrivals, table, B, T, N, scale_or_None, out_dispatch, out_completion, "
@@ -1133,6 +1348,9 @@ static PyMethodDef methods[] = {
      "[threshold_ms], out_tail, out_mean, out_batch, out_util) -> None"},
     {"request_latencies", request_latencies, METH_VARARGS,
      "request_latencies(arrivals, completion, sizes, skip, out[n - skip]) -> None"},
+    {"search_run", search_run, METH_VARARGS,
+     "search_run(arrivals, table, B, T, N, skip, rank, bound_ms, chunks, out_counts[chunks]) "
+     "-> latency of the rank among the requests after skip"},
     {"select_ranks", select_ranks, METH_VARARGS,
      "select_ranks(values (not modified), sorted ranks int64, out) -> None"},
     {NULL, NULL, 0, NULL},

@@ -47,12 +47,16 @@ The decision, in order:
    HPA scales down to the highest recommendation of its window): the smaller plan must carry
    what the window has seen. Migrations toward savings also wait for the plan's minimum
    dwell; a scale down of the configuration serving does not (item 8).
-7. **Net saving.** The target is the optimizer's best plan at the sizing rate, or the current
-   configuration scaled to no more running cost when that meets the SLO too
-   (``Advice.scaled_plan``), whichever has the larger net saving: a scale skips the migration's
-   overlap of old and new capacity. Its switch cost is :func:`switch_cost`; over the expected
-   dwell ``H`` the net saving per hour is ``saving_per_hour - switch_cost / (H / 3600)``, and a
-   move happens only when it is positive.
+7. **Net saving.** The target is the optimizer's best plan at the sizing rate, or a scale of
+   the current configuration that meets the SLO (``Advice.scaled_plan``: at the best plan's
+   running cost, or else the fewest replicas that meet it), whichever has the larger net
+   saving: a scale starts only the added replicas and skips the migration's overlap of old and
+   new capacity. Its switch cost is :func:`switch_cost`; over the expected dwell ``H`` the net
+   saving per hour is ``saving_per_hour - switch_cost / (H / 3600)``, and a move toward savings
+   happens only when it is positive. ``H`` is the ``expected_dwell_s`` setting, or, while an
+   established rising trend will carry the rate out of the band sooner, that time
+   (:func:`expected_dwell_s`): a migration that would repay its fleet's cold start only over
+   an hour is not worth it when the next move is minutes away.
 8. **Transition** (:func:`transition_steps`). A change of replica count alone is a *scale*: the
    configuration is the one already serving, so there is nothing to canary; it takes one step at
    full weight whose dwell verifies the SLO, and, like an HPA, a scale down needs only the
@@ -125,6 +129,8 @@ CV_CURVE_MAX_UTILISATION = 0.98
 # this many answers per pair (a window is at most 420 samples at the default settings).
 CV_MEMO_PLANS = 4096
 CV_MEMO_ANSWERS_PER_PLAN = 1024
+# The level of the latency quantile a metrics sample reports (MetricSample.p99_ms).
+P99_LEVEL = 0.99
 
 
 class Decision(Enum):
@@ -189,9 +195,10 @@ class Advice:
     feasible: bool
     cost_per_hour: float
     current_meets_slo: bool
-    # The current configuration (instance type, B, T) with as many replicas as the best plan's
-    # running cost buys, when that meets the SLO too and differs from the current plan: moving
-    # there is a scale, not a migration, so it may be the cheaper move (see item 7).
+    # A scale of the current configuration (instance type, B, T) that meets the SLO: with as
+    # many replicas as the best plan's running cost buys, or else the fewest above that which
+    # meet it (:func:`_scaled_alternative`). Moving there is a scale, not a migration: only the
+    # added replicas start, so it may be the cheaper move over the expected dwell (item 7).
     scaled_plan: Plan | None = None
 
 
@@ -242,6 +249,10 @@ class Evaluation:
     # are both paid for (see :func:`switch_cost`).
     ready_after_s: float = 0.0
     overlap_s: float = 0.0
+    # Whether the move leaves a plan predicted (or, in panic, observed) to break the SLO: it
+    # keeps no fallback, so judging its step must not roll back to that plan
+    # (:func:`servewise.core.transitions.judge_step` with ``toward_safety``).
+    away_from_breach: bool = False
 
 
 # --- Building blocks --------------------------------------------------------------------------
@@ -316,6 +327,30 @@ def transition_steps(
         dwell = max(min(dwell, max_dwell_s), min_dwell_s)
         steps.append(Step(weight=weight, dwell_s=dwell, expected_requests=share * dwell))
     return tuple(steps)
+
+
+def sample_window_s(settings: ControlSettings) -> float:
+    """How far back the controller's window of samples reaches: the longer stabilisation window
+    (a move must see its whole window) plus two EWMA half-lives (the smoothed rate at the
+    window's start has forgotten all but a quarter of what came before). The live stream keeps
+    exactly this much per deployment and the replay hands the controller the same window, so
+    the spread, trend and burstiness the replay's decisions see are the live controller's."""
+    longer = max(settings.safety_window_s, settings.savings_window_s)
+    return longer + 2.0 * settings.ewma_half_life_s
+
+
+def expected_dwell_s(settings: ControlSettings, estimate: RateEstimate) -> float:
+    """How long a plan chosen now is expected to stay in force, the time over which a switch's
+    cost must be repaid (module docstring, item 7): ``settings.expected_dwell_s``, or, when the
+    samples establish a rising trend (:func:`rising_trend`), the time that trend takes to carry
+    the sizing rate past the top of the hysteresis band around it, ``band * sizing / trend``,
+    whichever is shorter; at least one sample period. Over a rise, a migration that pays back
+    its whole fleet's cold start only over an hour is followed by another long before then."""
+    dwell = settings.expected_dwell_s
+    if estimate.trend_per_s2 > 0 and estimate.sizing_per_s > 0:
+        to_band = settings.hysteresis_band * estimate.sizing_per_s / estimate.trend_per_s2
+        dwell = min(dwell, to_band)
+    return max(dwell, estimate.sample_period_s or MIN_STEP_DWELL_S)
 
 
 def step_dwell_bounds(samples: Sequence[Sample], settings: ControlSettings) -> tuple[float, float]:
@@ -538,12 +573,47 @@ def estimate_rate(
     return sizing_series(samples, settings, slo, cold_start_s)[1]
 
 
+def p99_level_bound(requests: float, percentile: float) -> float:
+    """The highest latency quantile level a sample's p99 over ``requests`` requests may stand
+    for, at the confidence of the SLO ``percentile`` (:func:`slo_z`).
+
+    The p99 of n requests is an order statistic: the number of them above the true
+    ``level``-quantile is Binomial(n, 1 - level), so the observed p99 lies below the true
+    quantile at ``0.99 + z * sqrt(0.99 * 0.01 / n)`` with that confidence, and no sample of n
+    speaks of a level above ``n / (n + 1)`` (its largest request). Reading the burstiness at
+    this level instead of 0.99 credits only what the sample shows beyond its own noise: where
+    the p99 hardly moves with the CV (a batching delay dominates it) a 1 % difference between
+    the model and the sample read as CV 2.5. The tail ``1 - level`` is rounded to two
+    significant digits (the p99 curves are cached per level). 0.99 when ``requests`` is not
+    positive.
+    """
+    return _p99_level_bound(requests, slo_z(percentile))
+
+
+@functools.lru_cache(maxsize=CV_MEMO_PLANS * 16)
+def _p99_level_bound(requests: float, z: float) -> float:
+    """:func:`p99_level_bound` at the normal quantile ``z``; cached, as every evaluation reads
+    the level of each sample of its window again (the same floats)."""
+    if not requests > 0:
+        return P99_LEVEL
+    bound = P99_LEVEL + z * math.sqrt(P99_LEVEL * (1.0 - P99_LEVEL) / requests)
+    bound = min(bound, requests / (requests + 1.0))
+    tail = float(f"{1.0 - max(bound, P99_LEVEL):.2g}")
+    return 1.0 - tail
+
+
 def cv_for_latency(
-    candidate: Candidate, plan: Plan, rate_per_s: float, observed_p99_ms: float
+    candidate: Candidate,
+    plan: Plan,
+    rate_per_s: float,
+    observed_p99_ms: float,
+    level: float = 0.99,
 ) -> float | None:
     """The inter-arrival CV at which the queueing model predicts ``observed_p99_ms`` for
-    ``plan`` at ``rate_per_s`` (clamped to ``[MIN_ARRIVAL_CV, MAX_ARRIVAL_CV]``); None when the
-    plan is unstable at that rate (the latency then says nothing about burstiness).
+    ``plan`` at ``rate_per_s`` as its ``level`` quantile (0.99: the sample's p99 taken at face
+    value; :func:`p99_level_bound` for the least CV the sample shows with confidence), clamped
+    to ``[MIN_ARRIVAL_CV, MAX_ARRIVAL_CV]``; None when the plan is unstable at that rate (the
+    latency then says nothing about burstiness).
 
     Read off curves, not bisected: the p99 is predicted once per (profile, plan, rate on a
     grid of :data:`RATE_SIGNIFICANT_DIGITS` significant digits) at the CVs
@@ -568,10 +638,10 @@ def cv_for_latency(
         # The slot holds the objects, so their ids cannot be reused while it exists.
         slot = _CV_MEMO[memo_key] = (candidate, plan, {})
     answers = slot[2]
-    key = (rate_per_s, observed_p99_ms)
+    key = (rate_per_s, observed_p99_ms, level)
     if key in answers:
         return answers[key]
-    found = _cv_for_latency(candidate, plan, rate_per_s, observed_p99_ms)
+    found = _cv_for_latency(candidate, plan, rate_per_s, observed_p99_ms, level)
     if len(answers) >= CV_MEMO_ANSWERS_PER_PLAN:
         answers.clear()
     answers[key] = found
@@ -579,12 +649,12 @@ def cv_for_latency(
 
 
 _CV_MEMO: dict[
-    tuple[int, int], tuple[Candidate, Plan, dict[tuple[float, float], float | None]]
+    tuple[int, int], tuple[Candidate, Plan, dict[tuple[float, float, float], float | None]]
 ] = {}
 
 
 def _cv_for_latency(
-    candidate: Candidate, plan: Plan, rate_per_s: float, observed_p99_ms: float
+    candidate: Candidate, plan: Plan, rate_per_s: float, observed_p99_ms: float, level: float
 ) -> float | None:
     capacity = capacity_per_s(candidate.profile, plan.max_batch_size, plan.replicas)
     if rate_per_s >= capacity:
@@ -598,9 +668,10 @@ def _cv_for_latency(
     high = low + step
     if low <= 0.0 or high >= CV_CURVE_MAX_UTILISATION * capacity:
         # Near capacity the p99 is too steep in the rate to interpolate: this rate's own curve.
-        return _read_curve(_p99_curve(candidate.profile, plan, rate_per_s), observed_p99_ms)
-    at_low = _read_curve(_p99_curve(candidate.profile, plan, low), observed_p99_ms)
-    at_high = _read_curve(_p99_curve(candidate.profile, plan, high), observed_p99_ms)
+        curve = _p99_curve(candidate.profile, plan, rate_per_s, level)
+        return _read_curve(curve, observed_p99_ms)
+    at_low = _read_curve(_p99_curve(candidate.profile, plan, low, level), observed_p99_ms)
+    at_high = _read_curve(_p99_curve(candidate.profile, plan, high, level), observed_p99_ms)
     return at_low + (at_high - at_low) * (rate_per_s - low) / step
 
 
@@ -622,11 +693,11 @@ def _read_curve(curve: tuple[list[float], list[float]], observed_p99_ms: float) 
 
 @functools.lru_cache(maxsize=CV_CURVE_ENTRIES)
 def _p99_curve(
-    profile: LatencyProfile, plan: Plan, rate_per_s: float
+    profile: LatencyProfile, plan: Plan, rate_per_s: float, level: float = 0.99
 ) -> tuple[list[float], list[float]]:
-    """(log CV, predicted p99 ms) at the CV grid of :func:`cv_for_latency`: the model of
-    :func:`queueing.predict` at its 0.99 level (each level is computed on its own), called on
-    the C kernel with the tables and arguments built once."""
+    """(log CV, predicted latency ms at ``level``) at the CV grid of :func:`cv_for_latency`:
+    the model of :func:`queueing.predict` (each level is computed on its own), called on the C
+    kernel with the tables and arguments built once."""
     steps = round(math.log2(MAX_ARRIVAL_CV / MIN_ARRIVAL_CV) * CV_CURVE_POINTS_PER_DOUBLING)
     log_cvs = [
         math.log(MIN_ARRIVAL_CV) + math.log(2.0) * k / CV_CURVE_POINTS_PER_DOUBLING
@@ -637,7 +708,7 @@ def _p99_curve(
     b = np.array([plan.max_batch_size], dtype=np.int64)
     t = np.array([plan.max_queue_delay_ms], dtype=np.float64)
     n = np.array([plan.replicas], dtype=np.int64)
-    levels = np.array([99.0], dtype=np.float64) / 100.0
+    levels = np.array([level], dtype=np.float64)
     out = np.empty((1, 1))
     mean, batch, util = np.empty(1), np.empty(1), np.empty(1)
     p99s = np.empty(len(log_cvs))
@@ -666,14 +737,26 @@ def _p99_curve(
 def estimate_arrival_cv(state: DeploymentState, samples: Sequence[Sample]) -> float:
     """The root-mean-square of :func:`cv_for_latency` over the samples served by the current
     plan (after ``plan_since_s``, with a p99 and a rate); the plan's ``planned_arrival_cv`` when
-    there are none. CVs enter queueing delay squared, so their squares are averaged."""
+    there are none. CVs enter queueing delay squared, so their squares are averaged.
+
+    Each sample's p99 is read at :func:`p99_level_bound` for the requests it covers (its rate
+    over the gap since the sample before it; the median gap for the first): the burstiness the
+    sample shows beyond the noise of a p99 over that many requests, at the SLO's confidence."""
     candidate = _candidate(state.current_plan, state.candidates)
     since = -math.inf if state.plan_since_s is None else state.plan_since_s
+    z = slo_z(state.slo.percentile)
     squares = []
+    previous: Sample | None = None
     for s in samples:
+        if previous is not None:
+            gap = s.timestamp_s - previous.timestamp_s
+        else:  # the first sample of the window: no gap before it, the median gap stands in
+            gap = sample_period_s(samples) or 0.0
+        previous = s
         if s.timestamp_s <= since or s.p99_ms <= 0 or s.rate_per_s <= 0:
             continue
-        cv = cv_for_latency(candidate, state.current_plan, s.rate_per_s, s.p99_ms)
+        level = _p99_level_bound(s.rate_per_s * gap, z)
+        cv = cv_for_latency(candidate, state.current_plan, s.rate_per_s, s.p99_ms, level)
         if cv is not None:
             squares.append(cv * cv)
     if not squares:
@@ -739,10 +822,11 @@ def evaluate(
         sizing_rate_per_s=rate,
         arrival_cv=cv,
     )
+    dwell = expected_dwell_s(settings, estimate)
     run = panic_run(samples, state.slo, settings.error_rate_limit, state.plan_since_s)
     needed = requests_for_percentile(state.slo.percentile)
     if run >= settings.panic_samples or (run > 0 and run_requests(samples, run) >= needed):
-        return _panic(state, samples, settings, advise, run, base)
+        return _panic(state, samples, settings, advise, run, base, dwell)
 
     sizing = (
         f"sizing rate {rate:.4g}/s (smoothed {estimate.smoothed_per_s:.4g}/s, trend "
@@ -765,7 +849,9 @@ def evaluate(
         advice = advise(rate, cv)
         if not advice.current_meets_slo:
             # A predicted breach: no window (module docstring, item 5).
-            return _switch_or_hold(state, samples, settings, advice, direction, base, sizing)
+            return _switch_or_hold(
+                state, samples, settings, advice, direction, base, sizing, dwell
+            )
     else:
         direction, window = Direction.SAVINGS, settings.savings_window_s
         held = held_for_s(samples, series, lambda r: r < lower)
@@ -802,7 +888,7 @@ def evaluate(
     if advice is None:
         advice = advise(rate, cv)
     return _switch_or_hold(
-        state, samples, settings, advice, direction, base, sizing, scale_only=dwelling
+        state, samples, settings, advice, direction, base, sizing, dwell, scale_only=dwelling
     )
 
 
@@ -834,11 +920,13 @@ def _switch_or_hold(
     direction: Direction,
     base: Evaluation,
     sizing: str,
+    dwell_s: float,
     scale_only: str = "",
 ) -> Evaluation:
     """Switch to the option (the optimizer's best plan, or the current configuration scaled)
-    with the larger net saving, or hold. ``scale_only``, when not empty, is why migrations are
-    held back: only a scale is considered."""
+    with the larger net saving over ``dwell_s`` (:func:`expected_dwell_s`), or hold.
+    ``scale_only``, when not empty, is why migrations are held back: only a scale is
+    considered."""
     current = state.current_plan
     current_cost = base.current_cost_per_hour
     rate = base.sizing_rate_per_s
@@ -865,7 +953,7 @@ def _switch_or_hold(
         )
         option_cost = plan_cost_per_hour(option, state.candidates)
         option_net = (
-            current_cost - option_cost - option_moved.cost / (settings.expected_dwell_s / 3600.0)
+            current_cost - option_cost - option_moved.cost / (dwell_s / 3600.0)
         )
         priced.append((option_net, option, option_steps, option_moved))
     net, target, steps, moved = max(priced, key=lambda p: p[0])
@@ -889,12 +977,13 @@ def _switch_or_hold(
         steps=steps,
         ready_after_s=ready,
         overlap_s=moved.overlap_s,
+        away_from_breach=urgent,
     )
     kind = "scale" if is_scale(current, target) else f"migration in {len(steps)} steps"
     money = (
         f"${current_cost:.4g}/h now vs ${target_cost:.4g}/h for {target.describe()}: saving "
         f"${saving:.4g}/h, switch cost ${cost:.4g} ({kind}, target ready after {ready:.4g} s), "
-        f"net ${net:.4g}/h over the expected {settings.expected_dwell_s:.4g} s"
+        f"net ${net:.4g}/h over the expected {dwell_s:.4g} s"
     )
     if not advice.feasible:
         return _infeasible(state, advice, rate, numbered, money)
@@ -944,6 +1033,7 @@ def _panic(
     advise: Advisor,
     run: int,
     base: Evaluation,
+    dwell_s: float,
 ) -> Evaluation:
     current = state.current_plan
     newest = samples[-1]
@@ -962,7 +1052,7 @@ def _panic(
     current_cost = base.current_cost_per_hour
     target_cost = plan_cost_per_hour(target, state.candidates)
     saving = current_cost - target_cost
-    net = saving - cost / (settings.expected_dwell_s / 3600.0)
+    net = saving - cost / (dwell_s / 3600.0)
     return replace(
         base,
         decision=Decision.SWITCH,
@@ -979,6 +1069,7 @@ def _panic(
         net_saving_per_hour=net,
         steps=steps,
         panic=True,
+        away_from_breach=True,
         sizing_rate_per_s=panic_rate,
         ready_after_s=moved.ready_after_s,
         overlap_s=moved.overlap_s,
@@ -1115,7 +1206,14 @@ def optimizer_advisor(
         scaled = None
         if best is not None and result.feasible and not is_scale(current_plan, best.plan):
             scaled = _scaled_alternative(
-                candidates, slo, limits, current_plan, best.cost_per_hour, workload, seed
+                candidates,
+                slo,
+                limits,
+                current_plan,
+                best.cost_per_hour,
+                workload,
+                seed,
+                current_meets_slo=current_ok,
             )
         return Advice(
             rate_per_s=rate_per_s,
@@ -1137,17 +1235,42 @@ def _scaled_alternative(
     best_cost_per_hour: float,
     workload: Workload,
     seed: int,
+    current_meets_slo: bool = True,
 ) -> Plan | None:
-    """The current configuration with as many replicas as ``best_cost_per_hour`` buys, when
-    that differs from the current count and the optimizer's own assessment (the same
-    confirmation as its recommendation) says it meets the SLO; else None."""
-    price = _candidate(current_plan, candidates).instance.price_per_hour
+    """A scale of the current configuration that meets the SLO, by the optimizer's own
+    assessment (the same confirmation as its recommendation): with as many replicas as
+    ``best_cost_per_hour`` buys when that differs from the current count and meets it; else,
+    when the current plan fails the SLO (``current_meets_slo`` false), the fewest replicas
+    above both counts the queueing model says meet it (confirmed, or one more if not). That
+    costs more than the best plan but may still be the cheaper move: it starts only the added
+    replicas, where a migration starts a whole fleet (the controller weighs the two over the
+    expected dwell, item 7). None when neither is found."""
+    candidate = _candidate(current_plan, candidates)
+    price = candidate.instance.price_per_hour
     replicas = min(math.floor(best_cost_per_hour / price + 1e-9), limits.max_replicas)
-    if replicas < 1 or replicas == current_plan.replicas:
+
+    def meets(count: int) -> bool:
+        scaled = replace(current_plan, replicas=count)
+        result = optimize(list(candidates), workload, slo, limits, current_plan=scaled, seed=seed)
+        return result.current is not None and result.current.meets_slo
+
+    if replicas >= 1 and replicas != current_plan.replicas and meets(replicas):
+        return replace(current_plan, replicas=replicas)
+    if current_meets_slo:
+        return None  # the current plan is the cheapest scale that meets it, at or above
+    for count in range(max(replicas, current_plan.replicas) + 1, limits.max_replicas + 1):
+        scaled = replace(current_plan, replicas=count)
+        capacity = capacity_per_s(candidate.profile, scaled.max_batch_size, count)
+        if workload.rate_per_s >= capacity:
+            continue
+        predicted = queueing.predict(candidate.profile, scaled, workload, slo).slo_percentile_ms
+        if predicted is None or predicted > slo.latency_ms:
+            continue
+        for confirmed in range(count, min(count + 1, limits.max_replicas) + 1):
+            if meets(confirmed):
+                return replace(current_plan, replicas=confirmed)
         return None
-    scaled = replace(current_plan, replicas=replicas)
-    result = optimize(list(candidates), workload, slo, limits, current_plan=scaled, seed=seed)
-    return scaled if result.current is not None and result.current.meets_slo else None
+    return None
 
 
 def advice_key(

@@ -44,9 +44,9 @@ from servewise.core.simulator import (
     capacity_per_s,
     relaxation_time_ms,
     renewal_arrivals_ms,
-    run_latencies,
-    select_ranks,
+    search_run,
     simulate_with_latencies,
+    slow_counts,
 )
 
 
@@ -180,45 +180,52 @@ class _Option(NamedTuple):
         return self.candidate.instance.price_per_hour
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Run:
-    """One simulation on the shared sample; derived figures are computed on first use."""
+    """One simulation on the shared sample, as the search reads it."""
 
-    latencies: npt.NDArray[np.float64] | None  # None: the plan cannot keep up with the rate
-    passes: bool | None = None
-    quantile: float | None = None
+    simulated: bool  # False: the plan cannot keep up with the rate, or no run can verify it
+    passes: bool = False
+    quantile: float = math.inf  # latency at the SLO percentile
+
+
+def _chunk_count(relaxation_times: float) -> int:
+    """Chunks of the batch-means bound: each spans CHUNK_RELAXATION_TIMES relaxation times."""
+    return int(min(MAX_CHUNKS, max(MIN_CHUNKS, relaxation_times // CHUNK_RELAXATION_TIMES)))
 
 
 def _meets_with_confidence(
     latencies: npt.NDArray[np.float64], slo: Slo, relaxation_times: float
 ) -> bool:
     """Whether the fraction of latencies over the SLO bound stays within 1 - percentile at
-    an upper confidence bound.
+    an upper confidence bound (see :func:`_slow_counts_within`)."""
+    chunks = _chunk_count(relaxation_times)
+    counts = slow_counts(latencies, slo.latency_ms, chunks)
+    return _slow_counts_within(counts, len(latencies), slo)
+
+
+def _slow_counts_within(counts: list[int], kept: int, slo: Slo) -> bool:
+    """Whether requests slower than the SLO bound, counted per consecutive chunk, stay within
+    1 - percentile at an upper confidence bound.
 
     Latencies of neighbouring requests are strongly correlated (a burst, or a near-critical
     queue's excursion, delays everyone in it), so the bound uses batch means: the fraction
     over the bound in consecutive chunks, each spanning at least CHUNK_RELAXATION_TIMES
     heavy-traffic relaxation times so that chunks are roughly independent, and the mean plus
     a one-sided 90% Student t multiple of the standard error must stay within 1 - percentile.
+    With fewer requests than chunks, ``counts[0]`` is the total and is held to the fraction.
     """
     allowed = 1.0 - slo.percentile / 100.0
-    # Positions of the slow requests (a few percent at most near a passing plan): counting
-    # them per chunk is far cheaper than averaging a boolean array chunk by chunk.
-    slower = np.flatnonzero(latencies > slo.latency_ms)
-    chunks = int(min(MAX_CHUNKS, max(MIN_CHUNKS, relaxation_times // CHUNK_RELAXATION_TIMES)))
-    per_chunk = len(latencies) // chunks
+    chunks = len(counts)
+    per_chunk = kept // chunks
     if per_chunk == 0:
-        return bool(len(slower) <= allowed * len(latencies))
-    counts = np.bincount(slower // per_chunk, minlength=chunks + 1)[:chunks]
-    fractions = counts / per_chunk
-    t_quantile = T_QUANTILE_90[chunks - 1]
-    bound = fractions.mean() + t_quantile * fractions.std(ddof=1) / math.sqrt(chunks)
-    return bool(bound <= allowed)
-
-
-def _order_statistic(values: npt.NDArray[np.float64], index: int) -> float:
-    """values sorted ascending, at ``index``."""
-    return float(select_ranks(values, [index])[0])
+        return counts[0] <= allowed * kept
+    # A handful of chunks: plain floats beat numpy's per-call overhead.
+    fractions = [count / per_chunk for count in counts]
+    mean = sum(fractions) / chunks
+    variance = sum((f - mean) ** 2 for f in fractions) / (chunks - 1)
+    bound = mean + T_QUANTILE_90[chunks - 1] * math.sqrt(variance) / math.sqrt(chunks)
+    return bound <= allowed
 
 
 class _Search:
@@ -292,45 +299,38 @@ class _Search:
             horizon_ms = max_requests / rate_per_ms
         return horizon_ms >= VERIFY_RELAXATION_TIMES * relax_ms
 
-    def _latencies(self, candidate: Candidate, big_b: int, delay: float, n: int) -> _Run:
+    def _run(self, candidate: Candidate, big_b: int, delay: float, n: int) -> _Run:
         key = (candidate.instance.name, big_b, delay, n)
         run = self.cache.get(key)
         if run is None:
-            latencies = None
+            run = _Run(False)
             if self.verifiable(candidate, big_b, n):
-                latencies = run_latencies(
+                chunks = _chunk_count(
+                    self.relaxation_times(candidate, big_b, n, float(self.arrivals_ms[-1]))
+                )
+                quantile, counts = search_run(
                     self.arrivals_ms,
                     candidate.profile.table_ms(big_b),
                     big_b,
                     delay,
                     n,
                     self.warmup,
-                )[0]
-            run = _Run(latencies)
+                    self.quantile_index,
+                    self.slo.latency_ms,
+                    chunks,
+                )
+                kept = len(self.arrivals_ms) - self.warmup
+                run = _Run(True, _slow_counts_within(counts, kept, self.slo), quantile)
             self.cache[key] = run
         return run
 
     def passes(self, candidate: Candidate, big_b: int, delay: float, n: int) -> bool:
         """Whether the plan meets the SLO on the shared sample with confidence."""
-        run = self._latencies(candidate, big_b, delay, n)
-        if run.latencies is None:
-            return False
-        if run.passes is None:
-            run.passes = _meets_with_confidence(
-                run.latencies,
-                self.slo,
-                self.relaxation_times(candidate, big_b, n, float(self.arrivals_ms[-1])),
-            )
-        return run.passes
+        return self._run(candidate, big_b, delay, n).passes
 
     def simulated_quantile(self, candidate: Candidate, big_b: int, delay: float, n: int) -> float:
         """The SLO percentile of latency on the shared sample (inf if unstable)."""
-        run = self._latencies(candidate, big_b, delay, n)
-        if run.latencies is None:
-            return math.inf
-        if run.quantile is None:
-            run.quantile = _order_statistic(run.latencies, self.quantile_index)
-        return run.quantile
+        return self._run(candidate, big_b, delay, n).quantile
 
     def fewest_replicas(self, option: _Option, ceiling: int) -> int | None:
         """Fewest replicas (<= ceiling) the simulation says meet the SLO; None if none do."""
@@ -531,13 +531,18 @@ def _refinement_bounds(
     cheapest settled group (and the type's cheapest settled plan) bound what a plan must
     cost, at most, to be kept. Plans above that are not refined, whatever their exact count.
     """
-    group_best: dict[tuple[int, int, bool], float] = {}
-    for i in np.flatnonzero(settled).tolist():
-        key = (int(kind[i]), int(big_b[i]), bool(delay[i] > 0))
-        group_best[key] = min(group_best.get(key, math.inf), float(cost[i]))
-    ranked = sorted(group_best.values())
+    rows = np.flatnonzero(settled)
     cutoff = max(REFINE_CANDIDATES, types)
-    overall = ranked[cutoff - 1] if len(ranked) >= cutoff else math.inf
+    overall = math.inf
+    if len(rows):
+        # Each group's cheapest settled plan: sorted by group, then cost, the first of each.
+        group = (kind[rows] * (int(big_b.max()) + 1) + big_b[rows]) * 2 + (delay[rows] > 0)
+        order = np.lexsort((cost[rows], group))
+        grouped = group[order]
+        firsts = np.flatnonzero(np.concatenate(([True], grouped[1:] != grouped[:-1])))
+        ranked = np.sort(cost[rows][order][firsts])
+        if len(ranked) >= cutoff:
+            overall = float(ranked[cutoff - 1])
     per_type = np.full(types, math.inf)
     np.minimum.at(per_type, kind[settled], cost[settled])
     bound: npt.NDArray[np.float64] = np.maximum(overall, per_type[kind])
@@ -698,7 +703,7 @@ def _frontier(
                 )
     points = []
     for (name, big_b, delay, n), run in search.cache.items():
-        if run.latencies is not None:
+        if run.simulated:
             latency = search.simulated_quantile(by_name[name], big_b, delay, n)
             plan = Plan(name, big_b, delay, n)
             cost = n * by_name[name].instance.price_per_hour

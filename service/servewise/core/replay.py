@@ -29,9 +29,15 @@ The model, kept deliberately simple:
   :func:`servewise.core.control.evaluate` decides; on SWITCH the switch cost is billed and the
   target plan is in force from the first interval boundary after ``Evaluation.ready_after_s``
   (the cold start, plus the steps before the last for a migration; the old plan serves until
-  then; step judging and rollback are not replayed). No decisions are taken during a
-  transition; the sample taken at the boundary where it completes is judged against the new
-  plan's state.
+  then; a move with nothing to start, a scale down, serves from the next interval). No
+  decisions are taken during a transition, with one exception the live stream makes too: a
+  move away from a breach (``Evaluation.away_from_breach``: panic or a predicted breach) whose
+  step sees the panic count of breaches completes early
+  (:func:`servewise.core.transitions.judge_step`, toward safety) and the controller decides
+  again from its target at once, so it can escalate while the target is still starting (the
+  target still serves only once started; its state counts breaches from then). Otherwise step
+  judging and rollback are not replayed. The sample taken at the boundary where a transition
+  completes is judged against the new plan's state.
 * **Naive**: after each interval it picks the real-time plan below the break-even rate and the
   batching plan at or above it, each sized (on the rate ladder) for the interval's rate; it
   switches at once, with no hysteresis, stabilisation or dwell (the switch cost is billed).
@@ -62,6 +68,7 @@ from servewise.core.control import (
     Decision,
     DeploymentState,
     Sample,
+    Step,
     cached_advisor,
     evaluate,
     is_realtime,
@@ -69,12 +76,14 @@ from servewise.core.control import (
     optimizer_advisor,
     plan_cost_per_hour,
     rounded_rate,
+    sample_window_s,
     switch_cost,
 )
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.optimizer import SearchLimits, optimize
 from servewise.core.profiles import Candidate
 from servewise.core.simulator import simulate
+from servewise.core.transitions import StepAction, judge_step
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -215,6 +224,32 @@ class ReplayResult:
                 for name, s in self.strategies.items()
             },
         }
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A transition the replayed controller is carrying out."""
+
+    candidates: tuple[Candidate, ...]
+    slo: Slo
+    target: Plan
+    in_force_at_s: float
+    planned_rate_per_s: float
+    arrival_cv: float
+    steps: tuple[Step, ...]
+    decided_at_s: float
+    away_from_breach: bool
+
+    def state(self, plan_since_s: float) -> DeploymentState:
+        """The deployment with the target as its plan, in force from ``plan_since_s``."""
+        return DeploymentState(
+            self.candidates,
+            self.slo,
+            self.target,
+            self.planned_rate_per_s,
+            plan_since_s,
+            self.arrival_cv,
+        )
 
 
 class _Replay:
@@ -367,22 +402,53 @@ class _Replay:
         plan = self.initial_plan()
         state = DeploymentState(self.candidates, self.slo, plan, rate0, 0.0)
         samples: list[Sample] = []
-        pending: tuple[Plan, float, float, float] | None = None  # target, in force at, rate, cv
+        # The plan carrying the traffic, and the targets starting up, each with the boundary
+        # from which it carries the traffic (in the order decided, so in that order of time).
+        serving = plan
+        starting: list[tuple[Plan, float]] = []
+        pending: _Pending | None = None  # the transition the controller is carrying out
         end = len(self.rates) * self.interval_s
-        window_s = max(self.settings.savings_window_s, self.settings.safety_window_s) * 2
+        # The live stream's window (the replay used twice the longer stabilisation window, 600 s
+        # at the defaults instead of the stream's 420 s, so its spread and burstiness were read
+        # over samples the live controller has already dropped).
+        window_s = sample_window_s(self.settings)
         for i in range(len(self.rates)):
             start = i * self.interval_s
-            served = self.serve(i, state.current_plan)
-            self.record(result, i, state.current_plan)
+            while starting and starting[0][1] <= start + 1e-9:
+                serving = starting.pop(0)[0]
+            served = self.serve(i, serving)
+            self.record(result, i, serving)
             now = start + self.interval_s
             samples.append(Sample(now, float(self.rates[i]), p99_ms=served.p99_ms))
             samples = [s for s in samples if s.timestamp_s >= now - window_s]
-            if pending is not None and pending[1] <= now + 1e-9:
+            if pending is not None and pending.in_force_at_s <= now + 1e-9:
                 # The transition completes at this boundary: the sample taken now is judged
                 # against the new plan's state (it serves from the next interval on).
-                target, _, planned, cv = pending
-                state = DeploymentState(self.candidates, self.slo, target, planned, now, cv)
+                state = pending.state(now)
                 pending = None
+            if pending is not None and pending.away_from_breach:
+                # As the live stream judges the step of a move away from a breach
+                # (transitions.judge_step, toward safety): the panic count of breaches during
+                # it completes the move early (it never rolls back to the failing plan), and the
+                # controller decides again from the target, so it can escalate before the
+                # target is up. The target still takes the traffic only once started: until
+                # then the breaches are the old plan's, so the target's own count from then.
+                verdict = judge_step(
+                    pending.steps,
+                    0,
+                    pending.decided_at_s,
+                    samples,
+                    self.slo,
+                    self.settings,
+                    toward_safety=True,
+                )
+                if (
+                    verdict.action is StepAction.COMPLETE
+                    and verdict.breach_run >= self.settings.panic_samples
+                ):
+                    state = pending.state(pending.in_force_at_s)
+                    result.notes.append(f"t={now:g}s: {verdict.reason}")
+                    pending = None
             if pending is not None:
                 continue
             advise = cached_advisor(
@@ -401,9 +467,24 @@ class _Replay:
             self.bill_switch(result, state.current_plan, ev.target_plan, ev.switch_cost * inside)
             ready = now + ev.ready_after_s
             boundary = math.ceil(ready / self.interval_s - 1e-9) * self.interval_s
-            planned = max(ev.sizing_rate_per_s, 1e-3)
-            pending = (ev.target_plan, boundary, planned, ev.arrival_cv)
+            pending = _Pending(
+                self.candidates,
+                self.slo,
+                ev.target_plan,
+                boundary,
+                max(ev.sizing_rate_per_s, 1e-3),
+                ev.arrival_cv,
+                ev.steps,
+                now,
+                ev.away_from_breach,
+            )
+            starting.append((ev.target_plan, boundary))
             result.notes.append(f"t={now:g}s: {ev.reason}")
+            if boundary <= now + 1e-9:
+                # Nothing to start (a scale down): the target serves from the next interval,
+                # and the next sample is judged against it.
+                state = pending.state(now)
+                pending = None
         return result
 
     def hindsight(

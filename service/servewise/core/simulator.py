@@ -321,6 +321,59 @@ def run_latencies(
     return out, RunStats(batches, busy, max_queue, last)
 
 
+def search_run(
+    arrivals_ms: npt.NDArray[np.float64],
+    service_table_ms: npt.NDArray[np.float64],
+    max_batch_size: int,
+    max_queue_delay_ms: float,
+    replicas: int,
+    skip: int,
+    rank: int,
+    bound_ms: float,
+    chunks: int,
+) -> tuple[float, list[int]]:
+    """A run reduced to what a search reads: the latency of ``rank`` among the requests from
+    the ``skip``-th on, and :func:`slow_counts` of those requests over ``bound_ms``.
+
+    In the C kernel the latencies never leave a scratch buffer (selected in place): per plan
+    of a search, the numpy passes over them cost as much as the simulation.
+    """
+    if _batchsim is None:
+        latencies, _ = run_latencies(
+            arrivals_ms, service_table_ms, max_batch_size, max_queue_delay_ms, replicas, skip
+        )
+        return float(select_ranks(latencies, [rank])[0]), slow_counts(latencies, bound_ms, chunks)
+    cancel.check()  # as in run_batches
+    counts = np.zeros(chunks, dtype=np.int64)
+    value = _batchsim.search_run(
+        np.ascontiguousarray(arrivals_ms, dtype=np.float64),
+        np.ascontiguousarray(service_table_ms, dtype=np.float64),
+        max_batch_size,
+        float(max_queue_delay_ms),
+        replicas,
+        skip,
+        rank,
+        float(bound_ms),
+        chunks,
+        counts,
+    )
+    return float(value), [int(c) for c in counts.tolist()]
+
+
+def slow_counts(latencies_ms: npt.NDArray[np.float64], bound_ms: float, chunks: int) -> list[int]:
+    """Latencies over ``bound_ms`` in each of ``chunks`` equal consecutive chunks (any
+    remainder past chunks * (n // chunks) uncounted); with fewer latencies than chunks, the
+    total in the first and zeros after it."""
+    # Positions of the slow requests (a few percent at most near a passing plan): counting
+    # them per chunk is far cheaper than averaging a boolean array chunk by chunk.
+    slower = np.flatnonzero(latencies_ms > bound_ms)
+    per_chunk = len(latencies_ms) // chunks
+    if per_chunk == 0:
+        return [len(slower)] + [0] * (chunks - 1)
+    counts = np.bincount(slower // per_chunk, minlength=chunks + 1)[:chunks]
+    return [int(c) for c in counts.tolist()]
+
+
 def run_batches_python(
     arrivals_ms: npt.NDArray[np.float64],
     service_table_ms: npt.NDArray[np.float64],

@@ -10,9 +10,11 @@ The rules, in order:
    advanced it already): wait.
 2. **Rollback** when the newest ``panic_samples`` samples of the step all broke the SLO (observed
    p99 above the bound) or the error-rate limit — unless the transition is a move to safety
-   (``toward_safety``, e.g. panic): the plan it replaces broke the SLO already, so rolling back
-   would not help; the step **completes** instead, and the controller, seeing the breaches with
-   the target in force, escalates from there.
+   (``toward_safety``: panic, or any move away from a plan predicted to break the SLO, the
+   Transition's ``away_from_breach``): the plan it replaces broke the SLO already or was
+   predicted to, so rolling back would not help (and while the target starts, the breaches are
+   that plan's own, the very breach the move answers); the step **completes** instead, and the
+   controller, seeing the breaches with the target in force, escalates from there.
 3. Wait until the step has dwelt ``dwell_s`` (newest timestamp - step start).
 4. Wait while the newest sample breaks the limits (a breach run shorter than the panic count: the
    step has not shown it meets the SLO yet, nor that it breaks it).
@@ -94,8 +96,8 @@ def judge_step(
             action=StepAction.COMPLETE,
             reason=f"{where} broke the limits for {run} consecutive samples (observed p99 "
             f"{newest.p99_ms:.4g} ms vs the p{slo.percentile:g} {slo.latency_ms:g} ms SLO), but "
-            "it is a move to safety from a plan that broke them already: the target is kept "
-            "and the controller re-evaluates with it in force",
+            "it is a move to safety from a plan that broke them already or was predicted to: "
+            "the target is kept and the controller re-evaluates with it in force",
         )
     if run >= settings.panic_samples:
         return replace(

@@ -15,6 +15,7 @@ the state but missing from the log for good (bench/kill9.py's "unlogged").
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -104,6 +105,12 @@ class StateStore(Protocol):
 
     def decisions(self, key: str, after_seq: int = 0) -> list[Decision]:
         """The key's log entries with seq > ``after_seq``, in order."""
+        ...
+
+    def change_token(self) -> Hashable:
+        """A value that moves whenever any client writes any key's value (it may also move on
+        other writes): equal tokens mean no value changed in between. One cheap read, so a
+        poller (Route's table) can skip re-reading every key when nothing was written."""
         ...
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._values: dict[str, Versioned] = {}
         self._logs: dict[str, list[bytes]] = {}
+        self._value_writes = 0
 
     def get(self, key: str) -> Versioned | None:
         with self._lock:
@@ -24,6 +25,7 @@ class MemoryStore:
         with self._lock:
             actual = self._check_version(key, expected_version)
             self._values[key] = Versioned(bytes(value), actual + 1)
+            self._value_writes += 1
             return actual + 1
 
     def _check_version(self, key: str, expected_version: int) -> int:
@@ -48,6 +50,7 @@ class MemoryStore:
             if expected_seq is not None and expected_seq != len(log) + 1:
                 raise StaleSequenceError(key, actual, expected_seq, len(log) + 1)
             self._values[key] = Versioned(bytes(value), actual + 1)
+            self._value_writes += 1
             self._logs.setdefault(key, log).append(bytes(record))
             return actual + 1, len(log)
 
@@ -69,6 +72,10 @@ class MemoryStore:
         with self._lock:
             log = self._logs.get(key, [])
             return [Decision(i + 1, r) for i, r in enumerate(log) if i + 1 > after_seq]
+
+    def change_token(self) -> int:
+        with self._lock:
+            return self._value_writes
 
     def close(self) -> None:
         pass

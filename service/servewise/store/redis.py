@@ -6,7 +6,9 @@ key hashes to one slot and the scripts below may touch several of them:
 - ``{ns}:v:KEY``  a hash with ``value`` and ``version``, written together by one HSET;
 - ``{ns}:keys``   a sorted set of every KEY (all scores 0), so ``keys(prefix)`` is one
   ZRANGEBYLEX instead of a SCAN of the keyspace;
-- ``{ns}:d:KEY``  a list, the decision log: entry ``seq`` is at index ``seq - 1``.
+- ``{ns}:d:KEY``  a list, the decision log: entry ``seq`` is at index ``seq - 1``;
+- ``{ns}:changes`` a counter the scripts below increment with every value they write: the
+  change token, so a replica's poller reads one integer, not every key, when nothing changed.
 
 compare_and_set is one Lua script (one round trip; Redis runs a script atomically), so the
 version check and the write cannot interleave with another replica's. append_decision is one
@@ -31,8 +33,8 @@ from servewise.store import Decision, StaleSequenceError, StaleVersionError, Ver
 
 DEFAULT_NAMESPACE = "servewise"
 
-# KEYS[1] the value hash, KEYS[2] the key index; ARGV: expected version, value, key.
-# Returns {1, new version} or {0, actual version}.
+# KEYS[1] the value hash, KEYS[2] the key index, KEYS[3] the change counter; ARGV: expected
+# version, value, key. Returns {1, new version} or {0, actual version}.
 _COMPARE_AND_SET = """
 local current = redis.call('HGET', KEYS[1], 'version')
 local actual = 0
@@ -40,11 +42,12 @@ if current then actual = tonumber(current) end
 if actual ~= tonumber(ARGV[1]) then return {0, actual} end
 redis.call('HSET', KEYS[1], 'value', ARGV[2], 'version', actual + 1)
 if actual == 0 then redis.call('ZADD', KEYS[2], 0, ARGV[3]) end
+redis.call('INCR', KEYS[3])
 return {1, actual + 1}
 """
 
-# KEYS[1] the value hash, KEYS[2] the key index, KEYS[3] the decision log; ARGV: expected
-# version, value, key, record, expected seq ('': whatever is next).
+# KEYS[1] the value hash, KEYS[2] the key index, KEYS[3] the decision log, KEYS[4] the change
+# counter; ARGV: expected version, value, key, record, expected seq ('': whatever is next).
 # Returns {1, new version, new seq}, {0, actual version, 0} or {-1, version, next seq}.
 _COMPARE_AND_SET_WITH_DECISION = """
 local current = redis.call('HGET', KEYS[1], 'version')
@@ -55,6 +58,7 @@ local next_seq = redis.call('LLEN', KEYS[3]) + 1
 if ARGV[5] ~= '' and tonumber(ARGV[5]) ~= next_seq then return {-1, actual, next_seq} end
 redis.call('HSET', KEYS[1], 'value', ARGV[2], 'version', actual + 1)
 if actual == 0 then redis.call('ZADD', KEYS[2], 0, ARGV[3]) end
+redis.call('INCR', KEYS[4])
 local seq = redis.call('RPUSH', KEYS[3], ARGV[4])
 return {1, actual + 1, seq}
 """
@@ -68,6 +72,7 @@ class RedisStore:
         self._client: redis.Redis = redis.Redis.from_url(url, decode_responses=False)
         self._ns = "{" + namespace + "}"
         self._index = f"{self._ns}:keys"
+        self._changes = f"{self._ns}:changes"
         self._cas = self._client.register_script(_COMPARE_AND_SET)
         self._cas_decision = self._client.register_script(_COMPARE_AND_SET_WITH_DECISION)
 
@@ -89,7 +94,7 @@ class RedisStore:
         ok, version = cast(
             "list[int]",
             self._cas(
-                keys=[self._value_key(key), self._index],
+                keys=[self._value_key(key), self._index, self._changes],
                 args=[expected_version, bytes(value), key.encode()],
             ),
         )
@@ -109,7 +114,7 @@ class RedisStore:
         status, version, seq = cast(
             "list[int]",
             self._cas_decision(
-                keys=[self._value_key(key), self._index, self._log_key(key)],
+                keys=[self._value_key(key), self._index, self._log_key(key), self._changes],
                 args=[
                     expected_version,
                     bytes(value),
@@ -143,6 +148,9 @@ class RedisStore:
         start = max(after_seq, 0)
         records = cast("list[bytes]", self._client.lrange(self._log_key(key), start, -1))
         return [Decision(start + i + 1, bytes(record)) for i, record in enumerate(records)]
+
+    def change_token(self) -> int:
+        return int(cast("bytes | None", self._client.get(self._changes)) or 0)
 
     def close(self) -> None:
         self._client.close()

@@ -1469,7 +1469,8 @@ class DeploymentSettings(_message.Message):
     """
     expected_dwell_s: _builtins.float
     """How long a new plan is expected to stay in force, over which the saving must repay the
-    switch; default 3600.
+    switch; default 3600. While the samples establish a rising trend the controller uses the
+    shorter time the trend takes to carry the rate out of the hysteresis band.
     """
     ewma_half_life_s: _builtins.float
     """Half-life of the EWMA that smooths the sampled rate; default 60."""
@@ -1635,6 +1636,7 @@ class Transition(_message.Message):
     PANIC_FIELD_NUMBER: _builtins.int
     DECISION_SEQ_FIELD_NUMBER: _builtins.int
     PLANNED_RATE_PER_S_FIELD_NUMBER: _builtins.int
+    AWAY_FROM_BREACH_FIELD_NUMBER: _builtins.int
     from_mode: _types_pb2.ServingMode.ValueType
     to_mode: _types_pb2.ServingMode.ValueType
     step_index: _builtins.int
@@ -1649,6 +1651,12 @@ class Transition(_message.Message):
     """Sequence number of the decision that started it, in the deployment's decision log."""
     planned_rate_per_s: _builtins.float
     """The (smoothed) rate the target plan was chosen for; planned_rate_per_s once complete."""
+    away_from_breach: _builtins.bool
+    """Whether the move leaves a plan predicted to break the SLO at the rate it was sized for (or,
+    with panic, observed to break it): the old plan is not kept as a fallback, so a step that
+    breaks the limits completes instead of rolling back to it, and the controller escalates from
+    the target. Set whenever panic is.
+    """
     @_builtins.property
     def from_plan(self) -> _types_pb2.ServingPlan: ...
     @_builtins.property
@@ -1671,10 +1679,11 @@ class Transition(_message.Message):
         panic: _builtins.bool = ...,
         decision_seq: _builtins.int = ...,
         planned_rate_per_s: _builtins.float = ...,
+        away_from_breach: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["from_plan", b"from_plan", "to_plan", b"to_plan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_seq", b"decision_seq", "from_mode", b"from_mode", "from_plan", b"from_plan", "panic", b"panic", "planned_rate_per_s", b"planned_rate_per_s", "reason", b"reason", "step_index", b"step_index", "step_started_at_s", b"step_started_at_s", "steps", b"steps", "to_mode", b"to_mode", "to_plan", b"to_plan"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["away_from_breach", b"away_from_breach", "decision_seq", b"decision_seq", "from_mode", b"from_mode", "from_plan", b"from_plan", "panic", b"panic", "planned_rate_per_s", b"planned_rate_per_s", "reason", b"reason", "step_index", b"step_index", "step_started_at_s", b"step_started_at_s", "steps", b"steps", "to_mode", b"to_mode", "to_plan", b"to_plan"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

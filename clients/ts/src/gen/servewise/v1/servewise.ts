@@ -657,7 +657,8 @@ export interface DeploymentSettings {
     | undefined;
   /**
    * How long a new plan is expected to stay in force, over which the saving must repay the
-   * switch; default 3600.
+   * switch; default 3600. While the samples establish a rising trend the controller uses the
+   * shorter time the trend takes to carry the rate out of the hysteresis band.
    */
   expectedDwellS?:
     | number
@@ -739,6 +740,13 @@ export interface Transition {
   decisionSeq: bigint;
   /** The (smoothed) rate the target plan was chosen for; planned_rate_per_s once complete. */
   plannedRatePerS: number;
+  /**
+   * Whether the move leaves a plan predicted to break the SLO at the rate it was sized for (or,
+   * with panic, observed to break it): the old plan is not kept as a fallback, so a step that
+   * breaks the limits completes instead of rolling back to it, and the controller escalates from
+   * the target. Set whenever panic is.
+   */
+  awayFromBreach: boolean;
 }
 
 /** One sample of a deployment's live metrics. */
@@ -6927,6 +6935,7 @@ function createBaseTransition(): Transition {
     panic: false,
     decisionSeq: 0n,
     plannedRatePerS: 0,
+    awayFromBreach: false,
   };
 }
 
@@ -6967,6 +6976,9 @@ export const Transition: MessageFns<Transition> = {
     }
     if (message.plannedRatePerS !== 0) {
       writer.uint32(89).double(message.plannedRatePerS);
+    }
+    if (message.awayFromBreach !== false) {
+      writer.uint32(96).bool(message.awayFromBreach);
     }
     return writer;
   },
@@ -7072,6 +7084,14 @@ export const Transition: MessageFns<Transition> = {
             message.plannedRatePerS = reader.double();
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.awayFromBreach = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -7131,6 +7151,11 @@ export const Transition: MessageFns<Transition> = {
         : isSet(object.planned_rate_per_s)
         ? globalThis.Number(object.planned_rate_per_s)
         : 0,
+      awayFromBreach: isSet(object.awayFromBreach)
+        ? globalThis.Boolean(object.awayFromBreach)
+        : isSet(object.away_from_breach)
+        ? globalThis.Boolean(object.away_from_breach)
+        : false,
     };
   },
 
@@ -7169,6 +7194,9 @@ export const Transition: MessageFns<Transition> = {
     if (message.plannedRatePerS !== 0) {
       obj.plannedRatePerS = floatToJson(message.plannedRatePerS);
     }
+    if (message.awayFromBreach !== false) {
+      obj.awayFromBreach = message.awayFromBreach;
+    }
     return obj;
   },
 
@@ -7194,6 +7222,7 @@ export const Transition: MessageFns<Transition> = {
       ? BigInt(object.decisionSeq)
       : 0n;
     message.plannedRatePerS = object.plannedRatePerS ?? 0;
+    message.awayFromBreach = object.awayFromBreach ?? false;
     return message;
   },
 };
