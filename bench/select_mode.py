@@ -16,9 +16,16 @@ and server-side latency.
    in the referee's costs. Gap = referee cost of the service's mode / referee's best - 1.
 2. Spot: the service's deadline probability (vectorised, 4,000 runs) against an independent
    10,000-run attempt-by-attempt Monte Carlo, on several jobs.
-3. Latency: the real server as a subprocess (bench/rpc_latency.py's Server); ``--calls``
+3. CPU: in this process, ``--cpu-reps`` select_mode calls per suite request (the server's
+   request, converted as the servicer does: break-even search on, seed 1) after one warm-up
+   call; per scenario the median process CPU time (every thread of the call) and wall time,
+   and a digest of the whole answer (repr of the result: every mode's plan and cost, the
+   break-even rates, the notes), so a speed-up can be checked to leave answers unchanged.
+   CPU time is far less sensitive to other load on the machine than latency.
+4. Latency: the real server as a subprocess (bench/rpc_latency.py's Server); ``--calls``
    SelectMode calls cycling through the suite's requests, sequential, after warm-up; server
-   time from the per-RPC log line.
+   time from the per-RPC log line. The load average (1, 5, 15 min) is recorded before and
+   after: compare latencies only between runs on an otherwise idle machine.
 
 Run: PYTHONPATH=service .venv/bin/python bench/select_mode.py [--quick]
 """
@@ -26,8 +33,11 @@ Run: PYTHONPATH=service .venv/bin/python bench/select_mode.py [--quick]
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -384,6 +394,41 @@ def to_request(classes: list[TrafficClass], cands: list[Candidate]) -> Any:
     return servewise_pb2.SelectModeRequest(traffic_classes=pbs, candidates=cpbs, seed=1)
 
 
+def cpu_per_scenario(ids: list[str], requests: list[Any], reps: int) -> dict[str, Any]:
+    """Median CPU and wall time of in-process select_mode calls per request, and a digest of
+    each answer."""
+    rows = []
+    for sid, request in zip(ids, requests, strict=True):
+        args = select_mode_args(request)
+        answer = select_mode(args.classes, args.inputs)
+        digest = hashlib.sha256(repr(answer).encode()).hexdigest()[:16]
+        cpu, wall = [], []
+        for _ in range(reps):
+            c0, w0 = time.process_time(), time.perf_counter()
+            select_mode(args.classes, args.inputs)
+            cpu.append((time.process_time() - c0) * 1000)
+            wall.append((time.perf_counter() - w0) * 1000)
+        rows.append(
+            {
+                "id": sid,
+                "cpu_ms": statistics.median(cpu),
+                "wall_ms": statistics.median(wall),
+                "answer_digest": digest,
+            }
+        )
+    by_cpu = sorted(rows, key=lambda r: -r["cpu_ms"])
+    return {
+        "reps": reps,
+        "sum_cpu_ms": sum(r["cpu_ms"] for r in rows),
+        "max_cpu_ms": by_cpu[0]["cpu_ms"],
+        "heaviest": [(r["id"], round(r["cpu_ms"], 1)) for r in by_cpu[:5]],
+        "answers_digest": hashlib.sha256(
+            "".join(r["answer_digest"] for r in rows).encode()
+        ).hexdigest()[:16],
+        "scenarios": rows,
+    }
+
+
 def latency(requests: list[Any], calls: int, warmup: int) -> dict[str, Any]:
     server = rl.Server()
     try:
@@ -422,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenarios", type=int, default=40)
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--calls", type=int, default=400)
+    ap.add_argument("--cpu-reps", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -450,9 +496,14 @@ def main(argv: list[str] | None = None) -> int:
         req = to_request(classes, cands)
         select_mode_args(req)
         requests.append(req)
+    cpu = cpu_per_scenario([r["id"] for r in records], requests, a.cpu_reps)
+    load_before = [round(x, 2) for x in os.getloadavg()]
     lat = latency(requests, a.calls, 10)
+    lat["load_average_before"] = load_before
+    lat["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     out = {
         "summary": summary,
+        "cpu": cpu,
         "latency": lat,
         "spot": spot,
         "records": records,
@@ -461,6 +512,11 @@ def main(argv: list[str] | None = None) -> int:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=1, default=str))
     print(json.dumps({"summary": summary, "latency": lat}, indent=1))
+    print(
+        f"in-process CPU per call (median of {cpu['reps']}): sum over scenarios "
+        f"{cpu['sum_cpu_ms']:.0f} ms, max {cpu['max_cpu_ms']:.1f} ms, heaviest {cpu['heaviest']}; "
+        f"answers digest {cpu['answers_digest']}"
+    )
     for r in records:
         if not r["match"]:
             print("MISMATCH", r["id"], r["kind"], r["chosen"], r["referee"], r["gap"])

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from servewise.core import modes, queueing
+from servewise.core import cancel, modes, queueing
 from servewise.core.model import Slo
 from servewise.core.modes import (
     Mode,
@@ -202,3 +204,126 @@ def test_screen_ladder_finds_the_fewest_replicas_bisection_would(
     else:
         assert screened is not None
         assert screened.cost_per_hour == pytest.approx(best[0])
+
+
+@given(
+    factors=st.lists(st.floats(0.1, 10.0), min_size=2, max_size=6, unique=True),
+    rate_per_s=st.floats(0.5, 5_000.0),
+    arrival_cv=st.sampled_from([1.0, 2.0, 3.5]),
+    slo_ms=st.floats(20.0, 2_000.0),
+    loose=st.floats(1.0, 4.0),
+    max_replicas=st.sampled_from([4, 64, 256]),
+    latency_price=st.sampled_from([0.0, 0.01]),
+)
+@settings(max_examples=40, deadline=None)
+def test_screening_pools_and_rates_together_equals_screening_each_alone(
+    factors: list[float],
+    rate_per_s: float,
+    arrival_cv: float,
+    slo_ms: float,
+    loose: float,
+    max_replicas: int,
+    latency_price: float,
+) -> None:
+    """The break-even search screens several pools (real-time and batching grids, other
+    requirements), each at every rate of its grid, in one pass, each pruned by its own
+    cheapest plan; each answer is exactly the pool a screen of it alone finds (plan,
+    workload, requirement and latency)."""
+    strict = TrafficClass("web", rate_per_s=rate_per_s, arrival_cv=arrival_cv, slo=Slo(slo_ms))
+    relaxed = TrafficClass(
+        "bulk", rate_per_s=rate_per_s / 3, arrival_cv=1.0, slo=Slo(slo_ms * loose, 99.9)
+    )
+    v100 = Candidate(
+        InstanceType("p3.2xlarge", 3.06),
+        LatencyProfile((1, 8, 64, 256), (6.0, 7.5, 22.0, 80.0)),
+    )
+    inputs = SelectInputs(
+        [G4DN, v100],
+        limits=SearchLimits(max_replicas=max_replicas),
+        price_per_ms_per_million=latency_price,
+    )
+    items = []
+    alone = []
+    for cls, realtime in [(strict, True), (strict, False), (relaxed, False)]:
+        grid = modes._PoolGrid.build(cls.requirement(), inputs, realtime)
+        assert grid is not None
+        for f in factors:
+            items.append((grid, pool_workload([cls.scaled(f)])))
+            alone.append(modes._screen_pool([cls.scaled(f)], inputs, realtime))
+    assert modes._screen_pools(items, inputs) == alone
+
+
+def test_every_pool_is_evaluated_side_by_side_including_hybrids_deferrable_pools(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Hybrid's pool for a deferrable class (when its job may cost more than a pool) is
+    known from the offline plans alone, so evaluate_modes submits every pool to the pool
+    executor (only the pool of every class with a real-time baseline) and hybrid evaluates
+    nothing afterwards in the caller's thread; the outcomes are those of evaluating each pool
+    on its own."""
+    web = TrafficClass("web", rate_per_s=300.0, slo=Slo(200.0))
+    # A deadline too short for a periodic job's cold start: its job is infeasible, so
+    # hybrid also weighs a pool of its own for it.
+    bulk = TrafficClass("bulk", rate_per_s=500.0, deadline_s=30.0)
+    cold = Candidate(InstanceType("g4dn.xlarge", 0.526, cold_start_s=60.0), T4_AMP)
+    inputs = SelectInputs([cold], seed=3)
+    evaluated: list[tuple[tuple[str, ...], bool, bool]] = []
+    caller = threading.get_ident()
+    original = modes.evaluate_pool
+
+    def recording(
+        classes: list[TrafficClass], inputs: SelectInputs, seed: int, realtime: bool = True
+    ) -> modes.PoolEvaluation:
+        evaluated.append((modes._class_names(classes), realtime, threading.get_ident() == caller))
+        return original(classes, inputs, seed, realtime)
+
+    monkeypatch.setattr(modes, "evaluate_pool", recording)
+    outcomes = _by_mode(evaluate_modes([web, bulk], inputs))
+    assert sorted(evaluated) == [
+        (("bulk",), False, False),
+        (("web",), False, False),
+        (("web", "bulk"), True, False),
+    ]
+    hybrid = outcomes[Mode.HYBRID]
+    assert hybrid.feasible
+    assert {p.classes for p in hybrid.pools} == {("web",), ("bulk",)}
+    alone = original([bulk], inputs, inputs.seed, realtime=False)
+    assert alone.result.recommended is not None
+    bulk_pool = next(p for p in hybrid.pools if p.classes == ("bulk",))
+    assert bulk_pool.assessment == alone.result.recommended
+
+
+def test_a_cancelled_select_mode_stops_and_leaves_no_pool_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelling the caller's token stops every pool evaluation (they run on the pool
+    executor under the caller's token) and the break-even search; select_mode raises only
+    once none of its work is still running."""
+    web = TrafficClass("web", rate_per_s=300.0, slo=Slo(200.0))
+    bulk = TrafficClass("bulk", rate_per_s=500.0, deadline_s=30.0)
+    cold = Candidate(InstanceType("g4dn.xlarge", 0.526, cold_start_s=60.0), T4_AMP)
+    running = 0
+    lock = threading.Lock()
+    original = modes.evaluate_pool
+
+    def counting(
+        classes: list[TrafficClass], inputs: SelectInputs, seed: int, realtime: bool = True
+    ) -> modes.PoolEvaluation:
+        nonlocal running
+        with lock:
+            running += 1
+        try:
+            if realtime:  # the pool of every class: cancel while the others run too
+                token.cancel("client went away")
+            else:
+                time.sleep(0.3)  # still busy when the caller gives up
+            return original(classes, inputs, seed, realtime)
+        finally:
+            with lock:
+                running -= 1
+
+    token = cancel.CancelToken()
+    monkeypatch.setattr(modes, "evaluate_pool", counting)
+    with cancel.scope(token), pytest.raises(cancel.WorkCancelledError):
+        select_mode([web, bulk], SelectInputs([cold], seed=9))
+    assert running == 0

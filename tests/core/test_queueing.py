@@ -3,7 +3,10 @@ queueing model is classical."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -168,9 +171,9 @@ def test_batching_p99_against_simulation(
 def test_scoring_plans_together_equals_scoring_each_alone(
     seed: int, rate_per_s: float, arrival_cv: float
 ) -> None:
-    """The kernel keeps the last (B, window)'s renewal sum for the next plan; plans scored in
-    one call (ladder order: the same B and T at several replica counts) get exactly what each
-    gets alone."""
+    """The kernel keeps (B, window)'s renewal sums for later plans; plans scored in one call
+    (ladder order: the same B and T at several replica counts) get exactly what each gets
+    alone."""
     rng = np.random.default_rng(seed)
     profiles = [
         LatencyProfile((1, 8, 64, 256), (6.0, 7.5, 22.0, 80.0)),
@@ -199,3 +202,51 @@ def test_scoring_plans_together_equals_scoring_each_alone(
         for i in range(36)
     ]
     assert np.array_equal(together, np.array(alone), equal_nan=True)
+
+
+def test_kernel_memo_gives_what_a_cold_thread_computes() -> None:
+    """The kernel keeps renewal sums per thread across calls (a table keyed by rate, CV, B and
+    window): after hundreds of other plans have filled and overwritten it, every plan's tail
+    is bit-identical to what a new thread, whose table is empty, computes for it alone."""
+    rng = np.random.default_rng(11)
+    profiles = [
+        LatencyProfile((1, 8, 64, 256), (6.0, 7.5, 22.0, 80.0)),
+        LatencyProfile.linear(20.0, 4.0, 16),
+    ]
+    tables = queueing.ServiceTables.build(profiles, [p.max_batch_size for p in profiles])
+    count = 600  # more (B, window) keys than the table has slots: collisions overwrite
+    kind = rng.integers(0, 2, count)
+    big_b = np.array([int(rng.integers(2, profiles[k].max_batch_size + 1)) for k in kind])
+    delay = rng.uniform(0.5, 40.0, count)
+    replicas = rng.integers(1, 12, count)
+    rate_per_s, arrival_cv = 900.0, 2.5
+
+    def tail(rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        return queueing.tail_probability(
+            tables,
+            kind[rows],
+            rate_per_s,
+            arrival_cv,
+            big_b[rows],
+            delay[rows],
+            replicas[rows],
+            80.0,
+        )
+
+    everything = np.arange(count)
+    warm = tail(everything)
+    shuffled = rng.permutation(everything)
+    again = tail(shuffled)  # mostly hits, some slots overwritten meanwhile
+    cold = np.empty(count)
+
+    def alone(i: int) -> None:
+        cold[i] = tail(np.array([i]))[0]
+
+    for start in range(0, count, 50):
+        threads = [threading.Thread(target=alone, args=(i,)) for i in range(start, start + 50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert np.array_equal(warm, cold, equal_nan=True)
+    assert np.array_equal(again, cold[shuffled], equal_nan=True)

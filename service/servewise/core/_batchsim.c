@@ -582,9 +582,13 @@ typedef struct {
 } plan_model_t;
 
 /* Everything about one plan that does not depend on the latency level asked for. */
-/* The renewal sum over an idle replica's window (dozens of incomplete gammas for bursty
- * traffic) depends on (rate, CV, B, window) only; callers score the same (B, T) at several
- * replica counts in a row (the screen's ladder), so the last sum is kept. */
+/* The renewal sum over an idle replica's window (dozens to hundreds of incomplete gammas for
+ * bursty traffic, most of a plan's cost) depends on (rate, CV, B, window) only. Screens score
+ * each (B, T) at several replica counts: a ladder in one call, then one count per bisection
+ * step, each step a separate call. So the sums are kept per thread (no locks; the kernel
+ * runs without the GIL) in a direct-mapped table keyed by the exact inputs: a hit copies the
+ * very numbers the loop would compute, a collision only costs the recomputation. */
+#define CLUMP_MEMO_SLOTS 256 /* a power of two; about 140 KiB per thread */
 typedef struct {
     int valid;
     double lam, alpha, window;
@@ -594,9 +598,22 @@ typedef struct {
     double count_over[CLUMP_TERMS + 1];
 } clump_memo_t;
 
+static _Thread_local clump_memo_t clump_memo[CLUMP_MEMO_SLOTS];
+
+static clump_memo_t *clump_slot(double lam, double alpha, double window, int64_t b_int) {
+    const uint64_t mix = 0x9E3779B97F4A7C15ULL;
+    uint64_t h = (uint64_t)b_int * mix, bits;
+    memcpy(&bits, &lam, sizeof bits);
+    h = (h ^ bits) * mix;
+    memcpy(&bits, &alpha, sizeof bits);
+    h = (h ^ bits) * mix;
+    memcpy(&bits, &window, sizeof bits);
+    h = (h ^ bits) * mix;
+    return &clump_memo[h >> 56 & (CLUMP_MEMO_SLOTS - 1)];
+}
+
 static void model_plan(const tables_t *t, Py_ssize_t k, int64_t b_int, double delay,
-                       int64_t n_int, double lam, double cv2, plan_model_t *out,
-                       clump_memo_t *memo) {
+                       int64_t n_int, double lam, double cv2, plan_model_t *out) {
     double big_b = (double)b_int, n = (double)n_int;
     double capacity = n * big_b / t->service[k * t->width + b_int];
     double window = (big_b - 1.0) / lam;
@@ -627,8 +644,9 @@ static void model_plan(const tables_t *t, Py_ssize_t k, int64_t b_int, double de
          * request, given that one just arrived, are the renewal function M(w) = sum_k
          * P(S_k <= w), which for bursty traffic far exceeds lambda * w. */
         double clump = 1.0;
-        if (memo != NULL && memo->valid && memo->lam == lam && memo->alpha == alpha &&
-            memo->window == window && memo->b_int == b_int) {
+        clump_memo_t *memo = clump_slot(lam, alpha, window, b_int);
+        if (memo->valid && memo->lam == lam && memo->alpha == alpha && memo->window == window &&
+            memo->b_int == b_int) {
             /* The same (B, window) at another replica count: the sum does not depend on N. */
             clump = memo->clump;
             count_terms = memo->count_terms;
@@ -643,12 +661,10 @@ static void model_plan(const tables_t *t, Py_ssize_t k, int64_t b_int, double de
             }
             count_terms = j - 1; /* P(K > k) known for k = 1..count_terms, 0 beyond */
             if (clump > big_b) clump = big_b;
-            if (memo != NULL) {
-                memo->valid = 1; memo->lam = lam; memo->alpha = alpha;
-                memo->window = window; memo->b_int = b_int;
-                memo->clump = clump; memo->count_terms = count_terms;
-                memcpy(memo->count_over, count_over, sizeof(count_over));
-            }
+            memo->valid = 1; memo->lam = lam; memo->alpha = alpha;
+            memo->window = window; memo->b_int = b_int;
+            memo->clump = clump; memo->count_terms = count_terms;
+            memcpy(memo->count_over, count_over, sizeof(count_over));
         }
         idle_count_mean = clump;
         wait_shape = n * clump * alpha;
@@ -871,11 +887,9 @@ static PyObject *predict_plans(PyObject *self, PyObject *args) {
     double *batch = (double *)a.out2.buf, *util = (double *)a.out3.buf;
     double lam = a.rate_per_s / 1000.0, cv2 = a.arrival_cv * a.arrival_cv;
     Py_BEGIN_ALLOW_THREADS
-    clump_memo_t memo;
-    memo.valid = 0;
     for (Py_ssize_t i = 0; i < a.plans; i++) {
         plan_model_t pm;
-        model_plan(&t, (Py_ssize_t)kind[i], bs[i], delays[i], ns[i], lam, cv2, &pm, &memo);
+        model_plan(&t, (Py_ssize_t)kind[i], bs[i], delays[i], ns[i], lam, cv2, &pm);
         int stable = pm.util < 1.0;
         for (Py_ssize_t j = 0; j < a.nlevels; j++)
             latency[i * a.nlevels + j] = stable ? mixture_quantile(&pm.m, qs[j]) : INFINITY;
@@ -908,11 +922,9 @@ static PyObject *tail_at(PyObject *self, PyObject *args) {
     double *batch = (double *)a.out2.buf, *util = (double *)a.out3.buf;
     double lam = a.rate_per_s / 1000.0, cv2 = a.arrival_cv * a.arrival_cv;
     Py_BEGIN_ALLOW_THREADS
-    clump_memo_t memo;
-    memo.valid = 0;
     for (Py_ssize_t i = 0; i < a.plans; i++) {
         plan_model_t pm;
-        model_plan(&t, (Py_ssize_t)kind[i], bs[i], delays[i], ns[i], lam, cv2, &pm, &memo);
+        model_plan(&t, (Py_ssize_t)kind[i], bs[i], delays[i], ns[i], lam, cv2, &pm);
         int stable = pm.util < 1.0;
         tail[i] = stable ? mixture_tail(&pm.m, threshold) : 1.0;
         mean[i] = stable ? pm.mean : INFINITY;

@@ -34,16 +34,20 @@ jobs), the factors where the cheapest mode changes are bisected on the estimate,
 flip is then confirmed just below and above it by simulating the two modes' screened pools
 (adding replicas until each meets its requirement; jobs are closed form). At most
 MAX_CONFIRMED_FLIPS flips, nearest today's rate, are confirmed; unconfirmed flips are
-reported in the notes, not as break-evens.
+reported in the notes, not as break-evens. The search keeps its screens and job plans for the
+request (_Estimates): each pool's grid is built once, and every pool the modes may ask for is
+screened at all pending rates (the whole grid, a halving's midpoints) in one pass, each pool
+and rate exactly as a screen of it alone would be.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from itertools import pairwise
 
 import numpy as np
 import numpy.typing as npt
@@ -495,6 +499,31 @@ def _pool_lower_bound_per_hour(cls: TrafficClass, candidates: list[Candidate]) -
     return best
 
 
+def _hybrid_groups(classes: list[TrafficClass]) -> list[list[TrafficClass]]:
+    """Hybrid's pools of urgent classes: one for all of them beside deferrable classes, else
+    one per class."""
+    urgent = [c for c in classes if not c.deferrable]
+    groups = [urgent] if len(urgent) < len(classes) else [[c] for c in urgent]
+    return [g for g in groups if g]
+
+
+def _hybrid_deferrable_pools(
+    classes: list[TrafficClass], inputs: SelectInputs, offline: dict[str, OfflineResult]
+) -> list[TrafficClass]:
+    """Deferrable rate classes for which hybrid weighs a pool of their own against the job:
+    those whose job (if any) costs more than a pool could."""
+    return [
+        cls
+        for cls in classes
+        if cls.deferrable
+        and cls.rate_per_s is not None
+        and (
+            (job := offline[cls.name].plan) is None
+            or job.cost_per_hour > _pool_lower_bound_per_hour(cls, inputs.candidates)
+        )
+    ]
+
+
 def _hybrid_mode(
     classes: list[TrafficClass],
     inputs: SelectInputs,
@@ -506,21 +535,11 @@ def _hybrid_mode(
         return ModeOutcome(
             Mode.HYBRID, False, None, "one traffic class: there is nothing to split between pools"
         )
-    urgent = [c for c in classes if not c.deferrable]
     deferrable = [c for c in classes if c.deferrable]
-    groups = [urgent] if deferrable else [[c] for c in urgent]
-    groups = [g for g in groups if g]
-    pending_pools = [g for g in groups if _class_names(g) not in pool_of]
-    deferrable_pools: list[TrafficClass] = []
-    for cls in deferrable:
-        job = offline[cls.name].plan
-        if cls.rate_per_s is not None and (
-            job is None or job.cost_per_hour > _pool_lower_bound_per_hour(cls, inputs.candidates)
-        ):
-            deferrable_pools.append(cls)
-            if (cls.name,) not in pool_of:
-                pending_pools.append([cls])
-    _evaluate_pools(pending_pools, inputs, pool_of, seed)
+    groups = _hybrid_groups(classes)
+    deferrable_pools = _hybrid_deferrable_pools(classes, inputs, offline)
+    # evaluate_modes has evaluated these already; only a caller that has not pays here.
+    _evaluate_pools([*groups, *([c] for c in deferrable_pools)], inputs, pool_of, seed)
     pools: list[Pool] = []
     jobs: list[Job] = []
     for g in groups:
@@ -560,32 +579,43 @@ def _hybrid_mode(
     return _compose(Mode.HYBRID, classes, pools, jobs, inputs, "; ".join(parts), None)
 
 
+# Pool evaluations of all requests, kept across requests like the break-even pool. A request
+# submits its pools as soon as it knows them (its thread meanwhile plans the offline jobs),
+# so that two cores stay busy to the end.
+_POOL_EVALUATIONS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="servewise-pools")
+
+_PoolRuns = dict[tuple[str, ...], "Future[PoolEvaluation]"]
+
+
+def _start_pools(
+    groups: list[list[TrafficClass]],
+    inputs: SelectInputs,
+    seed: int,
+    realtime_pool: tuple[str, ...],
+    runs: _PoolRuns,
+) -> None:
+    """Submit the evaluation of each pool not yet submitted; only ``realtime_pool`` (the pool
+    of every class: REALTIME and DYNAMIC_BATCHING) gets a real-time baseline, hybrid's pools
+    of some classes do not report one."""
+    for g in groups:
+        names = _class_names(g)
+        if names not in runs:
+            runs[names] = _POOL_EVALUATIONS.submit(
+                cancel.propagating(evaluate_pool), g, inputs, seed, names == realtime_pool
+            )
+
+
 def _evaluate_pools(
     groups: list[list[TrafficClass]],
     inputs: SelectInputs,
     pool_of: dict[tuple[str, ...], PoolEvaluation],
     seed: int,
-    realtime_pool: tuple[str, ...] = (),
 ) -> None:
-    """Evaluate pools not yet known, two at a time (the simulator releases the GIL); only
-    ``realtime_pool`` (the pool of every class: REALTIME and DYNAMIC_BATCHING) gets a
-    real-time baseline, hybrid's pools of some classes do not report one."""
-    todo = [g for g in groups if _class_names(g) not in pool_of]
-    unique = list({_class_names(g): g for g in todo}.values())
-    if len(unique) <= 1:
-        for g in unique:
-            names = _class_names(g)
-            pool_of[names] = evaluate_pool(g, inputs, seed, names == realtime_pool)
-        return
-    with ThreadPoolExecutor(max_workers=2) as executor:
-        futures = {
-            _class_names(g): executor.submit(
-                cancel.propagating(evaluate_pool), g, inputs, seed, _class_names(g) == realtime_pool
-            )
-            for g in unique
-        }
-        for key, future in futures.items():
-            pool_of[key] = future.result()
+    """Evaluate, in this thread, pools not yet known (without a real-time baseline)."""
+    for g in groups:
+        names = _class_names(g)
+        if names not in pool_of:
+            pool_of[names] = evaluate_pool(g, inputs, seed, realtime=False)
 
 
 def evaluate_modes(
@@ -593,29 +623,32 @@ def evaluate_modes(
 ) -> list[ModeOutcome]:
     """A full outcome for each of ``modes`` (feasible or not, with the reason)."""
     seed = inputs.seed
-    pool_of: dict[tuple[str, ...], PoolEvaluation] = {}
     all_rates = all(c.rate_per_s is not None for c in classes)
-    wanted_pools: list[list[TrafficClass]] = []
-    if all_rates and ({Mode.REALTIME, Mode.DYNAMIC_BATCHING} & set(modes)):
-        wanted_pools.append(classes)
-    if Mode.HYBRID in modes and len(classes) >= 2:
-        urgent = [c for c in classes if not c.deferrable]
-        if urgent and len(urgent) < len(classes):
-            wanted_pools.append(urgent)
-        elif urgent:
-            wanted_pools.extend([c] for c in urgent)
-    _evaluate_pools(
-        wanted_pools,
-        inputs,
-        pool_of,
-        seed,
-        _class_names(classes) if all_rates else (),
-    )
-    offline = (
-        _offline_results(classes, inputs, seed)
-        if {Mode.OFFLINE_BATCH, Mode.HYBRID} & set(modes)
-        else {}
-    )
+    realtime_pool = _class_names(classes) if all_rates else ()
+    runs: _PoolRuns = {}
+    try:
+        if all_rates and ({Mode.REALTIME, Mode.DYNAMIC_BATCHING} & set(modes)):
+            _start_pools([classes], inputs, seed, realtime_pool, runs)
+        hybrid = Mode.HYBRID in modes and len(classes) >= 2
+        if hybrid:
+            _start_pools(_hybrid_groups(classes), inputs, seed, realtime_pool, runs)
+        # Offline plans are closed forms (or a vectorised spot walk), made while the pools
+        # run; they tell which deferrable classes hybrid also weighs a pool of their own for.
+        offline = (
+            _offline_results(classes, inputs, seed)
+            if {Mode.OFFLINE_BATCH, Mode.HYBRID} & set(modes)
+            else {}
+        )
+        if hybrid:
+            deferrable = [[c] for c in _hybrid_deferrable_pools(classes, inputs, offline)]
+            _start_pools(deferrable, inputs, seed, realtime_pool, runs)
+        pool_of = {names: run.result() for names, run in runs.items()}
+    except BaseException:
+        # No work left running on behalf of a failed call.
+        for run in runs.values():
+            run.cancel()
+        wait(list(runs.values()))
+        raise
     outcomes: dict[Mode, ModeOutcome] = {}
     if {Mode.REALTIME, Mode.DYNAMIC_BATCHING} & set(modes):
         realtime, dynamic = _online_modes(
@@ -714,28 +747,140 @@ def _screen_grid(
     return kinds, sizes, delays
 
 
+@dataclass(frozen=True)
+class _PoolGrid:
+    """What a pool's screen scores that does not depend on the rate: its plans (one row each),
+    their prices and service tables. Built once per request and pool, not once per rate."""
+
+    slo: Slo
+    kinds: list[int]
+    sizes: list[int]
+    delays: list[float]
+    tables: queueing.ServiceTables
+    kind: npt.NDArray[np.int64]
+    big_b: npt.NDArray[np.int64]
+    delay: npt.NDArray[np.float64]
+    prices: npt.NDArray[np.float64]
+    service_ms: npt.NDArray[np.float64]  # s(B) of each row
+
+    @classmethod
+    def build(cls, slo: Slo, inputs: SelectInputs, realtime: bool) -> _PoolGrid | None:
+        cands = inputs.candidates
+        kinds, sizes, delays = _screen_grid(cands, slo, inputs.limits, realtime)
+        if not kinds:
+            return None
+        tables = queueing.ServiceTables.build(
+            [c.profile for c in cands], [c.max_batch_size for c in cands]
+        )
+        kind = np.array(kinds, dtype=np.int64)
+        big_b = np.array(sizes, dtype=np.int64)
+        return cls(
+            slo,
+            kinds,
+            sizes,
+            delays,
+            tables,
+            kind,
+            big_b,
+            np.array(delays, dtype=np.float64),
+            np.array([cands[k].instance.price_per_hour for k in kinds]),
+            tables.service_ms[kind, big_b],
+        )
+
+
+# Plans per group whose floor the screen scores first (the cheapest floors; then all the rest
+# of a group that none of them settled).
+FLOOR_CHUNK = 16
+
+
+def _cheapest_at_floor(
+    ok: Callable[[npt.NDArray[np.int64], npt.NDArray[np.int64]], npt.NDArray[np.bool_]],
+    low: npt.NDArray[np.int64],
+    prices: npt.NDArray[np.float64],
+    open_rows: npt.NDArray[np.bool_],
+    group: npt.NDArray[np.int64],
+    groups: int,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
+    """Which plans pass one replica above their capacity floor, and per group the cheapest
+    such cost (inf when none does).
+
+    Plans are scored in order of that cost, each group's FLOOR_CHUNK cheapest first: once a
+    plan passes, no plan whose floor costs more can be the group's cheapest, nor tie with it,
+    nor be searched further (its replica cap falls to its floor), so those are never scored;
+    plans tying with the bound still are. Plans not scored are reported as failing, which
+    changes no group's cheapest plan. A new rate's first scoring of a plan is its dearest (the
+    kernel's renewal sums are not yet cached), and near the grid's low rates a handful of
+    plans at one replica settle most groups."""
+    count = len(low)
+    at_floor = np.zeros(count, dtype=bool)
+    bound_of = np.full(groups, np.inf)
+    floor_cost = (low + 1) * prices
+    # Open rows, by group, then floor cost, then row (a stable order).
+    order = np.lexsort((np.arange(count), floor_cost, group))
+    order = order[open_rows[order]]
+    sorted_cost = floor_cost[order]
+    by_group = group[order]
+    position = np.searchsorted(by_group, np.arange(groups), side="left")
+    ends = np.searchsorted(by_group, np.arange(groups), side="right")
+    size = FLOOR_CHUNK
+    while True:
+        picks = []
+        for g in range(groups):
+            start, end = int(position[g]), int(ends[g])
+            if start >= end:
+                continue
+            if math.isfinite(bound_of[g]):
+                # Settled: only plans tying with the bound are left to score.
+                stop = start + int(
+                    np.searchsorted(sorted_cost[start:end], bound_of[g], side="right")
+                )
+                position[g] = end
+            else:
+                # A group barely larger than a chunk is scored whole: a second call per
+                # group would cost more than the few plans it might skip.
+                stop = end if end - start <= 2 * size else start + size
+                position[g] = stop
+            if stop > start:
+                picks.append(order[start:stop])
+        if not picks:
+            break
+        rows = np.concatenate(picks)
+        passed = ok(rows, low[rows] + 1)
+        at_floor[rows] = passed
+        np.minimum.at(bound_of, group[rows[passed]], floor_cost[rows[passed]])
+        size = count
+    return at_floor, bound_of
+
+
 def _fewest_replicas(
     ok: Callable[[npt.NDArray[np.int64], npt.NDArray[np.int64]], npt.NDArray[np.bool_]],
     low: npt.NDArray[np.int64],
     prices: npt.NDArray[np.float64],
     ceiling: int,
+    group: npt.NDArray[np.int64] | None = None,
+    groups: int = 1,
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
     """Per plan: whether some replica count up to the ceiling passes ``ok``, and the fewest
-    that does, for every plan that could be the cheapest (others are marked unusable).
-    ``low`` is each plan's capacity floor, a count that fails."""
+    that does, for every plan that could be the cheapest of its group (others are marked
+    unusable). ``low`` is each plan's capacity floor, a count that fails. ``group`` (default:
+    one group) gives each row's group out of ``groups``: independent searches (the same pool
+    at several rates) done in one pass, each pruned by its own cheapest plan."""
     count = len(low)
     everything = np.arange(count)
-    # Only the cheapest pool is wanted: score one replica above each plan's capacity floor
-    # first; the cheapest of those that pass bounds the cost, and a plan that cannot come in
-    # at or under that bound is not searched further (ties are kept, so the choice is the
-    # one a full search makes).
+    if group is None:
+        group = np.zeros(count, dtype=np.int64)
+    # Only the cheapest pool of each group is wanted: score one replica above each plan's
+    # capacity floor first; the cheapest of those that pass bounds the group's cost, and a
+    # plan that cannot come in at or under that bound is not searched further (ties are
+    # kept, so the choice is the one a full search makes).
     open_rows = low < ceiling
-    at_floor = np.zeros(count, dtype=bool)
-    at_floor[open_rows] = ok(everything[open_rows], low[open_rows] + 1)
-    bound = float(np.min((low + 1) * prices, where=at_floor, initial=np.inf))
+    at_floor, bound_of = _cheapest_at_floor(ok, low, prices, open_rows, group, groups)
+    bound = bound_of[group]
     cap = np.full(count, ceiling, dtype=np.int64)
-    if math.isfinite(bound):
-        cap = np.minimum(cap, np.floor(bound / prices + 1e-9).astype(np.int64))
+    bounded = np.isfinite(bound)
+    cap[bounded] = np.minimum(
+        cap[bounded], np.floor(bound[bounded] / prices[bounded] + 1e-9).astype(np.int64)
+    )
     high = np.where(at_floor, low + 1, cap)
     rest = everything[open_rows & ~at_floor & (cap > low + 1)]
     # A ladder of replica counts scored in one call brackets each remaining plan's answer
@@ -761,64 +906,93 @@ def _fewest_replicas(
     return usable, high
 
 
+def _screen_pools(
+    items: list[tuple[_PoolGrid, Workload]], inputs: SelectInputs
+) -> list[_ScreenedPool | None]:
+    """The analytic screen's cheapest pool for each (pool grid, workload): fewest replicas
+    the predictor says meet the pool's requirement, over its grid of types, batch sizes and
+    delays; None where no plan does.
+
+    Every item (the break-even search's pools, each at several rates) is screened in the same
+    pass, one predictor call per item and step, so the search's array bookkeeping is paid
+    once for all of them; each item's rows are searched and pruned exactly as a screen of it
+    alone would (rows do not interact)."""
+    groups = len(items)
+    if groups == 0:
+        return []
+    sizes = [len(grid.kinds) for grid, _ in items]
+    starts = np.cumsum([0, *sizes])
+    cands = inputs.candidates
+    kind = np.concatenate([grid.kind for grid, _ in items])
+    big_b = np.concatenate([grid.big_b for grid, _ in items])
+    delay = np.concatenate([grid.delay for grid, _ in items])
+    prices = np.concatenate([grid.prices for grid, _ in items])
+    group = np.repeat(np.arange(groups, dtype=np.int64), sizes)
+    rate = np.repeat(np.array([w.rate_per_s for _, w in items]), sizes)
+    service = np.concatenate([grid.service_ms for grid, _ in items])
+    floor = np.floor(rate * service / (big_b * 1000.0))
+    low = floor.astype(np.int64)  # at or below capacity: fails
+    allowed = [1.0 - grid.slo.percentile / 100.0 for grid, _ in items]
+
+    def ok(rows: npt.NDArray[np.int64], n: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        out = np.zeros(len(rows), dtype=bool)
+        if len(rows) == 0:
+            return out
+        of_row = group[rows]
+        for g in np.unique(of_row).tolist() if groups > 1 else [0]:
+            sel = of_row == g if groups > 1 else slice(None)
+            picked = rows[sel]
+            grid, workload = items[g]
+            tail = queueing.tail_probability(
+                grid.tables,
+                kind[picked],
+                workload.rate_per_s,
+                workload.arrival_cv,
+                big_b[picked],
+                delay[picked],
+                n[sel],
+                grid.slo.latency_ms,
+            )
+            out[sel] = tail <= allowed[g]
+        return out
+
+    usable, high = _fewest_replicas(ok, low, prices, inputs.limits.max_replicas, group, groups)
+    cost = np.where(usable, high * prices, np.inf)
+    screened: list[_ScreenedPool | None] = []
+    for g, (grid, workload) in enumerate(items):
+        start, end = int(starts[g]), int(starts[g + 1])
+        if not np.any(usable[start:end]):
+            screened.append(None)
+            continue
+        best = int(np.argmin(cost[start:end]))
+        replicas = high[start + best : start + best + 1]
+        latency = 0.0
+        if inputs.price_per_ms_per_million > 0:
+            pred = queueing.predict_many(
+                grid.tables,
+                grid.kind[best : best + 1],
+                workload.rate_per_s,
+                workload.arrival_cv,
+                grid.big_b[best : best + 1],
+                grid.delay[best : best + 1],
+                replicas,
+                grid.slo.percentile,
+            )
+            latency = float(pred.latency_ms[0])
+        candidate = cands[grid.kinds[best]]
+        plan = Plan(candidate.instance.name, grid.sizes[best], grid.delays[best], int(replicas[0]))
+        screened.append(_ScreenedPool(candidate, plan, workload, grid.slo, latency))
+    return screened
+
+
 def _screen_pool(
     classes: list[TrafficClass], inputs: SelectInputs, realtime: bool
 ) -> _ScreenedPool | None:
     """The analytic screen's cheapest pool for the classes (fewest replicas the predictor
     says meet the requirement, over a grid of types, batch sizes and delays), or None."""
-    workload = pool_workload(classes)
     slo, _ = pool_requirements(classes)
-    cands = inputs.candidates
-    kinds, sizes, delays = _screen_grid(cands, slo, inputs.limits, realtime)
-    ceiling = inputs.limits.max_replicas
-    if not kinds:
-        return None
-    tables = queueing.ServiceTables.build(
-        [c.profile for c in cands], [c.max_batch_size for c in cands]
-    )
-    kind = np.array(kinds, dtype=np.int64)
-    big_b = np.array(sizes, dtype=np.int64)
-    delay = np.array(delays, dtype=np.float64)
-    floor = np.floor(workload.rate_per_s * tables.service_ms[kind, big_b] / (big_b * 1000.0))
-    low = floor.astype(np.int64)  # at or below capacity: fails
-
-    def ok(rows: npt.NDArray[np.int64], n: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
-        if len(rows) == 0:
-            return np.zeros(0, dtype=bool)
-        tail = queueing.tail_probability(
-            tables,
-            kind[rows],
-            workload.rate_per_s,
-            workload.arrival_cv,
-            big_b[rows],
-            delay[rows],
-            n,
-            slo.latency_ms,
-        )
-        return np.asarray(tail <= 1.0 - slo.percentile / 100.0)
-
-    prices = np.array([cands[k].instance.price_per_hour for k in kinds])
-    usable, high = _fewest_replicas(ok, low, prices, ceiling)
-    if not np.any(usable):
-        return None
-    cost = np.where(usable, high * prices, np.inf)
-    best = int(np.argmin(cost))
-    latency = 0.0
-    if inputs.price_per_ms_per_million > 0:
-        pred = queueing.predict_many(
-            tables,
-            kind[best : best + 1],
-            workload.rate_per_s,
-            workload.arrival_cv,
-            big_b[best : best + 1],
-            delay[best : best + 1],
-            high[best : best + 1],
-            slo.percentile,
-        )
-        latency = float(pred.latency_ms[0])
-    candidate = cands[kinds[best]]
-    plan = Plan(candidate.instance.name, sizes[best], delays[best], int(high[best]))
-    return _ScreenedPool(candidate, plan, workload, slo, latency)
+    grid = _PoolGrid.build(slo, inputs, realtime)
+    return None if grid is None else _screen_pools([(grid, pool_workload(classes))], inputs)[0]
 
 
 def _confirmed_pool(pool: _ScreenedPool, seed: int) -> tuple[float, float] | None:
@@ -845,41 +1019,111 @@ def _confirmed_pool(pool: _ScreenedPool, seed: int) -> tuple[float, float] | Non
     return None
 
 
+_Figure = tuple[float, float]  # (cost per hour, latency ms)
+
+
+class _Estimates:
+    """The break-even search's screens and job plans, kept for the whole request.
+
+    The search asks for the same pools (dynamic batching's pool of one class is hybrid's too)
+    and jobs at many rates. Each pool's grid is built once and each (pool, rate) screened
+    once; on a miss, every pool any mode may ask for is screened at that rate and at every
+    rate of ``batch`` (the rate grid before it is walked, a halving's midpoints), all in one
+    pass. Jobs are planned once per (class, rate): a backlog's job does not depend on the
+    rate at all.
+    """
+
+    def __init__(self, classes: list[TrafficClass], inputs: SelectInputs) -> None:
+        self.inputs = inputs
+        self.by_name = {c.name: c for c in classes}
+        self.on_demand = replace(inputs.offline, allow_spot=False)
+        self.batch: tuple[float, ...] = ()
+        # The pools _parts may ask for: every class's pool (real-time and batching) when all
+        # classes have rates; hybrid's urgent pools and its deferrable rate classes' own.
+        shapes: list[tuple[tuple[str, ...], bool]] = []
+        if all(c.rate_per_s is not None for c in classes):
+            shapes += [(_class_names(classes), True), (_class_names(classes), False)]
+        if len(classes) >= 2:
+            shapes += [(_class_names(g), False) for g in _hybrid_groups(classes)]
+            shapes += [
+                ((c.name,), False) for c in classes if c.deferrable and c.rate_per_s is not None
+            ]
+        self.shapes = list(dict.fromkeys(shapes))
+        self._grids: dict[tuple[tuple[str, ...], bool], _PoolGrid | None] = {}
+        self._pools: dict[tuple[tuple[str, ...], bool, float], _ScreenedPool | None] = {}
+        self._jobs: dict[tuple[str, float | None], _Figure | None] = {}
+
+    def _grid(self, shape: tuple[tuple[str, ...], bool]) -> _PoolGrid | None:
+        if shape not in self._grids:
+            slo, _ = pool_requirements([self.by_name[n] for n in shape[0]])
+            self._grids[shape] = _PoolGrid.build(slo, self.inputs, shape[1])
+        return self._grids[shape]
+
+    def pool(self, names: tuple[str, ...], realtime: bool, factor: float) -> _ScreenedPool | None:
+        key = (names, realtime, factor)
+        if key in self._pools:
+            return self._pools[key]
+        cancel.check()  # a pass screens many pools and rates: a grid point's worth of work
+        shapes = self.shapes if (names, realtime) in self.shapes else [(names, realtime)]
+        todo = [
+            (shape, f)
+            for shape in shapes
+            for f in dict.fromkeys((factor, *self.batch))
+            if (*shape, f) not in self._pools
+        ]
+        items: list[tuple[_PoolGrid, Workload]] = []
+        keys: list[tuple[tuple[str, ...], bool, float]] = []
+        for (shape_names, shape_realtime), f in todo:
+            grid = self._grid((shape_names, shape_realtime))
+            if grid is None:
+                self._pools[(shape_names, shape_realtime, f)] = None
+                continue
+            # Scaled exactly as the classes of a single rate are (rate times factor), so a
+            # batched screen sees the very workloads an unbatched one would.
+            scaled = [self.by_name[n].scaled(f) for n in shape_names]
+            items.append((grid, pool_workload(scaled)))
+            keys.append((shape_names, shape_realtime, f))
+        for k, screened in zip(keys, _screen_pools(items, self.inputs), strict=True):
+            self._pools[k] = screened
+        return self._pools[key]
+
+    def job(self, cls: TrafficClass, factor: float) -> _Figure | None:
+        key = (cls.name, factor if cls.rate_per_s is not None else None)
+        if key not in self._jobs:
+            res = plan_job(
+                self.inputs.candidates,
+                offline_job_for(cls),
+                {},
+                self.on_demand,
+                self.inputs.limits.max_replicas,
+                self.inputs.seed,
+            )
+            self._jobs[key] = (
+                None if res.plan is None else (res.plan.cost_per_hour, res.plan.latency_ms)
+            )
+        return self._jobs[key]
+
+
 def _estimate(
     mode: Mode,
     classes: list[TrafficClass],
     inputs: SelectInputs,
+    factor: float,
+    estimates: _Estimates,
     confirm: bool = False,
-    screens: dict[tuple[tuple[str, ...], bool], _ScreenedPool | None] | None = None,
 ) -> float:
-    """A mode's objective per million requests (inf when infeasible): from the analytic
+    """A mode's objective per million requests (inf when infeasible) with the classes at
+    ``factor`` times today's rates (``classes`` are the scaled ones): from the analytic
     screen, or with ``confirm`` from simulations of the screened plans (jobs: closed form,
     on demand)."""
-    on_demand = replace(inputs.offline, allow_spot=False)
     per_hour = {c.name: c.requests_per_hour() for c in classes}
     total = sum(per_hour.values())
 
-    def job(cls: TrafficClass) -> tuple[float, float] | None:
-        res = plan_job(
-            inputs.candidates,
-            offline_job_for(cls),
-            {},
-            on_demand,
-            inputs.limits.max_replicas,
-            inputs.seed,
-        )
-        return None if res.plan is None else (res.plan.cost_per_hour, res.plan.latency_ms)
+    def job(cls: TrafficClass) -> _Figure | None:
+        return estimates.job(cls, factor)
 
-    def pool(group: list[TrafficClass], realtime: bool) -> tuple[float, float] | None:
-        # Modes share pools (dynamic batching's pool of one class is hybrid's too): each is
-        # screened once per rate.
-        key = (_class_names(group), realtime)
-        if screens is not None and key in screens:
-            screened = screens[key]
-        else:
-            screened = _screen_pool(group, inputs, realtime)
-            if screens is not None:
-                screens[key] = screened
+    def pool(group: list[TrafficClass], realtime: bool) -> _Figure | None:
+        screened = estimates.pool(_class_names(group), realtime, factor)
         if screened is None:
             return None
         if confirm:
@@ -892,9 +1136,6 @@ def _estimate(
     cost = sum(p[0] for p in parts)
     latency = sum(p[1] * p[2] for p in parts) / total
     return cost / total * 1e6 + inputs.price_per_ms_per_million * latency
-
-
-_Figure = tuple[float, float]  # (cost per hour, latency ms)
 
 
 def _parts(
@@ -950,18 +1191,33 @@ def _estimated_choice(
     classes: list[TrafficClass],
     inputs: SelectInputs,
     factor: float,
+    estimates: _Estimates,
     confirm: tuple[Mode, ...] = (),
 ) -> Mode | None:
     """Cheapest mode at ``factor`` times today's rates by the screen; the ``confirm`` modes'
     pools are checked by simulation instead."""
     scaled = [c.scaled(factor) for c in classes]
-    screens: dict[tuple[tuple[str, ...], bool], _ScreenedPool | None] = {}
     scores = [
-        (_estimate(m, scaled, inputs, m in confirm, screens), i, m)
+        (_estimate(m, scaled, inputs, factor, estimates, m in confirm), i, m)
         for i, m in enumerate(MODE_ORDER)
     ]
     best = min(scores)
     return None if math.isinf(best[0]) else best[2]
+
+
+@dataclass
+class _Bracket:
+    """A flip being bisected: log factors where the screen chose ``below`` and ``above``."""
+
+    lo: float
+    hi: float
+    below: Mode
+    above: Mode
+    narrowing: bool = True
+
+
+# The confirmation's two rates, factor * (1 + side): just below and just above a flip.
+_CONFIRM_SIDES = (-BREAK_EVEN_CONFIRM, BREAK_EVEN_CONFIRM)
 
 
 def break_evens(
@@ -973,28 +1229,42 @@ def break_evens(
     if base_rate <= 0:
         notes.append("break-even: no rate-based class to scale")
         return []
+    estimates = _Estimates(classes, inputs)
     low, high = BREAK_EVEN_RANGE
     factors = sorted(set(np.geomspace(low, high, BREAK_EVEN_GRID).tolist()) | {1.0})
-    choices = [_estimated_choice(classes, inputs, f) for f in factors]
-    flips: list[tuple[float, Mode, Mode]] = []
-    for i in range(len(factors) - 1):
-        below, above = choices[i], choices[i + 1]
-        if below is None or above is None or below is above:
-            continue
-        lo, hi = math.log(factors[i]), math.log(factors[i + 1])
-        for _ in range(BREAK_EVEN_BISECTIONS):
-            cancel.check()
-            mid = (lo + hi) / 2
-            m = _estimated_choice(classes, inputs, math.exp(mid))
-            if m is below:
-                lo = mid
-            elif m is above:
-                hi = mid
+    # The whole grid is known up front: each pool is screened at every grid rate in one pass.
+    estimates.batch = tuple(factors)
+    choices = [_estimated_choice(classes, inputs, f, estimates) for f in factors]
+    estimates.batch = ()
+    # Bisect every bracketed flip in lockstep: each halving screens the midpoints of all
+    # flips still narrowing in one pass. A flip's walk is the one it would take alone.
+    brackets = [
+        _Bracket(math.log(factors[i]), math.log(factors[i + 1]), below, above)
+        for i, (below, above) in enumerate(pairwise(choices))
+        if below is not None and above is not None and below is not above
+    ]
+    for _ in range(BREAK_EVEN_BISECTIONS):
+        narrowing = [b for b in brackets if b.narrowing]
+        if not narrowing:
+            break
+        cancel.check()
+        estimates.batch = tuple(math.exp((b.lo + b.hi) / 2) for b in narrowing)
+        for b in narrowing:
+            mid = (b.lo + b.hi) / 2
+            m = _estimated_choice(classes, inputs, math.exp(mid), estimates)
+            if m is b.below:
+                b.lo = mid
+            elif m is b.above:
+                b.hi = mid
             else:
-                break
-        flips.append((math.exp((lo + hi) / 2), below, above))
-    # Confirm the flips nearest today's rate first.
+                b.narrowing = False
+        estimates.batch = ()
+    flips = [(math.exp((b.lo + b.hi) / 2), b.below, b.above) for b in brackets]
+    # Confirm the flips nearest today's rate first (their rates screened in one pass).
     flips.sort(key=lambda f: abs(math.log(f[0])))
+    estimates.batch = tuple(
+        f * (1 + side) for f, _, _ in flips[:MAX_CONFIRMED_FLIPS] for side in _CONFIRM_SIDES
+    )
     points: list[BreakEvenPoint] = []
     for index, (factor, below, above) in enumerate(flips):
         rate = base_rate * factor
@@ -1005,8 +1275,10 @@ def break_evens(
             )
             continue
         pair = (below, above)
-        under = _estimated_choice(classes, inputs, factor * (1 - BREAK_EVEN_CONFIRM), pair)
-        over = _estimated_choice(classes, inputs, factor * (1 + BREAK_EVEN_CONFIRM), pair)
+        under, over = (
+            _estimated_choice(classes, inputs, factor * (1 + side), estimates, pair)
+            for side in _CONFIRM_SIDES
+        )
         if under is below and over is above:
             points.append(BreakEvenPoint(below, above, rate))
         else:
@@ -1014,6 +1286,7 @@ def break_evens(
                 f"break-even: the analytic screen puts a flip from {below.value} to "
                 f"{above.value} near {rate:.4g} req/s; simulation did not confirm it"
             )
+    estimates.batch = ()
     points.sort(key=lambda p: p.rate_per_s)
     return points
 
