@@ -5,8 +5,10 @@ samples come and go, and the controller decides the same on a window as on a lis
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import random
+from collections import deque
 from collections.abc import Sequence
 
 import pytest
@@ -173,6 +175,23 @@ def test_long_runs_through_many_compactions_keep_the_statistics(seed: int) -> No
             since = t - 5.0
         if jump or k % 7 == 0:
             check_statistics(window, config, state(since, copy=k % 3 == 0))
+
+
+@pytest.mark.parametrize("run", [0, 1, 3, 5, 50])
+def test_run_requests_reads_the_newest_pairs_of_any_sequence(run: int) -> None:
+    """run_requests gives the same total on a list, a deque and a SampleWindow of the same
+    samples: the rate of each of the newest ``run`` samples over the gap before it."""
+    samples = [Sample(10.0 + 1.5 * k, 100.0 + k) for k in range(20)]
+    want = (
+        sum(
+            cur.rate_per_s * (cur.timestamp_s - prev.timestamp_s)
+            for prev, cur in list(itertools.pairwise(samples))[-run:]
+        )
+        if run
+        else 0.0
+    )
+    for sequence in (samples, deque(samples), SampleWindow(samples)):
+        assert control.run_requests(sequence, run) == want
 
 
 def fake_advisor(deployment: DeploymentState) -> control.Advisor:

@@ -446,8 +446,10 @@ def run_requests(samples: Sequence[Sample], run: int) -> float:
     """Requests the newest ``run`` samples covered (each sample's rate over the gap before it;
     the first sample of the window, with no gap, counts none)."""
     total = 0.0
-    # The newest run + 1 samples hold the newest run pairs (a slice: a window is long).
-    pairs = list(itertools.pairwise(samples[-run - 1 :])) if run > 0 else []
+    # The newest run + 1 samples hold the newest run pairs (read by index, not by listing
+    # every pair of a long window; any sequence, a deque too, as before).
+    newest = (samples[i] for i in range(max(len(samples) - run - 1, 0), len(samples)))
+    pairs = list(itertools.pairwise(newest)) if run > 0 else []
     for prev, cur in pairs:
         total += cur.rate_per_s * (cur.timestamp_s - prev.timestamp_s)
     return total
