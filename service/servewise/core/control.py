@@ -82,11 +82,12 @@ from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Protocol, overload
+from typing import Protocol
 
 import numpy as np
 
 from servewise.core import _batchsim, queueing, window  # type: ignore[attr-defined]
+from servewise.core.lazyseq import LazyFloats
 from servewise.core.model import Plan, Slo, Workload
 from servewise.core.optimizer import SearchLimits, optimize
 from servewise.core.profiles import Candidate, LatencyProfile
@@ -527,7 +528,7 @@ def sizing_series(
     return series, estimate
 
 
-class _SizingSeries(Sequence[float]):
+class _SizingSeries(LazyFloats):
     """:func:`sizing_series`'s values, each computed when first read (the same expression,
     so the same floats). A trend costs a regression over the span before its sample, so the
     whole series costs O(window x span); a decision reads the newest value and, only when the
@@ -562,18 +563,7 @@ class _SizingSeries(Sequence[float]):
     def __len__(self) -> int:
         return len(self._samples)
 
-    @overload
-    def __getitem__(self, index: int) -> float: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[float]: ...
-
-    def __getitem__(self, index: int | slice) -> float | list[float]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        i = index + len(self) if index < 0 else index
-        if not 0 <= i < len(self):
-            raise IndexError(index)
+    def _at(self, i: int) -> float:
         return self._smoothed[i] + self.trend(i) * self._lead + self._z * self._spreads[i]
 
 

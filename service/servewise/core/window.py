@@ -43,6 +43,7 @@ from itertools import islice
 from typing import cast, overload
 
 from servewise.core import control
+from servewise.core.lazyseq import LazyFloats
 from servewise.core.model import Plan, Slo
 from servewise.core.profiles import Candidate
 
@@ -381,7 +382,7 @@ class SampleWindow(Sequence["control.Sample"]):
         return math.nan if cv is None else cv * cv
 
 
-class _WindowSeries(Sequence[float]):
+class _WindowSeries(LazyFloats):
     """The sizing rate after each sample of a :class:`SampleWindow`, computed when read."""
 
     def __init__(self, window: SampleWindow, lead: float, z: float) -> None:
@@ -393,18 +394,7 @@ class _WindowSeries(Sequence[float]):
     def __len__(self) -> int:
         return self._len
 
-    @overload
-    def __getitem__(self, index: int) -> float: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[float]: ...
-
-    def __getitem__(self, index: int | slice) -> float | list[float]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        i = index + self._len if index < 0 else index
-        if not 0 <= i < self._len:
-            raise IndexError(index)
+    def _at(self, i: int) -> float:
         w = self._window
         p = w._head + i
         spread = w.spread(p)
