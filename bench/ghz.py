@@ -388,6 +388,17 @@ def _line(label: str, r: dict[str, Any]) -> str:
     )
 
 
+def framed(r: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """``r`` (a saturation phase) with its throughput and CPU per call as ratios to the mean of
+    the no-op phases ``before`` and ``after`` it, which cancels slow drift in the machine."""
+    noop_tp = (before["throughput_per_s"] + after["throughput_per_s"]) / 2
+    noop_cpu = (before["server_cpu_us_per_call"] + after["server_cpu_us_per_call"]) / 2
+    r["noop_throughput_per_s"] = noop_tp
+    r["ratio_to_noop"] = r["ok_throughput_per_s"] / noop_tp
+    r["cpu_ratio_to_noop"] = r["server_cpu_us_per_call"] / noop_cpu
+    return r
+
+
 def set_process_affinity(pid: int, cpus: set[int]) -> None:
     """Every thread of ``pid`` on ``cpus`` (threads it starts later inherit their creator's)."""
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -418,14 +429,7 @@ def pinned_route_rounds(
         for _ in range(rounds):
             r = saturate(route, "pinned")
             noop_after = saturate(NOOP_RPC, "pinned")
-            noop_tp = (noop_before["throughput_per_s"] + noop_after["throughput_per_s"]) / 2
-            noop_cpu = (
-                noop_before["server_cpu_us_per_call"] + noop_after["server_cpu_us_per_call"]
-            ) / 2
-            r["noop_throughput_per_s"] = noop_tp
-            r["ratio_to_noop"] = r["ok_throughput_per_s"] / noop_tp
-            r["cpu_ratio_to_noop"] = r["server_cpu_us_per_call"] / noop_cpu
-            runs.append(r)
+            runs.append(framed(r, noop_before, noop_after))
             noop_before = noop_after
         return runs
     finally:
@@ -433,7 +437,7 @@ def pinned_route_rounds(
         runner.client_cpus = None
 
 
-def measure(args: argparse.Namespace, ghz: Path) -> dict[str, Any]:  # noqa: PLR0915
+def measure(args: argparse.Namespace, ghz: Path) -> dict[str, Any]:
     all_rpcs = rpcs()
     with ServerProcess(log_level=args.log_level) as server, tempfile.TemporaryDirectory() as tmp:
         server.wait_started()
@@ -466,14 +470,7 @@ def measure(args: argparse.Namespace, ghz: Path) -> dict[str, Any]:  # noqa: PLR
             for _ in range(rounds):
                 r = saturate(rpc)
                 noop_after = saturate(NOOP_RPC)
-                noop_tp = (noop_before["throughput_per_s"] + noop_after["throughput_per_s"]) / 2
-                r["noop_throughput_per_s"] = noop_tp
-                r["ratio_to_noop"] = r["ok_throughput_per_s"] / noop_tp
-                r["cpu_ratio_to_noop"] = r["server_cpu_us_per_call"] / (
-                    (noop_before["server_cpu_us_per_call"] + noop_after["server_cpu_us_per_call"])
-                    / 2
-                )
-                runs.append(r)
+                runs.append(framed(r, noop_before, noop_after))
                 noop_before = noop_after
             if rpc.name == "Route":
                 route_ratios = [r["ratio_to_noop"] for r in runs]

@@ -24,14 +24,14 @@ from typing import Any
 
 import grpc
 import pytest
-from api_builders import t4_linear_candidate
+from api_builders import realtime_deployment
 
 from servewise.api.deployments import deployment_key
 from servewise.api.servicer import ServewiseServicer
 from servewise.store import StateStore
 from servewise.store.memory import MemoryStore
 from servewise.store.sqlite import SqliteStore
-from servewise.v1 import servewise_pb2, servewise_pb2_grpc, types_pb2
+from servewise.v1 import servewise_pb2, servewise_pb2_grpc
 
 DEP = "resnet-t4"
 STEP_S = 10.0
@@ -73,15 +73,7 @@ async def h(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Har
 
 
 def deployment(deployment_id: str = DEP) -> servewise_pb2.Deployment:
-    return servewise_pb2.Deployment(
-        deployment_id=deployment_id,
-        candidates=[t4_linear_candidate()],
-        slo=types_pb2.Slo(percentile=99.0, latency_ms=100.0),
-        current_plan=types_pb2.ServingPlan(
-            instance_type="g4dn.xlarge", max_batch_size=1, max_queue_delay_ms=0.0, replicas=20
-        ),
-        planned_rate_per_s=1000.0,
-    )
+    return realtime_deployment(deployment_id)
 
 
 async def register(stub: Any, deployment_id: str = DEP) -> None:

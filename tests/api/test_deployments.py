@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from api_builders import bad_request_fields, rich_status, t4_linear_candidate
+from api_builders import bad_request_fields, realtime_deployment, rich_status
 
 from servewise.api.deployments import deployment_key
 from servewise.api.servicer import ServewiseServicer
@@ -56,19 +56,11 @@ async def h() -> AsyncIterator[Harness]:
 
 def deployment(deployment_id: str = "resnet-t4", **values: object) -> servewise_pb2.Deployment:
     """ResNet-50 on T4 (linear fit), p99 <= 100 ms, served real-time on 20 replicas for 1000/s."""
-    pb = servewise_pb2.Deployment(
-        deployment_id=deployment_id,
-        candidates=[t4_linear_candidate()],
-        slo=types_pb2.Slo(percentile=99.0, latency_ms=100.0),
-        current_plan=types_pb2.ServingPlan(
-            instance_type="g4dn.xlarge", max_batch_size=1, max_queue_delay_ms=0.0, replicas=20
-        ),
-        planned_rate_per_s=1000.0,
-        traffic_classes=[
-            servewise_pb2.TrafficClass(
-                name="interactive", share=1.0, slo=types_pb2.Slo(latency_ms=100.0)
-            )
-        ],
+    pb = realtime_deployment(deployment_id)
+    pb.traffic_classes.append(
+        servewise_pb2.TrafficClass(
+            name="interactive", share=1.0, slo=types_pb2.Slo(latency_ms=100.0)
+        )
     )
     for name, value in values.items():
         setattr(pb, name, value)

@@ -129,18 +129,24 @@ static int ring_loop(const double *a, Py_ssize_t n, double service, Py_ssize_t r
  * else each request's latency from the `skip`-th on into `latency_out` (completion of its
  * batch minus its arrival: the same subtraction request_latencies makes, so both routes give
  * bit-identical latencies). The latency route skips three per-batch arrays and a second pass
- * over them: on a million requests that was most of the confirmation's memory traffic. */
+ * over them: on a million requests that was most of the confirmation's memory traffic.
+ * Returns -1 (nothing computed) when memory runs out; runs without the GIL. */
 static int dispatch_loop(const double *a, Py_ssize_t n, const double *s, const double *sc,
-                          Py_ssize_t big_b, double delay, Py_ssize_t replicas, double *free_at,
-                          double *dispatch_out, double *completion_out, int64_t *size_out,
-                          double *latency_out, Py_ssize_t skip, run_stats_t *st) {
+                         Py_ssize_t big_b, double delay, Py_ssize_t replicas,
+                         double *dispatch_out, double *completion_out, int64_t *size_out,
+                         double *latency_out, Py_ssize_t skip, run_stats_t *st) {
+    /* When each replica is next free (a heap on the batch path, a ring on the real-time one). */
+    double *free_at = (double *)calloc((size_t)replicas, sizeof(double));
+    if (free_at == NULL) return -1;
     Py_ssize_t k = 0;
     double busy = 0.0, last_done = -INFINITY;
     Py_ssize_t max_depth = 0;
     if (big_b == 1 && sc == NULL) {
         if (ring_loop(a, n, s[1], replicas, free_at, dispatch_out, completion_out, size_out,
-                      latency_out, skip, &busy, &last_done, &max_depth) < 0)
+                      latency_out, skip, &busy, &last_done, &max_depth) < 0) {
+            free(free_at);
             return -1;
+        }
         k = n;
     } else {
         Py_ssize_t arrived = 0;
@@ -191,6 +197,7 @@ static int dispatch_loop(const double *a, Py_ssize_t n, const double *s, const d
     st->busy = busy;
     st->max_depth = max_depth;
     st->last_done = last_done;
+    free(free_at);
     return 0;
 }
 
@@ -212,7 +219,6 @@ static PyObject *run_batches(PyObject *self, PyObject *args) {
     const double *a = (const double *)arrivals.buf;
     Py_ssize_t n = arrivals.len / (Py_ssize_t)sizeof(double);
     Py_ssize_t capacity = out_dispatch.len / (Py_ssize_t)sizeof(double);
-    double *free_at = NULL;
     run_stats_t st = {0, 0.0, 0, 0.0};
     int failed = 0;
     if (big_b < 1 || replicas < 1 || table.len / (Py_ssize_t)sizeof(double) <= big_b ||
@@ -221,22 +227,18 @@ static PyObject *run_batches(PyObject *self, PyObject *args) {
         (has_scale && scale.len / (Py_ssize_t)sizeof(double) < n)) {
         PyErr_SetString(PyExc_ValueError, "run_batches: inconsistent buffer sizes or arguments");
         failed = 1;
-    } else {
-        free_at = (double *)calloc((size_t)replicas, sizeof(double));
-        if (free_at == NULL) { PyErr_NoMemory(); failed = 1; }
     }
     if (!failed) {
         int status;
         Py_BEGIN_ALLOW_THREADS
         status = dispatch_loop(a, n, (const double *)table.buf,
                                has_scale ? (const double *)scale.buf : NULL, big_b, delay,
-                               replicas, free_at, (double *)out_dispatch.buf,
+                               replicas, (double *)out_dispatch.buf,
                                (double *)out_completion.buf, (int64_t *)out_sizes.buf, NULL, 0,
                                &st);
         Py_END_ALLOW_THREADS
         if (status < 0) { PyErr_NoMemory(); failed = 1; }
     }
-    free(free_at);
     PyBuffer_Release(&arrivals); PyBuffer_Release(&table);
     PyBuffer_Release(&out_dispatch); PyBuffer_Release(&out_completion);
     PyBuffer_Release(&out_sizes);
@@ -253,7 +255,6 @@ static PyObject *run_latencies(PyObject *self, PyObject *args) {
                           &skip, &out))
         return NULL;
     Py_ssize_t n = arrivals.len / (Py_ssize_t)sizeof(double);
-    double *free_at = NULL;
     run_stats_t st = {0, 0.0, 0, 0.0};
     int failed = 0;
     if (big_b < 1 || replicas < 1 || table.len / (Py_ssize_t)sizeof(double) <= big_b ||
@@ -262,20 +263,16 @@ static PyObject *run_latencies(PyObject *self, PyObject *args) {
                         "run_latencies: inconsistent buffer sizes or arguments "
                         "(out must hold the requests after skip)");
         failed = 1;
-    } else {
-        free_at = (double *)calloc((size_t)replicas, sizeof(double));
-        if (free_at == NULL) { PyErr_NoMemory(); failed = 1; }
     }
     if (!failed) {
         int status;
         Py_BEGIN_ALLOW_THREADS
         status = dispatch_loop((const double *)arrivals.buf, n, (const double *)table.buf, NULL,
-                               big_b, delay, replicas, free_at, NULL, NULL, NULL,
+                               big_b, delay, replicas, NULL, NULL, NULL,
                                (double *)out.buf, skip, &st);
         Py_END_ALLOW_THREADS
         if (status < 0) { PyErr_NoMemory(); failed = 1; }
     }
-    free(free_at);
     PyBuffer_Release(&arrivals); PyBuffer_Release(&table); PyBuffer_Release(&out);
     if (failed) return NULL;
     return Py_BuildValue("ndnd", st.batches, st.busy, st.max_depth, st.last_done);
@@ -1281,7 +1278,7 @@ static PyObject *search_run(PyObject *self, PyObject *args) {
         return NULL;
     Py_ssize_t n = arrivals.len / (Py_ssize_t)sizeof(double);
     Py_ssize_t kept = n - skip;
-    double *free_at = NULL, *latency = NULL;
+    double *latency = NULL;
     int failed = 0;
     double value = 0.0;
     if (big_b < 1 || replicas < 1 || table.len / (Py_ssize_t)sizeof(double) <= big_b ||
@@ -1292,9 +1289,8 @@ static PyObject *search_run(PyObject *self, PyObject *args) {
                         "n - skip, counts must hold `chunks` int64)");
         failed = 1;
     } else {
-        free_at = (double *)calloc((size_t)replicas, sizeof(double));
         latency = (double *)malloc((size_t)kept * sizeof(double));
-        if (free_at == NULL || latency == NULL) { PyErr_NoMemory(); failed = 1; }
+        if (latency == NULL) { PyErr_NoMemory(); failed = 1; }
     }
     if (!failed) {
         int64_t *c = (int64_t *)counts.buf;
@@ -1302,7 +1298,7 @@ static PyObject *search_run(PyObject *self, PyObject *args) {
         Py_BEGIN_ALLOW_THREADS
         run_stats_t st = {0, 0.0, 0, 0.0};
         status = dispatch_loop((const double *)arrivals.buf, n, (const double *)table.buf, NULL,
-                               big_b, delay, replicas, free_at, NULL, NULL, NULL, latency, skip,
+                               big_b, delay, replicas, NULL, NULL, NULL, latency, skip,
                                &st);
         if (status == 0) {
             for (Py_ssize_t k = 0; k < chunks; k++) c[k] = 0;
@@ -1327,7 +1323,7 @@ static PyObject *search_run(PyObject *self, PyObject *args) {
         Py_END_ALLOW_THREADS
         if (status < 0) { PyErr_NoMemory(); failed = 1; }
     }
-    free(free_at); free(latency);
+    free(latency);
     PyBuffer_Release(&arrivals); PyBuffer_Release(&table); PyBuffer_Release(&counts);
     if (failed) return NULL;
     return PyFloat_FromDouble(value);

@@ -255,8 +255,8 @@ class _Search:
         self.cache: dict[tuple[str, int, float, int], _Run] = {}
         self._confirm_scaled: npt.NDArray[np.float64] = np.empty(0)
         self.warmup = int(len(self.arrivals_ms) * WARMUP_FRACTION)
-        count = len(self.arrivals_ms) - self.warmup
-        self.quantile_index = min(max(math.ceil(count * self.quantile) - 1, 0), count - 1)
+        self.kept = len(self.arrivals_ms) - self.warmup  # requests a search run reports on
+        self.quantile_index = min(max(math.ceil(self.kept * self.quantile) - 1, 0), self.kept - 1)
 
     def confirm_arrivals(self, count: int) -> npt.NDArray[np.float64]:
         """The first ``count`` arrivals of a fresh sample (seed + 1) shared by every
@@ -319,8 +319,7 @@ class _Search:
                     self.slo.latency_ms,
                     chunks,
                 )
-                kept = len(self.arrivals_ms) - self.warmup
-                run = _Run(True, _slow_counts_within(counts, kept, self.slo), quantile)
+                run = _Run(True, _slow_counts_within(counts, self.kept, self.slo), quantile)
             self.cache[key] = run
         return run
 

@@ -357,7 +357,7 @@ def search_run(
         chunks,
         counts,
     )
-    return float(value), [int(c) for c in counts.tolist()]
+    return float(value), counts.tolist()
 
 
 def slow_counts(latencies_ms: npt.NDArray[np.float64], bound_ms: float, chunks: int) -> list[int]:
@@ -370,8 +370,8 @@ def slow_counts(latencies_ms: npt.NDArray[np.float64], bound_ms: float, chunks: 
     per_chunk = len(latencies_ms) // chunks
     if per_chunk == 0:
         return [len(slower)] + [0] * (chunks - 1)
-    counts = np.bincount(slower // per_chunk, minlength=chunks + 1)[:chunks]
-    return [int(c) for c in counts.tolist()]
+    counts: list[int] = np.bincount(slower // per_chunk, minlength=chunks + 1)[:chunks].tolist()
+    return counts
 
 
 def run_batches_python(
