@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -80,3 +81,22 @@ def test_propagating_carries_the_token_into_pool_threads() -> None:
         assert pool.submit(cancel.propagating(cancel.current)).result() is token
         with pytest.raises(WorkCancelledError):
             pool.submit(cancel.propagating(cancel.check)).result()
+
+
+@pytest.mark.parametrize("deadline", [True, False])
+def test_a_stop_pickles_with_its_kind(deadline: bool) -> None:
+    """Raised in a worker process, re-raised in the server: DEADLINE_EXCEEDED vs CANCELLED
+    must survive the trip."""
+    stop = cancel.WorkCancelledError("why", deadline=deadline)
+    again = pickle.loads(pickle.dumps(stop))  # noqa: S301  # our own bytes
+    assert isinstance(again, cancel.WorkCancelledError)
+    assert (str(again), again.deadline) == ("why", deadline)
+
+
+def test_a_token_stop_raised_elsewhere_counts_once() -> None:
+    stops: list[cancel.WorkCancelledError] = []
+    token = cancel.CancelToken(on_stop=stops.append)
+    for _ in range(2):
+        with pytest.raises(cancel.WorkCancelledError):
+            token.stop(cancel.WorkCancelledError("in a worker", deadline=True))
+    assert len(stops) == 1

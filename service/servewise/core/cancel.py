@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 __all__ = ["CancelToken", "WorkCancelledError", "check", "current", "propagating", "scope"]
 
@@ -38,6 +38,15 @@ class WorkCancelledError(Exception):
     def __init__(self, reason: str, *, deadline: bool) -> None:
         super().__init__(reason)
         self.deadline = deadline
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Raised in a worker process and re-raised in the server: the keyword-only
+        # ``deadline`` would be lost by the default (positional args only) pickling.
+        return (_rebuild_cancelled, (str(self), self.deadline))
+
+
+def _rebuild_cancelled(reason: str, deadline: bool) -> WorkCancelledError:
+    return WorkCancelledError(reason, deadline=deadline)
 
 
 class CancelToken:
@@ -78,7 +87,12 @@ class CancelToken:
         if self.deadline_monotonic_s is not None and time.monotonic() >= self.deadline_monotonic_s:
             self._stop(WorkCancelledError("the call's deadline passed", deadline=True))
 
-    def _stop(self, exc: WorkCancelledError) -> None:
+    def stop(self, exc: WorkCancelledError) -> NoReturn:
+        """Raise ``exc``, a stop this token's work hit elsewhere (in a worker process that
+        checked a copy of it), as if :meth:`check` had raised it here: ``on_stop`` runs once."""
+        self._stop(exc)
+
+    def _stop(self, exc: WorkCancelledError) -> NoReturn:
         with self._lock:
             first, self._stopped = not self._stopped, True
         if first and self._on_stop is not None:

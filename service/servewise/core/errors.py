@@ -19,3 +19,8 @@ class InvalidInputError(ValueError):
     def __init__(self, violations: list[FieldViolation]) -> None:
         self.violations = list(violations)
         super().__init__("; ".join(f"{v.field}: {v.description}" for v in self.violations))
+
+    def __reduce__(self) -> tuple[type[InvalidInputError], tuple[list[FieldViolation]]]:
+        # Raised in a worker process and re-raised in the server: rebuilt from the violations,
+        # not from the joined message the default pickling would pass back.
+        return (type(self), (self.violations,))

@@ -765,7 +765,11 @@ _BASELINE_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="servewise
 
 
 def _search_both(
-    search: _Search, options: list[_Option], realtime_options: list[_Option], limits: SearchLimits
+    search: _Search,
+    options: list[_Option],
+    realtime_options: list[_Option],
+    limits: SearchLimits,
+    overlap: bool = True,
 ) -> tuple[_Confirmation | None, _Confirmation | None]:
     """Find and confirm the recommendation and the real-time baseline, side by side.
 
@@ -794,6 +798,8 @@ def _search_both(
 
     if not realtime_options:
         return recommendation(), None
+    if not overlap:
+        return recommendation(), baseline()
     # The baseline runs under the caller's context, so a cancelled call stops it too.
     pending = _BASELINE_POOL.submit(cancel.propagating(baseline))
     try:
@@ -980,6 +986,7 @@ def optimize(
     current_plan: Plan | None = None,
     seed: int = 0,
     realtime_baseline: bool = True,
+    overlap_baseline: bool = True,
 ) -> OptimizeResult:
     """Cheapest (instance type, B, T, N) whose SLO percentile meets the bound.
 
@@ -996,6 +1003,11 @@ def optimize(
     realtime_baseline:
         Whether to find and confirm the real-time baseline (B = 1, T = 0) as well; callers
         that do not report it skip its confirmation, often the longest simulation of all.
+    overlap_baseline:
+        Search for the real-time baseline in a second thread, beside the recommendation (a
+        lone call finishes sooner on two cores), or after it in this thread (the same answer;
+        for a caller whose cores are already busy with other calls, where a second thread
+        only adds hand-offs).
 
     Returns
     -------
@@ -1022,7 +1034,7 @@ def optimize(
     near_miss: PlanAssessment | None = None
     realtime_assessment: PlanAssessment | None = None
     realtime_near_miss: PlanAssessment | None = None
-    confirmations = _search_both(search, options, realtime_options, limits)
+    confirmations = _search_both(search, options, realtime_options, limits, overlap_baseline)
     if confirmations[0] is not None:
         recommended, near_miss = confirmations[0]
     if confirmations[1] is not None:
