@@ -41,6 +41,8 @@ def test_help_exits_0_on_every_command(
         ["serve", "--grace-s", "-1"],
         ["serve", "--grace-s", "soon"],
         ["serve", "--log-level", "loud"],
+        ["serve", "--worker-processes", "-1"],
+        ["serve", "--worker-processes", "two"],
     ],
 )
 def test_usage_errors_exit_2_with_one_line(
@@ -70,6 +72,18 @@ def test_environment_sets_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     args = cli.build_parser().parse_args(["serve", "--address", "127.0.0.1:7000"])
     assert args.address == "127.0.0.1:7000"
+
+
+def test_worker_processes_from_the_environment_or_the_flag(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unset: None (the servicer picks one per CPU); the variable sets it; the flag wins."""
+    monkeypatch.delenv("SERVEWISE_WORKER_PROCESSES", raising=False)
+    assert cli.build_parser().parse_args(["serve"]).worker_processes is None
+    monkeypatch.setenv("SERVEWISE_WORKER_PROCESSES", "3")
+    assert cli.build_parser().parse_args(["serve"]).worker_processes == 3
+    argv = ["serve", "--worker-processes", "0"]
+    assert cli.build_parser().parse_args(argv).worker_processes == 0
 
 
 def test_invalid_environment_value_is_a_usage_error(

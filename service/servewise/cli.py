@@ -125,6 +125,14 @@ def _add_serve(subparsers: argparse._SubParsersAction[_Parser]) -> None:
         help="deployment state (env SERVEWISE_STORE): sqlite (default, at SERVEWISE_SQLITE_PATH), "
         "sqlite://PATH, redis://HOST:PORT/DB or memory",
     )
+    serve.add_argument(
+        "--worker-processes",
+        type=_non_negative_int,
+        metavar="N",
+        default=_env("SERVEWISE_WORKER_PROCESSES", "") or None,
+        help="processes that compute concurrent OptimizeBatch calls, started by the first call "
+        "(env SERVEWISE_WORKER_PROCESSES; default one per CPU, at most 8; 0: threads only)",
+    )
     _add_serve_auth(serve)
     _add_limit_flags(serve)
     serve.set_defaults(handler=_run_serve)
@@ -1606,6 +1614,7 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                 store_url=args.store,
                 auth=auth,
                 limits=limits,
+                worker_processes=args.worker_processes,
             )
         )
     except AuthConfigError as exc:  # a certificate or key that does not load

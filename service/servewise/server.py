@@ -24,6 +24,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from servewise.allocator import keep_large_buffers
 from servewise.auth import AuthConfig
 from servewise.limits import DEFAULT_LIMITS, Limits
 from servewise.obs import ObservabilityInterceptor
@@ -158,7 +159,7 @@ def check_bindable(host: str, port: int) -> None:
 
 
 def _default_servicer(
-    store: StateStore, limits: Limits = DEFAULT_LIMITS
+    store: StateStore, limits: Limits = DEFAULT_LIMITS, worker_processes: int | None = None
 ) -> servewise_pb2_grpc.ServewiseServiceServicer:
     # Imported here so that importing servewise.server (for parse_host_port, constants, the CLI's
     # --help) does not pull in the servicer's whole dependency tree.
@@ -167,22 +168,24 @@ def _default_servicer(
     # mypy-protobuf marks every generated servicer method abstract, so a servicer that inherits
     # the UNIMPLEMENTED defaults looks abstract to mypy although it is instantiable at run time.
     factory = cast(
-        "Callable[[StateStore, Limits], servewise_pb2_grpc.ServewiseServiceServicer]",
+        "Callable[[StateStore, Limits, int | None], servewise_pb2_grpc.ServewiseServiceServicer]",
         ServewiseServicer,
     )
-    return factory(store, limits)
+    return factory(store, limits, worker_processes)
 
 
 def _servicer_and_store(
     servicer: servewise_pb2_grpc.ServewiseServiceServicer | None,
     store: StateStore | None,
     limits: Limits = DEFAULT_LIMITS,
+    worker_processes: int | None = None,
 ) -> tuple[servewise_pb2_grpc.ServewiseServiceServicer, StateStore | None]:
     """The servicer to serve, and the store opened here (to close on stop), if any."""
     if servicer is not None:
         return servicer, None
     owned = open_store() if store is None else None
-    return _default_servicer(store if store is not None else cast(StateStore, owned), limits), owned
+    used = store if store is not None else cast(StateStore, owned)
+    return _default_servicer(used, limits, worker_processes), owned
 
 
 def _start_metrics(metrics_address: str) -> tuple[WSGIServer, threading.Thread, int]:
@@ -200,6 +203,7 @@ async def start_server(
     enable_reflection: bool = True,
     limits: Limits = DEFAULT_LIMITS,
     auth: AuthConfig | None = None,
+    worker_processes: int | None = None,
 ) -> RunningServer:
     """Start ServewiseService with health, reflection, logging and metrics.
 
@@ -225,6 +229,9 @@ async def start_server(
     auth:
         TLS (mutual with a client CA) and bearer tokens (:mod:`servewise.auth`); the default
         is a plaintext port without tokens.
+    worker_processes:
+        Worker processes of the default servicer's OptimizeBatch (:mod:`servewise.api.offload`);
+        None: ``SERVEWISE_WORKER_PROCESSES`` or one per CPU.
 
     Returns
     -------
@@ -265,7 +272,7 @@ async def start_server(
             ("grpc.max_concurrent_streams", limits.max_streams_per_connection),
         ],
     )
-    servicer, owned_store = _servicer_and_store(servicer, store, limits)
+    servicer, owned_store = _servicer_and_store(servicer, store, limits, worker_processes)
     servewise_pb2_grpc.add_ServewiseServiceServicer_to_server(servicer, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -330,6 +337,7 @@ async def serve(
     store_url: str | None = None,
     auth: AuthConfig | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    worker_processes: int | None = None,
 ) -> None:
     """Run the server until SIGTERM or SIGINT, then drain for up to ``grace_s`` seconds.
 
@@ -338,7 +346,12 @@ async def serve(
     store = open_store(store_url or None)
     try:
         running = await start_server(
-            address, metrics_address, store=store, auth=auth, limits=limits
+            address,
+            metrics_address,
+            store=store,
+            auth=auth,
+            limits=limits,
+            worker_processes=worker_processes,
         )
     except BaseException:
         store.close()
@@ -353,6 +366,8 @@ async def serve(
     # 39.8 / 19.3 ms with the default thresholds.
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 10)
+    # Simulation buffers stay in the heap between calls (servewise.allocator).
+    keep_large_buffers()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

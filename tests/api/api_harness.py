@@ -31,6 +31,7 @@ class Api:
 
     stub: ServewiseServiceAsyncStub
     health: Any  # grpc_health.v1.health_pb2_grpc.HealthStub on an aio channel (untyped)
+    servicer: ServewiseServicer | None = None
 
     async def assert_serving(self) -> None:
         """The server still answers (used after every rejected request)."""
@@ -41,17 +42,19 @@ class Api:
 
 
 @asynccontextmanager
-async def running_api() -> AsyncIterator[Api]:
-    """Start the servicer on an ephemeral port, yield stubs, stop the server."""
+async def running_api(worker_processes: int = 0) -> AsyncIterator[Api]:
+    """Start the servicer on an ephemeral port, yield stubs, stop the server.
+
+    OptimizeBatch runs in threads unless ``worker_processes`` is given: a fresh server per test
+    would start workers per test (tests/api/test_offload.py covers them, and the e2e tests
+    serve with them)."""
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
     server = grpc.aio.server(options=options)
-    servewise_pb2_grpc.add_ServewiseServiceServicer_to_server(
-        ServewiseServicer(),  # type: ignore[abstract]  # the .pyi marks every RPC abstract
-        server,
-    )
+    servicer = ServewiseServicer(worker_processes=worker_processes)  # type: ignore[abstract]
+    servewise_pb2_grpc.add_ServewiseServiceServicer_to_server(servicer, server)
     health_servicer = getattr(health, "aio").HealthServicer()  # noqa: B009  # not in the stubs
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -62,6 +65,8 @@ async def running_api() -> AsyncIterator[Api]:
             yield Api(
                 servewise_pb2_grpc.ServewiseServiceStub(channel),
                 health_pb2_grpc.HealthStub(channel),
+                servicer,
             )
     finally:
         await server.stop(None)
+        await servicer.aclose()

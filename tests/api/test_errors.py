@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import pickle
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import Any
 
@@ -12,6 +14,7 @@ from api_builders import bad_request_fields, optimize_request, rich_status, simu
 from api_harness import Api
 
 import servewise.api.servicer as servicer_module
+from servewise.api import unary_work
 from servewise.api.errors import INTERNAL_MESSAGE, status_for, summary
 from servewise.core import simulator
 from servewise.core.errors import FieldViolation, InvalidInputError
@@ -71,7 +74,7 @@ async def test_core_value_error_over_the_wire(api: Api, monkeypatch: pytest.Monk
 async def test_core_invalid_input_over_the_wire(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     """InvalidInputError raised by the core itself keeps its field violations."""
     error = InvalidInputError([FieldViolation("candidates[0].profile", "bad")])
-    monkeypatch.setattr(servicer_module, "optimize", _raise(error))
+    monkeypatch.setattr(unary_work, "optimize", _raise(error))
     call = api.stub.OptimizeBatch(optimize_request())
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await call
@@ -103,7 +106,7 @@ async def test_unexpected_error_over_the_wire(
 ) -> None:
     """A bug in the core is INTERNAL with a generic message, logged with its traceback."""
     monkeypatch.setattr(servicer_module, "simulate", _raise(ZeroDivisionError("secret detail")))
-    monkeypatch.setattr(servicer_module, "optimize", _raise(ZeroDivisionError("secret detail")))
+    monkeypatch.setattr(unary_work, "optimize", _raise(ZeroDivisionError("secret detail")))
     request = simulate_request() if rpc == "Simulate" else optimize_request()
     with (
         caplog.at_level(logging.ERROR, logger="servewise.api.errors"),
@@ -115,3 +118,16 @@ async def test_unexpected_error_over_the_wire(
     assert "secret" not in (raised.value.details() or "")
     assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
     await api.assert_serving()
+
+
+def test_invalid_input_pickles_with_every_violation() -> None:
+    """Raised in a worker process, re-raised in the server: the BadRequest keeps each field."""
+    again = pickle.loads(pickle.dumps(_violations(3)))  # noqa: S301  # our own bytes
+    assert [v.field for v in again.violations] == ["field_0", "field_1", "field_2"]
+    assert status_for(again).code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_dead_worker_is_unavailable_not_internal() -> None:
+    status = status_for(BrokenProcessPool("a child process terminated abruptly"))
+    assert status.code == grpc.StatusCode.UNAVAILABLE
+    assert "retry" in status.details

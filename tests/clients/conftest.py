@@ -68,7 +68,7 @@ def threaded_tls_server(key_pem: bytes, cert_pem: bytes, servicer: Any = None) -
     async def start() -> tuple[grpc.aio.Server, int]:
         server = grpc.aio.server()
         servewise_pb2_grpc.add_ServewiseServiceServicer_to_server(
-            servicer or ServewiseServicer(), server
+            servicer or ServewiseServicer(worker_processes=0), server
         )
         credentials = grpc.ssl_server_credentials([(key_pem, cert_pem)])
         port = server.add_secure_port("127.0.0.1:0", credentials)

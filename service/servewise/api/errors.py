@@ -9,6 +9,8 @@
   with a ``google.rpc.QuotaFailure`` naming the limit's flag.
 - :class:`servewise.core.cancel.WorkCancelledError` (work stopped because the caller went away) ->
   ``DEADLINE_EXCEEDED`` or ``CANCELLED``; the caller has usually gone, so nobody reads it.
+- ``BrokenProcessPool`` (the worker computing the answer died, :mod:`servewise.api.offload`) ->
+  ``UNAVAILABLE``: retryable; the call is not rerun in the server, which it might crash too.
 - anything else -> ``INTERNAL`` with a generic message; the exception is logged, not leaked.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NoReturn, Protocol, TypeVar, cast
 
 import grpc
@@ -54,7 +57,14 @@ class LimitExceededError(Exception):
 
 
 # Exceptions that are the caller's doing: mapped to a status, not logged as server errors.
-_EXPECTED = (ValueError, NotFoundError, StaleVersionError, LimitExceededError, WorkCancelledError)
+WORKER_LOST = "the worker process computing the answer stopped (killed or crashed); retry the call"
+_EXPECTED = (
+    ValueError,
+    NotFoundError,
+    StaleVersionError,
+    LimitExceededError,
+    WorkCancelledError,
+)
 
 
 class AbortsWithStatus(Protocol):
@@ -113,27 +123,35 @@ def _stop_status(exc: LimitExceededError | WorkCancelledError) -> grpc.Status:
     return rpc_status.to_status(status_pb2.Status(code=code, message=str(exc)))
 
 
+def _plain(code: int, message: str) -> grpc.Status:
+    return rpc_status.to_status(status_pb2.Status(code=code, message=message))
+
+
+def _plain_status(exc: Exception) -> grpc.Status:
+    """The status of an exception whose status carries a message alone."""
+    if isinstance(exc, NotFoundError):
+        return _plain(code_pb2.NOT_FOUND, str(exc))
+    if isinstance(exc, StaleVersionError):
+        return _plain(
+            code_pb2.FAILED_PRECONDITION,
+            f"stale state_version: expected {exc.expected}, current is {exc.actual}",
+        )
+    if isinstance(exc, BrokenProcessPool):
+        return _plain(code_pb2.UNAVAILABLE, WORKER_LOST)
+    if isinstance(exc, ValueError):
+        return _plain(
+            code_pb2.INVALID_ARGUMENT, str(exc).splitlines()[0] if str(exc) else "invalid request"
+        )
+    return _plain(code_pb2.INTERNAL, INTERNAL_MESSAGE)
+
+
 def status_for(exc: Exception) -> grpc.Status:
     """The status an exception raised while serving a request becomes."""
     if isinstance(exc, InvalidInputError):
         return bad_request_status(exc)
-    if isinstance(exc, NotFoundError):
-        return rpc_status.to_status(status_pb2.Status(code=code_pb2.NOT_FOUND, message=str(exc)))
-    if isinstance(exc, StaleVersionError):
-        return rpc_status.to_status(
-            status_pb2.Status(
-                code=code_pb2.FAILED_PRECONDITION,
-                message=f"stale state_version: expected {exc.expected}, current is {exc.actual}",
-            )
-        )
     if isinstance(exc, LimitExceededError | WorkCancelledError):
         return _stop_status(exc)
-    if isinstance(exc, ValueError):
-        message = str(exc).splitlines()[0] if str(exc) else "invalid request"
-        return rpc_status.to_status(
-            status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message)
-        )
-    return rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE))
+    return _plain_status(exc)
 
 
 async def abort_for(exc: Exception, context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
