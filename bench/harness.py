@@ -53,6 +53,40 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (a server's workers, its multiprocessing resource
+    tracker), from /proc/PID/task/*/children."""
+    found: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found.extend(int(c) for c in children.read_text().split())
+        except OSError:  # the thread ended meanwhile
+            continue
+    return sorted(set(found))
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """utime + stime of the live children of ``pid``; one that ends meanwhile counts 0."""
+    total = 0.0
+    for child in child_pids(pid):
+        try:
+            total += cpu_seconds(child)
+        except OSError:
+            continue
+    return total
+
+
+def children_rss_mb(pid: int) -> list[float]:
+    """VmRSS of each live child of ``pid``, in MB."""
+    sizes = []
+    for child in child_pids(pid):
+        try:
+            sizes.append(status_kb(child, "VmRSS") / 1024.0)
+        except (OSError, KeyError):
+            continue
+    return sizes
+
+
 def status_kb(pid: int, key: str) -> int:
     """A ``kB`` field of /proc/PID/status (VmRSS, VmHWM, ...)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

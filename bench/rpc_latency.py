@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import queue
+import resource
 import subprocess
 import sys
 import threading
@@ -57,7 +58,12 @@ if importlib.util.find_spec("servewise") is None:
 
 import servewise  # noqa: E402
 from bench import scenarios as scen  # noqa: E402
-from bench.harness import percentiles  # noqa: E402
+from bench.harness import (  # noqa: E402
+    children_cpu_seconds,
+    children_rss_mb,
+    cpu_seconds,
+    percentiles,
+)
 from bench.plan_quality import source_info  # noqa: E402
 from servewise.v1 import servewise_pb2, servewise_pb2_grpc, types_pb2  # noqa: E402
 
@@ -253,6 +259,15 @@ async def _client(
                 by_request[idx].append(ms)
 
 
+def _cpu_now(server_pid: int) -> dict[str, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "server_process": cpu_seconds(server_pid),
+        "server_children": children_cpu_seconds(server_pid),
+        "bench_client": usage.ru_utime + usage.ru_stime,
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     server = Server()
     try:
@@ -285,11 +300,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             by_req: list[list[float]] = [[] for _ in reqs]
             errs = []
             per = args.calls // clients
+            cpu_before = _cpu_now(server.proc.pid)
             t0 = time.perf_counter()
             await asyncio.gather(
                 *(_client(target, reqs, c, per, clients, lat, errs, by_req) for c in range(clients))
             )
             wall = time.perf_counter() - t0
+            cpu_after = _cpu_now(server.proc.pid)
             await asyncio.sleep(0.2)  # let the last log lines arrive
             phases[label] = {
                 "clients": clients,
@@ -300,6 +317,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "throughput_per_s": per * clients / wall,
                 "client": percentiles(lat),
                 "server": percentiles(server.rpc_durations("OptimizeBatch")),
+                # CPU time per call: the server process, its child processes (OptimizeBatch
+                # workers), and this benchmark's own client process, sharing the same cores.
+                "cpu_ms_per_call": {
+                    key: (cpu_after[key] - cpu_before[key]) * 1000.0 / (per * clients)
+                    for key in cpu_before
+                },
                 "client_by_workload": [
                     {"rate_per_s": w[0], "arrival_cv": w[1], "slo_p99_ms": w[2], **percentiles(ms)}
                     for w, ms in zip(WORKLOADS, by_req, strict=True)
@@ -338,6 +361,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "server": percentiles(server.rpc_durations("Simulate")),
         }
         doc["server"]["rss_at_end_mb"] = server.status_kb("VmRSS") / 1024.0
+        # The OptimizeBatch workers (started by the first call, not at start-up) and
+        # multiprocessing's resource tracker, each its own process.
+        doc["server"]["child_processes_rss_mb_at_end"] = children_rss_mb(server.proc.pid)
+        doc["server"]["worker_processes_env"] = os.environ.get("SERVEWISE_WORKER_PROCESSES")
         doc["server"]["peak_rss_mb"] = server.status_kb("VmHWM") / 1024.0
         return doc
     finally:
@@ -366,6 +393,13 @@ def print_report(doc: dict[str, Any]) -> None:
             f"{_f(c['p50_ms'], '10.2f')} {_f(c['p90_ms'])} {_f(c['p99_ms'])} {_f(c['max_ms'])} | "
             f"{_f(s['p50_ms'], '10.2f')} {_f(s['p99_ms'])}"
         )
+    print("  CPU ms per call (server process + its workers + this client process):")
+    for key in ("sequential_1_client", "concurrent_4_clients"):
+        cpu = ob[key]["cpu_ms_per_call"]
+        print(
+            f"    {key:22s} {cpu['server_process']:.2f} + {cpu['server_children']:.2f} + "
+            f"{cpu['bench_client']:.2f} = {sum(cpu.values()):.2f}"
+        )
     print("  sequential, client latency by workload:")
     for w in ob["sequential_1_client"]["client_by_workload"]:
         print(
@@ -385,6 +419,8 @@ def print_report(doc: dict[str, Any]) -> None:
         f"at end {srv['rss_at_end_mb']:.1f} MB, peak {srv['peak_rss_mb']:.1f} MB; "
         f"start-up {srv['startup_s']:.2f} s"
     )
+    children = ", ".join(f"{mb:.1f}" for mb in srv["child_processes_rss_mb_at_end"])
+    print(f"Child processes' RSS at end (OptimizeBatch workers, resource tracker): {children} MB")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -423,6 +459,14 @@ def main(argv: list[str] | None = None) -> int:
         "optimize_p99": ob["p99_ms"] is not None and ob["p99_ms"] <= TARGETS["optimize_p99_ms_max"],
         "rss_after_start": doc["server"]["rss_after_start_mb"] <= TARGETS["rss_after_start_mb_max"],
     }
+    # Issue 6: the same p99 target under 4 concurrent clients, read at the client (what the
+    # callers see) and at the server (the logged RPC duration, without this process's time).
+    four = doc["optimize_batch"]["concurrent_4_clients"]
+    for side in ("client", "server"):
+        p99 = four[side]["p99_ms"]
+        doc["meets_targets"][f"optimize_p99_4_clients_{side}"] = (
+            p99 is not None and p99 <= TARGETS["optimize_p99_ms_max"]
+        )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(doc, indent=1) + "\n")
     print_report(doc)
