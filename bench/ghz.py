@@ -339,15 +339,22 @@ class Runner:
             cmd += ["--rps", str(max(1, round(rps)))]
         cmd.append(self.server.target)
         cpu0 = self.server.cpu_seconds()
+        children0 = self.server.children_cpu_seconds()
         t0 = time.perf_counter()
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout  # noqa: S603
         wall = time.perf_counter() - t0
         cpu = self.server.cpu_seconds() - cpu0
+        children = self.server.children_cpu_seconds() - children0
         report = json.loads(out)
-        return summarize(report, cpu, wall, self.server.rss_mb())
+        return summarize(report, cpu + children, wall, self.server.rss_mb(), children)
 
 
-def summarize(report: dict[str, Any], cpu_s: float, wall_s: float, rss_mb: float) -> dict[str, Any]:
+def summarize(
+    report: dict[str, Any], cpu_s: float, wall_s: float, rss_mb: float, children_s: float = 0.0
+) -> dict[str, Any]:
+    """ghz's report with the server's CPU: ``cpu_s`` is the server process's and its child
+    processes' (OptimizeBatch workers compute its concurrent calls), ``children_s`` the
+    children's part of it."""
     latency = {
         f"p{int(d['percentage'])}_ms": d["latency"] / 1e6
         for d in report.get("latencyDistribution") or []
@@ -368,6 +375,7 @@ def summarize(report: dict[str, Any], cpu_s: float, wall_s: float, rss_mb: float
         "mean_ms": report["average"] / 1e6,
         "max_ms": report["slowest"] / 1e6,
         "server_cpu_s": cpu_s,
+        "server_children_cpu_s": children_s,
         "server_cpu_us_per_call": cpu_s / count * 1e6 if count else None,
         "server_cpu_busy_fraction": cpu_s / wall_s,
         "server_rss_mb_after": rss_mb,

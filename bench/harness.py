@@ -186,6 +186,11 @@ class ServerProcess:
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)
 
+    def children_cpu_seconds(self) -> float:
+        """CPU of the server's live child processes (OptimizeBatch workers, Control-stream
+        advice workers, multiprocessing's resource tracker): work done for its calls too."""
+        return children_cpu_seconds(self.pid)
+
     def kill9(self) -> None:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
