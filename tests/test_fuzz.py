@@ -32,7 +32,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -288,6 +290,21 @@ class Fuzzed:
         self.stream_messages = 0
         self.state_checks = 0
         self.started = time.monotonic()
+        self.holder: Holder | None = None
+        self.metrics_url = ""
+        self.offload_calls: dict[str, float] = {}
+
+    def read_offload_counts(self) -> None:
+        """OptimizeBatch calls the server ran in worker processes and in threads (its metrics)."""
+        try:
+            with urllib.request.urlopen(self.metrics_url, timeout=10) as reply:  # noqa: S310
+                text = reply.read().decode()
+        except OSError:
+            return
+        for line in text.splitlines():
+            if line.startswith("servewise_offload_calls_total{"):
+                where = line.split('where="', 1)[1].split('"', 1)[0]
+                self.offload_calls[where] = float(line.rsplit(" ", 1)[1])
 
     def snapshot(self) -> str:
         """A digest of every key's version and value and every decision log's entries."""
@@ -314,17 +331,56 @@ class Fuzzed:
             "control_events": dict(self.events),
             "state_checks": self.state_checks,
             "internal_or_unknown": self.statuses["INTERNAL"] + self.statuses["UNKNOWN"],
+            "optimize_calls_held_in_flight": 0 if self.holder is None else self.holder.calls,
+            "holder_failures": [] if self.holder is None else self.holder.failures,
+            "optimize_calls_by_where": self.offload_calls,
             "seconds": round(time.monotonic() - self.started, 1),
         }
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Holder(threading.Thread):
+    """Keeps a valid OptimizeBatch in flight on a channel of its own, so that the fuzzed
+    OptimizeBatch calls are made while another one is: the server computes those in its worker
+    processes (servewise.api.offload), whose errors must come back as the same statuses."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(name="fuzz-optimize-holder", daemon=True)
+        self.channel = grpc.insecure_channel(target)
+        self.done = threading.Event()
+        self.calls = 0
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        call = self.channel.unary_unary(
+            f"{SERVICE}/OptimizeBatch",
+            request_serializer=servewise_pb2.OptimizeBatchRequest.SerializeToString,
+            response_deserializer=servewise_pb2.OptimizeBatchResponse.FromString,
+        )
+        request = optimize_request()
+        while not self.done.is_set():
+            try:
+                call(request, timeout=60)
+                self.calls += 1
+            except grpc.RpcError as error:
+                self.failures.append(error.code().name)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=60)
+        self.channel.close()
 
 
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     """A real `servewise serve` in a subprocess on a SQLite file (module-wide: hypothesis runs
     many examples), with one deployment registered."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port, metrics_port = _free_port(), _free_port()
     db = tmp_path_factory.mktemp("fuzz") / "state.db"
     process = subprocess.Popen(
         [
@@ -335,7 +391,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
             "--address",
             f"127.0.0.1:{port}",
             "--metrics-address",
-            "off",
+            f"127.0.0.1:{metrics_port}",
             "--log-level",
             "warning",
             "--store",
@@ -346,6 +402,8 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     )
     conn = grpc.insecure_channel(f"127.0.0.1:{port}")
     state = Fuzzed(conn, db)
+    state.holder = Holder(f"127.0.0.1:{port}")
+    state.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     try:
         grpc.channel_ready_future(conn).result(timeout=30)
         conn.unary_unary(
@@ -353,8 +411,11 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
             request_serializer=servewise_pb2.RegisterDeploymentRequest.SerializeToString,
             response_deserializer=servewise_pb2.RegisterDeploymentResponse.FromString,
         )(servewise_pb2.RegisterDeploymentRequest(deployment=fuzz_deployment()), timeout=30)
+        state.holder.start()
         yield state
     finally:
+        state.holder.stop()
+        state.read_offload_counts()
         if REPORT:
             Path(REPORT).write_text(json.dumps(state.report(), indent=2) + "\n")
         state.store.close()
@@ -438,3 +499,10 @@ def test_server_healthy_after_fuzzing(fuzzed: Fuzzed) -> None:
     assert time.monotonic() - started < 10
     if EXAMPLES >= 200:
         assert set(fuzzed.by_rpc) == {*UNARY, "Control"}, sorted(fuzzed.by_rpc)
+    # The call kept in flight beside the fuzzed ones was answered every time, and OptimizeBatch
+    # calls ran in the worker processes.
+    assert fuzzed.holder is not None
+    assert fuzzed.holder.calls > 0
+    assert fuzzed.holder.failures == []
+    fuzzed.read_offload_counts()
+    assert fuzzed.offload_calls.get("worker", 0) > 0, fuzzed.offload_calls

@@ -45,6 +45,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Final, TypeVar
 
+from prometheus_client import Counter
+
 from servewise.allocator import keep_large_buffers
 from servewise.core import cancel
 
@@ -52,6 +54,13 @@ __all__ = ["WorkerPool", "default_worker_processes"]
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
+
+CALLS: Final = Counter(
+    "servewise_offload_calls",
+    "Calls run by a worker pool (OptimizeBatch): in a worker process (made while another was in "
+    "flight; answered) or in a server thread (alone, or while the workers start).",
+    ["where"],
+)
 
 # Calls in flight that can be cancelled mid-run; a call beyond them still stops at its deadline
 # (and, while queued, on cancellation).
@@ -154,6 +163,7 @@ class WorkerPool:
             self._drop(executor)
             raise
         self.calls_in_workers += 1
+        CALLS.labels(where="worker").inc()
         return result
 
     def _worker_done(self) -> None:
@@ -161,6 +171,7 @@ class WorkerPool:
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         self.calls_in_threads += 1
+        CALLS.labels(where="thread").inc()
         return await asyncio.to_thread(fn, *args)
 
     async def start(self, timeout_s: float = 60.0) -> bool:
