@@ -87,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         f"unchanged; stream events {report['control_events']}; pytest "
         f"{'passed' if result.returncode == 0 else 'FAILED'}"
     )
+    where = report.get("optimize_calls_by_where", {})
+    print(
+        f"OptimizeBatch calls in the server's worker processes {where.get('worker', 0):,.0f}, "
+        f"in its threads {where.get('thread', 0):,.0f} (a holder kept "
+        f"{report.get('optimize_calls_held_in_flight', 0):,} valid calls in flight beside the "
+        f"fuzzed ones; failed: {report.get('holder_failures', [])})"
+    )
     print(f"wrote {args.out}")
     return result.returncode
 
