@@ -2,7 +2,8 @@
 
 Each method validates and converts the request (:mod:`servewise.api.converters`), runs the
 numpy-heavy core in a worker thread so the event loop keeps serving, and converts the result
-back. Exceptions become statuses in :mod:`servewise.api.errors`.
+back; OptimizeBatch calls made while another is in flight run in worker processes instead
+(:mod:`servewise.api.offload`). Exceptions become statuses in :mod:`servewise.api.errors`.
 """
 
 from __future__ import annotations
