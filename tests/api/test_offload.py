@@ -19,7 +19,7 @@ import pytest_asyncio
 from api_builders import optimize_request
 from api_harness import running_api
 
-from servewise.api import unary_work
+from servewise.api import offload, unary_work
 from servewise.api.converters import optimize_args
 from servewise.api.errors import status_for
 from servewise.api.offload import WORKER_PROCESSES_ENV, WorkerPool, default_worker_processes
@@ -286,3 +286,18 @@ async def test_close_stops_the_workers_and_unwatches_their_pipes(tmp_path: Path)
     assert (tmp_path / "w").read_text().startswith("stopped deadline=False")  # told to stop
     assert await workers.run(offload_work.pid) == os.getpid()  # threads from now on
     await _stop(holder)
+
+
+async def test_workers_that_cannot_start_leave_calls_in_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(offload, "_worker_main", offload_work.fail_to_start)
+    workers = WorkerPool(2)
+    try:
+        assert not await workers.start(timeout_s=30.0)
+        assert workers.processes == 0
+        assert workers.worker_pids() == []
+        assert await workers.run(offload_work.pid) == os.getpid()
+        assert await workers.run(offload_work.pid) == os.getpid()
+    finally:
+        workers.close()
