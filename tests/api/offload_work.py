@@ -35,3 +35,28 @@ def invalid(field: str) -> None:
 
 def die() -> None:
     os._exit(3)
+
+
+def echo(value: object) -> object:
+    return value
+
+
+def touch(marker: str) -> str:
+    """Leave a trace that the call ran."""
+    Path(marker).write_text(f"ran pid={os.getpid()}")
+    return "ran"
+
+
+class _UnpicklableError(Exception):
+    def __init__(self) -> None:
+        super().__init__("carries a lambda")
+        self.callback = lambda: None
+
+
+def unpicklable_error() -> None:
+    raise _UnpicklableError
+
+
+def fail_to_start(*_: object) -> None:
+    """Stands in for the worker's main function: dies before it says hello."""
+    os._exit(4)

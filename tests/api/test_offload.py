@@ -19,7 +19,7 @@ import pytest_asyncio
 from api_builders import optimize_request
 from api_harness import running_api
 
-from servewise.api import unary_work
+from servewise.api import offload, unary_work
 from servewise.api.converters import optimize_args
 from servewise.api.errors import status_for
 from servewise.api.offload import WORKER_PROCESSES_ENV, WorkerPool, default_worker_processes
@@ -184,3 +184,120 @@ async def test_concurrent_optimize_batch_calls_through_a_server_with_workers() -
         answers = await asyncio.gather(*(api.stub.OptimizeBatch(request) for _ in range(8)))
         assert all(answer == expected for answer in answers)
         assert api.servicer.workers.calls_in_workers >= 1
+
+
+async def _occupy_workers(pool: WorkerPool, tmp_path: Path) -> list[asyncio.Task[str]]:
+    """Calls that keep every worker busy (spinning until cancelled), so the next ones queue."""
+    spinners = [
+        asyncio.create_task(pool.run(offload_work.spin, str(tmp_path / f"busy{i}"), 30.0))
+        for i in range(pool.processes)
+    ]
+    await _until(lambda: len(pool._idle) == 0 and pool._in_workers == pool.processes)
+    assert not pool._queue
+    return spinners
+
+
+async def test_a_call_cancelled_while_queued_never_runs(pool: WorkerPool, tmp_path: Path) -> None:
+    holder = await _occupy_inline(pool, tmp_path / "holder")
+    spinners = await _occupy_workers(pool, tmp_path)
+    marker = tmp_path / "queued"
+    queued = asyncio.create_task(pool.run(offload_work.touch, str(marker)))
+    await _until(lambda: len(pool._queue) == 1)
+    await _stop(queued)
+    assert not pool._queue
+    assert pool._in_workers == pool.processes
+    for spinner in spinners:
+        await _stop(spinner)
+    # The workers are free again and serve later calls; the cancelled one never reached them.
+    pids = await asyncio.gather(*(pool.run(offload_work.pid) for _ in range(4)))
+    assert os.getpid() not in pids
+    await _stop(holder)
+    await _until(lambda: pool._in_workers == 0)
+    assert not marker.exists()
+    assert pool._in_workers == 0
+
+
+async def test_many_more_concurrent_calls_than_workers_all_answer(
+    pool: WorkerPool, tmp_path: Path
+) -> None:
+    holder = await _occupy_inline(pool, tmp_path / "holder")
+    values = [{"call": i, "payload": "x" * (i * 997)} for i in range(60)]
+    answers = await asyncio.gather(*(pool.run(offload_work.echo, v) for v in values))
+    await _stop(holder)
+    assert answers == values
+    assert pool.calls_in_workers == len(values)
+    assert pool._in_workers == 0
+    assert not pool._queue
+
+
+async def test_a_dead_worker_is_replaced_and_the_others_calls_run_on(
+    pool: WorkerPool, tmp_path: Path
+) -> None:
+    holder = await _occupy_inline(pool, tmp_path / "holder")
+    before = pool.worker_pids()
+    survivor = asyncio.create_task(pool.run(offload_work.spin, str(tmp_path / "survivor"), 0.5))
+    await _until(lambda: pool._in_workers == 1)
+    with pytest.raises(BrokenProcessPool):
+        await pool.run(offload_work.die)
+    assert await survivor == "done"  # the other worker's call was not touched
+    assert await pool.start()  # the replacement said hello
+    after = pool.worker_pids()
+    assert len(after) == len(before) == 2
+    assert len(set(after) & set(before)) == 1
+    pids = await asyncio.gather(*(pool.run(offload_work.pid) for _ in range(8)))
+    assert set(pids) <= set(after)
+    await _stop(holder)
+
+
+async def test_an_exception_that_does_not_pickle_arrives_as_a_runtime_error(
+    pool: WorkerPool, tmp_path: Path
+) -> None:
+    holder = await _occupy_inline(pool, tmp_path / "holder")
+    with pytest.raises(RuntimeError, match="carries a lambda") as raised:
+        await pool.run(offload_work.unpicklable_error)
+    assert "unpicklable_error" in str(raised.value.__cause__)  # the worker's traceback
+    assert await pool.run(offload_work.pid) != os.getpid()  # the worker serves on
+    await _stop(holder)
+
+
+async def test_close_stops_the_workers_and_unwatches_their_pipes(tmp_path: Path) -> None:
+    workers = WorkerPool(2)
+    assert await workers.start()
+    pids = workers.worker_pids()
+    fds = [fd for w in workers._workers for fd in (w.fd, w.process.sentinel)]
+    holder = await _occupy_inline(workers, tmp_path / "holder")
+    running = asyncio.create_task(workers.run(offload_work.spin, str(tmp_path / "w"), 30.0))
+    await _until(lambda: workers._in_workers == 1)
+    workers.close()
+    with pytest.raises(BrokenProcessPool):
+        await running
+    loop = asyncio.get_running_loop()
+    assert not any(loop.remove_reader(fd) for fd in fds)  # none was still registered
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    await _until(lambda: all(gone(pid) for pid in pids))
+    assert all(gone(pid) for pid in pids)
+    assert (tmp_path / "w").read_text().startswith("stopped deadline=False")  # told to stop
+    assert await workers.run(offload_work.pid) == os.getpid()  # threads from now on
+    await _stop(holder)
+
+
+async def test_workers_that_cannot_start_leave_calls_in_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(offload, "_worker_main", offload_work.fail_to_start)
+    workers = WorkerPool(2)
+    try:
+        assert not await workers.start(timeout_s=30.0)
+        assert workers.processes == 0
+        assert workers.worker_pids() == []
+        assert await workers.run(offload_work.pid) == os.getpid()
+        assert await workers.run(offload_work.pid) == os.getpid()
+    finally:
+        workers.close()
