@@ -259,6 +259,24 @@ async def _client(
                 by_request[idx].append(ms)
 
 
+def _headline(doc: dict[str, Any]) -> dict[str, float]:
+    """The figures the targets read, of one run."""
+    ob = doc["optimize_batch"]
+    seq, four = ob["sequential_1_client"], ob["concurrent_4_clients"]
+    return {
+        "seq_client_p50_ms": seq["client"]["p50_ms"],
+        "seq_client_p99_ms": seq["client"]["p99_ms"],
+        "seq_server_p50_ms": seq["server"]["p50_ms"],
+        "seq_server_p99_ms": seq["server"]["p99_ms"],
+        "four_client_p50_ms": four["client"]["p50_ms"],
+        "four_client_p99_ms": four["client"]["p99_ms"],
+        "four_server_p50_ms": four["server"]["p50_ms"],
+        "four_server_p99_ms": four["server"]["p99_ms"],
+        "four_throughput_per_s": four["throughput_per_s"],
+        "rss_after_start_mb": doc["server"]["rss_after_start_mb"],
+    }
+
+
 def _cpu_now(server_pid: int) -> dict[str, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
@@ -430,6 +448,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=16, help="unmeasured warm-up calls")
     parser.add_argument("--simulate-calls", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None, help=f"JSON output ({DEFAULT_OUT})")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="whole runs, each on a fresh server; the targets are judged on their medians",
+    )
     args = parser.parse_args(argv)
     if args.calls is None:
         args.calls = 100 if args.quick else 1000
@@ -437,7 +461,15 @@ def main(argv: list[str] | None = None) -> int:
         DEFAULT_OUT.with_name("rpc_latency_quick.json") if args.quick else DEFAULT_OUT
     )
     load_before = os.getloadavg()
-    doc = asyncio.run(run(args))
+    # Each repeat is a whole run on a fresh server; the report and JSON are the last run's,
+    # plus every run's headline figures and their medians, on which the targets are judged
+    # when there are several (a shared two-core machine: quote medians, see bench/README.md).
+    summaries = []
+    for k in range(args.repeat):
+        doc = asyncio.run(run(args))
+        summaries.append(_headline(doc))
+        if args.repeat > 1:
+            print(f"  run {k + 1}/{args.repeat}: {json.dumps(summaries[-1])}", file=sys.stderr)
     doc = {
         "benchmark": "rpc_latency",
         "targets": TARGETS,
@@ -453,24 +485,38 @@ def main(argv: list[str] | None = None) -> int:
         **source_info(),
         **doc,
     }
-    ob = doc["optimize_batch"]["sequential_1_client"]["client"]
+    judged = summaries[-1]
+    if args.repeat > 1:
+        doc["repeats"] = summaries
+        judged = doc["medians_of_repeats"] = {
+            key: float(np.median([run[key] for run in summaries])) for key in summaries[0]
+        }
+    doc["targets_judged_on"] = "medians_of_repeats" if args.repeat > 1 else "this run"
     doc["meets_targets"] = {
-        "optimize_p50": ob["p50_ms"] is not None and ob["p50_ms"] <= TARGETS["optimize_p50_ms_max"],
-        "optimize_p99": ob["p99_ms"] is not None and ob["p99_ms"] <= TARGETS["optimize_p99_ms_max"],
-        "rss_after_start": doc["server"]["rss_after_start_mb"] <= TARGETS["rss_after_start_mb_max"],
+        "optimize_p50": judged["seq_client_p50_ms"] <= TARGETS["optimize_p50_ms_max"],
+        "optimize_p99": judged["seq_client_p99_ms"] <= TARGETS["optimize_p99_ms_max"],
+        "rss_after_start": judged["rss_after_start_mb"] <= TARGETS["rss_after_start_mb_max"],
+        # Issue 6: the same p99 target under 4 concurrent clients, read at the client (what
+        # the callers see) and at the server (the logged RPC duration).
+        "optimize_p99_4_clients_client": judged["four_client_p99_ms"]
+        <= TARGETS["optimize_p99_ms_max"],
+        "optimize_p99_4_clients_server": judged["four_server_p99_ms"]
+        <= TARGETS["optimize_p99_ms_max"],
     }
-    # Issue 6: the same p99 target under 4 concurrent clients, read at the client (what the
-    # callers see) and at the server (the logged RPC duration, without this process's time).
-    four = doc["optimize_batch"]["concurrent_4_clients"]
-    for side in ("client", "server"):
-        p99 = four[side]["p99_ms"]
-        doc["meets_targets"][f"optimize_p99_4_clients_{side}"] = (
-            p99 is not None and p99 <= TARGETS["optimize_p99_ms_max"]
-        )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(doc, indent=1) + "\n")
     print_report(doc)
     m = doc["machine"]
+    if args.repeat > 1:
+        med = doc["medians_of_repeats"]
+        runs = ", ".join(f"{r['four_client_p99_ms']:.1f}" for r in doc["repeats"])
+        print(
+            f"medians of {args.repeat} runs: 1 client p50 {med['seq_client_p50_ms']:.2f} ms, "
+            f"p99 {med['seq_client_p99_ms']:.2f} ms; 4 clients p99 client "
+            f"{med['four_client_p99_ms']:.2f} ms, server {med['four_server_p99_ms']:.2f} ms "
+            f"(runs: {runs}); "
+            f"meets {doc['meets_targets']}"
+        )
     print(
         f"load average before {m['loadavg_1_5_15_before'][0]:.2f}, after "
         f"{m['loadavg_1_5_15_after'][0]:.2f} on {m['cpus']} CPUs; wrote {out_path}"
