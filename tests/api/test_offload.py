@@ -301,3 +301,21 @@ async def test_workers_that_cannot_start_leave_calls_in_threads(
         assert await workers.run(offload_work.pid) == os.getpid()
     finally:
         workers.close()
+
+
+async def test_a_replacement_that_cannot_start_leaves_the_pool_on_the_other_worker(
+    pool: WorkerPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker dies; its replacement dies before its hello: calls go on in the surviving
+    worker (no respawn loop, no fall back to threads while a worker remains)."""
+    holder = await _occupy_inline(pool, tmp_path / "holder")
+    monkeypatch.setattr(offload, "_worker_main", offload_work.fail_to_start)
+    with pytest.raises(BrokenProcessPool):
+        await pool.run(offload_work.die)
+    await _until(lambda: len(pool.worker_pids()) == 1)
+    survivor = pool.worker_pids()
+    assert len(survivor) == 1
+    pids = await asyncio.gather(*(pool.run(offload_work.pid) for _ in range(6)))
+    assert set(pids) == set(survivor)
+    assert pool.processes == 2  # not turned to threads
+    await _stop(holder)
