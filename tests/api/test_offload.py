@@ -319,3 +319,16 @@ async def test_a_replacement_that_cannot_start_leaves_the_pool_on_the_other_work
     assert set(pids) == set(survivor)
     assert pool.processes == 2  # not turned to threads
     await _stop(holder)
+
+
+async def test_workers_closed_before_their_hello_exit_cleanly() -> None:
+    """A server stopped right after its first call: the workers still starting find the pipe
+    closed when they say hello, and exit 0 instead of dying with a traceback."""
+    workers = WorkerPool(2)
+    assert await workers.run(offload_work.pid) == os.getpid()  # starts them, runs inline
+    processes = [w.process for w in workers._workers]
+    assert len(processes) == 2
+    workers.close()
+    for process in processes:
+        await asyncio.to_thread(process.join, 30)
+    assert [p.exitcode for p in processes] == [0, 0]

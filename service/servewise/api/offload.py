@@ -541,18 +541,12 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_init(flags, server_pid, gc_threshold)
     _warm_up()
-    conn.send_bytes(_HELLO)
-    while True:
-        try:
-            request = conn.recv_bytes()
-        except (EOFError, OSError):
-            return  # the server closed the pipe
-        if request == _STOP:
-            return
-        try:
+    try:
+        conn.send_bytes(_HELLO)
+        while (request := conn.recv_bytes()) != _STOP:
             conn.send_bytes(_answer(request))
-        except OSError:
-            return  # the server closed the pipe (it stopped while we ran)
+    except (EOFError, OSError):
+        return  # the server closed the pipe: it stopped, before our hello or while we ran
 
 
 def _answer(request: bytes) -> bytes:
