@@ -29,7 +29,6 @@ import hashlib
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -54,6 +53,7 @@ from api.api_builders import (
     t4_linear_candidate,
     v100_candidate,
 )
+from limits_support import free_port
 from servewise.store.sqlite import SqliteStore
 from servewise.v1 import servewise_pb2, types_pb2
 
@@ -338,12 +338,6 @@ class Fuzzed:
         }
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class Holder(threading.Thread):
     """Keeps a valid OptimizeBatch in flight on a channel of its own, so that the fuzzed
     OptimizeBatch calls are made while another one is: the server computes those in its worker
@@ -380,7 +374,7 @@ class Holder(threading.Thread):
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     """A real `servewise serve` in a subprocess on a SQLite file (module-wide: hypothesis runs
     many examples), with one deployment registered."""
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     db = tmp_path_factory.mktemp("fuzz") / "state.db"
     process = subprocess.Popen(
         [

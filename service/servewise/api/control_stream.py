@@ -75,6 +75,7 @@ from google.rpc import code_pb2  # type: ignore[import-untyped]  # no stubs for 
 from servewise.api import deployments
 from servewise.api.converters import plan_to_pb
 from servewise.api.errors import NotFoundError
+from servewise.api.offload import exit_with_server
 from servewise.api.validation import Violations
 from servewise.core import control
 from servewise.core.optimizer import SearchLimits
@@ -95,7 +96,6 @@ DEFAULT_ADVICE_PROCESSES = max(1, min(4, (os.cpu_count() or 2) - 1))
 # How much lower the advice workers' scheduling priority is than the server's, and how often
 # a worker checks that the server is still its parent.
 ADVICE_NICENESS = 10
-ADVICE_PARENT_POLL_S = 0.5
 
 
 class NeedsThreadError(Exception):
@@ -695,13 +695,7 @@ def _advice_worker_init(server_pid: int) -> None:
     server killed (or stopped before the executor's manager told the workers) would leave it
     waiting for good."""
     os.nice(ADVICE_NICENESS)
-
-    def watch() -> None:
-        while os.getppid() == server_pid:
-            time.sleep(ADVICE_PARENT_POLL_S)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="advice-parent-watch", daemon=True).start()
+    exit_with_server(server_pid, "advice-parent-watch")
 
 
 def _window(track: _Track, sample: control.Sample) -> Sequence[control.Sample]:

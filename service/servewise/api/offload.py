@@ -69,7 +69,7 @@ from prometheus_client import Counter
 from servewise.allocator import keep_large_buffers
 from servewise.core import cancel
 
-__all__ = ["WorkerPool", "default_worker_processes"]
+__all__ = ["WorkerPool", "default_worker_processes", "exit_with_server"]
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
@@ -334,10 +334,8 @@ class WorkerPool:
         return True
 
     def _submit(self, call: _Call) -> None:
-        while self._idle:
-            if self._send(self._idle.pop(), call):
-                return
         self._enqueue(call)
+        self._dispatch_queue()
 
     def _enqueue(self, call: _Call, *, first: bool = False) -> None:
         """Queue ``call`` (``first``: it was next and did not reach its worker), or, when a
@@ -407,16 +405,12 @@ class WorkerPool:
             call.future.set_exception(value)
 
     def _next(self, worker: _Worker) -> None:
-        """Give a free ``worker`` the oldest queued call, or mark it idle."""
-        if self._queue:
-            call = self._queue.popleft()
-            if not self._send(worker, call):
-                self._enqueue(call, first=True)
-                self._dispatch_queue()
-            return
+        """Give a free ``worker`` the oldest queued call, or leave it idle."""
         self._idle.append(worker)
+        self._dispatch_queue()
 
     def _dispatch_queue(self) -> None:
+        """Hand queued calls, oldest first, to idle workers (the newest idle first)."""
         while self._queue and self._idle:
             call = self._queue.popleft()
             if not self._send(self._idle.pop(), call):
@@ -578,13 +572,20 @@ def _worker_init(flags: Any, server_pid: int, gc_threshold: tuple[int, int, int]
     _flags = flags
     gc.set_threshold(*gc_threshold)
     keep_large_buffers()  # as the server does (servewise.allocator)
+    exit_with_server(server_pid, "worker-parent-watch")
+
+
+def exit_with_server(server_pid: int, thread_name: str) -> None:
+    """In a worker process: exit once ``server_pid`` is no longer the parent (the server was
+    killed, or stopped before it could tell the worker), checked every ``PARENT_POLL_S`` by a
+    daemon thread. A worker blocked on its pipe or queue would otherwise wait for good."""
 
     def watch() -> None:
         while os.getppid() == server_pid:
             time.sleep(PARENT_POLL_S)
         os._exit(0)
 
-    threading.Thread(target=watch, name="worker-parent-watch", daemon=True).start()
+    threading.Thread(target=watch, name=thread_name, daemon=True).start()
 
 
 def _warm_up() -> None:
